@@ -1,0 +1,321 @@
+"""The command line: ``backup-tui [--config PATH] COMMAND ...`` (DESIGN.md section 11).
+
+Exit codes: 0 success, 1 the operation failed or found problems, 2 bad usage
+or config (one line on stderr). ``--json`` prints data and nothing else on
+stdout. Textual is imported only when the console starts, so scripted
+commands stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from engine.config import find_config, load_config
+from engine.errors import EngineError, UsageError
+from engine.events import Event
+from engine.facade import Engine, human_bytes
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with one line
+        sys.stderr.write(f"backup-tui: {message}\n")
+        sys.exit(2)
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output on stdout")
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog="backup-tui", description="Backups of PostgreSQL and files, with a console.")
+    p.add_argument("--config", help="config file (else $BACKUP_TUI_CONFIG, ./config.toml, "
+                   "/etc/backup-tui/config.toml)")
+    p.add_argument("--json", action="store_true", default=False)
+    p.add_argument("--demo", action="store_true", help="the console on a throwaway sandbox")
+    p.add_argument("--run-scheduler", action="store_true", help="run the schedule headless")
+    sub = p.add_subparsers(dest="command", parser_class=ArgParser)
+
+    sub.add_parser("init", help="create the repository")
+
+    b = sub.add_parser("backup", help="back up a source")
+    bsub = b.add_subparsers(dest="what", required=True, parser_class=ArgParser)
+    for kind in ("files", "db", "cluster"):
+        bp = bsub.add_parser(kind)
+        bp.add_argument("name")
+        _json_flag(bp)
+    _json_flag(bsub.add_parser("all"))
+
+    ls = sub.add_parser("list", help="list snapshots")
+    ls.add_argument("--source")
+    ls.add_argument("--kind", choices=["files", "db", "cluster"])
+    ls.add_argument("--replica")
+    _json_flag(ls)
+
+    sh = sub.add_parser("show", help="show one snapshot")
+    sh.add_argument("snapshot")
+    sh.add_argument("--source")
+    _json_flag(sh)
+
+    v = sub.add_parser("verify", help="check snapshots")
+    v.add_argument("snapshots", nargs="*")
+    v.add_argument("--read-data", action="store_true")
+    v.add_argument("--replica")
+    _json_flag(v)
+
+    d = sub.add_parser("dump", help="write a snapshot's native stream (tar, pg_dump) to stdout")
+    d.add_argument("snapshot")
+    d.add_argument("--path")
+    d.add_argument("--source")
+    d.add_argument("--replica")
+
+    r = sub.add_parser("restore", help="restore a snapshot")
+    rsub = r.add_subparsers(dest="what", required=True, parser_class=ArgParser)
+    rf = rsub.add_parser("files")
+    rf.add_argument("snapshot")
+    rf.add_argument("--target", required=True)
+    rf.add_argument("--path", action="append", default=[])
+    rf.add_argument("--force", action="store_true", help="restore into a non-empty directory")
+    rf.add_argument("--source")
+    rf.add_argument("--replica")
+    _json_flag(rf)
+    return p
+
+
+class TermProgress:
+    """One redrawn line on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, ev: Event) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not ev.final and now - self.last < 0.2:
+            return
+        self.last = now
+        rate = ev.bytes_done / max(0.001, now - self.start)
+        parts = [f"{ev.phase:8}"]
+        if ev.bytes_total:
+            parts.append(f"{human_bytes(ev.bytes_done)}/{human_bytes(ev.bytes_total)}")
+        if ev.items_total:
+            parts.append(f"{ev.items_done}/{ev.items_total} files")
+        if ev.bytes_done:
+            parts.append(f"{human_bytes(rate)}/s")
+        msg = ev.message[-50:]
+        line = "  ".join(parts) + "  " + msg
+        sys.stderr.write("\r\x1b[2K" + line[:150])
+        if ev.final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
+def out_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    return Engine(load_config(find_config(args.config)))
+
+
+def cmd_init(args, engine: Engine) -> int:
+    info = engine.init()
+    if args.json:
+        out_json(info)
+    else:
+        print(f"created repository {info['id']} at {info['location']}")
+        if not info["encrypted"]:
+            sys.stderr.write(
+                "WARNING: the repository is NOT ENCRYPTED: no password_file and no "
+                "$BACKUP_TUI_PASSWORD were set. Anyone who can read it can read your data.\n"
+            )
+    return 0
+
+
+def _print_backup(res, as_json: bool) -> None:
+    if as_json:
+        return
+    status = "complete" if res.complete else f"INCOMPLETE ({len(res.errors)} error(s))"
+    print(f"snapshot {res.id[:8]} {res.kind}:{res.source} {human_bytes(res.size)}, "
+          f"added {human_bytes(res.added)}, {res.files} files, {status}")
+    for e in res.errors[:50]:
+        sys.stderr.write(f"  error: {e['path']}: {e['error']}\n")
+    if len(res.errors) > 50:
+        sys.stderr.write(f"  ... and {len(res.errors) - 50} more\n")
+
+
+def cmd_backup(args, engine: Engine) -> int:
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        if args.what == "files":
+            results = [engine.backup_files(args.name, prog)]
+        elif args.what == "all":
+            results = engine.backup_all(prog)
+        else:
+            raise UsageError(f"backup {args.what} is not available yet in this version")
+    finally:
+        prog.close()
+    for r in results:
+        _print_backup(r, args.json)
+    if args.json:
+        data = [r.as_json() for r in results]
+        out_json(data if args.what == "all" else data[0])
+    return 0 if all(r.complete for r in results) else 1
+
+
+def cmd_list(args, engine: Engine) -> int:
+    if args.replica:
+        raise UsageError("--replica: S3 replicas are not available yet in this version")
+    infos = engine.snapshots(source=args.source, kind=args.kind)
+    if args.json:
+        out_json([i.as_json() for i in infos])
+        return 0
+    if not infos:
+        print("no snapshots")
+        return 0
+    print(f"{'ID':8}  {'TIME (UTC)':19}  {'KIND':5}  {'SOURCE':16}  {'SIZE':>10}  {'ADDED':>10}")
+    for i in infos:
+        t = i.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        flag = "" if i.complete else "  incomplete"
+        print(f"{i.short_id:8}  {t:19}  {i.kind:5}  {i.source[:16]:16}  "
+              f"{human_bytes(i.size):>10}  {human_bytes(i.added):>10}{flag}")
+    return 0
+
+
+def cmd_show(args, engine: Engine) -> int:
+    snap = engine.snapshot(args.snapshot, args.source)
+    if args.json:
+        out_json(snap)
+        return 0
+    stats = snap.get("stats", {})
+    print(f"snapshot {snap['id']}")
+    for key in ("time", "kind", "source", "host", "parent"):
+        print(f"  {key:9} {snap.get(key)}")
+    if snap.get("paths"):
+        print(f"  paths     {', '.join(snap['paths'])}")
+    for key, val in stats.items():
+        shown = human_bytes(val) if key in ("size", "added", "added_raw", "bytes_read") else val
+        print(f"  {key:16} {shown}")
+    if snap.get("incomplete"):
+        print(f"  INCOMPLETE: {snap.get('errors_total', 0)} error(s)")
+        for e in snap.get("errors", [])[:20]:
+            print(f"    {e['path']}: {e['error']}")
+    return 0
+
+
+def cmd_verify(args, engine: Engine) -> int:
+    if args.replica:
+        raise UsageError("--replica: S3 replicas are not available yet in this version")
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        report = engine.verify(args.snapshots or None, args.read_data, prog)
+    finally:
+        prog.close()
+    if args.json:
+        out_json(report.as_json())
+    else:
+        mode = "read-data" if args.read_data else "quick"
+        print(f"verify ({mode}): {len(report.snapshots)} snapshot(s), "
+              f"{report.packs_checked} pack(s) read, {human_bytes(report.bytes_read)}")
+        for n in report.notes:
+            print(f"  note: {n}")
+        for p in report.problems:
+            affected = ", ".join(s[:8] for s in p.snapshots) or "none known"
+            print(f"  PROBLEM: {p.message} (affects snapshots: {affected})")
+        print("ok" if report.ok else f"{len(report.problems)} problem(s) found")
+    return 0 if report.ok else 1
+
+
+def cmd_dump(args, engine: Engine) -> int:
+    if args.replica:
+        raise UsageError("--replica: S3 replicas are not available yet in this version")
+    if sys.stdout.isatty():
+        raise UsageError("dump writes binary data: redirect stdout to a file or a pipe")
+    ref = engine.snapshot(args.snapshot, args.source)["id"]  # errors before any output
+    out = sys.stdout.buffer
+    engine.dump(ref, out, args.path)
+    out.flush()
+    return 0
+
+
+def cmd_restore(args, engine: Engine) -> int:
+    if args.replica:
+        raise UsageError("--replica: S3 replicas are not available yet in this version")
+    if args.what != "files":
+        raise UsageError(f"restore {args.what} is not available yet in this version")
+    ref = engine.snapshot(args.snapshot, args.source)["id"]
+    plan = engine.plan_restore_files(ref, args.target, args.path, args.force)
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        result = engine.restore_files(plan, prog)
+    finally:
+        prog.close()
+    if args.json:
+        out_json({"snapshot": result.snapshot, "target": result.target, "files": result.files,
+                  "bytes": result.bytes, "warnings": result.warnings})
+    else:
+        print(f"restored {result.files} files, {human_bytes(result.bytes)} from "
+              f"{result.snapshot[:8]} into {result.target}")
+        for w in result.warnings[:20]:
+            sys.stderr.write(f"  warning: {w}\n")
+    return 0
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "backup": cmd_backup,
+    "list": cmd_list,
+    "show": cmd_show,
+    "verify": cmd_verify,
+    "dump": cmd_dump,
+    "restore": cmd_restore,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.demo:
+            from backup_tui.demo import run_demo
+
+            return run_demo()
+        if args.run_scheduler:
+            raise UsageError("--run-scheduler is not available yet in this version")
+        if args.command is None:
+            from backup_tui.app import run_console
+
+            return run_console(_engine(args))
+        engine = _engine(args)
+        return COMMANDS[args.command](args, engine)
+    except EngineError as e:
+        sys.stderr.write(f"backup-tui: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("backup-tui: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

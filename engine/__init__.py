@@ -1,0 +1,7 @@
+"""The backup engine: repository, sources, operations and the Engine facade.
+
+This package never imports textual, rich or backup_tui (DESIGN.md section 2);
+`tests/test_layers.py` enforces it. Callers use `engine.facade.Engine`.
+"""
+
+__version__ = "0.1.0"

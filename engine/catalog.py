@@ -1,0 +1,158 @@
+"""The catalog: SQLite (WAL mode) in the state directory.
+
+It holds jobs with their latest progress (so another process, the console or
+``status``, can watch a running job), and the append-only audit log. It is a
+cache of what the repository says plus local history: losing it loses no
+backup (DESIGN.md section 6). Secrets are never written here.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from engine.events import Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    phase TEXT DEFAULT '',
+    bytes_done INTEGER DEFAULT 0,
+    bytes_total INTEGER DEFAULT 0,
+    items_done INTEGER DEFAULT 0,
+    items_total INTEGER DEFAULT 0,
+    message TEXT DEFAULT '',
+    error TEXT DEFAULT '',
+    result TEXT DEFAULT '',
+    pid INTEGER,
+    updated REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_started ON jobs(started);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    user TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    snapshots TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"""
+
+PROGRESS_INTERVAL = 0.25  # seconds between stored progress rows of one job
+
+
+class Catalog:
+    def __init__(self, state_dir: str | os.PathLike[str]):
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.path = self.dir / "catalog.sqlite"
+        self._local = threading.local()
+        self._last_write: dict[str, float] = {}
+        with self._conn() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        yield db
+
+    # ------------------------------------------------------------------- jobs
+    def start_job(self, job_id: str, kind: str, target: str) -> None:
+        now = time.time()
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO jobs (id, kind, target, state, started, pid, updated) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (job_id, kind, target, now, os.getpid(), now),
+            )
+
+    def progress(self, event: Event) -> None:
+        now = time.monotonic()
+        if not event.final and now - self._last_write.get(event.job_id, 0) < PROGRESS_INTERVAL:
+            return
+        self._last_write[event.job_id] = now
+        with self._conn() as db:
+            db.execute(
+                "UPDATE jobs SET phase=?, bytes_done=?, bytes_total=?, items_done=?, "
+                "items_total=?, message=?, updated=? WHERE id=?",
+                (
+                    event.phase,
+                    event.bytes_done,
+                    event.bytes_total,
+                    event.items_done,
+                    event.items_total,
+                    event.message[:500],
+                    time.time(),
+                    event.job_id,
+                ),
+            )
+
+    def end_job(self, job_id: str, state: str, error: str = "", result: dict | None = None) -> None:
+        self._last_write.pop(job_id, None)
+        with self._conn() as db:
+            db.execute(
+                "UPDATE jobs SET state=?, ended=?, error=?, result=?, updated=? WHERE id=?",
+                (state, time.time(), error[:2000], json.dumps(result or {}), time.time(), job_id),
+            )
+
+    def jobs(self, limit: int = 50) -> list[dict]:
+        with self._conn() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY started DESC LIMIT ?", (limit,))
+            return [dict(r) for r in rows]
+
+    def job(self, job_id: str) -> dict | None:
+        with self._conn() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            return dict(row) if row else None
+
+    # ------------------------------------------------------------------ audit
+    def audit(
+        self, action: str, target: str, outcome: str, snapshots: list[str] = (), detail: str = ""
+    ) -> None:
+        uid = os.getuid()
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(uid)
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO audit (time, user, uid, action, target, snapshots, outcome, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), user, uid, action, target, json.dumps(list(snapshots)), outcome,
+                 detail[:2000]),
+            )
+
+    def audit_log(self, limit: int = 200) -> list[dict]:
+        with self._conn() as db:
+            rows = db.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,))
+            out = []
+            for r in rows:
+                d = dict(r)
+                d["snapshots"] = json.loads(d["snapshots"])
+                out.append(d)
+            return out

@@ -1,0 +1,279 @@
+"""The Engine facade: the one entry point for the console, the daemon and the CLI.
+
+Every method is blocking and runs in the caller's thread; call it from a worker
+thread in a UI. Long operations take ``on_event`` (called from the thread that
+runs the operation, so it must be cheap and thread-safe) and a ``CancelToken``.
+Each operation is a job: it gets an id, its progress is stored in the catalog
+(throttled) so other processes can watch, and it leaves an audit record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from engine.catalog import Catalog
+from engine.config import Config
+from engine.errors import EngineError, NotFound, RepositoryError, UsageError
+from engine.events import CancelToken, Event, EventCallback, ignore
+from engine.ops import backup as backup_op
+from engine.ops import dump as dump_op
+from engine.ops import restore as restore_op
+from engine.ops import verify as verify_op
+from engine.repo.repository import Repository
+from engine.storage.base import Backend
+from engine.storage.local import LocalBackend
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One row of the inventory."""
+
+    id: str
+    time: datetime
+    kind: str
+    source: str
+    host: str
+    size: int
+    added: int
+    complete: bool
+    parent: str | None
+    files: int
+    verified: str | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "time": self.time.astimezone(UTC).isoformat(),
+            "kind": self.kind,
+            "source": self.source,
+            "host": self.host,
+            "size": self.size,
+            "added": self.added,
+            "complete": self.complete,
+            "verified": self.verified,
+            "replicas": {},
+        }
+
+
+def _info(snap: dict) -> SnapshotInfo:
+    stats = snap.get("stats", {})
+    return SnapshotInfo(
+        id=snap["id"],
+        time=datetime.fromisoformat(snap["time"]),
+        kind=snap["kind"],
+        source=snap.get("source", ""),
+        host=snap.get("host", ""),
+        size=int(stats.get("size", 0)),
+        added=int(stats.get("added", 0)),
+        complete=not snap.get("incomplete", False),
+        parent=snap.get("parent"),
+        files=int(stats.get("files", 0)),
+    )
+
+
+def new_job_id(kind: str) -> str:
+    return f"{kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+class Engine:
+    def __init__(self, config: Config, backend: Backend | None = None, kdf: dict | None = None):
+        self.config = config
+        self.backend = backend or LocalBackend(config.repo_path)
+        self.kdf = kdf  # key derivation cost for init; tests pass a cheap one
+        self._repo: Repository | None = None
+        self._catalog: Catalog | None = None
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.config.state_dir)
+        return self._catalog
+
+    def repo(self) -> Repository:
+        if self._repo is None:
+            self._repo = Repository.open(self.backend, self.config.password())
+        return self._repo
+
+    def refresh(self) -> None:
+        """Forget cached repository state (another process may have written)."""
+        if self._repo is not None:
+            self._repo.load_index()
+
+    @contextlib.contextmanager
+    def _job(
+        self, kind: str, target: str, on_event: EventCallback
+    ) -> Iterator[tuple[str, EventCallback]]:
+        job_id = new_job_id(kind)
+        cat = self.catalog
+        cat.start_job(job_id, kind, target)
+
+        def emit(ev: Event) -> None:
+            cat.progress(ev)
+            on_event(ev)
+
+        try:
+            yield job_id, emit
+        except BaseException as e:
+            msg = str(e) or type(e).__name__
+            state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            cat.end_job(job_id, state, error=msg)
+            cat.audit(kind, target, state, detail=msg)
+            on_event(Event(job_id, "failed", message=msg, final=True))
+            raise
+        else:
+            cat.end_job(job_id, "succeeded")
+
+    # ------------------------------------------------------------ repository
+    def init(self) -> dict:
+        password = self.config.password()
+        repo = Repository.init(
+            self.backend, password, self.config.repository["compression"], self.kdf
+        )
+        self._repo = repo
+        self.catalog.audit("init", self.backend.location, "succeeded")
+        return {"id": repo.id, "location": self.backend.location,
+                "encrypted": repo.keys.encrypted}
+
+    # --------------------------------------------------------------- backup
+    def sources(self) -> list[tuple[str, str]]:
+        """(kind, name) of every configured source."""
+        out = [("files", fs.name) for fs in self.config.filesets]
+        out += [("db", d["name"]) for d in self.config.databases]
+        return out
+
+    def backup_files(
+        self, name: str, on_event: EventCallback = ignore, cancel: CancelToken | None = None
+    ) -> backup_op.BackupResult:
+        fileset = self.config.fileset(name)
+        repo = self.repo()
+        repo.load_index()  # see what other processes added since we opened
+        with self._job("backup", f"files:{name}", on_event) as (job_id, emit):
+            result = backup_op.backup_files(repo, fileset, job_id, emit, cancel)
+            outcome = "succeeded" if result.complete else "incomplete"
+            self.catalog.audit("backup", f"files:{name}", outcome, [result.id],
+                               detail=f"{len(result.errors)} error(s)" if result.errors else "")
+            emit(Event(job_id, "done", bytes_done=result.size, bytes_total=result.size,
+                       items_done=result.files, items_total=result.files,
+                       message=f"snapshot {result.id[:8]}", final=True))
+            if result.errors:
+                self.catalog.end_job(job_id, "incomplete", error=f"{len(result.errors)} file(s) "
+                                     "could not be read")
+        return result
+
+    def backup_all(
+        self, on_event: EventCallback = ignore, cancel: CancelToken | None = None
+    ) -> list[backup_op.BackupResult]:
+        results = []
+        for fs in self.config.filesets:
+            results.append(self.backup_files(fs.name, on_event, cancel))
+        return results
+
+    # ------------------------------------------------------------- inventory
+    def snapshots(self, source: str | None = None, kind: str | None = None) -> list[SnapshotInfo]:
+        repo = self.repo()
+        out = [
+            _info(s)
+            for s in repo.snapshots()
+            if (source is None or s.get("source") == source) and (kind is None or s["kind"] == kind)
+        ]
+        out.sort(key=lambda i: i.time)
+        return out
+
+    def snapshot(self, ref: str, source: str | None = None) -> dict:
+        """Resolve a full id, a unique prefix of 8+ characters, or 'latest'."""
+        repo = self.repo()
+        if ref == "latest":
+            infos = self.snapshots(source=source)
+            if not infos:
+                raise NotFound("no snapshots" + (f" of source {source!r}" if source else ""))
+            sources = {i.source for i in infos}
+            if source is None and len(sources) > 1:
+                raise UsageError(
+                    f"'latest' is ambiguous: snapshots of {len(sources)} sources exist "
+                    f"({', '.join(sorted(sources))}); add --source NAME"
+                )
+            return repo.load_snapshot(infos[-1].id)
+        ref = ref.lower()
+        if len(ref) < 8 or any(c not in "0123456789abcdef" for c in ref):
+            raise UsageError(f"snapshot {ref!r}: give a full id, 8+ hex characters, or 'latest'")
+        matches = [sid for sid in repo.list_ids("snapshots") if sid.startswith(ref)]
+        if not matches:
+            raise NotFound(f"no snapshot matches {ref!r}")
+        if len(matches) > 1:
+            raise UsageError(
+                f"snapshot prefix {ref!r} is ambiguous: it matches {len(matches)} snapshots "
+                f"({', '.join(m[:12] for m in matches[:5])}); give more characters"
+            )
+        return repo.load_snapshot(matches[0])
+
+    # ---------------------------------------------------------------- verify
+    def verify(
+        self,
+        refs: list[str] | None = None,
+        read_data: bool = False,
+        on_event: EventCallback = ignore,
+        cancel: CancelToken | None = None,
+    ) -> verify_op.VerifyReport:
+        repo = self.repo()
+        repo.load_index()
+        ids = [self.snapshot(r)["id"] for r in refs] if refs else None
+        with self._job("verify", ",".join(i[:8] for i in ids) if ids else "all", on_event) as (
+            job_id,
+            emit,
+        ):
+            report = verify_op.verify(repo, ids, read_data, job_id, emit, cancel)
+            self.catalog.audit("verify", "read-data" if read_data else "quick",
+                               "ok" if report.ok else "problems", report.snapshots[:100],
+                               detail="; ".join(p.message for p in report.problems[:5]))
+        return report
+
+    # --------------------------------------------------------------- restore
+    def plan_restore_files(
+        self, ref: str, target: str, paths: list[str] | tuple[str, ...] = (), force: bool = False
+    ) -> restore_op.RestorePlan:
+        repo = self.repo()
+        snap = self.snapshot(ref)
+        return restore_op.plan_restore(repo, snap, target, paths, force)
+
+    def restore_files(
+        self,
+        plan: restore_op.RestorePlan,
+        on_event: EventCallback = ignore,
+        cancel: CancelToken | None = None,
+    ) -> restore_op.RestoreResult:
+        repo = self.repo()
+        target = f"files:{plan.snapshot['source']} -> {plan.target}"
+        with self._job("restore", target, on_event) as (job_id, emit):
+            result = restore_op.execute_restore(repo, plan, job_id, emit, cancel)
+            self.catalog.audit("restore", target, "succeeded", [plan.snapshot["id"]])
+        return result
+
+    # ------------------------------------------------------------------ dump
+    def dump(self, ref: str, out: BinaryIO, path: str | None = None) -> int:
+        repo = self.repo()
+        return dump_op.dump(repo, self.snapshot(ref), out, path)
+
+    # ---------------------------------------------------------------- status
+    def jobs(self, limit: int = 50) -> list[dict]:
+        return self.catalog.jobs(limit)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+__all__ = ["Engine", "SnapshotInfo", "EngineError", "RepositoryError", "human_bytes"]

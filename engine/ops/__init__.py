@@ -1,0 +1,1 @@
+"""Operations, one module per verb. Each takes an open Repository and reports Events."""

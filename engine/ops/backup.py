@@ -1,0 +1,143 @@
+"""backup: run a source into the repository and commit a snapshot.
+
+Order (rule, DESIGN.md section 3): packs, then the index, then the snapshot.
+A snapshot whose source reported errors is still saved (what was read is good)
+but marked ``incomplete`` with the list of what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from engine import __version__
+from engine.config import FilesetConfig
+from engine.events import CancelToken, Event, EventCallback
+from engine.repo.locks import RepoLock
+from engine.repo.repository import Repository, now_iso
+from engine.sources.files import FilesBackup, FilesStats, scan
+
+
+@dataclass
+class BackupResult:
+    id: str
+    kind: str
+    source: str
+    size: int
+    added: int
+    errors: list[dict] = field(default_factory=list)
+    duration: float = 0.0
+    files: int = 0
+    unchanged_files: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "source": self.source,
+            "size": self.size,
+            "added": self.added,
+            "complete": self.complete,
+            "errors": self.errors,
+        }
+
+
+def latest_snapshot(repo: Repository, kind: str, source: str) -> dict | None:
+    best = None
+    for snap in repo.snapshots():
+        if snap["kind"] == kind and snap["source"] == source:
+            if best is None or snap["time"] > best["time"]:
+                best = snap
+    return best
+
+
+def backup_files(
+    repo: Repository,
+    fileset: FilesetConfig,
+    job_id: str,
+    on_event: EventCallback,
+    cancel: CancelToken | None = None,
+) -> BackupResult:
+    cancel = cancel or CancelToken()
+    start = time.monotonic()
+    on_event(Event(job_id, "scan", message=f"scanning {', '.join(fileset.paths)}"))
+    for p in fileset.paths:
+        if not os.path.lexists(p):
+            from engine.errors import EngineError
+
+            raise EngineError(f"fileset {fileset.name!r}: path {p} does not exist")
+    n_files, n_bytes = scan(fileset, cancel)
+    with RepoLock(repo.backend, exclusive=False, purpose=f"backup files {fileset.name}").acquire(
+        wait=60
+    ):
+        parent = latest_snapshot(repo, "files", fileset.name)
+        if parent is not None and sorted(parent.get("paths", [])) != sorted(fileset.paths):
+            parent = None
+
+        def progress(stats: FilesStats, current: str) -> None:
+            on_event(
+                Event(
+                    job_id,
+                    "backup",
+                    bytes_done=stats.bytes,
+                    bytes_total=max(n_bytes, stats.bytes),
+                    items_done=stats.files,
+                    items_total=max(n_files, stats.files),
+                    message=current,
+                )
+            )
+
+        with repo.writer() as writer:
+            fb = FilesBackup(
+                repo, writer, fileset, parent["tree"] if parent else None, progress, cancel
+            )
+            root = fb.run()
+            writer.flush()
+            cancel.check()
+            on_event(Event(job_id, "commit", message="writing index and snapshot"))
+            writer.commit()
+            stats = fb.stats
+            snap = {
+                "version": 1,
+                "time": now_iso(),
+                "kind": "files",
+                "source": fileset.name,
+                "host": socket.gethostname(),
+                "paths": list(fileset.paths),
+                "tags": [],
+                "tree": root,
+                "parent": parent["id"] if parent else None,
+                "incomplete": bool(stats.errors),
+                "errors": stats.errors[:1000],
+                "errors_total": len(stats.errors),
+                "stats": {
+                    "files": stats.files,
+                    "dirs": stats.dirs,
+                    "size": stats.bytes,
+                    "unchanged_files": stats.unchanged_files,
+                    "bytes_read": stats.bytes_read,
+                    "added": writer.added_bytes,
+                    "added_raw": writer.added_raw,
+                    "new_blobs": writer.new_blobs,
+                    "duration": round(time.monotonic() - start, 3),
+                },
+                "program": f"backup-tui {__version__}",
+            }
+            sid = repo.save_snapshot(snap)
+    return BackupResult(
+        id=sid,
+        kind="files",
+        source=fileset.name,
+        size=stats.bytes,
+        added=writer.added_bytes,
+        errors=stats.errors,
+        duration=time.monotonic() - start,
+        files=stats.files,
+        unchanged_files=stats.unchanged_files,
+    )

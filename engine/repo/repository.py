@@ -1,0 +1,394 @@
+"""The Repository: opens a backend with the password and reads and writes objects.
+
+Write path (``BlobWriter``): the caller hashes a chunk and asks ``has_blob``;
+new blobs are compressed and sealed on a small thread pool, appended in order to
+an open pack per blob type, and a full pack is written. ``commit`` writes the
+last packs, then one index file naming them, and only then may a snapshot be
+saved (rule: packs, index, snapshot). Read path: every object is checked
+against its name (content hash) or authenticator before it is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.errors import EngineError, IntegrityError, NotFound, RepositoryError, WrongPassword
+from engine.repo import codec
+from engine.repo.crypto import Keys, b64e, unwrap_master, wrap_master
+from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name
+from engine.storage.base import Backend
+
+FORMAT_VERSION = 1
+PACK_TARGET = 16 * 1024 * 1024
+CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 256 * 1024, 1024 * 1024, 4 * 1024 * 1024
+MAX_RECORD = 256 * 1024 * 1024  # bound on any snapshot or index object read
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    pack_id: str
+    type: str
+    offset: int
+    length: int
+    raw_length: int
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Repository:
+    """An open repository. Not thread-safe for writers except through BlobWriter."""
+
+    def __init__(self, backend: Backend, config: dict, keys: Keys):
+        self.backend = backend
+        self.config = config
+        self.keys = keys
+        self.id: str = config["id"]
+        self.index: dict[str, IndexEntry] = {}
+        self.pack_sizes: dict[str, int] = {}
+        self.index_files: set[str] = set()
+        self.index_errors: dict[str, str] = {}
+        self.snapshot_errors: dict[str, str] = {}
+        self._tree_cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- init/open
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: str | None,
+        compression: str = "zstd:3",
+        kdf: dict | None = None,
+    ) -> Repository:
+        if backend.exists("config"):
+            raise RepositoryError(f"{backend.location}: a repository already exists here")
+        master = os.urandom(64) if password else None
+        keys = Keys(master)
+        config: dict[str, Any] = {
+            "format": "backup-tui",
+            "version": FORMAT_VERSION,
+            "id": secrets.token_hex(16),
+            "created": datetime.now(UTC).isoformat(),
+            "chunker": {
+                "algorithm": "fastcdc2020",
+                "min": CHUNK_MIN,
+                "avg": CHUNK_AVG,
+                "max": CHUNK_MAX,
+                "seed": "derived" if master else 0,
+            },
+            "hash": "hmac-sha256" if master else "sha256",
+            "compression": compression,
+            "pack_size": PACK_TARGET,
+            "encryption": None,
+        }
+        if master is not None and password is not None:
+            config["encryption"] = {"cipher": "aes-256-gcm", **wrap_master(password, master, kdf)}
+        body = _canonical(config)
+        config["mac"] = keys.mac(body)
+        backend.put("config", json.dumps(config, indent=2).encode())
+        return cls(backend, config, keys)
+
+    @classmethod
+    def open(cls, backend: Backend, password: str | None) -> Repository:
+        try:
+            raw = backend.get("config")
+        except NotFound:
+            raise RepositoryError(
+                f"{backend.location}: no repository here (run 'backup-tui init' first)"
+            ) from None
+        try:
+            config = json.loads(raw)
+            if config.get("format") != "backup-tui":
+                raise ValueError("not a backup-tui repository")
+        except ValueError as e:
+            raise IntegrityError(f"{backend.location}/config: unreadable: {e}", "config") from None
+        if config.get("version") != FORMAT_VERSION:
+            raise RepositoryError(
+                f"{backend.location}: repository format {config.get('version')} "
+                f"is not supported (this program reads {FORMAT_VERSION})"
+            )
+        enc = config.get("encryption")
+        if enc:
+            if not password:
+                raise WrongPassword(
+                    f"{backend.location}: the repository is encrypted and no password was "
+                    "given (repository.password_file or $BACKUP_TUI_PASSWORD)"
+                )
+            master = cls._unwrap_any(backend, password, enc)
+            keys = Keys(master)
+            body = _canonical({k: v for k, v in config.items() if k != "mac"})
+            if keys.mac(body) != config.get("mac"):
+                raise IntegrityError(f"{backend.location}/config: authenticator mismatch", "config")
+        else:
+            keys = Keys(None)
+        repo = cls(backend, config, keys)
+        repo.load_index()
+        return repo
+
+    @staticmethod
+    def _unwrap_any(backend: Backend, password: str, enc: dict) -> bytes:
+        try:
+            return unwrap_master(password, enc)
+        except WrongPassword:
+            for info in backend.list("keys/"):
+                try:
+                    return unwrap_master(password, json.loads(backend.get(info.name)))
+                except (WrongPassword, ValueError, KeyError):
+                    continue
+            raise WrongPassword(
+                f"{backend.location}: wrong password: no key of this repository opens with it"
+            ) from None
+
+    # --------------------------------------------------------------- properties
+    @property
+    def compression_level(self) -> int | None:
+        return codec.parse_level(self.config.get("compression", "zstd:3"))
+
+    def chunker_params(self) -> tuple[int, int, int, int]:
+        c = self.config["chunker"]
+        seed = self.keys.chunker_seed() if c.get("seed") == "derived" else int(c.get("seed", 0))
+        return int(c["min"]), int(c["avg"]), int(c["max"]), seed
+
+    # -------------------------------------------------------- sealed records
+    def save_record(self, folder: str, obj: Any) -> str:
+        """Store a JSON record (index, snapshot) content-addressed under folder/."""
+        stored = self.keys.seal(codec.encode(_canonical(obj), 3))
+        rid = sha256_hex(stored)
+        self.backend.put(f"{folder}/{rid}", stored)
+        return rid
+
+    def load_record(self, folder: str, rid: str) -> Any:
+        name = f"{folder}/{rid}"
+        stored = self.backend.get(name)
+        if sha256_hex(stored) != rid:
+            raise IntegrityError(f"{name}: content does not match its name (corrupt)", name)
+        raw = codec.decode(self.keys.open(stored, name), name, MAX_RECORD)
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise IntegrityError(f"{name}: not valid JSON: {e}", name) from None
+
+    def list_ids(self, folder: str) -> list[str]:
+        return sorted(info.name.rsplit("/", 1)[1] for info in self.backend.list(folder + "/"))
+
+    # -------------------------------------------------------------------- index
+    def load_index(self) -> None:
+        index: dict[str, IndexEntry] = {}
+        sizes: dict[str, int] = {}
+        files = set(self.list_ids("index"))
+        errors: dict[str, str] = {}
+        for iid in sorted(files):
+            try:
+                doc = self.load_record("index", iid)
+                packs = [
+                    (p["id"], int(p["size"]), [IndexEntry(p["id"], t, o, n, r)
+                                               for t, bid, o, n, r in p["blobs"]],
+                     [bid for _t, bid, _o, _n, _r in p["blobs"]])
+                    for p in doc.get("packs", [])
+                ]
+            except (EngineError, KeyError, TypeError, ValueError) as e:
+                # A damaged index file must not make the repository unreadable:
+                # verify reports it, and the packs it names are still on disk.
+                errors[iid] = str(e)
+                continue
+            for pid, size, entries, ids in packs:
+                sizes[pid] = size
+                for bid, entry in zip(ids, entries, strict=True):
+                    index[bid] = entry
+        self.index_errors = errors
+        with self._lock:
+            self.index, self.pack_sizes, self.index_files = index, sizes, files
+
+    def has_blob(self, blob_id: str) -> bool:
+        return blob_id in self.index
+
+    def write_index(self, packs: list[tuple[str, int, list[BlobEntry]]]) -> str | None:
+        if not packs:
+            return None
+        doc = {
+            "packs": [
+                {"id": pid, "size": size, "blobs": [e.as_list() for e in entries]}
+                for pid, size, entries in packs
+            ]
+        }
+        iid = self.save_record("index", doc)
+        with self._lock:
+            self.index_files.add(iid)
+        return iid
+
+    # -------------------------------------------------------------------- blobs
+    def load_blob(self, blob_id: str, expect_type: str | None = None) -> bytes:
+        entry = self.index.get(blob_id)
+        if entry is None:
+            raise IntegrityError(f"blob {blob_id} is not in the index (missing data)", blob_id)
+        if expect_type and entry.type != expect_type:
+            raise IntegrityError(f"blob {blob_id} is a {entry.type}, expected {expect_type}")
+        if entry.type == TREE:
+            cached = self._tree_cache.get(blob_id)
+            if cached is not None:
+                return cached
+        name = pack_name(entry.pack_id)
+        sealed = self.backend.get_range(name, entry.offset, entry.length)
+        data = self.decode_blob(sealed, blob_id, name)
+        if entry.type == TREE:
+            with self._lock:
+                self._tree_cache[blob_id] = data
+                while len(self._tree_cache) > 512:
+                    self._tree_cache.popitem(last=False)
+        return data
+
+    def decode_blob(self, sealed: bytes, blob_id: str, where: str) -> bytes:
+        what = f"{where} (blob {blob_id[:16]})"
+        if len(sealed) == 0:
+            raise IntegrityError(f"{what}: truncated", where)
+        try:
+            data = codec.decode(self.keys.open(sealed, where), where)
+        except IntegrityError as e:
+            raise IntegrityError(f"{what}: {e}", where) from None
+        if self.keys.blob_id(data) != blob_id:
+            raise IntegrityError(f"{what}: content does not match blob id (corrupt)", where)
+        return data
+
+    def load_tree(self, tree_id: str) -> dict:
+        raw = self.load_blob(tree_id, TREE)
+        try:
+            tree = json.loads(raw)
+        except ValueError as e:
+            raise IntegrityError(f"tree {tree_id}: not valid JSON: {e}", tree_id) from None
+        if not isinstance(tree, dict) or not isinstance(tree.get("nodes"), list):
+            raise IntegrityError(f"tree {tree_id}: malformed", tree_id)
+        return tree
+
+    # ---------------------------------------------------------------- snapshots
+    def load_snapshot(self, sid: str) -> dict:
+        snap = self.load_record("snapshots", sid)
+        if not isinstance(snap, dict) or "time" not in snap or "kind" not in snap:
+            raise IntegrityError(f"snapshots/{sid}: malformed snapshot", f"snapshots/{sid}")
+        snap["id"] = sid
+        return snap
+
+    def save_snapshot(self, snap: dict) -> str:
+        body = {k: v for k, v in snap.items() if k != "id"}
+        sid = self.save_record("snapshots", body)
+        snap["id"] = sid
+        return sid
+
+    def snapshots(self) -> Iterator[dict]:
+        """Every readable snapshot; unreadable ones are named in snapshot_errors."""
+        self.snapshot_errors: dict[str, str] = {}
+        for sid in self.list_ids("snapshots"):
+            try:
+                yield self.load_snapshot(sid)
+            except EngineError as e:
+                self.snapshot_errors[sid] = str(e)
+
+    def writer(self, workers: int = 2) -> BlobWriter:
+        return BlobWriter(self, workers)
+
+
+class BlobWriter:
+    """Saves new blobs into packs; compress+seal runs on a bounded thread pool."""
+
+    def __init__(self, repo: Repository, workers: int = 2, max_inflight: int = 8):
+        self.repo = repo
+        self.level = repo.compression_level
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal")
+        self.inflight: collections.deque[tuple[Future, str, str, int]] = collections.deque()
+        self.max_inflight = max_inflight
+        self.open_packs: dict[str, PackBuilder] = {DATA: PackBuilder(), TREE: PackBuilder()}
+        self.pending: set[str] = set()
+        self.written: list[tuple[str, int, list[BlobEntry]]] = []
+        self.added_bytes = 0  # stored (sealed) bytes of new blobs
+        self.added_raw = 0
+        self.new_blobs = 0
+
+    def _encode(self, data: bytes) -> bytes:
+        return self.repo.keys.seal(codec.encode(data, self.level))
+
+    def save(self, blob_type: str, data: bytes | memoryview, blob_id: str | None = None) -> str:
+        """Store data as a blob unless it already exists; returns its id. Copies data."""
+        if blob_id is None:
+            blob_id = self.repo.keys.blob_id(data)
+        if blob_id in self.pending or self.repo.has_blob(blob_id):
+            return blob_id
+        self.pending.add(blob_id)
+        raw = bytes(data)
+        fut = self.pool.submit(self._encode, raw)
+        self.inflight.append((fut, blob_type, blob_id, len(raw)))
+        while len(self.inflight) > self.max_inflight:
+            self._drain_one()
+        return blob_id
+
+    def _drain_one(self) -> None:
+        fut, blob_type, blob_id, raw_len = self.inflight.popleft()
+        sealed = fut.result()
+        pack = self.open_packs[blob_type]
+        pack.add(blob_type, blob_id, sealed, raw_len)
+        self.added_bytes += len(sealed)
+        self.added_raw += raw_len
+        self.new_blobs += 1
+        if pack.size >= PACK_TARGET:
+            self._write_pack(blob_type)
+
+    def _write_pack(self, blob_type: str) -> None:
+        pack = self.open_packs[blob_type]
+        if not pack.entries:
+            return
+        entries = pack.entries
+        pid, data = pack.finish(self.repo.keys)
+        self.repo.backend.put(pack_name(pid), data)
+        self.written.append((pid, len(data), entries))
+        self.open_packs[blob_type] = PackBuilder()
+
+    def flush(self) -> None:
+        while self.inflight:
+            self._drain_one()
+        for t in (DATA, TREE):
+            self._write_pack(t)
+
+    def commit(self) -> str | None:
+        """Write remaining packs, then the index naming them; make blobs visible."""
+        self.flush()
+        iid = self.repo.write_index(self.written)
+        with self.repo._lock:
+            for pid, size, entries in self.written:
+                self.repo.pack_sizes[pid] = size
+                for e in entries:
+                    self.repo.index[e.id] = IndexEntry(
+                        pid, e.type, e.offset, e.length, e.raw_length
+                    )
+        self.written = []
+        self.pending.clear()
+        return iid
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+__all__ = ["Repository", "BlobWriter", "IndexEntry", "b64e", "now_iso", "DATA", "TREE"]

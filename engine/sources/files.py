@@ -1,0 +1,381 @@
+"""The files source: walk a fileset's paths into tree blobs.
+
+The snapshot's root tree mirrors the absolute paths (``/srv/app`` is stored as
+``srv`` -> ``app``), like tar and restic, so several paths never collide.
+Unchanged files (same type, size, mtime, ctime and inode as in the parent
+snapshot) reuse the parent's content list without being read. Files that
+cannot be read, vanish, or change while read are listed in ``errors``; the
+backup goes on with the rest and the snapshot says it is incomplete.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import grp
+import os
+import pwd
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyfastcdc
+
+from engine.config import FilesetConfig
+from engine.errors import EngineError
+from engine.events import CancelToken
+from engine.repo.repository import DATA, TREE, BlobWriter, Repository
+from engine.repo.tree import encode_tree, name_fields, node_name
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = 1024 * 1024
+
+
+class Excluder:
+    """Exclude patterns: ``*.tmp`` matches a name anywhere, ``cache/`` only
+    directories, a pattern with ``/`` inside matches the absolute path."""
+
+    def __init__(self, patterns: tuple[str, ...]):
+        self.names: list[tuple[str, bool]] = []
+        self.paths: list[tuple[str, bool]] = []
+        for p in patterns:
+            dir_only = p.endswith("/")
+            p = p.rstrip("/")
+            (self.paths if "/" in p else self.names).append((p, dir_only))
+
+    def excluded(self, path: bytes, name: bytes, is_dir: bool) -> bool:
+        if not self.names and not self.paths:
+            return False
+        n = os.fsdecode(name)
+        for pat, dir_only in self.names:
+            if (is_dir or not dir_only) and fnmatch.fnmatchcase(n, pat):
+                return True
+        if self.paths:
+            full = os.fsdecode(path)
+            for pat, dir_only in self.paths:
+                if (is_dir or not dir_only) and (
+                    fnmatch.fnmatchcase(full, pat) or fnmatch.fnmatchcase(full, "*/" + pat)
+                ):
+                    return True
+        return False
+
+
+@dataclass
+class FilesStats:
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0  # size of the source
+    unchanged_files: int = 0
+    bytes_read: int = 0
+    errors: list[dict] = field(default_factory=list)
+
+
+def scan(fileset: FilesetConfig, cancel: CancelToken | None = None) -> tuple[int, int]:
+    """Count files and bytes to back up, for progress totals. Errors are ignored here."""
+    ex = Excluder(fileset.exclude)
+    files = total = 0
+    stack = [os.fsencode(p) for p in fileset.paths]
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            files += 1
+            total += st.st_size
+        elif stat.S_ISDIR(st.st_mode):
+            if cancel:
+                cancel.check()
+            try:
+                with os.scandir(path) as it:
+                    for e in it:
+                        try:
+                            is_dir = e.is_dir(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if not ex.excluded(e.path, e.name, is_dir):
+                            stack.append(e.path)
+            except OSError:
+                continue
+    return files, total
+
+
+class _Names:
+    """Cached uid/gid -> name lookups."""
+
+    def __init__(self) -> None:
+        self.users: dict[int, str] = {}
+        self.groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        if uid not in self.users:
+            try:
+                self.users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self.users[uid] = ""
+        return self.users[uid]
+
+    def group(self, gid: int) -> str:
+        if gid not in self.groups:
+            try:
+                self.groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self.groups[gid] = ""
+        return self.groups[gid]
+
+
+def _type_of(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "chardev"
+    if stat.S_ISBLK(mode):
+        return "blockdev"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return None
+
+
+Progress = Callable[[FilesStats, str], None]
+
+
+class FilesBackup:
+    def __init__(
+        self,
+        repo: Repository,
+        writer: BlobWriter,
+        fileset: FilesetConfig,
+        parent_tree: str | None,
+        progress: Progress,
+        cancel: CancelToken | None = None,
+    ):
+        self.repo = repo
+        self.writer = writer
+        self.fileset = fileset
+        self.parent_tree = parent_tree
+        self.progress = progress
+        self.cancel = cancel or CancelToken()
+        self.ex = Excluder(fileset.exclude)
+        self.names = _Names()
+        self.stats = FilesStats()
+        mn, avg, mx, seed = repo.chunker_params()
+        self.min_chunk = mn
+        self.cdc = pyfastcdc.FastCDC(avg, min_size=mn, max_size=mx, seed=seed)
+        self._last_progress = 0.0
+        self._root_dev: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _tick(self, path: bytes, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress > 0.1:
+            self._last_progress = now
+            self.progress(self.stats, os.fsdecode(path))
+
+    def _error(self, path: bytes, message: str) -> None:
+        self.stats.errors.append({"path": os.fsdecode(path), "error": message})
+
+    def _meta(self, name: bytes, st: os.stat_result, typ: str) -> dict:
+        node = name_fields("name", name)
+        node.update(
+            type=typ,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            user=self.names.user(st.st_uid),
+            group=self.names.group(st.st_gid),
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            inode=st.st_ino,
+            size=st.st_size if typ == "file" else 0,
+        )
+        return node
+
+    def _parent_children(self, tree_id: str | None) -> dict[bytes, dict]:
+        if not tree_id:
+            return {}
+        try:
+            tree = self.repo.load_tree(tree_id)
+            return {node_name(n): n for n in tree["nodes"]}
+        except EngineError:
+            return {}  # a damaged parent only costs re-reading
+
+    # ------------------------------------------------------------------- walk
+    def run(self) -> str:
+        """Back up all paths; returns the root tree id."""
+        trie: dict = {}
+        for p in self.fileset.paths:
+            parts = [c for c in os.fsencode(os.path.normpath(p)).split(b"/") if c]
+            if not os.path.lexists(p):
+                raise EngineError(f"fileset {self.fileset.name!r}: path {p} does not exist")
+            node = trie
+            for c in parts:
+                node = node.setdefault(c, {})
+            node[None] = True  # marks a configured path: everything below is taken
+        if None in trie:  # "/" itself
+            return self._dir(b"/", os.lstat(b"/"), self.parent_tree)
+        return self._virtual(b"/", trie, self.parent_tree)
+
+    def _virtual(self, path: bytes, trie: dict, parent_tree: str | None) -> str:
+        """A directory on the way to configured paths: only the named children."""
+        parent = self._parent_children(parent_tree)
+        nodes = []
+        for name in sorted(k for k in trie if k is not None):
+            child = os.path.join(path, name)
+            try:
+                st = os.lstat(child)
+            except OSError as e:
+                self._error(child, e.strerror or str(e))
+                continue
+            prev = parent.get(name)
+            if None in trie[name]:
+                node = self._entry(child, name, st, prev)
+            else:
+                node = self._meta(name, st, "dir")
+                node["subtree"] = self._virtual(
+                    child, trie[name], prev.get("subtree") if prev else None
+                )
+                self.stats.dirs += 1
+            if node is not None:
+                nodes.append(node)
+        return self.writer.save(TREE, encode_tree(nodes))
+
+    def _entry(
+        self, path: bytes, name: bytes, st: os.stat_result, prev: dict | None
+    ) -> dict | None:
+        typ = _type_of(st.st_mode)
+        if typ is None:
+            self._error(path, "unsupported file type, skipped")
+            return None
+        node = self._meta(name, st, typ)
+        if typ == "file":
+            return self._file(path, node, st, prev)
+        if typ == "dir":
+            if self.fileset.one_file_system and self._root_dev not in (None, st.st_dev):
+                node["subtree"] = self.writer.save(TREE, encode_tree([]))
+                return node
+            if self._root_dev is None:
+                self._root_dev = st.st_dev
+            prev_tree = prev.get("subtree") if prev and prev.get("type") == "dir" else None
+            node["subtree"] = self._dir(path, st, prev_tree)
+            return node
+        if typ == "symlink":
+            try:
+                node.update(name_fields("target", os.readlink(path)))
+            except OSError as e:
+                self._error(path, f"cannot read link: {e.strerror}")
+                return None
+        elif typ in ("chardev", "blockdev"):
+            node["rdev"] = st.st_rdev
+        return node
+
+    def _dir(self, path: bytes, st: os.stat_result, parent_tree: str | None) -> str:
+        self.cancel.check()
+        self.stats.dirs += 1
+        parent = self._parent_children(parent_tree)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            self._error(path, f"cannot list directory: {e.strerror}")
+            entries = []
+        nodes = []
+        for e in entries:
+            try:
+                est = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                self._error(e.path, "vanished during backup")
+                continue
+            except OSError as err:
+                self._error(e.path, err.strerror or str(err))
+                continue
+            if self.ex.excluded(e.path, e.name, stat.S_ISDIR(est.st_mode)):
+                continue
+            node = self._entry(e.path, e.name, est, parent.get(e.name))
+            if node is not None:
+                nodes.append(node)
+        return self.writer.save(TREE, encode_tree(nodes))
+
+    # ------------------------------------------------------------------- files
+    def _file(self, path: bytes, node: dict, st: os.stat_result, prev: dict | None) -> dict | None:
+        self.stats.files += 1
+        if (
+            prev is not None
+            and prev.get("type") == "file"
+            and prev.get("size") == st.st_size
+            and prev.get("mtime_ns") == st.st_mtime_ns
+            and prev.get("ctime_ns") == st.st_ctime_ns
+            and prev.get("inode") == st.st_ino
+            and all(self.repo.has_blob(b) for b in prev.get("content", []))
+        ):
+            node["content"] = prev["content"]
+            self.stats.unchanged_files += 1
+            self.stats.bytes += st.st_size
+            self._tick(path)
+            return node
+        try:
+            content, size = self._read(path, st)
+        except FileNotFoundError:
+            self._error(path, "vanished during backup")
+            return None
+        except PermissionError:
+            self._error(path, "permission denied")
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self._error(path, "replaced by a symlink during backup")
+            else:
+                self._error(path, e.strerror or str(e))
+            return None
+        node["content"] = content
+        node["size"] = size
+        self.stats.bytes += size
+        return node
+
+    def _read(self, path: bytes, st: os.stat_result) -> tuple[list[str], int]:
+        try:
+            fd = os.open(path, _OPEN_FLAGS | os.O_NOATIME)
+        except PermissionError:
+            fd = os.open(path, _OPEN_FLAGS)
+        with open(fd, "rb", buffering=0, closefd=True) as f:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or fst.st_ino != st.st_ino:
+                raise FileNotFoundError(errno.ENOENT, "replaced during backup")
+            content: list[str] = []
+            size = 0
+            if fst.st_size <= self.min_chunk:
+                # FastCDC never cuts below min_size: a small file is one chunk.
+                data = f.read(self.min_chunk + 1)
+                if len(data) <= self.min_chunk:
+                    if data:
+                        content.append(self.writer.save(DATA, data))
+                    size = len(data)
+                    self.stats.bytes_read += size
+                    self._after_read(path, fd, st, size)
+                    return content, size
+                f.seek(0)
+            for chunk in self.cdc.cut_stream(f):
+                content.append(self.writer.save(DATA, chunk.data))
+                size += chunk.length
+                self.stats.bytes_read += chunk.length
+                self._tick(path)
+                self.cancel.check()
+            self._after_read(path, fd, st, size)
+            return content, size
+
+    def _after_read(self, path: bytes, fd: int, st: os.stat_result, size: int) -> None:
+        end = os.fstat(fd)
+        if end.st_size != size or end.st_mtime_ns != st.st_mtime_ns or size != st.st_size:
+            self._error(
+                path,
+                f"changed while being read (size {st.st_size} -> {end.st_size}); "
+                f"stored the {size} bytes read",
+            )
+        self._tick(path)

@@ -1,0 +1,120 @@
+"""LocalBackend: a repository in a directory on a local file system.
+
+Writes go to a hidden temporary file in the target folder, are fsynced, renamed
+into place, and the folder is fsynced, so a crash leaves either the old state
+or the new one (DESIGN.md section 3). Hidden files are never listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.errors import EngineError, NotFound, RepositoryError
+from engine.storage.base import ObjectInfo
+
+
+class LocalBackend:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.location = str(self.root)
+
+    def _path(self, name: str) -> Path:
+        parts = name.split("/")
+        if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+            raise RepositoryError(f"invalid object name {name!r}")
+        return self.root.joinpath(*parts)
+
+    def get(self, name: str) -> bytes:
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise NotFound(f"{self.location}: object {name} not found") from None
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(name), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            raise NotFound(f"{self.location}: object {name} not found") from None
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        path = self._path(name)
+        folder = path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            if e.errno == errno.ENOSPC:
+                raise EngineError(f"disk full writing {path}: no space left on device") from None
+            raise EngineError(f"cannot write {path}: {e.strerror}") from None
+        _fsync_dir(folder)
+
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(name))
+        except FileNotFoundError:
+            raise NotFound(f"{self.location}: object {name} not found") from None
+        return ObjectInfo(name, st.st_size)
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the folder the prefix names, then filter by the rest.
+        base, _, _ = prefix.rpartition("/")
+        start = self.root / base if base else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for fn in filenames:
+                if fn.startswith("."):
+                    continue
+                name = rel + fn
+                if name.startswith(prefix):
+                    try:
+                        size = os.stat(os.path.join(dirpath, fn)).st_size
+                    except FileNotFoundError:
+                        continue
+                    yield ObjectInfo(name, size)
+
+    def delete(self, name: str) -> None:
+        try:
+            self._path(name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
