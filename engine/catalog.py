@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS audit (
     outcome TEXT NOT NULL,
     detail TEXT DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS verified (
+    snapshot TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    read_data INTEGER NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -129,6 +134,22 @@ class Catalog:
         with self._conn() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             return dict(row) if row else None
+
+    # --------------------------------------------------------------- verified
+    def mark_verified(self, snapshot_ids: list[str], read_data: bool) -> None:
+        now = time.time()
+        with self._conn() as db:
+            db.executemany(
+                "INSERT INTO verified (snapshot, time, read_data) VALUES (?, ?, ?) "
+                "ON CONFLICT(snapshot) DO UPDATE SET time=excluded.time, "
+                "read_data=excluded.read_data",
+                [(sid, now, int(read_data)) for sid in snapshot_ids],
+            )
+
+    def verified(self) -> dict[str, float]:
+        """Snapshot id -> time of the last verify that found it sound."""
+        with self._conn() as db:
+            return {r["snapshot"]: r["time"] for r in db.execute("SELECT * FROM verified")}
 
     # ------------------------------------------------------------------ audit
     def audit(

@@ -10,6 +10,7 @@ Each operation is a job: it gets an id, its progress is stored in the catalog
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ def _info(snap: dict) -> SnapshotInfo:
         parent=snap.get("parent"),
         files=int(stats.get("files", 0)),
     )
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
 
 
 def new_job_id(kind: str) -> str:
@@ -181,8 +186,9 @@ class Engine:
     # ------------------------------------------------------------- inventory
     def snapshots(self, source: str | None = None, kind: str | None = None) -> list[SnapshotInfo]:
         repo = self.repo()
+        verified = self.catalog.verified()
         out = [
-            _info(s)
+            dataclasses.replace(_info(s), verified=_iso(verified.get(s["id"])))
             for s in repo.snapshots()
             if (source is None or s.get("source") == source) and (kind is None or s["kind"] == kind)
         ]
@@ -232,6 +238,8 @@ class Engine:
             emit,
         ):
             report = verify_op.verify(repo, ids, read_data, job_id, emit, cancel)
+            bad = {sid for p in report.problems for sid in p.snapshots}
+            self.catalog.mark_verified([s for s in report.snapshots if s not in bad], read_data)
             self.catalog.audit("verify", "read-data" if read_data else "quick",
                                "ok" if report.ok else "problems", report.snapshots[:100],
                                detail="; ".join(p.message for p in report.problems[:5]))
