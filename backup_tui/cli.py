@@ -139,11 +139,11 @@ def cmd_init(args, engine: Engine) -> int:
         out_json(info)
     else:
         print(f"created repository {info['id']} at {info['location']}")
-        if not info["encrypted"]:
-            sys.stderr.write(
-                "WARNING: the repository is NOT ENCRYPTED: no password_file and no "
-                "$BACKUP_TUI_PASSWORD were set. Anyone who can read it can read your data.\n"
-            )
+    if not info["encrypted"]:  # said loudly, also under --json (stderr is not the data)
+        sys.stderr.write(
+            "WARNING: the repository is NOT ENCRYPTED: no password_file and no "
+            "$BACKUP_TUI_PASSWORD were set. Anyone who can read it can read your data.\n"
+        )
     return 0
 
 
