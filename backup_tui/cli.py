@@ -18,7 +18,7 @@ from typing import Any
 from engine.config import find_config, load_config
 from engine.errors import EngineError, UsageError
 from engine.events import Event
-from engine.facade import Engine, human_bytes
+from engine.facade import BackupAllError, Engine, human_bytes
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -84,6 +84,20 @@ def build_parser() -> ArgParser:
     rf.add_argument("--source")
     rf.add_argument("--replica")
     _json_flag(rf)
+    rd = rsub.add_parser("db")
+    rd.add_argument("snapshot", nargs="?", help="snapshot (or --source NAME --at TIME)")
+    rd.add_argument("--source")
+    rd.add_argument("--at", help="ISO 8601 time: the newest backup taken at or before it")
+    rd.add_argument("--target-db", required=True)
+    rd.add_argument("--replace", action="store_true",
+                    help="replace an existing database (restored aside, then swapped)")
+    rd.add_argument("--yes", action="store_true", help="confirm --replace")
+    rd.add_argument("--drop-old", action="store_true",
+                    help="with --replace: drop the old database instead of keeping it")
+    rd.add_argument("--no-owner", action="store_true", help="do not restore object ownership")
+    rd.add_argument("--with-globals", action="store_true", help="also restore roles")
+    rd.add_argument("--replica")
+    _json_flag(rd)
     return p
 
 
@@ -153,6 +167,8 @@ def _print_backup(res, as_json: bool) -> None:
     status = "complete" if res.complete else f"INCOMPLETE ({len(res.errors)} error(s))"
     print(f"snapshot {res.id[:8]} {res.kind}:{res.source} {human_bytes(res.size)}, "
           f"added {human_bytes(res.added)}, {res.files} files, {status}")
+    for w in res.warnings:
+        sys.stderr.write(f"  warning: {w}\n")
     for e in res.errors[:50]:
         sys.stderr.write(f"  error: {e['path']}: {e['error']}\n")
     if len(res.errors) > 50:
@@ -164,8 +180,20 @@ def cmd_backup(args, engine: Engine) -> int:
     try:
         if args.what == "files":
             results = [engine.backup_files(args.name, prog)]
+        elif args.what == "db":
+            results = [engine.backup_db(args.name, prog)]
         elif args.what == "all":
-            results = engine.backup_all(prog)
+            try:
+                results = engine.backup_all(prog)
+            except BackupAllError as e:
+                prog.close()
+                for r in e.results:
+                    _print_backup(r, args.json)
+                if args.json:
+                    out_json([r.as_json() for r in e.results])
+                for f in e.failures:
+                    sys.stderr.write(f"backup-tui: {f}\n")
+                return 1
         else:
             raise UsageError(f"backup {args.what} is not available yet in this version")
     finally:
@@ -256,6 +284,8 @@ def cmd_dump(args, engine: Engine) -> int:
 def cmd_restore(args, engine: Engine) -> int:
     if args.replica:
         raise UsageError("--replica: S3 replicas are not available yet in this version")
+    if args.what == "db":
+        return _restore_db(args, engine)
     if args.what != "files":
         raise UsageError(f"restore {args.what} is not available yet in this version")
     ref = engine.snapshot(args.snapshot, args.source)["id"]
@@ -274,6 +304,49 @@ def cmd_restore(args, engine: Engine) -> int:
         for w in result.warnings[:20]:
             sys.stderr.write(f"  warning: {w}\n")
     return 0
+
+
+def _restore_db(args, engine: Engine) -> int:
+    if args.replace and not args.yes:
+        raise UsageError(f"--replace replaces database {args.target_db!r}: add --yes to confirm")
+    if args.at:
+        if args.snapshot or not args.source:
+            raise UsageError("--at needs --source NAME and no SNAPSHOT")
+        when = engine.parse_time(args.at)
+        snap, before = engine.snapshot_at(args.source, when)
+        sys.stderr.write(f"using snapshot {snap['id'][:8]} of {args.source!r} taken at "
+                         f"{snap['time']}, {_span(before)} before {when.isoformat()}\n")
+    elif args.snapshot:
+        snap = engine.snapshot(args.snapshot, args.source)
+    else:
+        raise UsageError("give a SNAPSHOT, or --source NAME --at TIME")
+    plan = engine.plan_restore_db(snap, args.target_db, args.replace, args.drop_old,
+                                  args.no_owner, args.with_globals)
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        result = engine.restore_db(plan, prog)
+    finally:
+        prog.close()
+    if args.json:
+        out_json({"snapshot": result.snapshot, "target_db": result.target_db,
+                  "old_db": result.old_db, "bytes": result.bytes, "warnings": result.warnings})
+    else:
+        print(f"restored snapshot {result.snapshot[:8]} into database {result.target_db!r}"
+              + (f"; the previous database is kept as {result.old_db!r}" if result.old_db else ""))
+        for w in result.warnings:
+            sys.stderr.write(f"  warning: {w}\n")
+    return 0
+
+
+def _span(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d"] if d else []
+    parts += [f"{h}h"] if h or d else []
+    parts += [f"{m}m", f"{s}s"]
+    return " ".join(parts)
 
 
 COMMANDS = {

@@ -24,10 +24,21 @@ from engine.events import CancelToken, Event, EventCallback, ignore
 from engine.ops import backup as backup_op
 from engine.ops import dump as dump_op
 from engine.ops import restore as restore_op
+from engine.ops import restore_db as restore_db_op
 from engine.ops import verify as verify_op
 from engine.repo.repository import Repository
+from engine.sources import pgconn
 from engine.storage.base import Backend
 from engine.storage.local import LocalBackend
+
+
+class BackupAllError(EngineError):
+    """Some sources of 'backup all' failed; the others' results are kept here."""
+
+    def __init__(self, results: list, failures: list[str]):
+        super().__init__("; ".join(failures))
+        self.results = results
+        self.failures = failures
 
 
 @dataclass(frozen=True)
@@ -175,12 +186,46 @@ class Engine:
                                      "could not be read")
         return result
 
+    def database(self, name: str) -> dict:
+        for db in self.config.databases:
+            if db["name"] == name:
+                return db
+        known = ", ".join(d["name"] for d in self.config.databases) or "none configured"
+        raise UsageError(f"no [[database]] named {name!r} (known: {known})")
+
+    def database_connection(self, name: str) -> dict:
+        """Where a database's connection comes from (config, $DATABASE_URL, libpq), no secrets."""
+        t = pgconn.resolve(self.database(name))
+        return {"name": name, "where": t.where, "from": t.origin, "user": t.user}
+
+    def backup_db(
+        self, name: str, on_event: EventCallback = ignore, cancel: CancelToken | None = None
+    ) -> backup_op.BackupResult:
+        db = self.database(name)
+        repo = self.repo()
+        repo.load_index()
+        with self._job("backup", f"db:{name}", on_event) as (job_id, emit):
+            result = backup_op.backup_db(repo, db, job_id, emit, cancel)
+            self.catalog.audit("backup", f"db:{name}", "succeeded", [result.id])
+            emit(Event(job_id, "done", bytes_done=result.size, bytes_total=result.size,
+                       message=f"snapshot {result.id[:8]}", final=True))
+        return result
+
     def backup_all(
         self, on_event: EventCallback = ignore, cancel: CancelToken | None = None
     ) -> list[backup_op.BackupResult]:
-        results = []
-        for fs in self.config.filesets:
-            results.append(self.backup_files(fs.name, on_event, cancel))
+        """Every database, then every fileset. One failing source does not stop the others."""
+        results: list[backup_op.BackupResult] = []
+        failures: list[str] = []
+        jobs = [(self.backup_db, d["name"]) for d in self.config.databases]
+        jobs += [(self.backup_files, fs.name) for fs in self.config.filesets]
+        for run, name in jobs:
+            try:
+                results.append(run(name, on_event, cancel))
+            except EngineError as e:
+                failures.append(str(e))
+        if failures:
+            raise BackupAllError(results, failures)
         return results
 
     # ------------------------------------------------------------- inventory
@@ -221,6 +266,35 @@ class Engine:
                 f"({', '.join(m[:12] for m in matches[:5])}); give more characters"
             )
         return repo.load_snapshot(matches[0])
+
+    def snapshot_at(self, source: str, when: datetime) -> tuple[dict, float]:
+        """The newest snapshot of source taken at or before when; and how many seconds before."""
+        infos = [i for i in self.snapshots(source=source) if i.time <= when]
+        if not infos:
+            first = self.snapshots(source=source)
+            if not first:
+                raise NotFound(f"no snapshots of source {source!r}")
+            raise NotFound(
+                f"no snapshot of {source!r} at or before {when.isoformat()}: the first one "
+                f"was taken at {first[0].time.isoformat()}"
+            )
+        best = infos[-1]
+        return self.repo().load_snapshot(best.id), (when - best.time).total_seconds()
+
+    def parse_time(self, text: str) -> datetime:
+        """ISO 8601; without an offset it is read in the schedule's time zone."""
+        from zoneinfo import ZoneInfo
+
+        try:
+            when = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(
+                f"cannot read time {text!r}: use ISO 8601, e.g. 2026-11-26T14:00 or "
+                "2026-11-26T14:00:00+01:00"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=ZoneInfo(self.config.schedule["timezone"]))
+        return when
 
     # ---------------------------------------------------------------- verify
     def verify(
@@ -264,6 +338,44 @@ class Engine:
         with self._job("restore", target, on_event) as (job_id, emit):
             result = restore_op.execute_restore(repo, plan, job_id, emit, cancel)
             self.catalog.audit("restore", target, "succeeded", [plan.snapshot["id"]])
+        return result
+
+    def plan_restore_db(
+        self,
+        ref: str | dict,
+        target_db: str,
+        replace: bool = False,
+        drop_old: bool = False,
+        no_owner: bool = False,
+        with_globals: bool = False,
+    ) -> restore_db_op.DbRestorePlan:
+        snap = ref if isinstance(ref, dict) else self.snapshot(ref)
+        if snap.get("kind") != "db":
+            raise UsageError(f"snapshot {snap['id'][:12]} is a {snap.get('kind')} snapshot, "
+                             "not db")
+        db = self.database(snap["source"]) if any(
+            d["name"] == snap["source"] for d in self.config.databases
+        ) else None
+        if db is None:
+            raise UsageError(f"snapshot {snap['id'][:8]} is of database {snap['source']!r}, "
+                             "which is not in the config: add a [[database]] for its server")
+        server = pgconn.resolve(db)
+        return restore_db_op.plan_restore_db(snap, server, target_db, replace, drop_old,
+                                             no_owner, with_globals)
+
+    def restore_db(
+        self,
+        plan: restore_db_op.DbRestorePlan,
+        on_event: EventCallback = ignore,
+        cancel: CancelToken | None = None,
+    ) -> restore_db_op.DbRestoreResult:
+        repo = self.repo()
+        target = f"db:{plan.snapshot['source']} -> {plan.target_db}"
+        with self._job("restore", target, on_event) as (job_id, emit):
+            result = restore_db_op.execute_restore_db(repo, plan, job_id, emit, cancel)
+            self.catalog.audit("restore", target, "succeeded", [plan.snapshot["id"]],
+                               detail=f"old database kept as {result.old_db}"
+                               if result.old_db else "")
         return result
 
     # ------------------------------------------------------------------ dump

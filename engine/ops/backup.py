@@ -31,6 +31,7 @@ class BackupResult:
     duration: float = 0.0
     files: int = 0
     unchanged_files: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -45,6 +46,7 @@ class BackupResult:
             "added": self.added,
             "complete": self.complete,
             "errors": self.errors,
+            "warnings": self.warnings,
         }
 
 
@@ -140,4 +142,69 @@ def backup_files(
         duration=time.monotonic() - start,
         files=stats.files,
         unchanged_files=stats.unchanged_files,
+    )
+
+
+def backup_db(
+    repo: Repository,
+    db: dict,
+    job_id: str,
+    on_event: EventCallback,
+    cancel: CancelToken | None = None,
+) -> BackupResult:
+    """Logical backup of one [[database]] (pg_dump custom format, streamed)."""
+    from engine.sources.pgconn import resolve
+    from engine.sources.postgres import dump_database
+
+    cancel = cancel or CancelToken()
+    start = time.monotonic()
+    target = resolve(db)
+    on_event(Event(job_id, "connect", message=f"connecting to {target.where}"))
+    with RepoLock(repo.backend, exclusive=False, purpose=f"backup db {db['name']}").acquire(
+        wait=60
+    ):
+        parent = latest_snapshot(repo, "db", db["name"])
+
+        def progress(done: int, estimate: int) -> None:
+            on_event(Event(job_id, "dump", bytes_done=done, bytes_total=max(done, estimate),
+                           message=f"pg_dump {target.where}"))
+
+        with repo.writer() as writer:
+            dumped = dump_database(repo, writer, target, progress, cancel)
+            on_event(Event(job_id, "commit", bytes_done=dumped.bytes, bytes_total=dumped.bytes,
+                           message="writing index and snapshot"))
+            writer.commit()
+            snap = {
+                "version": 1,
+                "time": now_iso(),
+                "kind": "db",
+                "source": db["name"],
+                "host": socket.gethostname(),
+                "tags": [],
+                "stream": dumped.stream,
+                "globals": dumped.globals,
+                "parent": parent["id"] if parent else None,
+                "incomplete": False,
+                "warnings": dumped.warnings,
+                "postgres": dumped.facts,
+                "stats": {
+                    "files": 0,
+                    "size": dumped.bytes,
+                    "bytes_read": dumped.bytes,
+                    "added": writer.added_bytes,
+                    "added_raw": writer.added_raw,
+                    "new_blobs": writer.new_blobs,
+                    "duration": round(time.monotonic() - start, 3),
+                },
+                "program": f"backup-tui {__version__}",
+            }
+            sid = repo.save_snapshot(snap)
+    return BackupResult(
+        id=sid,
+        kind="db",
+        source=db["name"],
+        size=dumped.bytes,
+        added=writer.added_bytes,
+        duration=time.monotonic() - start,
+        warnings=dumped.warnings,
     )

@@ -38,6 +38,7 @@ class VerifyReport:
     packs_checked: int = 0
     blobs_checked: int = 0
     bytes_read: int = 0
+    archives_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -115,6 +116,11 @@ def verify(
 
     if read_data:
         _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel)
+        bad = {sid for p in report.problems for sid in p.snapshots}
+        for snap in snaps:
+            if snap.get("kind") == "db" and snap["id"] not in bad:
+                on_event(Event(job_id, "archive", message=f"pg_restore -l of {snap['id'][:12]}"))
+                _check_archive(repo, snap, report)
     on_event(Event(job_id, "done", items_done=len(snaps), items_total=len(snaps),
                    message="ok" if report.ok else f"{len(report.problems)} problem(s)",
                    final=True))
@@ -154,6 +160,43 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
             continue
         pack_users[entry.pack_id].add(sid)
         needed_blobs[entry.pack_id].add(b)
+
+
+def _check_archive(repo: Repository, snap: dict, report: VerifyReport) -> None:
+    """A db snapshot's stream must be a pg_dump archive whose table of contents lists."""
+    import subprocess
+    import tempfile
+
+    from engine.ops.restore_db import stream_into
+    from engine.sources.pgconn import find_tool
+
+    name = f"snapshots/{snap['id']}"
+    try:
+        tool, _ = find_tool("pg_restore", int(snap.get("postgres", {}).get("server_major", 0)))
+    except EngineError as e:
+        report.notes.append(f"{name}: archive not checked: {e}")
+        return
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([tool, "-l"], stdin=subprocess.PIPE, stdout=out, stderr=err)
+        try:
+            stream_into(repo, snap, proc, lambda n: None)
+        except EngineError as e:
+            proc.kill()
+            proc.wait()
+            report.problems.append(Problem(name, str(e), [snap["id"]]))
+            return
+        rc = proc.wait()
+        out.seek(0)
+        entries = sum(1 for ln in out.read().splitlines() if ln and not ln.startswith(b";"))
+        if rc != 0:
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace").strip()[-300:]
+            report.problems.append(
+                Problem(name, f"{name}: not a readable pg_dump archive: {text}", [snap["id"]])
+            )
+        else:
+            report.archives_checked += 1
+            report.notes.append(f"{name}: pg_dump archive lists {entries} entries")
 
 
 def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel) -> None:
