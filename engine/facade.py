@@ -205,7 +205,8 @@ class Engine:
         repo = self.repo()
         repo.load_index()
         with self._job("backup", f"db:{name}", on_event) as (job_id, emit):
-            result = backup_op.backup_db(repo, db, job_id, emit, cancel)
+            scratch = str(self.config.state_dir / "tmp")
+            result = backup_op.backup_db(repo, db, job_id, emit, cancel, scratch)
             self.catalog.audit("backup", f"db:{name}", "succeeded", [result.id])
             emit(Event(job_id, "done", bytes_done=result.size, bytes_total=result.size,
                        message=f"snapshot {result.id[:8]}", final=True))
@@ -372,7 +373,8 @@ class Engine:
         repo = self.repo()
         target = f"db:{plan.snapshot['source']} -> {plan.target_db}"
         with self._job("restore", target, on_event) as (job_id, emit):
-            result = restore_db_op.execute_restore_db(repo, plan, job_id, emit, cancel)
+            scratch = str(self.config.state_dir / "tmp")
+            result = restore_db_op.execute_restore_db(repo, plan, job_id, emit, cancel, scratch)
             self.catalog.audit("restore", target, "succeeded", [plan.snapshot["id"]],
                                detail=f"old database kept as {result.old_db}"
                                if result.old_db else "")

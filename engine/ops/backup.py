@@ -151,10 +151,11 @@ def backup_db(
     job_id: str,
     on_event: EventCallback,
     cancel: CancelToken | None = None,
+    scratch: str = "/tmp",
 ) -> BackupResult:
     """Logical backup of one [[database]] (pg_dump custom format, streamed)."""
     from engine.sources.pgconn import resolve
-    from engine.sources.postgres import dump_database
+    from engine.sources.postgres import dump_database, dump_database_directory
 
     cancel = cancel or CancelToken()
     start = time.monotonic()
@@ -170,7 +171,13 @@ def backup_db(
                            message=f"pg_dump {target.where}"))
 
         with repo.writer() as writer:
-            dumped = dump_database(repo, writer, target, progress, cancel)
+            tree = None
+            if db.get("format") == "directory":
+                tree, dumped = dump_database_directory(
+                    repo, writer, target, int(db.get("jobs", 1)), scratch, progress, cancel
+                )
+            else:
+                dumped = dump_database(repo, writer, target, progress, cancel)
             on_event(Event(job_id, "commit", bytes_done=dumped.bytes, bytes_total=dumped.bytes,
                            message="writing index and snapshot"))
             writer.commit()
@@ -182,6 +189,7 @@ def backup_db(
                 "host": socket.gethostname(),
                 "tags": [],
                 "stream": dumped.stream,
+                **({"tree": tree} if tree else {}),
                 "globals": dumped.globals,
                 "parent": parent["id"] if parent else None,
                 "incomplete": False,

@@ -104,7 +104,7 @@ def dump_stream(repo: Repository, snap: dict, out: BinaryIO) -> int:
 
 
 def dump(repo: Repository, snap: dict, out: BinaryIO, path: str | None = None) -> int:
-    if snap.get("kind") == "files":
+    if "tree" in snap:  # files, and directory-format database dumps
         return dump_files(repo, snap, out, path)
     if path:
         raise UsageError("--path applies to files snapshots only")

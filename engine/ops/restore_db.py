@@ -10,7 +10,9 @@ temporary database and leaves the original untouched and serving.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -163,6 +165,26 @@ def stream_into(repo: Repository, snap: dict, proc: subprocess.Popen, on_bytes) 
     return written
 
 
+def materialize(repo: Repository, snap: dict, folder: str, only: set[str] | None = None,
+                on_bytes=lambda n: None) -> int:
+    """Write a directory-format dump's files into folder (pg_restore -Fd needs them on disk)."""
+    from engine.repo.walk import walk
+
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    written = 0
+    for path, node in walk(repo, snap["tree"]):
+        name = os.fsdecode(path)
+        if node["type"] != "file" or "/" in name or (only is not None and name not in only):
+            continue
+        with open(os.path.join(folder, name), "wb") as f:
+            for bid in node.get("content", []):
+                data = repo.load_blob(bid, "data")
+                f.write(data)
+                written += len(data)
+                on_bytes(written)
+    return written
+
+
 def restore_globals(repo: Repository, plan: DbRestorePlan, tool_major: int) -> list[str]:
     gids = plan.snapshot.get("globals", [])
     if not gids:
@@ -183,6 +205,7 @@ def execute_restore_db(
     job_id: str,
     on_event: EventCallback,
     cancel: CancelToken | None = None,
+    scratch: str = "/tmp",
 ) -> DbRestoreResult:
     cancel = cancel or CancelToken()
     server = plan.server
@@ -205,22 +228,34 @@ def execute_restore_db(
         args = [tool, "--exit-on-error", "--no-password", "-d", plan.temp_db]
         if plan.no_owner:
             args += ["--no-owner", "--no-acl"]
+        folder = None
+        directory = "tree" in plan.snapshot
+
+        def on_bytes(n: int) -> None:
+            on_event(Event(job_id, "restore", bytes_done=n, bytes_total=total,
+                           message=f"pg_restore into {plan.temp_db}"))
+            cancel.check()
+
+        if directory:  # parallel restore reads a directory; staged only for this restore
+            folder = os.path.join(scratch, f"restore-{plan.temp_db}")
+            written = materialize(repo, plan.snapshot, folder, on_bytes=on_bytes)
+            jobs = int(plan.snapshot.get("postgres", {}).get("jobs", 1))
+            args += ["--format=directory", f"--jobs={max(1, jobs)}", folder]
         with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if directory else
+                                    subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=err, env=server.with_db(plan.temp_db).env())
-
-            def on_bytes(n: int) -> None:
-                on_event(Event(job_id, "restore", bytes_done=n, bytes_total=total,
-                               message=f"pg_restore into {plan.temp_db}"))
-                cancel.check()
-
             try:
-                written = stream_into(repo, plan.snapshot, proc, on_bytes)
+                if not directory:
+                    written = stream_into(repo, plan.snapshot, proc, on_bytes)
                 rc = proc.wait()
             except BaseException:
                 proc.kill()
                 proc.wait()
                 raise
+            finally:
+                if folder:
+                    shutil.rmtree(folder, ignore_errors=True)
             if rc != 0:
                 err.seek(0)
                 text = err.read().decode("utf-8", "replace")

@@ -132,16 +132,17 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
     root = snap.get("tree")
     blob_ids: list[tuple[str, str]] = []
     try:
-        if snap.get("kind") == "files":
+        if root:
             blob_ids.append((root, "tree"))
             for path, node in walk(repo, root):
                 if node["type"] == "dir":
                     blob_ids.append((node["subtree"], "tree"))
                 for b in node.get("content", []) or []:
                     blob_ids.append((b, os.fsdecode(path)))
-        else:
-            for b in snap.get("stream", []) or []:
-                blob_ids.append((b, "stream"))
+        for b in snap.get("stream", []) or []:
+            blob_ids.append((b, "stream"))
+        for b in snap.get("globals", []) or []:
+            blob_ids.append((b, "globals"))
     except EngineError as e:
         obj = getattr(e, "object_name", "") or f"snapshots/{sid}"
         entry = repo.index.get(obj)
@@ -176,10 +177,24 @@ def _check_archive(repo: Repository, snap: dict, report: VerifyReport) -> None:
     except EngineError as e:
         report.notes.append(f"{name}: archive not checked: {e}")
         return
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([tool, "-l"], stdin=subprocess.PIPE, stdout=out, stderr=err)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as folder:
+        directory = "tree" in snap
+        args = [tool, "-l"]
+        if directory:  # the table of contents is all -l reads
+            from engine.ops.restore_db import materialize
+
+            try:
+                materialize(repo, snap, folder, only={"toc.dat"})
+            except EngineError as e:
+                report.problems.append(Problem(name, str(e), [snap["id"]]))
+                return
+            args += ["--format=directory", folder]
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
+                                stdout=out, stderr=err)
         try:
-            stream_into(repo, snap, proc, lambda n: None)
+            if not directory:
+                stream_into(repo, snap, proc, lambda n: None)
         except EngineError as e:
             proc.kill()
             proc.wait()
