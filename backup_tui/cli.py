@@ -68,6 +68,8 @@ def build_parser() -> ArgParser:
     v.add_argument("--replica")
     _json_flag(v)
 
+    _json_flag(sub.add_parser("status", help="sources, newest backups, running jobs"))
+
     d = sub.add_parser("dump", help="write a snapshot's native stream (tar, pg_dump) to stdout")
     d.add_argument("snapshot")
     d.add_argument("--path")
@@ -349,7 +351,27 @@ def _span(seconds: float) -> str:
     return " ".join(parts)
 
 
+def cmd_status(args, engine: Engine) -> int:
+    st = engine.status()
+    if args.json:
+        out_json(st)
+        return 0
+    print(f"repository {st['repository']}")
+    for s in st["sources"]:
+        age = f"{s['age_hours']:.1f} h ago" if s["age_hours"] is not None else "never"
+        line = f"  {s['kind']:5} {s['name']:20} last good backup {age} ({s['snapshots']} kept)"
+        conn = s.get("connection")
+        if conn:
+            line += (f"; connects to {conn['where']} from {conn['from']}" if "where" in conn
+                     else f"; {conn['error']}")
+        print(line)
+    for j in st["running"]:
+        print(f"  running: {j['kind']} {j['target']} {j['phase']} {j['message'][:60]}")
+    return 0
+
+
 COMMANDS = {
+    "status": cmd_status,
     "init": cmd_init,
     "backup": cmd_backup,
     "list": cmd_list,

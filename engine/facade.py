@@ -389,6 +389,33 @@ class Engine:
     def jobs(self, limit: int = 50) -> list[dict]:
         return self.catalog.jobs(limit)
 
+    def status(self) -> dict:
+        """Per source: the newest snapshot and its age; for databases, where the
+        connection comes from. (Schedules and replicas join in later versions.)"""
+        infos = self.snapshots()
+        now = datetime.now(UTC)
+        sources = []
+        for kind, name in self.sources():
+            mine = [i for i in infos if i.kind == kind and i.source == name]
+            good = [i for i in mine if i.complete]
+            entry: dict = {
+                "kind": kind,
+                "name": name,
+                "snapshots": len(mine),
+                "last": mine[-1].time.isoformat() if mine else None,
+                "last_good": good[-1].time.isoformat() if good else None,
+                "age_hours": round((now - good[-1].time).total_seconds() / 3600, 2)
+                if good else None,
+            }
+            if kind == "db":
+                try:
+                    entry["connection"] = self.database_connection(name)
+                except EngineError as e:
+                    entry["connection"] = {"error": str(e)}
+            sources.append(entry)
+        running = [j for j in self.catalog.jobs(20) if j["state"] == "running"]
+        return {"repository": self.backend.location, "sources": sources, "running": running}
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

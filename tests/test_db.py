@@ -318,3 +318,14 @@ def test_directory_format_parallel_roundtrip(sandbox, pg_cluster, shop, tmp_path
     out.mkdir()
     subprocess.run(["tar", "-x", "-C", str(out)], input=dump.stdout, check=True)
     assert (out / "toc.dat").exists()
+
+
+def test_status_says_where_each_database_connects(db_sandbox):
+    eng = db_sandbox.engine(init=True)
+    eng.backup_db("shop")
+    proc = db_sandbox.cli("status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    src = {s["name"]: s for s in json.loads(proc.stdout)["sources"]}
+    assert src["shop"]["connection"]["from"] == "config"
+    assert src["shop"]["last_good"] and src["shop"]["snapshots"] == 1
+    assert src["src"]["last_good"] is None
