@@ -29,25 +29,36 @@ class LocalBackend:
         return self.root.joinpath(*parts)
 
     def get(self, name: str) -> bytes:
+        path = self._path(name)
         try:
-            with open(self._path(name), "rb") as f:
+            with open(path, "rb") as f:
                 return f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{self.location}: object {name} not found") from None
+        except OSError as e:
+            raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
+        path = self._path(name)
         try:
-            with open(self._path(name), "rb") as f:
+            with open(path, "rb") as f:
                 f.seek(offset)
                 return f.read(length)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{self.location}: object {name} not found") from None
+        except OSError as e:
+            raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
         folder = path.parent
-        folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-{secrets.token_hex(8)}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise RepositoryError(f"cannot write {path}: {folder} is not a directory") from None
+        except OSError as e:
+            raise EngineError(f"cannot create {folder}: {e.strerror}") from None
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -72,7 +83,7 @@ class LocalBackend:
     def stat(self, name: str) -> ObjectInfo:
         try:
             st = os.stat(self._path(name))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{self.location}: object {name} not found") from None
         return ObjectInfo(name, st.st_size)
 
