@@ -114,8 +114,10 @@ class Repository:
             ) from None
         try:
             config = json.loads(raw)
-            if config.get("format") != "backup-tui":
+            if not isinstance(config, dict) or config.get("format") != "backup-tui":
                 raise ValueError("not a backup-tui repository")
+            if not isinstance(config.get("id"), str) or not isinstance(config.get("chunker"), dict):
+                raise ValueError("id or chunker parameters missing")
         except ValueError as e:
             raise IntegrityError(f"{backend.location}/config: unreadable: {e}", "config") from None
         if config.get("version") != FORMAT_VERSION:
