@@ -229,6 +229,9 @@ def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_even
             data = repo.backend.get(name)
         except NotFound:
             continue
+        except EngineError as e:  # unreadable: report it and go on with the other packs
+            report.problems.append(Problem(name, f"{name}: {e}", users))
+            continue
         report.bytes_read += len(data)
         report.packs_checked += 1
         if sha256_hex(data) != pid:
