@@ -127,7 +127,10 @@ class Config:
                 raise ConfigError(
                     f"{self.path}: [repository] password_file: cannot read {pf}: {e.strerror}"
                 ) from None
-            return text.rstrip("\r\n")
+            password = text.rstrip("\r\n")
+            if not password:  # never fall back to an unencrypted repository silently
+                raise ConfigError(f"{self.path}: [repository] password_file: {pf} is empty")
+            return password
         env = os.environ.get("BACKUP_TUI_PASSWORD")
         return env if env else None
 
