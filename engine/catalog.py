@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.errors import EngineError
 from engine.events import Event
 
 SCHEMA = """
@@ -68,12 +69,23 @@ PROGRESS_INTERVAL = 0.25  # seconds between stored progress rows of one job
 class Catalog:
     def __init__(self, state_dir: str | os.PathLike[str]):
         self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.path = self.dir / "catalog.sqlite"
         self._local = threading.local()
         self._last_write: dict[str, float] = {}
-        with self._conn() as db:
-            db.executescript(SCHEMA)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as e:
+            why = "exists and is not a directory" if isinstance(e, FileExistsError) else (
+                f"cannot create it: {e.strerror}")
+            raise EngineError(f"state directory {self.dir}: {why}") from None
+        try:
+            with self._conn() as db:
+                db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise EngineError(
+                f"catalog {self.path}: cannot open it: {e} (it is a cache of local history: "
+                "move it aside to start a new one)"
+            ) from None
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:

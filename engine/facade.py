@@ -152,11 +152,12 @@ class Engine:
     # ------------------------------------------------------------ repository
     def init(self) -> dict:
         password = self.config.password()
+        catalog = self.catalog  # a broken state dir fails here, before a repository is made
         repo = Repository.init(
             self.backend, password, self.config.repository["compression"], self.kdf
         )
         self._repo = repo
-        self.catalog.audit("init", self.backend.location, "succeeded")
+        catalog.audit("init", self.backend.location, "succeeded")
         return {"id": repo.id, "location": self.backend.location,
                 "encrypted": repo.keys.encrypted}
 
