@@ -1,0 +1,104 @@
+"""Messages from thread workers to the console, and the one place engine events become messages.
+
+Thread workers never touch widgets: they call the engine, then ``post_message``
+(thread-safe) one of these. ``EventRelay`` is the engine ``on_event`` callback
+the console hands to every long operation: it throttles in the worker thread
+(at most ~10 messages a second, the final event always passes) and wraps each
+engine ``Event`` in a ``JobProgress`` that a newer one may replace in the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from textual.message import Message
+from textual.message_pump import MessagePump
+
+from engine.events import Event, Throttle
+from engine.facade import SnapshotInfo
+
+if TYPE_CHECKING:  # the facade returns it; the console only reads its fields
+    from engine.ops.backup import BackupResult
+
+PROGRESS_INTERVAL = 0.1  # seconds between progress messages of one job
+
+
+@dataclass
+class SnapshotsLoaded(Message):
+    """The inventory list was read; select ``select`` (a snapshot id) if given."""
+
+    snapshots: list[SnapshotInfo]
+    select: str | None = None
+
+
+@dataclass
+class SnapshotsFailed(Message):
+    """The inventory list could not be read; ``error`` is the engine's message."""
+
+    error: str
+
+
+@dataclass
+class DetailLoaded(Message):
+    """The full record of one snapshot was read."""
+
+    snapshot_id: str
+    record: dict
+
+
+@dataclass
+class DetailFailed(Message):
+    """The full record of one snapshot could not be read."""
+
+    snapshot_id: str
+    error: str
+
+
+@dataclass
+class JobProgress(Message):
+    """A running job's latest engine event."""
+
+    event: Event
+
+    def can_replace(self, message: Message) -> bool:
+        # Textual asks this of the message about to be handled, with the next one queued:
+        # True drops this one for the newer progress of the same job (never a final one).
+        return (
+            isinstance(message, JobProgress)
+            and message.event.job_id == self.event.job_id
+            and not self.event.final
+        )
+
+
+@dataclass
+class BackupFinished(Message):
+    """A backup of fileset ``source`` committed snapshot ``result.id``."""
+
+    source: str
+    result: BackupResult
+
+
+@dataclass
+class BackupFailed(Message):
+    """A backup of fileset ``source`` ended without a snapshot; ``error`` says why."""
+
+    source: str
+    error: str
+
+
+class EventRelay:
+    """An engine ``on_event`` callback posting throttled ``JobProgress`` messages to ``target``.
+
+    Called from the engine's thread; ``post_message`` is thread-safe.
+    """
+
+    def __init__(self, target: MessagePump, interval: float = PROGRESS_INTERVAL):
+        self._target = target
+        self._throttle = Throttle(self._post, interval)
+
+    def __call__(self, event: Event) -> None:
+        self._throttle(event)
+
+    def _post(self, event: Event) -> None:
+        self._target.post_message(JobProgress(event))

@@ -1,0 +1,1 @@
+"""Screens: they coordinate widgets and engine calls (in thread workers); widgets display."""

@@ -1,0 +1,1 @@
+"""Widgets: they display what a screen hands them and decide nothing."""
