@@ -73,6 +73,8 @@ def plan_restore(
 ) -> RestorePlan:
     if snap.get("kind") != "files":
         raise UsageError(f"snapshot {snap['id'][:12]} is a {snap.get('kind')} snapshot, not files")
+    if not os.fspath(target):  # e.g. an unset shell variable: never the current directory
+        raise UsageError("restore target is empty: give the directory to restore into")
     tgt = Path(os.path.abspath(target))
     _check_target(tgt, force)
     selections = [find(repo, snap["tree"], p) for p in paths] if paths else [
