@@ -218,7 +218,7 @@ def cmd_list(args, engine: Engine) -> int:
     if not infos:
         print("no snapshots")
         return 0
-    print(f"{'ID':8}  {'TIME (UTC)':19}  {'KIND':5}  {'SOURCE':16}  {'SIZE':>10}  {'ADDED':>10}")
+    print(f"{'ID':8}  {'TIME':19}  {'KIND':5}  {'SOURCE':16}  {'SIZE':>10}  {'ADDED':>10}")
     for i in infos:
         t = i.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
         flag = "" if i.complete else "  incomplete"

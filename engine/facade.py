@@ -1,8 +1,12 @@
 """The Engine facade: the one entry point for the console, the daemon and the CLI.
 
 Every method is blocking and runs in the caller's thread; call it from a worker
-thread in a UI. Long operations take ``on_event`` (called from the thread that
-runs the operation, so it must be cheap and thread-safe) and a ``CancelToken``.
+thread in a UI. Methods may run concurrently from several threads (the console
+lists snapshots while a backup runs): the repository and catalog are opened once
+under a lock, the catalog keeps one SQLite connection per thread, and backups
+take repository locks like separate processes would. Long operations take
+``on_event`` (called from the thread that runs the operation, so it must be
+cheap and thread-safe) and a ``CancelToken``.
 Each operation is a job: it gets an id, its progress is stored in the catalog
 (throttled) so other processes can watch, and it leaves an audit record.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,18 +112,21 @@ class Engine:
         self.kdf = kdf  # key derivation cost for init; tests pass a cheap one
         self._repo: Repository | None = None
         self._catalog: Catalog | None = None
+        self._open_lock = threading.RLock()
 
     # ------------------------------------------------------------ plumbing
     @property
     def catalog(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = Catalog(self.config.state_dir)
-        return self._catalog
+        with self._open_lock:
+            if self._catalog is None:
+                self._catalog = Catalog(self.config.state_dir)
+            return self._catalog
 
     def repo(self) -> Repository:
-        if self._repo is None:
-            self._repo = Repository.open(self.backend, self.config.password())
-        return self._repo
+        with self._open_lock:
+            if self._repo is None:
+                self._repo = Repository.open(self.backend, self.config.password())
+            return self._repo
 
     def refresh(self) -> None:
         """Forget cached repository state (another process may have written)."""
@@ -426,4 +434,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-__all__ = ["Engine", "SnapshotInfo", "EngineError", "RepositoryError", "human_bytes"]
+BackupResult = backup_op.BackupResult
+RestorePlan = restore_op.RestorePlan
+DbRestorePlan = restore_db_op.DbRestorePlan
+
+__all__ = [
+    "Engine",
+    "SnapshotInfo",
+    "BackupResult",
+    "RestorePlan",
+    "DbRestorePlan",
+    "EngineError",
+    "RepositoryError",
+    "human_bytes",
+]

@@ -87,8 +87,8 @@ def backup_files(
                 Event(
                     job_id,
                     "backup",
-                    bytes_done=stats.bytes,
-                    bytes_total=max(n_bytes, stats.bytes),
+                    bytes_done=stats.bytes + stats.partial,
+                    bytes_total=max(n_bytes, stats.bytes + stats.partial),
                     items_done=stats.files,
                     items_total=max(n_files, stats.files),
                     message=current,

@@ -68,6 +68,7 @@ class FilesStats:
     bytes: int = 0  # size of the source
     unchanged_files: int = 0
     bytes_read: int = 0
+    partial: int = 0  # bytes read so far of the file being read, for smooth progress
     errors: list[dict] = field(default_factory=list)
 
 
@@ -323,6 +324,7 @@ class FilesBackup:
         try:
             content, size = self._read(path, st)
         except FileNotFoundError:
+            self.stats.partial = 0
             self._error(path, "vanished during backup")
             return None
         except PermissionError:
@@ -336,6 +338,7 @@ class FilesBackup:
             return None
         node["content"] = content
         node["size"] = size
+        self.stats.partial = 0
         self.stats.bytes += size
         return node
 
@@ -365,6 +368,7 @@ class FilesBackup:
                 content.append(self.writer.save(DATA, chunk.data))
                 size += chunk.length
                 self.stats.bytes_read += chunk.length
+                self.stats.partial = size
                 self._tick(path)
                 self.cancel.check()
             self._after_read(path, fd, st, size)
