@@ -329,3 +329,16 @@ def test_status_says_where_each_database_connects(db_sandbox):
     assert src["shop"]["connection"]["from"] == "config"
     assert src["shop"]["last_good"] and src["shop"]["snapshots"] == 1
     assert src["src"]["last_good"] is None
+
+
+def test_with_globals_recreates_missing_roles(db_sandbox, pg_cluster):
+    role = f"owner_{uuid.uuid4().hex[:6]}"
+    pg_cluster.psql(f"CREATE ROLE {role}; ALTER TABLE users OWNER TO {role}", db_sandbox.db)
+    eng = db_sandbox.engine(init=True)
+    res = eng.backup_db("shop")
+    pg_cluster.psql(f"DROP DATABASE {db_sandbox.db} WITH (FORCE)")
+    pg_cluster.psql(f"DROP ROLE {role}")
+    target = new_db_name()
+    eng.restore_db(eng.plan_restore_db(res.id, target, with_globals=True))
+    owner = pg_cluster.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'users'", target)
+    assert owner.strip() == role
