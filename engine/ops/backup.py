@@ -50,6 +50,30 @@ class BackupResult:
         }
 
 
+def _snapshot_record(
+    kind: str, source: str, parent: dict | None, writer, start: float, stats: dict, **fields
+) -> dict:
+    """The snapshot fields every kind shares, with the source's own fields after them."""
+    return {
+        "version": 1,
+        "time": now_iso(),
+        "kind": kind,
+        "source": source,
+        "host": socket.gethostname(),
+        "tags": [],
+        "parent": parent["id"] if parent else None,
+        **fields,
+        "stats": {
+            **stats,
+            "added": writer.added_bytes,
+            "added_raw": writer.added_raw,
+            "new_blobs": writer.new_blobs,
+            "duration": round(time.monotonic() - start, 3),
+        },
+        "program": f"backup-tui {__version__}",
+    }
+
+
 def latest_snapshot(repo: Repository, kind: str, source: str) -> dict | None:
     best = None
     for snap in repo.snapshots():
@@ -105,32 +129,16 @@ def backup_files(
             on_event(Event(job_id, "commit", message="writing index and snapshot"))
             writer.commit()
             stats = fb.stats
-            snap = {
-                "version": 1,
-                "time": now_iso(),
-                "kind": "files",
-                "source": fileset.name,
-                "host": socket.gethostname(),
-                "paths": list(fileset.paths),
-                "tags": [],
-                "tree": root,
-                "parent": parent["id"] if parent else None,
-                "incomplete": bool(stats.errors),
-                "errors": stats.errors[:1000],
-                "errors_total": len(stats.errors),
-                "stats": {
-                    "files": stats.files,
-                    "dirs": stats.dirs,
-                    "size": stats.bytes,
-                    "unchanged_files": stats.unchanged_files,
-                    "bytes_read": stats.bytes_read,
-                    "added": writer.added_bytes,
-                    "added_raw": writer.added_raw,
-                    "new_blobs": writer.new_blobs,
-                    "duration": round(time.monotonic() - start, 3),
-                },
-                "program": f"backup-tui {__version__}",
-            }
+            snap = _snapshot_record(
+                "files", fileset.name, parent, writer, start,
+                {"files": stats.files, "dirs": stats.dirs, "size": stats.bytes,
+                 "unchanged_files": stats.unchanged_files, "bytes_read": stats.bytes_read},
+                paths=list(fileset.paths),
+                tree=root,
+                incomplete=bool(stats.errors),
+                errors=stats.errors[:1000],
+                errors_total=len(stats.errors),
+            )
             sid = repo.save_snapshot(snap)
     return BackupResult(
         id=sid,
@@ -181,31 +189,16 @@ def backup_db(
             on_event(Event(job_id, "commit", bytes_done=dumped.bytes, bytes_total=dumped.bytes,
                            message="writing index and snapshot"))
             writer.commit()
-            snap = {
-                "version": 1,
-                "time": now_iso(),
-                "kind": "db",
-                "source": db["name"],
-                "host": socket.gethostname(),
-                "tags": [],
-                "stream": dumped.stream,
+            snap = _snapshot_record(
+                "db", db["name"], parent, writer, start,
+                {"files": 0, "size": dumped.bytes, "bytes_read": dumped.bytes},
+                stream=dumped.stream,
                 **({"tree": tree} if tree else {}),
-                "globals": dumped.globals,
-                "parent": parent["id"] if parent else None,
-                "incomplete": False,
-                "warnings": dumped.warnings,
-                "postgres": dumped.facts,
-                "stats": {
-                    "files": 0,
-                    "size": dumped.bytes,
-                    "bytes_read": dumped.bytes,
-                    "added": writer.added_bytes,
-                    "added_raw": writer.added_raw,
-                    "new_blobs": writer.new_blobs,
-                    "duration": round(time.monotonic() - start, 3),
-                },
-                "program": f"backup-tui {__version__}",
-            }
+                globals=dumped.globals,
+                incomplete=False,
+                warnings=dumped.warnings,
+                postgres=dumped.facts,
+            )
             sid = repo.save_snapshot(snap)
     return BackupResult(
         id=sid,
