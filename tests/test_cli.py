@@ -240,7 +240,8 @@ def test_ambiguous_prefix_engine_level(sandbox):
 
 def test_list_json(inited):
     first, second = two_snapshots(inited)
-    rows = pure_json(inited.cli("list", "--json"))
+    # times are UTC whatever the local time zone
+    rows = pure_json(inited.cli("list", "--json", env={"TZ": "America/New_York"}))
     assert [r["id"] for r in rows] == [first, second]
     for r in rows:
         for key in ("id", "time", "kind", "source", "size", "added", "verified", "replicas"):
