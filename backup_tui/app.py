@@ -22,17 +22,22 @@ class BackupConsole(App[int]):
     TITLE = "backup-tui"
     BINDINGS = [Binding("q", "quit", "Quit", id="quit")]
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, notice: str | None = None) -> None:
         super().__init__()
         self.engine = engine
+        self.notice = notice  # shown once at start, e.g. why the demo has no database
         self.sub_title = str(engine.config.repo_path)
 
     def get_default_screen(self) -> Screen:
         return InventoryScreen(self.engine)
 
+    def on_mount(self) -> None:
+        if self.notice:
+            self.notify(self.notice, severity="warning", timeout=10, markup=False)
 
-def run_console(engine: Engine) -> int:
+
+def run_console(engine: Engine, notice: str | None = None) -> int:
     """Run the console until the user quits; returns the exit code."""
-    app = BackupConsole(engine)
+    app = BackupConsole(engine, notice)
     app.run()
     return app.return_code or 0

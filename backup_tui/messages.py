@@ -72,8 +72,15 @@ class JobProgress(Message):
 
 
 @dataclass
+class ConnectionsLoaded(Message):
+    """Where each configured database connects: database name -> a line (or why it cannot)."""
+
+    connections: dict[str, str]
+
+
+@dataclass
 class BackupFinished(Message):
-    """A backup of fileset ``source`` committed snapshot ``result.id``."""
+    """A backup of source ``source`` (``result.kind``: files or db) committed ``result.id``."""
 
     source: str
     result: BackupResult
@@ -81,8 +88,9 @@ class BackupFinished(Message):
 
 @dataclass
 class BackupFailed(Message):
-    """A backup of fileset ``source`` ended without a snapshot; ``error`` says why."""
+    """A backup of ``source`` (``kind`` files or db) made no snapshot; ``error`` says why."""
 
+    kind: str
     source: str
     error: str
 

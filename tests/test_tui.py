@@ -1,35 +1,46 @@
 """The console: Pilot flows on a real engine, the look on canned data, and the demo sandbox.
 
 Flows drive ``BackupConsole`` over a real, initialised repository (the
-``sandbox`` fixture). Snapshot tests use ``CannedEngine``, a stand-in with the
-Engine methods the console calls and fixed data, with a fixed terminal size,
-time zone UTC and no cursor blink, so the pictures never drift.
+``sandbox`` fixture); database flows back up a real database of the session's
+PostgreSQL server (``pg_cluster``). Snapshot tests use ``CannedEngine``, a
+stand-in with the Engine methods the console calls and fixed data, with a fixed
+terminal size, time zone UTC and no cursor blink, so the pictures never drift.
+The demo tests build sandboxes with their own PostgreSQL server, destroyed by
+the ``demo_root`` fixture whatever happens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
+import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from harness import free_port
 from textual.pilot import Pilot
 from textual.widgets import Input, ProgressBar
 from textual.worker import WorkerCancelled
 
+from backup_tui import demo as demo_module
 from backup_tui.app import BackupConsole
-from backup_tui.demo import build_demo
-from backup_tui.screens.fileset_picker import FilesetPicker
+from backup_tui.demo import build_demo, demo_cluster, open_demo, server_running
+from backup_tui.screens.source_picker import SourcePicker
 from backup_tui.widgets.job_panel import JobPanel
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
 from backup_tui.widgets.snapshot_table import SnapshotTable
 from engine.config import load_config, parse_config
 from engine.errors import EngineError
 from engine.facade import Engine, SnapshotInfo
+from engine.ops.backup import BackupResult
 
 SIZE = (110, 30)
+CHEAP_KDF = {"name": "scrypt", "n": 2**10, "r": 8, "p": 1}
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -157,10 +168,10 @@ def test_picker_chooses_among_filesets(sandbox):
             await settle(app, pilot)
             await pilot.press("b")
             await pilot.pause()
-            assert isinstance(app.screen, FilesetPicker)
+            assert isinstance(app.screen, SourcePicker)
             await pilot.press("escape")
             await pilot.pause()
-            assert not isinstance(app.screen, FilesetPicker)
+            assert not isinstance(app.screen, SourcePicker)
             assert engine.snapshots() == []
             await pilot.press("b", "down", "enter")
             await settle(app, pilot)
@@ -179,7 +190,7 @@ def test_command_palette_backs_up_a_fileset(sandbox):
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
             await pilot.press("ctrl+p")
-            await pilot.press(*"back up now")
+            await pilot.press(*"back up files now")
             await pilot.pause(0.3)
             await pilot.press("down", "enter")
             await settle(app, pilot)
@@ -205,6 +216,133 @@ def test_refresh_sees_a_backup_made_elsewhere(sandbox):
     asyncio.run(flow())
 
 
+# --- database flows on a real engine and a real server ----------------------------
+
+SHOP_SQL = """
+CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL UNIQUE);
+CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers,
+                     total numeric(10, 2) NOT NULL);
+INSERT INTO customers SELECT g, 'c' || g || '@example.org' FROM generate_series(1, 200) g;
+INSERT INTO orders SELECT g, 1 + g % 200, g * 1.25 FROM generate_series(1, 1000) g;
+"""
+
+
+@pytest.fixture
+def shop_db(pg_cluster) -> str:
+    """A small database of its own on the session's server."""
+    name = f"shop_{uuid.uuid4().hex[:8]}"
+    pg_cluster.createdb(name)
+    pg_cluster.psql(SHOP_SQL, name)
+    return name
+
+
+def _database(name: str, dsn: str) -> str:
+    return f'[[database]]\nname = "{name}"\ndsn = "{dsn}"\n'
+
+
+def unreachable_dsn() -> str:
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/shop"
+
+
+def test_back_up_database_now_adds_a_db_row_with_its_facts(sandbox, pg_cluster, shop_db):
+    sandbox.extra = _database("shop", pg_cluster.dsn(shop_db))
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert "d a database" in detail(app).text  # the empty inventory says which keys
+            await pilot.press("d")
+            await settle(app, pilot)
+            [info] = engine.snapshots()
+            assert (info.kind, info.source) == ("db", "shop")
+            assert table(app).row_count == 1 and table(app).selected_id == info.id
+            server = engine.snapshot(info.id)["postgres"]["server_version"]
+            text = detail(app).text
+            assert server.removeprefix("PostgreSQL ").split()[0] in text
+            assert f"{pg_cluster.version}." in text
+            assert "PostgreSQL" in text and shop_db in text and "from         config" in text
+            panel = app.screen.query_one(JobPanel)
+            assert panel.has_class("-done") and "database shop" in panel.text
+            assert not errors_shown(app)
+
+    asyncio.run(flow())
+
+
+def test_unreachable_database_is_an_error_and_the_console_keeps_running(sandbox):
+    fill(sandbox.src)
+    sandbox.extra = _database("shop", unreachable_dsn())
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("d")
+            await settle(app, pilot)
+            [error] = errors_shown(app)
+            assert "cannot connect" in error and "unreachable" in error
+            assert app.screen.query_one(JobPanel).has_class("-failed")
+            assert table(app).row_count == 0
+            await pilot.press("b")  # still alive, and the failed job blocks nothing
+            await settle(app, pilot)
+            assert [s.kind for s in engine.snapshots()] == ["files"]
+            assert table(app).row_count == 1
+
+    asyncio.run(flow())
+
+
+def test_database_picker_and_palette(sandbox, pg_cluster, shop_db):
+    sandbox.extra = (_database("elsewhere", unreachable_dsn())
+                     + _database("shop", pg_cluster.dsn(shop_db)))
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("d")
+            await pilot.pause()
+            assert isinstance(app.screen, SourcePicker)
+            assert [c.name for c in app.screen.choices] == ["elsewhere", "shop"]
+            assert "from config" in app.screen.choices[1].detail  # where it connects
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("d", "down", "enter")
+            await settle(app, pilot)
+            assert [s.source for s in engine.snapshots()] == ["shop"]
+            await pilot.press("ctrl+p")
+            await pilot.press(*"back up database now: shop")
+            await pilot.pause(0.3)
+            await pilot.press("down", "enter")
+            await settle(app, pilot)
+            assert [s.source for s in engine.snapshots()] == ["shop", "shop"]
+            assert table(app).row_count == 2
+            assert not errors_shown(app)
+
+    asyncio.run(flow())
+
+
+def test_d_is_offered_only_with_databases(sandbox):
+    fill(sandbox.src)
+    app = BackupConsole(sandbox.engine(init=True))
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert "backup-db" not in {b.binding.id for b in app.active_bindings.values()}
+            await pilot.press("d")
+            await settle(app, pilot)
+            assert app.screen.query_one(JobPanel).has_class("-idle")
+            assert not app._notifications
+
+    asyncio.run(flow())
+
+
 # --- the look, on canned data -----------------------------------------------------
 
 T0 = datetime(2024, 6, 3, 2, 0, 11, tzinfo=UTC)
@@ -212,6 +350,39 @@ T0 = datetime(2024, 6, 3, 2, 0, 11, tzinfo=UTC)
 
 def _id(n: int) -> str:
     return hashlib.sha256(f"canned-{n}".encode()).hexdigest()
+
+
+def _record(n: int, info: SnapshotInfo) -> dict:
+    """The full record of a canned snapshot, shaped as the engine writes its kind."""
+    record = {
+        "id": info.id, "time": info.time.isoformat(), "kind": info.kind, "source": info.source,
+        "host": "web-1", "parent": info.parent, "incomplete": not info.complete,
+        "program": "backup-tui 0.1.0",
+    }
+    if info.kind == "db":
+        return record | {
+            "globals": [_id(100 + n)], "warnings": [],
+            "postgres": {
+                "server_version_num": 160004, "server_major": 16,
+                "server_version": "PostgreSQL 16.4 (Debian 16.4-1.pgdg120+2)",
+                "database_size": 402_653_184, "dbname": "shop",
+                "pg_dump": "pg_dump (PostgreSQL) 16.4 (Debian 16.4-1.pgdg120+2)",
+                "format": "custom", "dump_bytes": info.size, "dump_duration": 7.25,
+                "where": "db-1:5432/shop", "connection_from": "config",
+            },
+            "stats": {"files": 0, "size": info.size, "bytes_read": info.size,
+                      "added": info.added, "added_raw": info.added + 9_000,
+                      "new_blobs": 40 + n, "duration": 7.5},
+        }
+    errors = [] if info.complete else [
+        {"path": "/srv/app/data/uploads/2024/06/IMG_0612.jpg", "error": "Permission denied"}
+    ]
+    return record | {
+        "paths": [f"/srv/app/{info.source}"], "errors": errors, "errors_total": len(errors),
+        "stats": {"files": info.files, "dirs": 41, "size": info.size, "unchanged_files": 300,
+                  "bytes_read": info.added, "added": info.added, "new_blobs": 12 + n,
+                  "duration": 0.25 * (n + 1)},
+    }
 
 
 def _canned() -> list[tuple[SnapshotInfo, dict]]:
@@ -229,21 +400,10 @@ def _canned() -> list[tuple[SnapshotInfo, dict]]:
     for n, (hours, kind, source, size, added, complete) in enumerate(rows):
         sid = _id(n)
         info = SnapshotInfo(sid, T0 + timedelta(hours=hours), kind, source, "web-1", size,
-                            added, complete, parents.get(source), 310 + 3 * n)
-        errors = [] if complete else [
-            {"path": "/srv/app/data/uploads/2024/06/IMG_0612.jpg", "error": "Permission denied"}
-        ]
-        record = {
-            "id": sid, "time": info.time.isoformat(), "kind": kind, "source": source,
-            "host": "web-1", "paths": [f"/srv/app/{source}"], "parent": info.parent,
-            "incomplete": not complete, "errors": errors, "errors_total": len(errors),
-            "stats": {"files": info.files, "dirs": 41, "size": size, "unchanged_files": 300,
-                      "bytes_read": added, "added": added, "new_blobs": 12 + n,
-                      "duration": 0.25 * (n + 1)},
-            "program": "backup-tui 0.1.0",
-        }
+                            added, complete, parents.get(source),
+                            0 if kind == "db" else 310 + 3 * n)
         parents[source] = sid
-        out.append((info, record))
+        out.append((info, _record(n, info)))
     return out
 
 
@@ -255,6 +415,10 @@ class CannedEngine:
         "fileset": [
             {"name": "app-data", "paths": ["/srv/app/data"]},
             {"name": "app-config", "paths": ["/srv/app/etc"]},
+        ],
+        "database": [
+            {"name": "shop", "dsn": "postgresql://backup@db-1:5432/shop"},
+            {"name": "crm", "dsn": "postgresql://backup@db-2:5432/crm"},
         ],
     })
 
@@ -271,8 +435,17 @@ class CannedEngine:
     def snapshot(self, ref: str, source=None) -> dict:
         return next(dict(r) for i, r in self._data if i.id.startswith(ref))
 
+    def database_connection(self, name: str) -> dict:
+        host = {"shop": "db-1", "crm": "db-2"}[name]
+        return {"name": name, "where": f"{host}:5432/{name}", "from": "config", "user": "backup"}
+
     def backup_files(self, name, on_event=None, cancel=None):
         raise EngineError("the canned engine makes no backups")
+
+    def backup_db(self, name, on_event=None, cancel=None) -> BackupResult:
+        where = self.database_connection(name)["where"]
+        raise EngineError(f"database {name!r}: cannot connect to {where}: server unreachable "
+                          "(is it running, and are host and port right?)")
 
 
 @pytest.fixture
@@ -294,7 +467,7 @@ async def _loaded(pilot: Pilot) -> None:
 
 
 def test_inventory_look(snap_compare, utc):
-    """Six canned snapshots, newest first and selected, its record in the detail pane."""
+    """Six canned snapshots, newest first: a database dump, its PostgreSQL facts beside it."""
     assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, run_before=_loaded)
 
 
@@ -315,13 +488,126 @@ def test_fileset_picker_look(snap_compare, utc):
                         run_before=_loaded)
 
 
+def test_database_picker_look(snap_compare, utc):
+    """d with two databases opens the picker, each with where it connects."""
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, press=["d"],
+                        run_before=_loaded)
+
+
+def test_database_backup_failed_look(snap_compare, utc):
+    """A database that cannot be reached: the job panel and a notification say why."""
+
+    async def fail(pilot: Pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("d", "down", "enter")  # crm, the second database
+        await _loaded(pilot)
+
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, run_before=fail)
+
+
 # --- the demo sandbox -------------------------------------------------------------
 
 
+@pytest.fixture
+def demo_root(request) -> Path:
+    """A folder for a demo with a PostgreSQL server; the server is destroyed at the end.
+
+    Not under pytest's tmp_path: the server runs as the ``postgres`` OS user when
+    we are root, and /tmp/pytest-of-root is closed to it.
+    """
+    base = Path(tempfile.mkdtemp(prefix="backup-tui-demo-test-"))
+    os.chmod(base, 0o755)
+    root = base / "demo"
+
+    def destroy() -> None:
+        cluster = demo_cluster(root) if (root / "config.toml").exists() else None
+        if cluster is not None:
+            cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+    request.addfinalizer(destroy)
+    return root
+
+
+def test_build_demo_with_a_database(demo_root):
+    demo = build_demo(demo_root, kdf=CHEAP_KDF)
+    assert demo.cluster is not None and demo.note == ""
+    config = load_config(demo.config_path)
+    assert [d["name"] for d in config.databases] == ["shop"]
+    assert config.databases[0]["dsn"] == demo.cluster.dsn("shop")
+    engine = Engine(config)
+    assert sorted((s.kind, s.source) for s in engine.snapshots()) == [
+        ("db", "shop"), ("files", "app-data")]
+    counts = demo.cluster.psql(
+        "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM products), "
+        "(SELECT count(*) FROM orders), (SELECT count(*) FROM order_items)", "shop")
+    assert counts.strip() == "500|200|3060|7560"  # the same every time, a day's orders added
+    app = BackupConsole(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("d")
+            await settle(app, pilot)
+            assert [s.kind for s in engine.snapshots()].count("db") == 2
+            assert table(app).row_count == 3
+            assert "PostgreSQL" in detail(app).text and "shop" in detail(app).text
+            assert not errors_shown(app)
+
+    asyncio.run(flow())
+    demo.stop()
+    assert not server_running(demo.cluster)
+    again = open_demo(demo_root)  # $BACKUP_TUI_DEMO_DIR: the server starts again
+    assert again.cluster is not None and server_running(again.cluster) and again.note == ""
+    again.stop()
+
+
+def test_run_demo_stops_the_server_even_on_ctrl_c(demo_root, monkeypatch, capsys):
+    build_demo(demo_root, kdf=CHEAP_KDF).stop()
+    monkeypatch.setenv("BACKUP_TUI_DEMO_DIR", str(demo_root))
+    seen = []
+
+    def interrupted(engine, notice=None):
+        assert len(engine.config.databases) == 1
+        seen.append(server_running(demo_cluster(demo_root)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("backup_tui.app.run_console", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo_module.run_demo()
+    assert seen == [True]
+    assert not server_running(demo_cluster(demo_root))
+    assert f"The demo sandbox is in {demo_root}" in capsys.readouterr().out
+
+
+def test_build_demo_without_postgres_has_files_only(tmp_path, monkeypatch):
+    def no_server(*_args, **_kwargs):
+        raise EngineError("PostgreSQL server binaries not found (Debian: apt-get install "
+                          "postgresql)")
+
+    monkeypatch.setattr(demo_module, "ScratchCluster", no_server)
+    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF)
+    assert demo.cluster is None
+    assert "not found" in demo.note and "files only" in demo.note and "\n" not in demo.note
+    config = load_config(demo.config_path)
+    assert config.databases == ()
+    engine = Engine(config)
+    assert [s.kind for s in engine.snapshots()] == ["files"]
+    demo.stop()  # nothing to stop: no error
+    app = BackupConsole(engine, notice=demo.note)  # as run_demo opens it
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert [n.message for n in app._notifications] == [demo.note]
+            assert "backup-db" not in {b.binding.id for b in app.active_bindings.values()}
+
+    asyncio.run(flow())
+
+
 def test_build_demo_makes_a_sandbox_the_console_opens(tmp_path):
-    config_path = build_demo(tmp_path / "demo", kdf={"name": "scrypt", "n": 2**10, "r": 8,
-                                                     "p": 1})
-    config = load_config(config_path)
+    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF, database=False)
+    config = load_config(demo.config_path)
     assert [fs.name for fs in config.filesets] == ["app-data", "app-config"]
     assert (tmp_path / "demo" / "repo.pass").stat().st_mode & 0o777 == 0o600
     engine = Engine(config)
@@ -347,9 +633,8 @@ def test_build_demo_is_reproducible(tmp_path):
                 h.update(p.read_bytes())
         return h.hexdigest()
 
-    cheap = {"name": "scrypt", "n": 2**10, "r": 8, "p": 1}
-    build_demo(tmp_path / "a", kdf=cheap)
-    build_demo(tmp_path / "b", kdf=cheap)
+    build_demo(tmp_path / "a", kdf=CHEAP_KDF, database=False)
+    build_demo(tmp_path / "b", kdf=CHEAP_KDF, database=False)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
 
 

@@ -1,4 +1,8 @@
-"""Command palette entries of the inventory: "Back up now: <fileset>" for each fileset."""
+"""Command palette entries of the inventory: one per source it can back up.
+
+"Back up files now: <fileset>" for each fileset, "Back up database now: <name>"
+for each database.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +12,33 @@ from typing import Protocol, runtime_checkable
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from engine.config import FilesetConfig
+from backup_tui.screens.source_picker import SourceChoice
+
+_TEXT = {"files": "Back up files now: {}", "db": "Back up database now: {}"}
+_HELP = {"files": "Back up {} into the repository", "db": "pg_dump {} into the repository"}
 
 
 @runtime_checkable
 class BackupHost(Protocol):
     """A screen that can start a backup (the inventory)."""
 
-    def backup_filesets(self) -> tuple[FilesetConfig, ...]: ...
+    def backup_choices(self) -> list[SourceChoice]: ...
 
-    def start_backup(self, name: str) -> None: ...
+    def start_backup(self, kind: str, name: str) -> None: ...
 
 
 class BackupCommands(Provider):
-    """One command per configured fileset, offered while a ``BackupHost`` screen is active."""
+    """One command per configured source, offered while a ``BackupHost`` screen is active."""
 
     def _commands(self) -> Iterator[tuple[str, Callable[[], None], str]]:
         host = self.screen
         if not isinstance(host, BackupHost):
             return
-        for fs in host.backup_filesets():
+        for choice in host.backup_choices():
             yield (
-                f"Back up now: {fs.name}",
-                partial(host.start_backup, fs.name),
-                f"Back up {', '.join(fs.paths)} into the repository",
+                _TEXT[choice.kind].format(choice.name),
+                partial(host.start_backup, choice.kind, choice.name),
+                _HELP[choice.kind].format(choice.detail or choice.name),
             )
 
     async def discover(self) -> Hits:

@@ -1,10 +1,13 @@
 """The inventory: snapshots in a table, the selected one's record beside it, backups on demand.
 
-Every engine call runs in a thread worker and answers with a message from
-``backup_tui.messages``; handlers on the UI thread update the widgets. Worker
-groups: ``inventory`` (the list), ``detail`` (one record), ``backup`` (one job
-at a time). A newer list or detail request replaces an older one; a result that
-arrives for a request no longer current is dropped.
+``b`` backs up a fileset and ``d`` a database (``d`` shows only when databases
+are configured); with several, a ``SourcePicker`` asks which. Every engine call
+runs in a thread worker and answers with a message from ``backup_tui.messages``;
+handlers on the UI thread update the widgets. Worker groups: ``inventory`` (the
+list), ``detail`` (one record), ``connections`` (where each database connects,
+read once for the picker and the palette), ``backup`` (one job at a time, files
+or database). A newer list or detail request replaces an older one; a result
+that arrives for a request no longer current is dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from backup_tui.messages import (
     BackupFailed,
     BackupFinished,
+    ConnectionsLoaded,
     DetailFailed,
     DetailLoaded,
     EventRelay,
@@ -28,21 +32,21 @@ from backup_tui.messages import (
     SnapshotsLoaded,
 )
 from backup_tui.screens.commands import BackupCommands
-from backup_tui.screens.fileset_picker import FilesetPicker
-from backup_tui.widgets.job_panel import JobPanel
+from backup_tui.screens.source_picker import SourceChoice, SourcePicker
+from backup_tui.widgets.job_panel import JobPanel, source_label
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
 from backup_tui.widgets.snapshot_table import SnapshotTable
-from engine.config import FilesetConfig
 from engine.errors import EngineError
 from engine.events import CancelToken
 from engine.facade import Engine
 
 
 class InventoryScreen(Screen):
-    """Snapshots of the repository; ``b`` backs up a fileset, ``r`` reloads."""
+    """Snapshots of the repository; ``b`` backs up a fileset, ``d`` a database, ``r`` reloads."""
 
     BINDINGS = [
-        Binding("b", "backup", "Back up now", id="backup"),
+        Binding("b", "backup", "Back up files", id="backup"),
+        Binding("d", "backup_db", "Back up database", id="backup-db"),
         Binding("r", "refresh", "Refresh", id="refresh"),
     ]
     COMMANDS = Screen.COMMANDS | {BackupCommands}
@@ -52,18 +56,32 @@ class InventoryScreen(Screen):
         self.engine = engine
         self._details: dict[str, dict] = {}  # snapshot id -> record (snapshots never change)
         self._cancel: CancelToken | None = None  # set while a backup runs
+        self._connections: dict[str, str] = {}  # database -> where it connects, once read
+
+    @property
+    def _has_databases(self) -> bool:
+        return bool(self.engine.config.databases)
+
+    def _keys_hint(self) -> str:
+        return "b to back up a fileset" + (", d a database" if self._has_databases else "")
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with Horizontal(id="inventory"):
             yield SnapshotTable(id="snapshots")
             yield SnapshotDetail(id="detail")
-        yield JobPanel(id="job")
+        yield JobPanel(f"No backup running. Press {self._keys_hint()}.", id="job")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(SnapshotDetail).show_message("Loading snapshots…")
         self.load_snapshots()
+        if self._has_databases:
+            self.load_connections()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Without a [[database]], d does nothing and the footer does not offer it.
+        return action != "backup_db" or self._has_databases
 
     def on_unmount(self) -> None:
         if self._cancel is not None:  # let a running backup stop instead of outliving the app
@@ -89,7 +107,7 @@ class InventoryScreen(Screen):
         table.show(message.snapshots, message.select)
         if not table.row_count:
             self.query_one(SnapshotDetail).show_message(
-                "No snapshots yet. Press b to back up a fileset."
+                f"No snapshots yet. Press {self._keys_hint()}."
             )
         else:
             self._show_detail(table.selected_id)
@@ -132,38 +150,67 @@ class InventoryScreen(Screen):
                 f"Cannot read snapshot {message.snapshot_id[:8]}:\n{message.error}"
             )
 
+    # ----------------------------------------------------------- connections
+    @work(thread=True, exclusive=True, group="connections", exit_on_error=False)
+    def load_connections(self) -> None:
+        connections = {}
+        for db in self.engine.config.databases:
+            try:
+                c = self.engine.database_connection(db["name"])
+            except EngineError as e:
+                connections[db["name"]] = str(e)
+            else:
+                connections[db["name"]] = f"{c['where']}, from {c['from']}"
+        self.post_message(ConnectionsLoaded(connections))
+
+    def on_connections_loaded(self, message: ConnectionsLoaded) -> None:
+        self._connections = message.connections
+
     # --------------------------------------------------------------- backup
-    def backup_filesets(self) -> tuple[FilesetConfig, ...]:
-        return self.engine.config.filesets
+    def backup_choices(self, kind: str | None = None) -> list[SourceChoice]:
+        """The sources ``b``, ``d`` and the palette offer: filesets, then databases."""
+        choices = [SourceChoice("files", fs.name, ", ".join(fs.paths))
+                   for fs in self.engine.config.filesets]
+        choices += [SourceChoice("db", db["name"], self._connections.get(db["name"], ""))
+                    for db in self.engine.config.databases]
+        return [c for c in choices if kind is None or c.kind == kind]
 
     def action_backup(self) -> None:
-        filesets = self.backup_filesets()
-        if not filesets:
-            self.notify("No [[fileset]] is configured.", title="Nothing to back up",
-                        severity="warning", markup=False)
-        elif len(filesets) == 1:
-            self.start_backup(filesets[0].name)
+        self._backup_one_of("files", "Back up which fileset?", "No [[fileset]] is configured.")
+
+    def action_backup_db(self) -> None:
+        self._backup_one_of("db", "Back up which database?", "No [[database]] is configured.")
+
+    def _backup_one_of(self, kind: str, question: str, none_configured: str) -> None:
+        choices = self.backup_choices(kind)
+        if not choices:
+            self.notify(none_configured, title="Nothing to back up", severity="warning",
+                        markup=False)
+        elif len(choices) == 1:
+            self.start_backup(kind, choices[0].name)
         else:
-            self.app.push_screen(FilesetPicker(filesets), self._picked)
+            self.app.push_screen(SourcePicker(question, choices),
+                                 lambda name: self._picked(kind, name))
 
-    def _picked(self, name: str | None) -> None:
+    def _picked(self, kind: str, name: str | None) -> None:
         if name is not None:
-            self.start_backup(name)
+            self.start_backup(kind, name)
 
-    def start_backup(self, name: str) -> None:
+    def start_backup(self, kind: str, name: str) -> None:
         if self._cancel is not None:
             self.notify("A backup is already running; wait for it to end.", severity="warning")
             return
         self._cancel = CancelToken()
-        self.query_one(JobPanel).start(name)
-        self.run_backup(name, self._cancel)
+        self.query_one(JobPanel).start(kind, name)
+        self.run_backup(kind, name, self._cancel)
 
     @work(thread=True, exclusive=True, group="backup", exit_on_error=False)
-    def run_backup(self, name: str, cancel: CancelToken) -> None:
+    def run_backup(self, kind: str, name: str, cancel: CancelToken) -> None:
+        backup = self.engine.backup_db if kind == "db" else self.engine.backup_files
         try:
-            result = self.engine.backup_files(name, EventRelay(self), cancel)
+            result = backup(name, EventRelay(self), cancel)
         except EngineError as e:
-            self.post_message(BackupFailed(name, str(e)))
+            self.post_message(BackupFailed(kind, name, str(e)))
         else:
             self.post_message(BackupFinished(name, result))
 
@@ -174,19 +221,22 @@ class InventoryScreen(Screen):
         self._cancel = None
         result = message.result
         self.query_one(JobPanel).finish(message.source, result)
-        if result.complete:
-            self.notify(f"Snapshot {result.id[:8]} of {message.source} saved.",
-                        title="Backup complete", markup=False)
-        else:
-            self.notify(f"Snapshot {result.id[:8]} of {message.source} saved, but "
-                        f"{len(result.errors)} file(s) could not be read.",
+        saved = f"Snapshot {result.id[:8]} of {source_label(result.kind, message.source)} saved"
+        if not result.complete:
+            self.notify(f"{saved}, but {len(result.errors)} file(s) could not be read.",
                         title="Backup incomplete", severity="warning", markup=False)
+        elif result.warnings:
+            self.notify(f"{saved}, with warnings:\n" + "\n".join(result.warnings),
+                        title="Backup complete", severity="warning", markup=False)
+        else:
+            self.notify(f"{saved}.", title="Backup complete", markup=False)
         self.load_snapshots(select=result.id)
 
     def on_backup_failed(self, message: BackupFailed) -> None:
         self._cancel = None
-        self.query_one(JobPanel).fail(message.source, message.error)
-        self.notify(message.error, title=f"Backup of {message.source} failed",
+        self.query_one(JobPanel).fail(message.kind, message.source, message.error)
+        self.notify(message.error,
+                    title=f"Backup of {source_label(message.kind, message.source)} failed",
                     severity="error", markup=False)
 
     # ------------------------------------------------------- unexpected errors
@@ -197,6 +247,7 @@ class InventoryScreen(Screen):
         error = event.worker.error
         text = f"{type(error).__name__}: {error}"
         if event.worker.group == "backup":
-            self.post_message(BackupFailed(self.query_one(JobPanel).source or "?", text))
+            panel = self.query_one(JobPanel)
+            self.post_message(BackupFailed(panel.kind or "files", panel.source or "?", text))
         else:
             self.notify(text, title="Unexpected error", severity="error", markup=False)

@@ -1,7 +1,15 @@
-"""The detail pane: one snapshot's full record (id, paths, stats, errors) as key/value lines."""
+"""The detail pane: one snapshot's full record as key/value lines.
+
+Every snapshot shows its id, time, source and stats. A files snapshot adds its
+paths and the files it could not read; a database snapshot (kind ``db``) adds
+what ``pg_dump`` saw (database, server version, dump size and time, pg_dump
+version, where the connection came from, whether roles were saved) and its
+warnings.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from datetime import datetime
 
 from textual.app import ComposeResult
@@ -25,11 +33,21 @@ _STAT_LABELS = {
     "new_blobs": "new blobs",
     "duration": "duration",
 }
+_NOT_FOR_DB = {"files", "dirs", "unchanged_files"}  # always 0 for a dump
 KEY_WIDTH = 13
+# Values wrap under themselves beyond this: what #detail (app.tcss) leaves beside
+# the keys once its scrollbar shows.
+VALUE_WIDTH = 20
 
 
-def _line(key: str, value: object) -> Content:
-    return Content.assemble((f"{key:<{KEY_WIDTH}}", "$foreground-muted"), str(value))
+def _line(key: str, value: object, hang: bool = True) -> Content:
+    """``key`` then ``value``, wrapped under itself; ``hang=False`` lets the pane wrap it
+    instead, so that a selection copies it whole (the snapshot id)."""
+    text = str(value)
+    if hang:
+        wrapped = textwrap.wrap(text, VALUE_WIDTH, break_on_hyphens=False) or [""]
+        text = ("\n" + " " * KEY_WIDTH).join(wrapped)
+    return Content.assemble((f"{key:<{KEY_WIDTH}}", "$foreground-muted"), text)
 
 
 def _stat(key: str, value: object) -> str:
@@ -47,37 +65,95 @@ def _time(value: object) -> str:
         return str(value)
 
 
-def describe(record: dict) -> Content:
-    """The lines of the pane for a full snapshot record (as ``Engine.snapshot`` returns it)."""
+def _without(prefix: str, text: object) -> str:
+    text = str(text)
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _heading(title: str) -> list[Content]:
+    return [Content(""), Content.styled(title, "bold")]
+
+
+def _postgres(record: dict) -> list[Content]:
+    """What pg_dump saw: the lines under "PostgreSQL"."""
+    pg = record.get("postgres") or {}
+    lines = _heading("PostgreSQL")
+    if "dbname" in pg:
+        lines.append(_line("database", pg["dbname"]))
+    if "server_version" in pg:  # "PostgreSQL 15.20 (Debian ...)": the heading says PostgreSQL
+        lines.append(_line("server", _without("PostgreSQL ", pg["server_version"])))
+    if isinstance(pg.get("database_size"), int | float):
+        lines.append(_line("db size", human_bytes(pg["database_size"])))
+    if isinstance(pg.get("dump_bytes"), int | float):
+        dump = human_bytes(pg["dump_bytes"])
+        if pg.get("format"):
+            jobs = f", {pg['jobs']} jobs" if pg.get("jobs", 1) != 1 else ""
+            dump += f", {pg['format']}{jobs}"
+        lines.append(_line("dump", dump))
+    if isinstance(pg.get("dump_duration"), int | float):
+        lines.append(_line("dump time", f"{pg['dump_duration']:.2f} s"))
+    if "pg_dump" in pg:
+        lines.append(_line("pg_dump", _without("pg_dump (PostgreSQL) ", pg["pg_dump"])))
+    if "where" in pg:
+        lines.append(_line("connection", pg["where"]))
+    if "connection_from" in pg:
+        lines.append(_line("from", pg["connection_from"]))
+    lines.append(_line("roles", "saved" if record.get("globals") else "not saved"))
+    return lines
+
+
+def _errors(record: dict) -> list[Content]:
     errors = record.get("errors") or []
-    total_errors = int(record.get("errors_total", len(errors)))
-    complete = not record.get("incomplete", False)
-    lines: list[Content] = [
-        Content.styled(f"Snapshot {str(record.get('id', ''))[:8]}", "bold"),
-        _line("id", record.get("id", "")),
-        _line("time", _time(record.get("time", ""))),
-        _line("kind", record.get("kind", "")),
-        _line("source", record.get("source", "")),
-        _line("host", record.get("host", "")),
-        _line("parent", (record.get("parent") or "none")[:8]),
-        _line("status", "complete" if complete else f"incomplete ({total_errors} errors)"),
-        Content(""),
-        Content.styled("Paths", "bold"),
-    ]
-    lines += [Content(f"  {p}") for p in record.get("paths", [])] or [Content("  none")]
-    lines += [Content(""), Content.styled("Stats", "bold")]
-    stats = record.get("stats", {})
-    keys = [k for k in _STAT_LABELS if k in stats]
-    keys += sorted(k for k in stats if k not in _STAT_LABELS)
-    lines += [_line(_STAT_LABELS.get(k, k), _stat(k, stats[k])) for k in keys]
-    lines += [Content(""), Content.styled("Errors", "bold")]
+    total = int(record.get("errors_total", len(errors)))
+    lines = _heading("Errors")
     if not errors:
         lines.append(Content("  none"))
     for err in errors[:MAX_ERRORS]:
         lines.append(Content.assemble(("  " + str(err.get("path", "?")), "$text-warning")))
         lines.append(Content(f"    {err.get('error', '')}"))
-    if total_errors > MAX_ERRORS:
-        lines.append(Content(f"  ... and {total_errors - MAX_ERRORS} more"))
+    if total > MAX_ERRORS:
+        lines.append(Content(f"  ... and {total - MAX_ERRORS} more"))
+    return lines
+
+
+def _warnings(record: dict) -> list[Content]:
+    lines = _heading("Warnings")
+    warnings = record.get("warnings") or []
+    lines += [Content.assemble(("  " + str(w), "$text-warning")) for w in warnings]
+    return lines if warnings else [*lines, Content("  none")]
+
+
+def describe(record: dict) -> Content:
+    """The lines of the pane for a full snapshot record (as ``Engine.snapshot`` returns it)."""
+    is_db = record.get("kind") == "db"
+    total_errors = int(record.get("errors_total", len(record.get("errors") or [])))
+    complete = not record.get("incomplete", False)
+    lines: list[Content] = [
+        Content.styled(f"Snapshot {str(record.get('id', ''))[:8]}", "bold"),
+        _line("id", record.get("id", ""), hang=False),
+        _line("time", _time(record.get("time", ""))),
+        _line("kind", record.get("kind", "")),
+        _line("source", record.get("source", "")),
+        _line("host", record.get("host", "")),
+        _line("parent", (record.get("parent") or "none")[:8]),
+        _line("status", "complete" if complete
+              else f"incomplete ({total_errors} error{'' if total_errors == 1 else 's'})"),
+    ]
+    if is_db:
+        lines += _postgres(record)
+    else:
+        lines += _heading("Paths")
+        lines += [Content(f"  {p}") for p in record.get("paths", [])] or [Content("  none")]
+    lines += _heading("Stats")
+    stats = {k: v for k, v in record.get("stats", {}).items()
+             if not (is_db and k in _NOT_FOR_DB)}
+    keys = [k for k in _STAT_LABELS if k in stats]
+    keys += sorted(k for k in stats if k not in _STAT_LABELS)
+    lines += [_line(_STAT_LABELS.get(k, k), _stat(k, stats[k])) for k in keys]
+    if is_db or record.get("warnings"):
+        lines += _warnings(record)
+    if not is_db or record.get("errors"):
+        lines += _errors(record)
     if record.get("program"):
         lines += [Content(""), _line("written by", record["program"])]
     return Content("\n").join(lines)
