@@ -174,7 +174,11 @@ def backup_db(
     ):
         parent = latest_snapshot(repo, "db", db["name"])
 
-        def progress(done: int, estimate: int) -> None:
+        previous = int(parent.get("stats", {}).get("size", 0)) if parent else 0
+
+        def progress(done: int, db_size: int) -> None:
+            # the total is an estimate: the last dump's size, else the database's size
+            estimate = previous or db_size
             on_event(Event(job_id, "dump", bytes_done=done, bytes_total=max(done, estimate),
                            message=f"pg_dump {target.where}"))
 
