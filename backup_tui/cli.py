@@ -70,6 +70,18 @@ def build_parser() -> ArgParser:
 
     _json_flag(sub.add_parser("status", help="sources, newest backups, running jobs"))
 
+    rp = sub.add_parser("replicate", help="copy what each S3 replica lacks")
+    rp.add_argument("--replica")
+    rp.add_argument("--repair", action="store_true",
+                    help="read-verify the replica first and upload damaged objects again")
+    _json_flag(rp)
+
+    cat = sub.add_parser("catalog", help="the local state")
+    csub = cat.add_subparsers(dest="what", required=True, parser_class=ArgParser)
+    cr = csub.add_parser("rebuild", help="recreate the catalog from a repository")
+    cr.add_argument("--from", dest="from_replica", metavar="REPLICA")
+    _json_flag(cr)
+
     d = sub.add_parser("dump", help="write a snapshot's native stream (tar, pg_dump) to stdout")
     d.add_argument("snapshot")
     d.add_argument("--path")
@@ -200,17 +212,19 @@ def cmd_backup(args, engine: Engine) -> int:
             raise UsageError(f"backup {args.what} is not available yet in this version")
     finally:
         prog.close()
+    replicated = True
     for r in results:
         _print_backup(r, args.json)
+        replicated &= _print_replication(r.replication, args.json)
     if args.json:
         data = [r.as_json() for r in results]
         out_json(data if args.what == "all" else data[0])
-    return 0 if all(r.complete for r in results) else 1
+    return 0 if all(r.complete for r in results) and replicated else 1
 
 
 def cmd_list(args, engine: Engine) -> int:
     if args.replica:
-        raise UsageError("--replica: S3 replicas are not available yet in this version")
+        engine = engine.for_replica(args.replica)
     infos = engine.snapshots(source=args.source, kind=args.kind)
     if args.json:
         out_json([i.as_json() for i in infos])
@@ -250,7 +264,7 @@ def cmd_show(args, engine: Engine) -> int:
 
 def cmd_verify(args, engine: Engine) -> int:
     if args.replica:
-        raise UsageError("--replica: S3 replicas are not available yet in this version")
+        engine = engine.for_replica(args.replica)
     prog = TermProgress(sys.stderr.isatty() and not args.json)
     try:
         report = engine.verify(args.snapshots or None, args.read_data, prog)
@@ -273,7 +287,7 @@ def cmd_verify(args, engine: Engine) -> int:
 
 def cmd_dump(args, engine: Engine) -> int:
     if args.replica:
-        raise UsageError("--replica: S3 replicas are not available yet in this version")
+        engine = engine.for_replica(args.replica)
     if sys.stdout.isatty():
         raise UsageError("dump writes binary data: redirect stdout to a file or a pipe")
     ref = engine.snapshot(args.snapshot, args.source)["id"]  # errors before any output
@@ -285,7 +299,7 @@ def cmd_dump(args, engine: Engine) -> int:
 
 def cmd_restore(args, engine: Engine) -> int:
     if args.replica:
-        raise UsageError("--replica: S3 replicas are not available yet in this version")
+        engine = engine.for_replica(args.replica)
     if args.what == "db":
         return _restore_db(args, engine)
     if args.what != "files":
@@ -370,7 +384,49 @@ def cmd_status(args, engine: Engine) -> int:
     return 0
 
 
+def _print_replication(results, as_json: bool) -> bool:
+    ok = True
+    for r in results:
+        ok &= r.ok
+        if as_json:
+            continue
+        if r.ok:
+            print(f"replica {r.replica}: {r.uploaded} object(s) uploaded "
+                  f"({human_bytes(r.uploaded_bytes)}), {r.present} already there"
+                  + (f", {r.repaired} repaired" if r.repaired else "")
+                  + f", {len(r.snapshots)} snapshot(s) complete")
+        else:
+            sys.stderr.write(f"replica {r.replica}: FAILED: {r.error}\n")
+    return ok
+
+
+def cmd_replicate(args, engine: Engine) -> int:
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        results = engine.replicate(args.replica, args.repair, prog)
+    finally:
+        prog.close()
+    if not results:
+        raise UsageError("no [[replica]] is configured")
+    ok = _print_replication(results, args.json)
+    if args.json:
+        out_json([r.as_json() for r in results])
+    return 0 if ok else 1
+
+
+def cmd_catalog(args, engine: Engine) -> int:
+    info = engine.rebuild_catalog(args.from_replica)
+    if args.json:
+        out_json(info)
+    else:
+        print(f"catalog rebuilt from {info['from']}: {info['snapshots']} snapshot(s); "
+              f"state in {info['state_dir']}")
+    return 0
+
+
 COMMANDS = {
+    "replicate": cmd_replicate,
+    "catalog": cmd_catalog,
     "status": cmd_status,
     "init": cmd_init,
     "backup": cmd_backup,

@@ -57,6 +57,21 @@ CREATE TABLE IF NOT EXISTS verified (
     time REAL NOT NULL,
     read_data INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replica_snapshots (
+    replica TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (replica, snapshot)
+);
+CREATE TABLE IF NOT EXISTS replica_state (
+    replica TEXT PRIMARY KEY,
+    last_success REAL,
+    last_error TEXT DEFAULT '',
+    last_error_time REAL,
+    objects_behind INTEGER DEFAULT 0,
+    bytes_behind INTEGER DEFAULT 0,
+    checked REAL
+);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -162,6 +177,59 @@ class Catalog:
         """Snapshot id -> time of the last verify that found it sound."""
         with self._conn() as db:
             return {r["snapshot"]: r["time"] for r in db.execute("SELECT * FROM verified")}
+
+    # --------------------------------------------------------------- replicas
+    def replica_done(self, replica: str, snapshots: list[str]) -> None:
+        """A replication run succeeded: these snapshots are complete in the replica."""
+        now = time.time()
+        with self._conn() as db:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM replica_snapshots WHERE replica=?", (replica,))
+            db.executemany(
+                "INSERT INTO replica_snapshots (replica, snapshot, time) VALUES (?, ?, ?)",
+                [(replica, s, now) for s in snapshots],
+            )
+            db.execute(
+                "INSERT INTO replica_state (replica, last_success, objects_behind, bytes_behind,"
+                " checked) VALUES (?, ?, 0, 0, ?) ON CONFLICT(replica) DO UPDATE SET "
+                "last_success=excluded.last_success, objects_behind=0, bytes_behind=0, "
+                "checked=excluded.checked",
+                (replica, now, now),
+            )
+            db.execute("COMMIT")
+
+    def replica_failed(self, replica: str, error: str) -> None:
+        now = time.time()
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO replica_state (replica, last_error, last_error_time, checked) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(replica) DO UPDATE SET "
+                "last_error=excluded.last_error, last_error_time=excluded.last_error_time, "
+                "checked=excluded.checked",
+                (replica, error[:2000], now, now),
+            )
+
+    def replica_lag(self, replica: str, objects: int, nbytes: int) -> None:
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO replica_state (replica, objects_behind, bytes_behind, checked) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(replica) DO UPDATE SET "
+                "objects_behind=excluded.objects_behind, bytes_behind=excluded.bytes_behind, "
+                "checked=excluded.checked",
+                (replica, objects, nbytes, time.time()),
+            )
+
+    def replica_presence(self) -> dict[str, set[str]]:
+        """Replica name -> ids of snapshots complete there (as of the last run)."""
+        out: dict[str, set[str]] = {}
+        with self._conn() as db:
+            for r in db.execute("SELECT replica, snapshot FROM replica_snapshots"):
+                out.setdefault(r["replica"], set()).add(r["snapshot"])
+        return out
+
+    def replica_states(self) -> dict[str, dict]:
+        with self._conn() as db:
+            return {r["replica"]: dict(r) for r in db.execute("SELECT * FROM replica_state")}
 
     # ------------------------------------------------------------------ audit
     def audit(

@@ -57,6 +57,8 @@ _ARRAYS: dict[str, dict[str, tuple[Any, Any]]] = {
         "profile": (str, ""),
         "storage_class": (str, "STANDARD"),
         "object_lock_days": (int, 0),
+        "object_lock_mode": (str, "GOVERNANCE"),
+        "replicate_after_backup": (bool, True),
     },
     "database": {
         "name": (str, REQUIRED),
@@ -141,11 +143,24 @@ def _type_name(t: Any) -> str:
     )
 
 
+_CREDENTIAL_KEYS = {
+    "access_key", "access_key_id", "aws_access_key_id", "secret_key", "secret_access_key",
+    "aws_secret_access_key", "session_token", "aws_session_token", "password", "secret",
+}
+
+
 def _check_table(where: str, key_prefix: str, raw: Any, schema: dict) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [{key_prefix}] must be a table")
     out: dict[str, Any] = {}
     for key, value in raw.items():
+        if key.lower() in _CREDENTIAL_KEYS:
+            raise ConfigError(
+                f"{where}: {key_prefix}.{key}: credentials do not belong in the config file; "
+                "use the AWS credential chain (environment, ~/.aws/credentials, instance "
+                "role) or a named profile (replica.profile), and password_file for the "
+                "repository"
+            )
         if key not in schema:
             known = ", ".join(schema)
             raise ConfigError(f"{where}: unknown key {key_prefix}.{key} (known: {known})")
@@ -211,6 +226,13 @@ def parse_config(data: dict[str, Any], where: str = "config") -> Config:
         raise ConfigError(
             f"{where}: repository.compression must be 'none' or 'zstd:N' (1-19), got {comp!r}"
         )
+    for i, rep in enumerate(arrays["replica"]):
+        if rep["object_lock_mode"] not in ("GOVERNANCE", "COMPLIANCE"):
+            raise ConfigError(
+                f"{where}: replica[{i}].object_lock_mode must be 'GOVERNANCE' or 'COMPLIANCE'"
+            )
+        if rep["object_lock_days"] < 0:
+            raise ConfigError(f"{where}: replica[{i}].object_lock_days must not be negative")
     for i, db in enumerate(arrays["database"]):
         if db["format"] not in ("custom", "directory"):
             raise ConfigError(f"{where}: database[{i}].format must be 'custom' or 'directory'")

@@ -28,6 +28,7 @@ from engine.errors import EngineError, NotFound, RepositoryError, UsageError
 from engine.events import CancelToken, Event, EventCallback, ignore
 from engine.ops import backup as backup_op
 from engine.ops import dump as dump_op
+from engine.ops import replicate as replicate_op
 from engine.ops import restore as restore_op
 from engine.ops import restore_db as restore_db_op
 from engine.ops import verify as verify_op
@@ -61,6 +62,7 @@ class SnapshotInfo:
     parent: str | None
     files: int
     verified: str | None = None
+    replicas: dict[str, bool] = dataclasses.field(default_factory=dict)
 
     @property
     def short_id(self) -> str:
@@ -77,7 +79,7 @@ class SnapshotInfo:
             "added": self.added,
             "complete": self.complete,
             "verified": self.verified,
-            "replicas": {},
+            "replicas": dict(self.replicas),
         }
 
 
@@ -177,8 +179,14 @@ class Engine:
         return out
 
     def backup_files(
-        self, name: str, on_event: EventCallback = ignore, cancel: CancelToken | None = None
+        self,
+        name: str,
+        on_event: EventCallback = ignore,
+        cancel: CancelToken | None = None,
+        replicate: bool = True,
     ) -> backup_op.BackupResult:
+        """Back up one fileset; then, unless replicate=False, copy to the replicas that
+        have replicate_after_backup (their failures are in result.replication)."""
         fileset = self.config.fileset(name)
         repo = self.repo()
         repo.load_index()  # see what other processes added since we opened
@@ -193,6 +201,8 @@ class Engine:
             if result.errors:
                 self.catalog.end_job(job_id, "incomplete", error=f"{len(result.errors)} file(s) "
                                      "could not be read")
+        if replicate:
+            result.replication = self._replicate_after_backup(on_event, cancel)
         return result
 
     def database(self, name: str) -> dict:
@@ -208,8 +218,13 @@ class Engine:
         return {"name": name, "where": t.where, "from": t.origin, "user": t.user}
 
     def backup_db(
-        self, name: str, on_event: EventCallback = ignore, cancel: CancelToken | None = None
+        self,
+        name: str,
+        on_event: EventCallback = ignore,
+        cancel: CancelToken | None = None,
+        replicate: bool = True,
     ) -> backup_op.BackupResult:
+        """Back up one database (pg_dump); replication afterwards as for backup_files."""
         db = self.database(name)
         repo = self.repo()
         repo.load_index()
@@ -219,6 +234,8 @@ class Engine:
             self.catalog.audit("backup", f"db:{name}", "succeeded", [result.id])
             emit(Event(job_id, "done", bytes_done=result.size, bytes_total=result.size,
                        message=f"snapshot {result.id[:8]}", final=True))
+        if replicate:
+            result.replication = self._replicate_after_backup(on_event, cancel)
         return result
 
     def backup_all(
@@ -231,9 +248,11 @@ class Engine:
         jobs += [(self.backup_files, fs.name) for fs in self.config.filesets]
         for run, name in jobs:
             try:
-                results.append(run(name, on_event, cancel))
+                results.append(run(name, on_event, cancel, replicate=False))
             except EngineError as e:
                 failures.append(str(e))
+        if results:  # one replication run for all the new snapshots
+            results[-1].replication = self._replicate_after_backup(on_event, cancel)
         if failures:
             raise BackupAllError(results, failures)
         return results
@@ -242,8 +261,14 @@ class Engine:
     def snapshots(self, source: str | None = None, kind: str | None = None) -> list[SnapshotInfo]:
         repo = self.repo()
         verified = self.catalog.verified()
+        presence = self.catalog.replica_presence()
+        names = [r["name"] for r in self.config.replicas]
         out = [
-            dataclasses.replace(_info(s), verified=_iso(verified.get(s["id"])))
+            dataclasses.replace(
+                _info(s),
+                verified=_iso(verified.get(s["id"])),
+                replicas={n: s["id"] in presence.get(n, ()) for n in names},
+            )
             for s in repo.snapshots()
             if (source is None or s.get("source") == source) and (kind is None or s["kind"] == kind)
         ]
@@ -393,6 +418,102 @@ class Engine:
     def dump(self, ref: str, out: BinaryIO, path: str | None = None) -> int:
         repo = self.repo()
         return dump_op.dump(repo, self.snapshot(ref), out, path)
+
+    # -------------------------------------------------------------- replicas
+    def replica(self, name: str) -> dict:
+        for r in self.config.replicas:
+            if r["name"] == name:
+                return r
+        known = ", ".join(r["name"] for r in self.config.replicas) or "none configured"
+        raise UsageError(f"no [[replica]] named {name!r} (known: {known})")
+
+    def replica_backend(self, name: str):
+        from engine.storage.s3 import S3Backend
+
+        r = self.replica(name)
+        return S3Backend(
+            bucket=r["bucket"], region=r["region"], prefix=r["prefix"],
+            endpoint_url=r["endpoint_url"], profile=r["profile"],
+            storage_class=r["storage_class"], object_lock_days=r["object_lock_days"],
+            object_lock_mode=r["object_lock_mode"], name=name,
+        )
+
+    def for_replica(self, name: str) -> Engine:
+        """An Engine reading and writing the replica as its repository (no local state
+        needed): list, verify, restore and dump from it exactly as from the local one."""
+        other = Engine(self.config, backend=self.replica_backend(name), kdf=self.kdf)
+        other._catalog = self._catalog
+        other.replica_name = name
+        return other
+
+    replica_name: str | None = None
+
+    def replicate(
+        self,
+        replica: str | None = None,
+        repair: bool = False,
+        on_event: EventCallback = ignore,
+        cancel: CancelToken | None = None,
+        only_auto: bool = False,
+    ) -> list[replicate_op.ReplicaResult]:
+        """Copy what each replica lacks. repair: read-verify the replica first and upload
+        again every object found damaged there."""
+        names = [replica] if replica else [r["name"] for r in self.config.replicas
+                                           if r["replicate_after_backup"] or not only_auto]
+        if replica:
+            self.replica(replica)
+        results = []
+        for name in names:
+            with self._job("replicate", name, on_event) as (job_id, emit):
+                try:
+                    bad: set[str] = set()
+                    if repair:
+                        report = self.for_replica(name).verify(read_data=True)
+                        bad = {p.object for p in report.problems
+                               if p.object.split("/")[0] in ("data", "index", "snapshots")}
+                    res = replicate_op.replicate_one(
+                        self.backend, self.replica_backend(name), name, job_id, emit, cancel,
+                        repair=bad,
+                    )
+                except EngineError as e:
+                    res = replicate_op.ReplicaResult(name, error=str(e))
+                if res.ok:
+                    self.catalog.replica_done(name, res.snapshots)
+                else:
+                    self.catalog.replica_failed(name, res.error or "")
+                    self.catalog.end_job(job_id, "failed", error=res.error or "")
+                self.catalog.audit("replicate", name, "succeeded" if res.ok else "failed",
+                                   detail=res.error or f"{res.uploaded} object(s) uploaded")
+            results.append(res)
+        return results
+
+    def _replicate_after_backup(self, on_event, cancel) -> list:
+        if not any(r["replicate_after_backup"] for r in self.config.replicas):
+            return []
+        if self.replica_name:  # a backup written straight into a replica
+            return []
+        return self.replicate(on_event=on_event, cancel=cancel, only_auto=True)
+
+    def rebuild_catalog(self, from_replica: str | None = None) -> dict:
+        """Recreate the state directory's catalog from a repository (DESIGN.md section 6):
+        the local one, or a replica when the ops host was lost."""
+        source = self.for_replica(from_replica) if from_replica else self
+        snaps = source.snapshots()  # opens the repository: checks the password too
+        path = self.config.state_dir / "catalog.sqlite"
+        if path.exists():
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            for suffix in ("", "-wal", "-shm"):
+                old = path.with_name(path.name + suffix)
+                if old.exists():
+                    old.rename(old.with_name(f"{old.name}.old-{stamp}"))
+        self._catalog = None
+        catalog = self.catalog
+        if from_replica:
+            catalog.replica_done(from_replica, [s.id for s in snaps])
+        catalog.audit("catalog rebuild", from_replica or "local", "succeeded",
+                      detail=f"{len(snaps)} snapshot(s)")
+        return {"from": from_replica or "local", "snapshots": len(snaps),
+                "state_dir": str(self.config.state_dir)}
 
     # ---------------------------------------------------------------- status
     def jobs(self, limit: int = 50) -> list[dict]:

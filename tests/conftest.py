@@ -12,10 +12,21 @@ Add further fixtures below, grouped by topic.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from harness import BucketPair, PgCluster, S3Server
+
+# Only loopback is ever contacted: no AWS instance-metadata look-ups, no profiles
+# or credentials of the machine; S3 tests get dummy credentials for moto_server.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+for _var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_var, None)
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 
 # --- services -------------------------------------------------------------------
 
@@ -109,6 +120,19 @@ class Sandbox:
 def sandbox(tmp_path) -> Sandbox:
     """An un-initialised sandbox (encrypted, cheap KDF when made through .engine())."""
     return Sandbox(tmp_path)
+
+
+@pytest.fixture
+def sandbox_factory(tmp_path):
+    """Make further independent sandboxes in the same test."""
+    count = iter(range(1, 1000))
+
+    def make(password: str | None = "test-password") -> Sandbox:
+        root = tmp_path / f"sandbox{next(count)}"
+        root.mkdir()
+        return Sandbox(root, password)
+
+    return make
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ class BackupResult:
     files: int = 0
     unchanged_files: int = 0
     warnings: list[str] = field(default_factory=list)
+    replication: list = field(default_factory=list)  # ReplicaResult of the automatic run
 
     @property
     def complete(self) -> bool:
@@ -47,6 +48,7 @@ class BackupResult:
             "complete": self.complete,
             "errors": self.errors,
             "warnings": self.warnings,
+            "replication": [r.as_json() for r in self.replication],
         }
 
 

@@ -1,0 +1,162 @@
+"""replicate: make each S3 replica a complete copy of the local repository.
+
+Objects are copied as they are (sealed bytes), so a replica needs no keys to
+receive them and is, with the password, a repository of its own. Order keeps
+every replica consistent at every moment, like a backup's own write order:
+``config`` and ``keys/`` first, then packs (``data/``), then ``index/``, then
+``snapshots/``, then ``wal/``. Each class is listed once on each side; only
+what the replica lacks (or holds with another size) is uploaded, concurrently.
+An interrupted run leaves whole objects only, so the next run continues where
+it stopped. A replica whose ``config`` names another repository is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError, NotFound, RepositoryError
+from engine.events import CancelToken, Event, EventCallback
+from engine.storage.base import Backend
+
+CLASSES = ("keys/", "data/", "index/", "snapshots/", "wal/")
+
+
+@dataclass
+class ReplicaResult:
+    replica: str
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    present: int = 0
+    repaired: int = 0
+    snapshots: list[str] = field(default_factory=list)  # snapshot ids complete in the replica
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_json(self) -> dict:
+        return {
+            "replica": self.replica,
+            "ok": self.ok,
+            "uploaded": self.uploaded,
+            "uploaded_bytes": self.uploaded_bytes,
+            "present": self.present,
+            "repaired": self.repaired,
+            "snapshots": len(self.snapshots),
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def check_identity(local: Backend, remote: Backend) -> bool:
+    """True if the replica already holds this repository; raises if it holds another."""
+    mine = json.loads(local.get("config"))
+    try:
+        theirs = json.loads(remote.get("config"))
+    except NotFound:
+        return False
+    except ValueError:
+        raise RepositoryError(f"{remote.location}: holds an unreadable config; refusing to "
+                              "replicate over it") from None
+    if theirs.get("id") != mine.get("id"):
+        raise RepositoryError(
+            f"{remote.location}: holds a different repository (id {theirs.get('id')}, ours "
+            f"{mine.get('id')}); refusing to mix them: use another bucket or prefix"
+        )
+    return True
+
+
+def replicate_one(
+    local: Backend,
+    remote: Backend,
+    name: str,
+    job_id: str,
+    on_event: EventCallback,
+    cancel: CancelToken | None = None,
+    workers: int = 8,
+    repair: set[str] | None = None,
+) -> ReplicaResult:
+    """Copy what the replica lacks. ``repair``: names to upload again even if present."""
+    cancel = cancel or CancelToken()
+    res = ReplicaResult(name)
+    start = time.monotonic()
+    if hasattr(remote, "check_bucket"):
+        remote.check_bucket()
+    has_config = check_identity(local, remote)
+    todo: list[tuple[str, int]] = []
+    for cls in CLASSES:
+        theirs = {o.name: o.size for o in remote.list(cls)}
+        for obj in sorted(local.list(cls), key=lambda o: o.name):
+            again = bool(repair) and obj.name in repair
+            if theirs.get(obj.name) != obj.size or again:
+                todo.append((obj.name, obj.size))
+                res.repaired += again
+            else:
+                res.present += 1
+        if cls == "snapshots/":
+            local_snaps = {o.name for o in local.list(cls)}
+            res.snapshots = sorted(n.split("/", 1)[1] for n in theirs if n in local_snaps)
+    total = sum(s for _, s in todo)
+    lock = threading.Lock()
+
+    def emit(final: bool = False) -> None:
+        on_event(Event(job_id, "replicate", bytes_done=res.uploaded_bytes, bytes_total=total,
+                       items_done=res.uploaded, items_total=len(todo),
+                       message=f"to {name}", final=final))
+
+    if not has_config:
+        remote.put("config", local.get("config"))
+
+    def upload(obj: str) -> int:
+        cancel.check()
+        data = local.get(obj)
+        remote.put(obj, data)
+        with lock:
+            res.uploaded += 1
+            res.uploaded_bytes += len(data)
+        emit()
+        return len(data)
+
+    # One class at a time, in dependency order: packs land before the index that
+    # names them, indexes before the snapshots that need them.
+    for cls in CLASSES:
+        batch = [n for n, _ in todo if n.startswith(cls)]
+        if not batch:
+            continue
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"up-{name}") as pool:
+            futures = [pool.submit(upload, n) for n in batch]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in done:
+                f.result()
+        if cls == "snapshots/":
+            res.snapshots = sorted(
+                {*res.snapshots, *(n.split("/", 1)[1] for n in batch)}
+            )
+    res.seconds = time.monotonic() - start
+    emit(final=True)
+    return res
+
+
+def replicate_all(
+    local: Backend,
+    replicas: list[tuple[str, Backend]],
+    job_id: str,
+    on_event: EventCallback,
+    cancel: CancelToken | None = None,
+) -> list[ReplicaResult]:
+    """Each replica independently: one region failing does not stop the others."""
+    results = []
+    for name, remote in replicas:
+        try:
+            results.append(replicate_one(local, remote, name, job_id, on_event, cancel))
+        except EngineError as e:
+            results.append(ReplicaResult(name, error=str(e)))
+    return results
