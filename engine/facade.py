@@ -487,6 +487,35 @@ class Engine:
             results.append(res)
         return results
 
+    def replica_states(self, check: bool = False) -> list[dict]:
+        """Each configured replica: last success, last error, and how far behind it is.
+        check=True lists both sides now (one LIST pass per object class) to measure the lag;
+        otherwise the figures of the last run or check are given."""
+        out = []
+        for r in self.config.replicas:
+            name = r["name"]
+            if check:
+                try:
+                    objects, nbytes = replicate_op.lag(self.backend, self.replica_backend(name))
+                    self.catalog.replica_lag(name, objects, nbytes)
+                except EngineError as e:
+                    self.catalog.replica_failed(name, str(e))
+            st = self.catalog.replica_states().get(name, {})
+            out.append({
+                "name": name,
+                "bucket": r["bucket"],
+                "region": r["region"],
+                "prefix": r["prefix"],
+                "last_success": _iso(st.get("last_success")),
+                "last_error": st.get("last_error") or None,
+                "last_error_time": _iso(st.get("last_error_time")),
+                "objects_behind": st.get("objects_behind"),
+                "bytes_behind": st.get("bytes_behind"),
+                "checked": _iso(st.get("checked")),
+                "snapshots": len(self.catalog.replica_presence().get(name, ())),
+            })
+        return out
+
     def _replicate_after_backup(self, on_event, cancel) -> list:
         if not any(r["replicate_after_backup"] for r in self.config.replicas):
             return []

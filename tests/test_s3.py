@@ -326,3 +326,15 @@ def test_wrong_password_against_replica(s3_sandbox):
     assert proc.returncode == 1 and b"wrong password" in proc.stderr
     with pytest.raises(EngineError):
         s3_sandbox.engine().for_replica("euw1").snapshots()
+
+
+def test_replica_states_measure_lag(s3_sandbox):
+    eng = s3_sandbox.engine(init=True)
+    eng.backup_files("src", replicate=False)
+    states = {s["name"]: s for s in eng.replica_states(check=True)}
+    assert states["use1"]["objects_behind"] > 0 and states["use1"]["bytes_behind"] > 3 << 20
+    assert states["use1"]["last_success"] is None
+    eng.replicate()
+    states = {s["name"]: s for s in eng.replica_states(check=True)}
+    assert states["euw1"]["objects_behind"] == 0 and states["euw1"]["bytes_behind"] == 0
+    assert states["euw1"]["last_success"] and states["euw1"]["snapshots"] == 1
