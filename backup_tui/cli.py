@@ -69,6 +69,16 @@ def build_parser() -> ArgParser:
     _json_flag(v)
 
     _json_flag(sub.add_parser("status", help="sources, newest backups, running jobs"))
+    _json_flag(sub.add_parser("health", help="exit 0 when healthy, 1 with the reasons"))
+    au = sub.add_parser("audit", help="the audit log")
+    au.add_argument("--limit", type=int, default=200)
+    _json_flag(au)
+    sc = sub.add_parser("schedule", help="schedules: list, pause, resume, run now")
+    ssub = sc.add_subparsers(dest="what", parser_class=ArgParser)
+    _json_flag(sc)
+    for verb in ("pause", "resume", "run"):
+        sp = ssub.add_parser(verb)
+        sp.add_argument("kind")
 
     rp = sub.add_parser("replicate", help="copy what each S3 replica lacks")
     rp.add_argument("--replica")
@@ -424,7 +434,60 @@ def cmd_catalog(args, engine: Engine) -> int:
     return 0
 
 
+def cmd_health(args, engine: Engine) -> int:
+    verdict = engine.health()
+    if args.json:
+        out_json(verdict)
+    else:
+        print("healthy" if verdict["ok"] else "NOT HEALTHY")
+        for r in verdict["reasons"]:
+            print(f"  {r}")
+    return 0 if verdict["ok"] else 1
+
+
+def cmd_audit(args, engine: Engine) -> int:
+    rows = engine.audit_log(args.limit)
+    if args.json:
+        out_json(rows)
+        return 0
+    from datetime import datetime
+
+    for r in reversed(rows):
+        when = datetime.fromtimestamp(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
+        snaps = ",".join(s[:8] for s in r["snapshots"])
+        print(f"{when}  {r['user']:10} {r['action']:16} {r['target'][:40]:40} {r['outcome']:10}"
+              f" {snaps} {r['detail'][:60]}")
+    return 0
+
+
+def cmd_schedule(args, engine: Engine) -> int:
+    if args.what == "pause":
+        engine.pause(args.kind, True)
+    elif args.what == "resume":
+        engine.pause(args.kind, False)
+    elif args.what == "run":
+        from engine.daemon import SchedulerLock
+
+        engine.request_run(args.kind)
+        holder = SchedulerLock.holder(engine.config.state_dir)
+        if holder is None:
+            sys.stderr.write("note: no scheduler is running for this state directory; the "
+                             "request waits until one starts\n")
+    rows = engine.schedules()
+    if args.json:
+        out_json(rows)
+        return 0
+    for r in rows:
+        state = "paused" if r["paused"] else f"next {r['next_run'] or 'never'}"
+        last = f"last {r['last_run']} {r['last_result']}" if r["last_run"] else "never ran"
+        print(f"{r['kind']:10} {r['cron']:16} {state:36} {last}")
+    return 0
+
+
 COMMANDS = {
+    "health": cmd_health,
+    "audit": cmd_audit,
+    "schedule": cmd_schedule,
     "replicate": cmd_replicate,
     "catalog": cmd_catalog,
     "status": cmd_status,
@@ -438,16 +501,31 @@ COMMANDS = {
 }
 
 
+def _log_to_stderr() -> None:
+    """Engine warnings (a failed notification, a world-readable password file) on stderr."""
+    import logging
+
+    logger = logging.getLogger("backup_tui")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("backup-tui: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stderr()
     try:
         if args.demo:
             from backup_tui.demo import run_demo
 
             return run_demo()
         if args.run_scheduler:
-            raise UsageError("--run-scheduler is not available yet in this version")
+            from engine.daemon import run_daemon
+
+            return run_daemon(_engine(args))
         if args.command is None:
             from backup_tui.app import run_console
 

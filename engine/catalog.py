@@ -72,13 +72,40 @@ CREATE TABLE IF NOT EXISTS replica_state (
     bytes_behind INTEGER DEFAULT 0,
     checked REAL
 );
+CREATE TABLE IF NOT EXISTS schedule_state (
+    kind TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0,
+    last_run REAL,
+    last_result TEXT DEFAULT '',
+    last_error TEXT DEFAULT '',
+    last_missed REAL
+);
+CREATE TABLE IF NOT EXISTS run_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    requested REAL NOT NULL,
+    user TEXT NOT NULL,
+    taken REAL
+);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """
 
-PROGRESS_INTERVAL = 0.25  # seconds between stored progress rows of one job
+PROGRESS_INTERVAL = 0.25
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True  # seconds between stored progress rows of one job
 
 
 class Catalog:
@@ -230,6 +257,57 @@ class Catalog:
     def replica_states(self) -> dict[str, dict]:
         with self._conn() as db:
             return {r["replica"]: dict(r) for r in db.execute("SELECT * FROM replica_state")}
+
+    # --------------------------------------------------------------- schedule
+    def schedule_states(self) -> dict[str, dict]:
+        with self._conn() as db:
+            return {r["kind"]: dict(r) for r in db.execute("SELECT * FROM schedule_state")}
+
+    def set_paused(self, kind: str, paused: bool) -> None:
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO schedule_state (kind, paused) VALUES (?, ?) "
+                "ON CONFLICT(kind) DO UPDATE SET paused=excluded.paused",
+                (kind, int(paused)),
+            )
+
+    def schedule_ran(self, kind: str, result: str, error: str = "",
+                     missed: float | None = None) -> None:
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO schedule_state (kind, last_run, last_result, last_error, last_missed)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET "
+                "last_run=excluded.last_run, last_result=excluded.last_result, "
+                "last_error=excluded.last_error, last_missed=excluded.last_missed",
+                (kind, time.time(), result, error[:2000], missed),
+            )
+
+    def request_run(self, kind: str, user: str) -> int:
+        with self._conn() as db:
+            cur = db.execute("INSERT INTO run_requests (kind, requested, user) VALUES (?, ?, ?)",
+                             (kind, time.time(), user))
+            return int(cur.lastrowid)
+
+    def take_requests(self) -> list[dict]:
+        """Claim pending run-now requests (atomically: one taker gets each)."""
+        with self._conn() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = [dict(r) for r in db.execute(
+                "SELECT * FROM run_requests WHERE taken IS NULL ORDER BY id")]
+            if rows:
+                db.execute("UPDATE run_requests SET taken=? WHERE taken IS NULL", (time.time(),))
+            db.execute("COMMIT")
+            return rows
+
+    def mark_interrupted(self) -> int:
+        """Jobs left 'running' by a process that is gone (killed) become 'interrupted'."""
+        with self._conn() as db:
+            rows = db.execute("SELECT id, pid FROM jobs WHERE state='running'").fetchall()
+            gone = [r["id"] for r in rows if not _alive(r["pid"])]
+            for jid in gone:
+                db.execute("UPDATE jobs SET state='interrupted', ended=?, error=? WHERE id=?",
+                           (time.time(), "the process running it ended", jid))
+            return len(gone)
 
     # ------------------------------------------------------------------ audit
     def audit(

@@ -33,6 +33,7 @@ _TABLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "verify": (str, "0 */6 * * *"),
         "replicate": (str, "*/5 * * * *"),
         "drill": (str, "0 5 * * sat"),
+        "grace_seconds": (int, 120),
     },
     "retention": {
         "keep_last": (int, 7),
@@ -44,7 +45,17 @@ _TABLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "keep_within_days": (int, 0),
     },
     "security": {"admin_group": (str, "backup-admins")},
-    "notify": {"webhook_url": (str, ""), "command": (str, "")},
+    "notify": {
+        "webhook_url": (str, ""),
+        "command": (str, ""),
+        "on_success": (bool, False),
+        "timeout_seconds": (int, 10),
+    },
+    "health": {
+        "max_age_hours": (int, 26),
+        "replica_max_age_hours": (int, 2),
+    },
+    "metrics": {"textfile": (str, ""), "listen": (str, "")},
 }
 
 _ARRAYS: dict[str, dict[str, tuple[Any, Any]]] = {
@@ -65,6 +76,8 @@ _ARRAYS: dict[str, dict[str, tuple[Any, Any]]] = {
         "dsn": (str, ""),
         "format": (str, "custom"),
         "jobs": (int, 1),
+        "max_age_hours": (int, 0),
+        "retention": (dict, {}),
     },
     "cluster": {
         "name": (str, REQUIRED),
@@ -76,6 +89,8 @@ _ARRAYS: dict[str, dict[str, tuple[Any, Any]]] = {
         "paths": (list, REQUIRED),
         "exclude": (list, []),
         "one_file_system": (bool, False),
+        "max_age_hours": (int, 0),
+        "retention": (dict, {}),
     },
 }
 
@@ -86,6 +101,8 @@ class FilesetConfig:
     paths: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     one_file_system: bool = False
+    max_age_hours: int = 0
+    retention: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,8 @@ class Config:
     retention: dict[str, Any]
     security: dict[str, Any]
     notify: dict[str, Any]
+    health: dict[str, Any]
+    metrics: dict[str, Any]
     replicas: tuple[dict[str, Any], ...] = ()
     databases: tuple[dict[str, Any], ...] = ()
     clusters: tuple[dict[str, Any], ...] = ()
@@ -123,6 +142,7 @@ class Config:
         """The repository password: password_file, else $BACKUP_TUI_PASSWORD, else None."""
         pf = self.repository.get("password_file")
         if pf:
+            _warn_if_readable_by_others(pf)
             try:
                 text = Path(pf).read_text(encoding="utf-8")
             except OSError as e:
@@ -135,6 +155,21 @@ class Config:
             return password
         env = os.environ.get("BACKUP_TUI_PASSWORD")
         return env if env else None
+
+
+def _warn_if_readable_by_others(path: str) -> None:
+    """DESIGN.md section 9: a secret readable by others is said loudly (not refused)."""
+    import logging
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        logging.getLogger("backup_tui.config").warning(
+            "%s holds the repository password and is readable by other users "
+            "(mode %o); chmod 600 it", path, stat.S_IMODE(mode))
 
 
 def _type_name(t: Any) -> str:
@@ -218,7 +253,8 @@ def parse_config(data: dict[str, Any], where: str = "config") -> Config:
                 raise ConfigError(f"{where}: fileset[{i}].paths: {p!r} is not an absolute path")
         filesets.append(
             FilesetConfig(
-                fs["name"], tuple(fs["paths"]), tuple(fs["exclude"]), fs["one_file_system"]
+                fs["name"], tuple(fs["paths"]), tuple(fs["exclude"]), fs["one_file_system"],
+                fs["max_age_hours"], tuple(sorted(fs["retention"].items())),
             )
         )
     comp = sections["repository"]["compression"]
@@ -226,6 +262,19 @@ def parse_config(data: dict[str, Any], where: str = "config") -> Config:
         raise ConfigError(
             f"{where}: repository.compression must be 'none' or 'zstd:N' (1-19), got {comp!r}"
         )
+    for kind in ("fileset", "database"):
+        for i, item in enumerate(arrays[kind]):
+            for key, value in item["retention"].items():
+                if key not in _TABLES["retention"]:
+                    raise ConfigError(f"{where}: unknown key {kind}[{i}].retention.{key} "
+                                      f"(known: {', '.join(_TABLES['retention'])})")
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ConfigError(f"{where}: {kind}[{i}].retention.{key} must be a "
+                                      "non-negative integer")
+    for key in _TABLES["retention"]:
+        if sections["retention"][key] < 0:
+            raise ConfigError(f"{where}: retention.{key} must not be negative")
+    _check_schedule(where, sections["schedule"])
     for i, rep in enumerate(arrays["replica"]):
         if rep["object_lock_mode"] not in ("GOVERNANCE", "COMPLIANCE"):
             raise ConfigError(
@@ -244,6 +293,24 @@ def parse_config(data: dict[str, Any], where: str = "config") -> Config:
         filesets=tuple(filesets),
         **sections,
     )
+
+
+def _check_schedule(where: str, schedule: dict) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        tz = ZoneInfo(schedule["timezone"])
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: schedule.timezone: unknown time zone "
+                          f"{schedule['timezone']!r}") from None
+    from engine.schedule import KINDS, make_trigger
+
+    for kind in KINDS:
+        try:
+            make_trigger(schedule[kind], tz)
+        except ValueError as e:
+            raise ConfigError(f"{where}: schedule.{kind}: cannot parse cron expression "
+                              f"{schedule[kind]!r}: {e}") from None
 
 
 def _valid_compression(value: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import secrets
 import threading
 from collections.abc import Iterator
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
+from engine import metrics, notify, security
 from engine.catalog import Catalog
 from engine.config import Config
-from engine.errors import EngineError, NotFound, RepositoryError, UsageError
+from engine.errors import Cancelled, EngineError, NotFound, RepositoryError, UsageError
 from engine.events import CancelToken, Event, EventCallback, ignore
 from engine.ops import backup as backup_op
 from engine.ops import dump as dump_op
@@ -99,8 +101,15 @@ def _info(snap: dict) -> SnapshotInfo:
     )
 
 
+log = logging.getLogger("backup_tui.engine")
+
+
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+def _iso_dt(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat(timespec="seconds") if dt else None
 
 
 def new_job_id(kind: str) -> str:
@@ -151,16 +160,41 @@ class Engine:
             yield job_id, emit
         except BaseException as e:
             msg = str(e) or type(e).__name__
-            state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            interrupted = isinstance(e, KeyboardInterrupt | Cancelled)
+            state = "interrupted" if interrupted else "failed"
             cat.end_job(job_id, state, error=msg)
             cat.audit(kind, target, state, detail=msg)
-            on_event(Event(job_id, "failed", message=msg, final=True))
+            on_event(Event(job_id, "interrupted" if interrupted else "failed", message=msg,
+                           final=True))
+            self._after_job(job_id)
             raise
         else:
-            cat.end_job(job_id, "succeeded")
+            job = cat.job(job_id)
+            if job and job["state"] == "running":  # an op may have set incomplete/failed
+                cat.end_job(job_id, "succeeded")
+            self._after_job(job_id)
+
+    def _after_job(self, job_id: str) -> None:
+        """Notifications and the metrics file; neither may ever fail the job."""
+        job = self.catalog.job(job_id) or {"id": job_id}
+        notify.notify(self.config.notify, job)
+        if self.config.metrics["textfile"]:
+            try:
+                metrics.write_textfile(self, self.config.metrics["textfile"])
+            except (OSError, EngineError) as e:
+                log.warning("cannot write metrics file %s: %s", self.config.metrics["textfile"],
+                            e)
+
+    def _admin(self, action: str) -> None:
+        security.require_admin(self.config.security["admin_group"], action)
+
+    @property
+    def is_admin(self) -> bool:
+        return security.is_admin(self.config.security["admin_group"])
 
     # ------------------------------------------------------------ repository
     def init(self) -> dict:
+        self._admin("init")
         password = self.config.password()
         catalog = self.catalog  # a broken state dir fails here, before a repository is made
         repo = Repository.init(
@@ -187,6 +221,7 @@ class Engine:
     ) -> backup_op.BackupResult:
         """Back up one fileset; then, unless replicate=False, copy to the replicas that
         have replicate_after_backup (their failures are in result.replication)."""
+        self._admin("backup")
         fileset = self.config.fileset(name)
         repo = self.repo()
         repo.load_index()  # see what other processes added since we opened
@@ -225,6 +260,7 @@ class Engine:
         replicate: bool = True,
     ) -> backup_op.BackupResult:
         """Back up one database (pg_dump); replication afterwards as for backup_files."""
+        self._admin("backup")
         db = self.database(name)
         repo = self.repo()
         repo.load_index()
@@ -368,6 +404,7 @@ class Engine:
         on_event: EventCallback = ignore,
         cancel: CancelToken | None = None,
     ) -> restore_op.RestoreResult:
+        self._admin("restore")
         repo = self.repo()
         target = f"files:{plan.snapshot['source']} -> {plan.target}"
         with self._job("restore", target, on_event) as (job_id, emit):
@@ -404,6 +441,7 @@ class Engine:
         on_event: EventCallback = ignore,
         cancel: CancelToken | None = None,
     ) -> restore_db_op.DbRestoreResult:
+        self._admin("restore")
         repo = self.repo()
         target = f"db:{plan.snapshot['source']} -> {plan.target_db}"
         with self._job("restore", target, on_event) as (job_id, emit):
@@ -458,6 +496,7 @@ class Engine:
     ) -> list[replicate_op.ReplicaResult]:
         """Copy what each replica lacks. repair: read-verify the replica first and upload
         again every object found damaged there."""
+        self._admin("replicate")
         names = [replica] if replica else [r["name"] for r in self.config.replicas
                                            if r["replicate_after_backup"] or not only_auto]
         if replica:
@@ -526,6 +565,7 @@ class Engine:
     def rebuild_catalog(self, from_replica: str | None = None) -> dict:
         """Recreate the state directory's catalog from a repository (DESIGN.md section 6):
         the local one, or a replica when the ops host was lost."""
+        self._admin("catalog rebuild")
         source = self.for_replica(from_replica) if from_replica else self
         snaps = source.snapshots()  # opens the repository: checks the password too
         path = self.config.state_dir / "catalog.sqlite"
@@ -553,18 +593,27 @@ class Engine:
         connection comes from. (Schedules and replicas join in later versions.)"""
         infos = self.snapshots()
         now = datetime.now(UTC)
+        recent = self.catalog.jobs(500)
+        next_runs = self.next_runs(now)
         sources = []
         for kind, name in self.sources():
             mine = [i for i in infos if i.kind == kind and i.source == name]
             good = [i for i in mine if i.complete]
+            jobs = [j for j in recent if j["target"] == f"{kind}:{name}" and j["kind"] == "backup"]
+            failures = [j for j in jobs if j["state"] in ("failed", "interrupted", "incomplete")]
             entry: dict = {
                 "kind": kind,
                 "name": name,
                 "snapshots": len(mine),
                 "last": mine[-1].time.isoformat() if mine else None,
                 "last_good": good[-1].time.isoformat() if good else None,
+                "last_good_ts": good[-1].time.timestamp() if good else None,
                 "age_hours": round((now - good[-1].time).total_seconds() / 3600, 2)
                 if good else None,
+                "max_age_hours": self._max_age(kind, name),
+                "last_failure": _iso(failures[0]["ended"]) if failures else None,
+                "last_failure_error": failures[0]["error"] if failures else None,
+                "next_run": _iso_dt(next_runs.get("database" if kind == "db" else "files")),
             }
             if kind == "db":
                 try:
@@ -572,8 +621,109 @@ class Engine:
                 except EngineError as e:
                     entry["connection"] = {"error": str(e)}
             sources.append(entry)
-        running = [j for j in self.catalog.jobs(20) if j["state"] == "running"]
-        return {"repository": self.backend.location, "sources": sources, "running": running}
+        running = [j for j in recent if j["state"] == "running"]
+        stored = sum(self.repo().pack_sizes.values())
+        logical = sum(i.size for i in infos)
+        return {
+            "repository": self.backend.location,
+            "repository_bytes": stored,
+            "dedup_ratio": round(logical / stored, 2) if stored else None,
+            "sources": sources,
+            "replicas": self.replica_states(),
+            "schedules": self.schedules(now),
+            "running": running,
+        }
+
+    def _max_age(self, kind: str, name: str) -> int:
+        own = 0
+        if kind == "files":
+            own = self.config.fileset(name).max_age_hours
+        elif kind == "db":
+            own = int(self.database(name).get("max_age_hours", 0))
+        return own or int(self.config.health["max_age_hours"])
+
+    def health(self) -> dict:
+        """ok when every source has a complete backup younger than its max_age_hours and every
+        replica had a successful run within replica_max_age_hours; else the reasons."""
+        reasons = []
+        now = datetime.now(UTC)
+        infos = self.snapshots()
+        for kind, name in self.sources():
+            good = [i for i in infos if i.kind == kind and i.source == name and i.complete]
+            limit = self._max_age(kind, name)
+            if not good:
+                reasons.append(f"{kind} {name}: no complete backup")
+            elif (now - good[-1].time).total_seconds() > limit * 3600:
+                age = (now - good[-1].time).total_seconds() / 3600
+                reasons.append(f"{kind} {name}: newest complete backup is {age:.1f} h old "
+                               f"(limit {limit} h)")
+        limit = int(self.config.health["replica_max_age_hours"])
+        for r in self.replica_states():
+            last = r["last_success"]
+            if not last:
+                reasons.append(f"replica {r['name']}: never replicated")
+            elif (now - datetime.fromisoformat(last)).total_seconds() > limit * 3600:
+                reasons.append(f"replica {r['name']}: last successful replication {last} "
+                               f"(limit {limit} h)" + (f"; last error: {r['last_error']}"
+                                                       if r["last_error"] else ""))
+        return {"ok": not reasons, "reasons": reasons, "checked": now.isoformat()}
+
+    # ------------------------------------------------------------- schedule
+    def next_runs(self, now: datetime | None = None) -> dict[str, datetime | None]:
+        from zoneinfo import ZoneInfo
+
+        from engine.schedule import KINDS, next_run
+
+        now = now or datetime.now(UTC)
+        tz = ZoneInfo(self.config.schedule["timezone"])
+        states = self.catalog.schedule_states()
+        return {k: None if states.get(k, {}).get("paused")
+                else next_run(self.config.schedule[k], tz, now) for k in KINDS}
+
+    def schedules(self, now: datetime | None = None) -> list[dict]:
+        """Each schedule: cron, paused, next run, last run and its result."""
+        from engine.schedule import DESCRIPTIONS, KINDS
+
+        nexts = self.next_runs(now)
+        states = self.catalog.schedule_states()
+        out = []
+        for k in KINDS:
+            st = states.get(k, {})
+            out.append({
+                "kind": k,
+                "cron": self.config.schedule[k],
+                "what": DESCRIPTIONS[k],
+                "paused": bool(st.get("paused")),
+                "next_run": _iso_dt(nexts[k]),
+                "last_run": _iso(st.get("last_run")),
+                "last_result": st.get("last_result") or None,
+                "last_error": st.get("last_error") or None,
+                "last_missed": _iso(st.get("last_missed")),
+            })
+        return out
+
+    def pause(self, kind: str, paused: bool = True) -> None:
+        from engine.schedule import KINDS
+
+        if kind not in KINDS:
+            raise UsageError(f"no schedule {kind!r} (known: {', '.join(KINDS)})")
+        self._admin("pause" if paused else "resume")
+        self.catalog.set_paused(kind, paused)
+        self.catalog.audit("pause" if paused else "resume", kind, "succeeded")
+
+    def request_run(self, kind: str) -> int:
+        """Ask the running scheduler (daemon or console) to run a schedule now."""
+        from engine.schedule import KINDS
+
+        if kind not in KINDS:
+            raise UsageError(f"no schedule {kind!r} (known: {', '.join(KINDS)})")
+        self._admin("run now")
+        rid = self.catalog.request_run(kind, security.current_user())
+        self.catalog.audit("run now", kind, "requested")
+        return rid
+
+    def audit_log(self, limit: int = 200) -> list[dict]:
+        return self.catalog.audit_log(limit)
 
 
 def human_bytes(n: float) -> str:

@@ -1,0 +1,389 @@
+"""The scheduler: runs the ``[schedule]`` in the background, in the daemon or the console.
+
+One scheduler per state directory: ``state/scheduler.lock`` is held with flock
+for the scheduler's life, and holds its pid, so a second one refuses to start
+and names the first. Each schedule kind is one APScheduler cron job with
+``max_instances=1`` and ``coalesce=True``; a per-source lock keeps runs of the
+same source from overlapping even when "run now" meets a scheduled run. A run
+missed while nothing was running is run once at start, and the log says so.
+"Run now" requests arrive through the catalog (another process, the console
+attached as a viewer, may have made them), polled every second.
+
+Stopping (SIGTERM/SIGINT in the daemon): no new jobs are taken; running ones
+get ``grace_seconds`` to end, then their cancel tokens are set and they end as
+interrupted. Logs are logfmt lines on stderr (journald-friendly).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from engine.errors import EngineError, LockedError
+from engine.events import CancelToken
+from engine.schedule import KINDS, make_trigger, missed_since
+
+log = logging.getLogger("backup_tui.scheduler")
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        msg = record.getMessage().replace('"', "'")
+        parts = [f"time={ts}", f"level={record.levelname.lower()}", f'msg="{msg}"']
+        for key, value in getattr(record, "fields", {}).items():
+            text = str(value).replace('"', "'")
+            parts.append(f'{key}="{text}"' if (" " in text or not text) else f"{key}={text}")
+        return " ".join(parts)
+
+
+def setup_logging(stream=None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger("backup_tui")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _info(msg: str, **fields) -> None:
+    log.info(msg, extra={"fields": fields})
+
+
+def _warn(msg: str, **fields) -> None:
+    log.warning(msg, extra={"fields": fields})
+
+
+class SchedulerLock:
+    """flock on state/scheduler.lock; the file holds the holder's pid."""
+
+    def __init__(self, state_dir):
+        self.path = os.path.join(state_dir, "scheduler.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> SchedulerLock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise EngineError(f"cannot open {self.path}: {e.strerror} (is the state "
+                              "directory writable?)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LockedError(f"a scheduler is already running for state directory "
+                              f"{os.path.dirname(self.path)} (pid {pid})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def holder(state_dir) -> int | None:
+        """The pid of the running scheduler of this state directory, or None."""
+        path = os.path.join(state_dir, "scheduler.lock")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+
+class Scheduler:
+    def __init__(self, engine, poll_seconds: float = 1.0):
+        self.engine = engine
+        self.config = engine.config
+        self.tz = ZoneInfo(self.config.schedule["timezone"])
+        self.poll = poll_seconds
+        self.lock = SchedulerLock(self.config.state_dir)
+        self._aps = None
+        self._source_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._running: dict[str, CancelToken] = {}
+        self._running_guard = threading.Lock()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+
+    # --------------------------------------------------------------- life
+    def start(self) -> Scheduler:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.lock.acquire()
+        cat = self.engine.catalog  # the state dir must be usable before anything runs
+        self._aps = BackgroundScheduler(timezone=self.tz, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+        for kind in KINDS:
+            trig = make_trigger(self.config.schedule[kind], self.tz)
+            if trig is None:
+                continue
+            self._aps.add_job(self.run_kind, trig, args=[kind, "schedule"], id=kind,
+                              name=kind)
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        self._aps.add_job(self._take_requests, IntervalTrigger(seconds=self.poll),
+                          id="_requests", max_instances=1)
+        self._aps.start()
+        _info("scheduler started", pid=os.getpid(), state=str(self.config.state_dir))
+        for job in self._aps.get_jobs():
+            if job.id != "_requests":
+                _info("schedule", kind=job.id, cron=self.config.schedule[job.id],
+                      next_run=job.next_run_time.isoformat() if job.next_run_time else "none")
+        self._catch_up(cat)
+        return self
+
+    def _catch_up(self, cat) -> None:
+        now = datetime.now(self.tz)
+        states = cat.schedule_states()
+        for kind in KINDS:
+            st = states.get(kind, {})
+            last = st.get("last_run")
+            if last is None:
+                continue
+            last_dt = datetime.fromtimestamp(last, self.tz)
+            if last_dt > now:
+                _warn("last run is in the future: the clock went back; nothing is caught up",
+                      kind=kind, last_run=last_dt.isoformat())
+                continue
+            missed = missed_since(self.config.schedule[kind], self.tz, last_dt, now)
+            if missed is not None:
+                _info("missed run while down; running it once now", kind=kind,
+                      missed=missed.isoformat())
+                threading.Thread(target=self.run_kind, args=(kind, "missed", missed),
+                                 daemon=True, name=f"catchup-{kind}").start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Take no new jobs; let running ones end within grace, then interrupt them."""
+        grace = float(self.config.schedule["grace_seconds"]) if grace is None else grace
+        self._stopping.set()
+        if self._aps is not None:
+            self._aps.shutdown(wait=False)
+        with self._running_guard:
+            running = list(self._running)
+        if running:
+            _info("stopping: waiting for running jobs", jobs=",".join(running),
+                  grace_seconds=grace)
+        deadline = time.monotonic() + grace
+        with self._idle:
+            while self._running and time.monotonic() < deadline:
+                self._idle.wait(timeout=0.2)
+        with self._running_guard:
+            tokens = list(self._running.values())
+        if tokens:
+            _warn("grace period over: interrupting running jobs", count=len(tokens))
+            for t in tokens:
+                t.cancel()
+            with self._idle:
+                end = time.monotonic() + 60
+                while self._running and time.monotonic() < end:
+                    self._idle.wait(timeout=0.2)
+        self.lock.release()
+        _info("scheduler stopped")
+
+    # --------------------------------------------------------------- runs
+    def _source_lock(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._source_locks.setdefault(key, threading.Lock())
+
+    def _take_requests(self) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            requests = self.engine.catalog.take_requests()
+        except Exception as e:  # noqa: BLE001 - the poller must survive a locked catalog
+            _warn("cannot read run-now requests", error=e)
+            return
+        for req in requests:
+            _info("run now requested", kind=req["kind"], user=req["user"])
+            threading.Thread(target=self.run_kind, args=(req["kind"], "run now"),
+                             daemon=True, name=f"runnow-{req['kind']}").start()
+
+    def _targets(self, kind: str) -> list[tuple[str, object]]:
+        e = self.engine
+        if kind == "database":
+            return [(f"db:{d['name']}", lambda c, n=d["name"]: e.backup_db(n, cancel=c))
+                    for d in self.config.databases]
+        if kind == "files":
+            return [(f"files:{f.name}", lambda c, n=f.name: e.backup_files(n, cancel=c))
+                    for f in self.config.filesets]
+        if kind == "verify":
+            return [("verify", lambda c: e.verify(cancel=c))]
+        if kind == "replicate":
+            if not self.config.replicas:
+                return []
+            return [("replicate", lambda c: e.replicate(cancel=c))]
+        if kind == "cleanup":
+            return [("cleanup", lambda c: e.cleanup(cancel=c))]
+        return []  # drill: not available yet
+
+    def run_kind(self, kind: str, reason: str = "schedule", missed: datetime | None = None) -> str:
+        """Run every target of a schedule kind; returns 'succeeded' or 'failed'."""
+        if self._stopping.is_set():
+            return "skipped"
+        cat = self.engine.catalog
+        if reason == "schedule" and cat.schedule_states().get(kind, {}).get("paused"):
+            _info("paused: skipped", kind=kind)
+            return "skipped"
+        targets = self._targets(kind)
+        if not targets:
+            _info("nothing to run", kind=kind)
+            cat.schedule_ran(kind, "nothing to run")
+            return "succeeded"
+        errors = []
+        for key, fn in targets:
+            if self._stopping.is_set():
+                errors.append(f"{key}: not started (stopping)")
+                break
+            lock = self._source_lock(key)
+            if not lock.acquire(blocking=False):
+                _info("already running: skipped", kind=kind, target=key)
+                continue
+            token = CancelToken()
+            with self._running_guard:
+                self._running[key] = token
+            start = time.monotonic()
+            _info("job started", kind=kind, target=key, reason=reason)
+            try:
+                result = fn(token)
+                problems = self._problems(result)
+                if problems:
+                    errors.append(f"{key}: {problems}")
+                    _warn("job ended with problems", kind=kind, target=key, error=problems,
+                          seconds=round(time.monotonic() - start, 2))
+                else:
+                    _info("job succeeded", kind=kind, target=key,
+                          seconds=round(time.monotonic() - start, 2))
+            except EngineError as e:
+                errors.append(f"{key}: {e}")
+                _warn("job failed", kind=kind, target=key, error=e)
+            except Exception as e:  # noqa: BLE001 - a bug in one job must not stop the daemon
+                errors.append(f"{key}: {type(e).__name__}: {e}")
+                log.exception("job crashed", extra={"fields": {"kind": kind, "target": key}})
+            finally:
+                lock.release()
+                with self._running_guard:
+                    self._running.pop(key, None)
+                with self._idle:
+                    self._idle.notify_all()
+        outcome = "failed" if errors else "succeeded"
+        cat.schedule_ran(kind, outcome, "; ".join(errors),
+                         missed.timestamp() if missed else None)
+        return outcome
+
+    @staticmethod
+    def _problems(result) -> str:
+        """Problems a result carries without raising (incomplete backup, replica failed)."""
+        items = result if isinstance(result, list) else [result]
+        out = []
+        for r in items:
+            if getattr(r, "errors", None):
+                out.append(f"incomplete: {len(r.errors)} error(s)")
+            for rep in getattr(r, "replication", []) or []:
+                if not rep.ok:
+                    out.append(f"replica {rep.replica}: {rep.error}")
+            if hasattr(r, "replica") and hasattr(r, "ok") and not r.ok:
+                out.append(f"replica {r.replica}: {r.error}")
+            if hasattr(r, "problems") and getattr(r, "problems", None):
+                out.append(f"{len(r.problems)} problem(s)")
+        return "; ".join(out)
+
+    def next_run_times(self) -> dict[str, datetime | None]:
+        if self._aps is None:
+            return {}
+        return {j.id: j.next_run_time for j in self._aps.get_jobs() if j.id != "_requests"}
+
+
+def serve_http(engine, listen: str):
+    """Read-only /health and /metrics on a loopback address. Returns the server."""
+    import ipaddress
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError
+    except ValueError:
+        raise EngineError(f"metrics.listen {listen!r}: only a loopback address may be used "
+                          "(127.0.0.1:PORT or [::1]:PORT)") from None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            from engine import metrics
+
+            try:
+                if self.path.split("?")[0] == "/health":
+                    verdict = engine.health()
+                    body = json.dumps(verdict).encode()
+                    self._send(200 if verdict["ok"] else 503, "application/json", body)
+                elif self.path.split("?")[0] == "/metrics":
+                    self._send(200, "text/plain; version=0.0.4", metrics.render(engine).encode())
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+            except Exception as e:  # noqa: BLE001 - answer, never crash the daemon
+                self._send(500, "text/plain", f"error: {e}\n".encode())
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    family_host = host
+    server = ThreadingHTTPServer((family_host, int(port)), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
+    _info("serving /health and /metrics", listen=listen)
+    return server
+
+
+def run_daemon(engine) -> int:
+    """backup-tui --run-scheduler: run until SIGTERM or SIGINT; exit 0 after a clean stop."""
+    setup_logging()
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        _info("signal received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    interrupted = engine.catalog.mark_interrupted()
+    if interrupted:
+        _warn("jobs left running by an earlier process marked interrupted", count=interrupted)
+    sched = Scheduler(engine).start()
+    server = serve_http(engine, engine.config.metrics["listen"]) \
+        if engine.config.metrics["listen"] else None
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        if server is not None:
+            server.shutdown()
+        sched.stop()
+    return 0

@@ -1,0 +1,62 @@
+"""Schedules: cron expressions from ``[schedule]`` turned into triggers and next run times.
+
+An expression has 5 fields (minute hour day month weekday, as cron) or 6 with
+seconds first (``*/5 * * * * *``: every 5 seconds, for tests and drills of the
+daemon itself); ``off`` or an empty string disables a schedule.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, tzinfo
+
+KINDS = ("database", "files", "cleanup", "verify", "replicate", "drill")
+
+DESCRIPTIONS = {
+    "database": "back up every database",
+    "files": "back up every fileset",
+    "cleanup": "apply retention and prune",
+    "verify": "verify the repository",
+    "replicate": "copy to every replica",
+    "drill": "restore drill (not available yet)",
+}
+
+
+def make_trigger(expr: str, tz: tzinfo):
+    """An APScheduler CronTrigger, or None for a disabled schedule. ValueError if bad."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    expr = expr.strip()
+    if expr in ("", "off"):
+        return None
+    fields = expr.split()
+    if len(fields) == 5:
+        return CronTrigger.from_crontab(expr, timezone=tz)
+    if len(fields) == 6:
+        second, minute, hour, day, month, dow = fields
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=dow, timezone=tz)
+    raise ValueError(f"expected 5 fields (or 6 with seconds first), got {len(fields)}")
+
+
+def next_run(expr: str, tz: tzinfo, after: datetime) -> datetime | None:
+    trig = make_trigger(expr, tz)
+    return trig.get_next_fire_time(None, after) if trig else None
+
+
+def missed_since(
+    expr: str, tz: tzinfo, last_run: datetime | None, now: datetime
+) -> datetime | None:
+    """The most recent fire time after last_run and not after now, if any (a run missed
+    while nothing was running). A last run in the future (the clock went back) misses
+    nothing."""
+    trig = make_trigger(expr, tz)
+    if trig is None or last_run is None or last_run >= now:
+        return None
+    fire = trig.get_next_fire_time(None, last_run)
+    missed = None
+    for _ in range(100_000):  # bounded: a seconds schedule down for a long time
+        if fire is None or fire > now:
+            break
+        missed = fire
+        fire = trig.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+    return missed
