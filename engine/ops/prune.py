@@ -247,7 +247,8 @@ def prune(
     cancel: honoured until the first write; after that prune runs to the end.
     Raises `PruneRefused` (nothing changed) when what is in use cannot be known,
     `LockedError` when the repository stays locked for lock_wait seconds.
-    The repository's in-memory index is reloaded at the end, also on failure.
+    The repository's in-memory index is reloaded at the end (also on failure),
+    before the lock is released.
     """
     if not 0 <= repack_threshold <= 1:
         raise ValueError(f"repack_threshold must be in [0, 1], not {repack_threshold}")
@@ -256,11 +257,13 @@ def prune(
     report = PruneReport(dry_run=dry_run)
     lock = RepoLock(repo.backend, exclusive=not dry_run,
                     purpose="cleanup (dry run)" if dry_run else "cleanup")
-    try:
-        with lock.acquire(wait=lock_wait):
+    with lock.acquire(wait=lock_wait):
+        try:
             _prune(repo, report, repack_threshold, unreferenced_grace, job_id, emit, cancel)
-    finally:
-        repo.load_index()
+        finally:
+            # still under the lock, so a backup of this process that waits for it
+            # never sees the index of before the prune
+            repo.load_index()
     emit(Event(job_id, "done", message=_summary(report), final=True))
     return report
 
