@@ -80,6 +80,16 @@ def build_parser() -> ArgParser:
         sp = ssub.add_parser(verb)
         sp.add_argument("kind")
 
+    cl = sub.add_parser("cleanup", help="apply the retention policy and prune")
+    cl.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
+    _json_flag(cl)
+    for verb in ("pin", "unpin"):
+        pn = sub.add_parser(verb, help=f"{verb} a snapshot (pinned ones are never forgotten)")
+        pn.add_argument("snapshot")
+        pn.add_argument("--source")
+        if verb == "pin":
+            pn.add_argument("--note", default="")
+
     rp = sub.add_parser("replicate", help="copy what each S3 replica lacks")
     rp.add_argument("--replica")
     rp.add_argument("--repair", action="store_true",
@@ -484,7 +494,47 @@ def cmd_schedule(args, engine: Engine) -> int:
     return 0
 
 
+def cmd_cleanup(args, engine: Engine) -> int:
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        out = engine.cleanup(dry_run=args.dry_run, on_event=prog)
+    finally:
+        prog.close()
+    if args.json:
+        out_json(out)
+        return 0 if all("error" not in r for r in out["replicas"]) else 1
+    ok = True
+    for part in [out, *out["replicas"]]:
+        if "error" in part:
+            ok = False
+            sys.stderr.write(f"cleanup of {part['where']}: FAILED: {part['error']}\n")
+            continue
+        title = "would" if part["dry_run"] else "did"
+        print(f"== {part['where']} ({'dry run' if part['dry_run'] else 'cleanup'})")
+        for d in part["decisions"]:
+            verb = "keep  " if d["keep"] else "forget"
+            print(f"  {verb} {d['id'][:8]} {d['time'][:19]} {d['kind']:5} "
+                  f"{d['source'][:16]:16} {', '.join(d['reasons'])}")
+        pr = part["prune"]
+        print(f"  prune {title}: delete {pr['packs_deleted']} pack(s), repack "
+              f"{pr['packs_repacked']}, free {human_bytes(pr['bytes_freed'])}")
+        for sk in part["skipped"]:
+            print(f"  skipped: {sk}")
+    return 0 if ok else 1
+
+
+def cmd_pin(args, engine: Engine) -> int:
+    pinned = args.command == "pin"
+    ref = engine.snapshot(args.snapshot, args.source)["id"]
+    sid = engine.pin(ref, getattr(args, "note", ""), pinned)
+    print(f"{'pinned' if pinned else 'unpinned'} {sid[:8]}")
+    return 0
+
+
 COMMANDS = {
+    "cleanup": cmd_cleanup,
+    "pin": cmd_pin,
+    "unpin": cmd_pin,
     "health": cmd_health,
     "audit": cmd_audit,
     "schedule": cmd_schedule,

@@ -30,9 +30,11 @@ from engine.errors import Cancelled, EngineError, NotFound, RepositoryError, Usa
 from engine.events import CancelToken, Event, EventCallback, ignore
 from engine.ops import backup as backup_op
 from engine.ops import dump as dump_op
+from engine.ops import prune as prune_op
 from engine.ops import replicate as replicate_op
 from engine.ops import restore as restore_op
 from engine.ops import restore_db as restore_db_op
+from engine.ops import retention as retention_op
 from engine.ops import verify as verify_op
 from engine.repo.repository import Repository
 from engine.sources import pgconn
@@ -224,7 +226,6 @@ class Engine:
         self._admin("backup")
         fileset = self.config.fileset(name)
         repo = self.repo()
-        repo.load_index()  # see what other processes added since we opened
         with self._job("backup", f"files:{name}", on_event) as (job_id, emit):
             result = backup_op.backup_files(repo, fileset, job_id, emit, cancel)
             outcome = "succeeded" if result.complete else "incomplete"
@@ -263,7 +264,6 @@ class Engine:
         self._admin("backup")
         db = self.database(name)
         repo = self.repo()
-        repo.load_index()
         with self._job("backup", f"db:{name}", on_event) as (job_id, emit):
             scratch = str(self.config.state_dir / "tmp")
             result = backup_op.backup_db(repo, db, job_id, emit, cancel, scratch)
@@ -456,6 +456,88 @@ class Engine:
     def dump(self, ref: str, out: BinaryIO, path: str | None = None) -> int:
         repo = self.repo()
         return dump_op.dump(repo, self.snapshot(ref), out, path)
+
+    # --------------------------------------------------------------- cleanup
+    def policy_for(self, kind: str, source: str) -> retention_op.Policy:
+        """[retention], with the source's own retention table over it."""
+        base = retention_op.Policy.from_dict(self.config.retention)
+        override: dict = {}
+        if kind == "files" and any(f.name == source for f in self.config.filesets):
+            override = dict(self.config.fileset(source).retention)
+        elif kind == "db" and any(d["name"] == source for d in self.config.databases):
+            override = dict(self.database(source).get("retention", {}))
+        return base.merged(override)
+
+    def plan_cleanup(self) -> list[retention_op.Decision]:
+        """What the retention policy keeps and forgets, with the rule that decides each."""
+        from zoneinfo import ZoneInfo
+
+        repo = self.repo()
+        return retention_op.plan(
+            self.snapshots(), self.policy_for, prune_op.pinned(repo), datetime.now(UTC),
+            ZoneInfo(self.config.schedule["timezone"]),
+        )
+
+    def cleanup(
+        self,
+        dry_run: bool = False,
+        on_event: EventCallback = ignore,
+        cancel: CancelToken | None = None,
+        replicas: bool = True,
+        lock_wait: float = 300.0,
+    ) -> dict:
+        """Apply retention (forget) and prune, here and then on every replica. Objects a
+        replica keeps under Object Lock are skipped and reported, never a failure."""
+        if not dry_run:
+            self._admin("cleanup")
+        where = self.replica_name or "local"
+        with self._job("cleanup", where, on_event) as (job_id, emit):
+            decisions = self.plan_cleanup()
+            forget_ids = [d.snapshot_id for d in decisions if not d.keep]
+            skipped: list[str] = []
+            repo = self.repo()
+            if not dry_run and forget_ids:
+                emit(Event(job_id, "forget", items_total=len(forget_ids),
+                           message=f"forgetting {len(forget_ids)} snapshot(s)"))
+                forgotten = prune_op.forget(repo, forget_ids, skipped=skipped,
+                                            lock_wait=lock_wait)
+            else:
+                forgotten = []
+            report = prune_op.prune(repo, dry_run=dry_run, on_event=emit, job_id=job_id,
+                                    lock_wait=lock_wait, cancel=cancel)
+            out = {
+                "where": where,
+                "dry_run": dry_run,
+                "decisions": [d.as_json() for d in decisions],
+                "forgotten": forgotten,
+                "prune": report.as_json(),
+                "skipped": skipped + list(report.skipped),
+                "replicas": [],
+            }
+            if not dry_run:
+                self.catalog.audit("cleanup", where, "succeeded", forgotten,
+                                   detail=f"freed {report.bytes_freed} bytes; "
+                                   f"{len(out['skipped'])} skipped")
+        if replicas and not self.replica_name:
+            for r in self.config.replicas:
+                try:
+                    out["replicas"].append(self.for_replica(r["name"]).cleanup(
+                        dry_run, on_event, cancel, replicas=False, lock_wait=lock_wait))
+                except EngineError as e:
+                    out["replicas"].append({"where": r["name"], "error": str(e)})
+        return out
+
+    def pin(self, ref: str, note: str = "", pinned: bool = True) -> str:
+        """Pin (or unpin) a snapshot: pinned snapshots are never forgotten by cleanup."""
+        self._admin("pin" if pinned else "unpin")
+        sid = self.snapshot(ref)["id"]
+        if pinned:
+            prune_op.pin(self.repo(), sid, note)
+        else:
+            prune_op.unpin(self.repo(), sid)
+        self.catalog.audit("pin" if pinned else "unpin", sid[:12], "succeeded", [sid],
+                           detail=note)
+        return sid
 
     # -------------------------------------------------------------- replicas
     def replica(self, name: str) -> dict:

@@ -104,6 +104,7 @@ def backup_files(
     with RepoLock(repo.backend, exclusive=False, purpose=f"backup files {fileset.name}").acquire(
         wait=60
     ):
+        repo.load_index()  # after the lock: a prune that held it may have rewritten the index
         parent = latest_snapshot(repo, "files", fileset.name)
         if parent is not None and sorted(parent.get("paths", [])) != sorted(fileset.paths):
             parent = None
@@ -174,6 +175,7 @@ def backup_db(
     with RepoLock(repo.backend, exclusive=False, purpose=f"backup db {db['name']}").acquire(
         wait=60
     ):
+        repo.load_index()  # after the lock: a prune that held it may have rewritten the index
         parent = latest_snapshot(repo, "db", db["name"])
 
         previous = int(parent.get("stats", {}).get("size", 0)) if parent else 0

@@ -4,10 +4,12 @@ Objects are copied as they are (sealed bytes), so a replica needs no keys to
 receive them and is, with the password, a repository of its own. Order keeps
 every replica consistent at every moment, like a backup's own write order:
 ``config`` and ``keys/`` first, then packs (``data/``), then ``index/``, then
-``snapshots/``, then ``wal/``. Each class is listed once on each side; only
-what the replica lacks (or holds with another size) is uploaded, concurrently.
-An interrupted run leaves whole objects only, so the next run continues where
-it stopped. A replica whose ``config`` names another repository is refused.
+``snapshots/``, then ``pins/`` and ``wal/``. Removals (forgotten snapshots,
+pruned packs) are not copied: cleanup applies the retention policy to each
+replica itself. Each class is listed once on each side; only what the replica
+lacks (or holds with another size) is uploaded, concurrently. An interrupted
+run leaves whole objects only, so the next run continues where it stopped. A
+replica whose ``config`` names another repository is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from engine.errors import EngineError, NotFound, RepositoryError
 from engine.events import CancelToken, Event, EventCallback
 from engine.storage.base import Backend
 
-CLASSES = ("keys/", "data/", "index/", "snapshots/", "wal/")
+CLASSES = ("keys/", "data/", "index/", "snapshots/", "pins/", "wal/")
 
 
 @dataclass

@@ -163,8 +163,9 @@ class S3Backend:
         except NotFound:
             raise NotFound(f"{self.location}: object {name} not found") from None
 
-    def _lock_args(self) -> dict:
-        if self.lock_days <= 0:
+    def _lock_args(self, name: str = "") -> dict:
+        # locks/ are the repository's own short-lived records: never under Object Lock
+        if self.lock_days <= 0 or name.startswith("locks/"):
             return {}
         until = datetime.now(UTC) + timedelta(days=self.lock_days)
         return {"ObjectLockMode": self.lock_mode, "ObjectLockRetainUntilDate": until}
@@ -184,7 +185,7 @@ class S3Backend:
             resp = self.client.put_object(
                 Bucket=self.bucket, Key=self.key(name), Body=data, ContentMD5=content_md5,
                 ChecksumAlgorithm="SHA256", ChecksumSHA256=sha,
-                StorageClass=self.storage_class, **self._lock_args(),
+                StorageClass=self.storage_class, **self._lock_args(name),
             )
             etag = resp.get("ETag", "").strip('"')
             if etag and "-" not in etag and etag != md5:
@@ -198,7 +199,7 @@ class S3Backend:
         cfg = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
                              multipart_chunksize=PART_SIZE, max_concurrency=4)
         extra = {"StorageClass": self.storage_class, "ChecksumAlgorithm": "SHA256",
-                 **self._lock_args()}
+                 **self._lock_args(name)}
 
         def op() -> None:
             self.requests["put"] += 1
@@ -246,7 +247,29 @@ class S3Backend:
                 return
             token = resp.get("NextContinuationToken")
 
+    def locked_until(self, name: str) -> datetime | None:
+        """The Object Lock retain-until date of an object, if it is in the future.
+        (Read from HEAD: GetObjectRetention is not served by every S3-compatible server.)"""
+        def op():
+            self.requests["head"] += 1
+            return self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+
+        try:
+            head = self._retry(f"head {name}", op)
+        except NotFound:
+            return None
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if until and until > datetime.now(UTC) else None
+
     def delete(self, name: str) -> None:
+        if self.lock_days > 0 and not name.startswith("locks/"):
+            # On a versioned, locked bucket a plain DELETE only hides the object behind a
+            # delete marker; the locked version stays. Skip it, and say so, instead.
+            until = self.locked_until(name)
+            if until is not None:
+                raise S3Error(f"{self.location}: {name} is locked ({self.lock_mode}) until "
+                              f"{until.isoformat()}; not deleted")
+
         def op() -> None:
             self.requests["delete"] += 1
             self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
