@@ -12,22 +12,34 @@
   products, orders and order lines tied by foreign keys, a few thousand rows
   that ``generate_series`` makes the same every time. Without PostgreSQL server
   binaries the demo has files only, and ``Demo.note`` says so;
+- two S3 replicas, ``us-east`` (a bucket in us-east-1) and ``eu-west`` (in
+  eu-west-1), on the sandbox's own S3-protocol server: ``moto_server`` on a free
+  loopback port, holding everything in memory. The demo process gets dummy AWS
+  credentials and no AWS configuration (``use_demo_aws_environment``), so it
+  never talks to anything but 127.0.0.1. Without moto (``pip install
+  'moto[server]'``) the demo has no replicas, and ``Demo.note`` says so;
 - ``config.toml`` with two filesets (``app-data``, ``app-config``), the
-  ``shop`` database, a repository in ``repo/`` encrypted with a random
-  password kept in ``repo.pass`` (mode 0600), and the state in ``state/``;
-- one snapshot of ``app-data`` and one of ``shop``, then a day's changes (new
-  uploads, a new log, new orders), so the next backups have something new to store.
+  ``shop`` database, the replicas, a repository in ``repo/`` encrypted with a
+  random password kept in ``repo.pass`` (mode 0600), and the state in ``state/``;
+- one snapshot of ``app-data`` and one of ``shop``, replicated to both
+  replicas, then a day's changes (new uploads, a new log, new orders), so the
+  next backups have something new to store (and to replicate: the replicas
+  have ``replicate_after_backup``).
 
-The server keeps running after ``build_demo``: whoever holds the ``Demo`` stops
-it. ``run_demo()`` builds the sandbox in a new temporary directory, or reuses
+The servers keep running after ``build_demo``: whoever holds the ``Demo`` stops
+them. ``run_demo()`` builds the sandbox in a new temporary directory, or reuses
 ``$BACKUP_TUI_DEMO_DIR`` (building there when it holds no demo yet, else starting
-its server again), runs the console, stops the server however the console ends,
+its servers again: the S3 server starts empty, so its buckets are made and
+filled again), runs the console, stops the servers however the console ends,
 and tells where the sandbox lives.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
+import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -35,16 +47,20 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from engine.config import load_config
+from engine.config import Config, load_config
 from engine.errors import EngineError, UsageError
 from engine.facade import Engine
 from engine.pgcluster import ScratchCluster
@@ -55,6 +71,12 @@ FIRST_FILESET = "app-data"
 CONFIG_NAME = "config.toml"
 DATABASE = "shop"
 CLUSTER_DIR = "postgres"
+REPLICAS = (("us-east", "us-east-1"), ("eu-west", "eu-west-1"))  # name, region
+BUCKET = "backup-tui-demo-{}"  # the bucket of replica {name}
+S3_PREFIX = "repo"
+S3_LOG = "s3-server.log"  # moto_server's output, in the sandbox
+LOOPBACK = "127.0.0.1"
+S3_START_TIMEOUT = 30.0  # seconds
 
 # The shop's schema and rows. Every value derives from generate_series, so each
 # build holds the same data. About 500 customers, 200 products, 3,000 orders and
@@ -213,7 +235,7 @@ def _toml_str(value: str | Path) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def _config(root: Path, dsn: str | None) -> str:
+def _config(root: Path, dsn: str | None, s3_endpoint: str | None = None) -> str:
     lines = [
         "# The backup-tui demo sandbox (see backup_tui/demo.py).",
         "[repository]",
@@ -241,26 +263,225 @@ def _config(root: Path, dsn: str | None) -> str:
             f"dsn = {_toml_str(dsn)}",
             "",
         ]
+    if s3_endpoint is not None:
+        lines.append("# Two S3 replicas on the sandbox's own S3 server (moto_server, in memory).")
+        for name, region in REPLICAS:
+            lines += [
+                "[[replica]]",
+                f'name = "{name}"',
+                f'bucket = "{BUCKET.format(name)}"',
+                f'region = "{region}"',
+                f'prefix = "{S3_PREFIX}"',
+                f"endpoint_url = {_toml_str(s3_endpoint)}",
+                "",
+            ]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ S3 server
+
+
+class DemoS3Error(Exception):
+    """The demo's S3 server did not start or would not take its buckets."""
+
+
+def use_demo_aws_environment() -> None:
+    """Dummy AWS credentials and no AWS configuration, in this process's environment.
+
+    The demo talks to its own S3 server on 127.0.0.1 and to nothing else: no
+    profile or credentials of the machine, no instance metadata, no proxy.
+    """
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(var, None)
+    os.environ.update({
+        "AWS_ACCESS_KEY_ID": "demo",
+        "AWS_SECRET_ACCESS_KEY": "demo",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    })
+    for var in ("NO_PROXY", "no_proxy"):
+        entries = [e for e in os.environ.get(var, "").split(",") if e.strip()]
+        if LOOPBACK not in entries:
+            os.environ[var] = ",".join([*entries, LOOPBACK])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will bind
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """The demo's S3-protocol server: ``moto_server`` on a loopback port, all in memory.
+
+    ``launch`` starts the process and returns at once (it takes a moment to
+    import); ``wait`` blocks until it answers HTTP. A new server starts empty.
+    """
+
+    def __init__(self, log_path: Path, port: int | None = None) -> None:
+        self.log_path = log_path
+        self.port = port or _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def launch(self) -> S3Server:
+        use_demo_aws_environment()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # our signal handlers decide when it stops
+            )
+        atexit.register(self.stop)  # the last resort, should the demo die another way
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _answers(self) -> bool:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(self.endpoint_url + "/", timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer: it serves
+        except OSError:
+            return False
+
+    def wait(self, timeout: float = S3_START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise DemoS3Error(f"moto_server exited ({code}); see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DemoS3Error(f"moto_server did not answer in {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def make_buckets(self) -> None:
+        """One empty bucket per replica, in the replica's region."""
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+
+        for name, region in REPLICAS:
+            client = boto3.session.Session(region_name=region).client(
+                "s3", endpoint_url=self.endpoint_url,
+                config=botocore.config.Config(s3={"addressing_style": "path"},
+                                              retries={"max_attempts": 2}))
+            params: dict = {"Bucket": BUCKET.format(name)}
+            if region != "us-east-1":
+                params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            try:
+                client.create_bucket(**params)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                raise DemoS3Error(f"cannot create bucket {params['Bucket']}: {e}") from None
+
+    def stop(self) -> None:
+        """Stop the server (idempotent); what it held is gone."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def moto_installed() -> bool:
+    return importlib.util.find_spec("moto") is not None
+
+
+NO_MOTO = "moto[server] is not installed: the demo runs without S3 replicas."
+
+
+def _launch_s3(root: Path, port: int | None = None) -> tuple[S3Server | None, str]:
+    """A starting S3 server for the sandbox in ``root``, or None and why not."""
+    if not moto_installed():
+        return None, NO_MOTO
+    try:
+        return S3Server(root / S3_LOG, port).launch(), ""
+    except OSError as e:
+        return None, f"The demo's S3 server did not start ({_first_line(e)}): no replicas."
+
+
+def _ready_s3(server: S3Server, attempts: int = 3) -> tuple[S3Server | None, str]:
+    """The launched ``server`` answering, with its buckets: or a new one (its port was
+    taken meanwhile), or None and why not."""
+    for attempt in range(attempts):
+        try:
+            server.wait()
+            server.make_buckets()
+            return server, ""
+        except (DemoS3Error, OSError) as e:
+            server.stop()
+            if attempt == attempts - 1:
+                return None, (f"The demo's S3 server did not start ({_first_line(e)}): "
+                              "no replicas.")
+            server = S3Server(server.log_path).launch()
+    raise AssertionError("unreachable")
+
+
+def _replicate(engine: Engine) -> str:
+    """Fill every replica; "" or what failed, in one line."""
+    failed = [r for r in engine.replicate() if not r.ok]
+    return "; ".join(f"replica {r.replica}: {' '.join((r.error or 'failed').split())[:160]}"
+                     for r in failed)
 
 
 @dataclass
 class Demo:
     """A sandbox ready for the console.
 
-    ``cluster`` is its PostgreSQL server, running until ``stop``; None when the
-    sandbox has no running database, and then ``note`` says why in one line.
+    ``cluster`` is its PostgreSQL server and ``s3`` its S3 server, running
+    until ``stop``; None when the sandbox has no running database or no
+    replicas, and then ``note`` says why, one line each.
     """
 
     root: Path
     config_path: Path
     cluster: ScratchCluster | None = None
     note: str = ""
+    s3: S3Server | None = None
+
+    def config(self) -> Config:
+        """The sandbox's configuration, without its replicas when its S3 server is not
+        running (a sandbox reused without moto): backups then do not wait on them."""
+        config = load_config(self.config_path)
+        if config.replicas and self.s3 is None:
+            return dataclasses.replace(config, replicas=())
+        return config
+
+    def add_note(self, line: str) -> None:
+        if line:
+            self.note = f"{self.note}\n{line}" if self.note else line
 
     def stop(self) -> None:
-        """Stop the server (the sandbox and its data stay)."""
-        if self.cluster is not None:
-            self.cluster.stop()
+        """Stop the servers (the sandbox and its data stay; the replicas' contents go)."""
+        try:
+            if self.cluster is not None:
+                self.cluster.stop()
+        finally:
+            if self.s3 is not None:
+                self.s3.stop()
 
 
 _CLUSTER_ERRORS = (EngineError, OSError, subprocess.SubprocessError)
@@ -293,38 +514,60 @@ def _start_shop(root: Path) -> tuple[ScratchCluster | None, str]:
     return cluster, ""
 
 
-def build_demo(root: Path, kdf: dict | None = None, database: bool = True) -> Demo:
-    """Build the sandbox in ``root`` (missing or empty); its server is left running.
+def build_demo(root: Path, kdf: dict | None = None, database: bool = True,
+               replicas: bool = True) -> Demo:
+    """Build the sandbox in ``root`` (missing or empty); its servers are left running.
 
     ``kdf`` is the repository's key derivation cost (the engine's default if None).
-    ``database=False`` builds it without PostgreSQL.
+    ``database=False`` builds it without PostgreSQL, ``replicas=False`` without S3.
     """
     root = Path(root).absolute()
     if root.exists() and any(root.iterdir()):
         raise UsageError(f"{root}: the demo needs an empty directory")
     root.mkdir(parents=True, exist_ok=True)
+    demo = Demo(root, root / CONFIG_NAME)
+    s3, s3_note = _launch_s3(root) if replicas else (None, "")  # it starts while we build
+    try:
+        _build(demo, kdf, database, s3, s3_note)
+    except BaseException:
+        if demo.cluster is not None:
+            demo.cluster.destroy()
+        if s3 is not None:
+            s3.stop()
+        if demo.s3 is not None:
+            demo.s3.stop()
+        raise
+    return demo
+
+
+def _build(demo: Demo, kdf: dict | None, database: bool, s3: S3Server | None,
+           s3_note: str) -> None:
+    root = demo.root
     rng = random.Random(SEED)
     _data_dir(root / "data", rng)
     _etc_dir(root / "etc")
     fd = os.open(root / "repo.pass", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(24) + "\n")
-    cluster, note = _start_shop(root) if database else (None, "")
-    try:
-        config_path = root / CONFIG_NAME
-        config_path.write_text(_config(root, cluster.dsn(DATABASE) if cluster else None))
-        engine = Engine(load_config(config_path), kdf=kdf)
-        engine.init()
-        engine.backup_files(FIRST_FILESET)
-        if cluster is not None:
-            engine.backup_db(DATABASE)
-            cluster.psql(SHOP_A_DAY_LATER_SQL, DATABASE)
-        _a_day_later(root / "data", rng)
-    except BaseException:
-        if cluster is not None:
-            cluster.destroy()
-        raise
-    return Demo(root, config_path, cluster, note)
+    if database:
+        demo.cluster, note = _start_shop(root)
+        demo.add_note(note)
+    if s3 is not None:
+        demo.s3, s3_note = _ready_s3(s3)
+    demo.add_note(s3_note)
+    cluster = demo.cluster
+    demo.config_path.write_text(_config(root, cluster.dsn(DATABASE) if cluster else None,
+                                        demo.s3.endpoint_url if demo.s3 else None))
+    engine = Engine(load_config(demo.config_path), kdf=kdf)
+    engine.init()
+    engine.backup_files(FIRST_FILESET, replicate=False)
+    if cluster is not None:
+        engine.backup_db(DATABASE, replicate=False)
+        cluster.psql(SHOP_A_DAY_LATER_SQL, DATABASE)
+    if demo.s3 is not None:
+        failed = _replicate(engine)
+        demo.add_note(f"The demo's replicas could not be filled ({failed})." if failed else "")
+    _a_day_later(root / "data", rng)
 
 
 def demo_cluster(root: Path) -> ScratchCluster | None:
@@ -349,25 +592,60 @@ def server_running(cluster: ScratchCluster) -> bool:
     return Path(answer.strip()).resolve() == cluster.data.resolve()
 
 
-def open_demo(root: Path) -> Demo:
-    """A sandbox ``build_demo`` made in ``root`` earlier, its server started again."""
+def open_demo(root: Path, say: Callable[[str], None] = lambda _line: None) -> Demo:
+    """A sandbox ``build_demo`` made in ``root`` earlier, its servers started again.
+
+    The S3 server starts empty: its buckets are made and the replicas filled
+    again (``say`` is told so first, it takes a moment).
+    """
     root = Path(root).absolute()
     demo = Demo(root, root / CONFIG_NAME)
-    if not (root / CLUSTER_DIR).exists():
-        return demo  # built without a database
-    cluster = demo_cluster(root)
+    try:
+        _reopen_shop(demo)
+        _reopen_s3(demo, say)
+    except BaseException:
+        demo.stop()
+        raise
+    return demo
+
+
+def _reopen_shop(demo: Demo) -> None:
+    if not (demo.root / CLUSTER_DIR).exists():
+        return  # built without a database
+    cluster = demo_cluster(demo.root)
     if cluster is None:
-        demo.note = f"PostgreSQL server binaries not found: backups of {DATABASE} will fail."
-        return demo
+        demo.add_note(f"PostgreSQL server binaries not found: backups of {DATABASE} will fail.")
+        return
     try:
         if not server_running(cluster):
             cluster.start()
     except _CLUSTER_ERRORS as e:
-        demo.note = (f"The demo's PostgreSQL did not start ({_first_line(e)}): "
-                     f"backups of {DATABASE} will fail.")
-        return demo
+        demo.add_note(f"The demo's PostgreSQL did not start ({_first_line(e)}): "
+                      f"backups of {DATABASE} will fail.")
+        return
     demo.cluster = cluster
-    return demo
+
+
+def _reopen_s3(demo: Demo, say: Callable[[str], None]) -> None:
+    config = load_config(demo.config_path)
+    endpoints = {r["endpoint_url"] for r in config.replicas}
+    if not endpoints:
+        return  # built without replicas
+    old = endpoints.pop()
+    port = urlsplit(old).port
+    server, note = _launch_s3(demo.root, port if port and _port_free(port) else None)
+    if server is not None:
+        say("The demo's S3 server keeps nothing: starting a new one and replicating again ...")
+        server, note = _ready_s3(server)
+    if server is None:
+        demo.add_note(note)  # Demo.config leaves the replicas out
+        return
+    demo.s3 = server
+    if server.endpoint_url != old:  # its old port is taken: point the replicas at the new one
+        text = demo.config_path.read_text()
+        demo.config_path.write_text(text.replace(_toml_str(old), _toml_str(server.endpoint_url)))
+    failed = _replicate(Engine(load_config(demo.config_path)))
+    demo.add_note(f"The demo's replicas could not be filled ({failed})." if failed else "")
 
 
 def _sandbox() -> Demo:
@@ -375,7 +653,7 @@ def _sandbox() -> Demo:
     chosen = os.environ.get(DEMO_DIR_ENV)
     if chosen and (Path(chosen) / CONFIG_NAME).exists():
         print(f"Reusing the demo sandbox in {Path(chosen).absolute()} ...", file=sys.stderr)
-        return open_demo(Path(chosen))
+        return open_demo(Path(chosen), lambda line: print(line, file=sys.stderr))
     root = Path(chosen).absolute() if chosen else Path(tempfile.mkdtemp(prefix="backup-tui-demo-"))
     print(f"Building the demo sandbox in {root} ...", file=sys.stderr)
     try:
@@ -401,6 +679,13 @@ def _exit_on_hangup() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _stopped(demo: Demo) -> str:
+    servers = [n for n, s in (("PostgreSQL", demo.cluster), ("S3", demo.s3)) if s is not None]
+    if not servers:
+        return ""
+    return f" (its {' and '.join(servers)} server{'s are' if len(servers) > 1 else ' is'} stopped)"
+
+
 def run_demo() -> int:
     """Build (or reuse) the sandbox, run the console on it, stop its server, say where it is."""
     from backup_tui.app import run_console
@@ -410,11 +695,10 @@ def run_demo() -> int:
         try:
             if demo.note:
                 print(demo.note, file=sys.stderr)
-            return run_console(Engine(load_config(demo.config_path)), notice=demo.note or None)
+            return run_console(Engine(demo.config()), notice=demo.note or None)
         finally:
             demo.stop()
-            print(f"The demo sandbox is in {demo.root}"
-                  + (" (its PostgreSQL server is stopped)" if demo.cluster else "") + "\n"
+            print(f"The demo sandbox is in {demo.root}{_stopped(demo)}\n"
                   f"  look again:  backup-tui --config {demo.config_path} list\n"
                   f"  run again:   {DEMO_DIR_ENV}={demo.root} backup-tui --demo\n"
                   f"  remove it:   rm -rf {demo.root}")

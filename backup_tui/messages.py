@@ -18,8 +18,9 @@ from textual.message_pump import MessagePump
 from engine.events import Event, Throttle
 from engine.facade import SnapshotInfo
 
-if TYPE_CHECKING:  # the facade returns it; the console only reads its fields
+if TYPE_CHECKING:  # the facade returns them; the console only reads their fields
     from engine.ops.backup import BackupResult
+    from engine.ops.replicate import ReplicaResult
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress messages of one job
 
@@ -92,6 +93,35 @@ class BackupFailed(Message):
 
     kind: str
     source: str
+    error: str
+
+
+@dataclass
+class ReplicasLoaded(Message):
+    """Each replica's state (``Engine.replica_states``); ``checked``: the lag was measured now."""
+
+    states: list[dict]
+    checked: bool
+
+
+@dataclass
+class ReplicasFailed(Message):
+    """The replica states could not be read; ``error`` says why."""
+
+    error: str
+
+
+@dataclass
+class ReplicationFinished(Message):
+    """A "Replicate now" run ended: one result per replica, each ok or with its error."""
+
+    results: list[ReplicaResult]
+
+
+@dataclass
+class ReplicationFailed(Message):
+    """A "Replicate now" run stopped before any result (an unexpected error)."""
+
     error: str
 
 

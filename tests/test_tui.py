@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -30,6 +32,7 @@ from textual.worker import WorkerCancelled
 from backup_tui import demo as demo_module
 from backup_tui.app import BackupConsole
 from backup_tui.demo import build_demo, demo_cluster, open_demo, server_running
+from backup_tui.screens.replicas import ReplicasPane
 from backup_tui.screens.source_picker import SourcePicker
 from backup_tui.widgets.job_panel import JobPanel
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
@@ -38,8 +41,10 @@ from engine.config import load_config, parse_config
 from engine.errors import EngineError
 from engine.facade import Engine, SnapshotInfo
 from engine.ops.backup import BackupResult
+from engine.ops.replicate import ReplicaResult
 
 SIZE = (110, 30)
+LOOK_SIZE = (124, 32)  # wide enough for two replica columns beside the detail pane
 CHEAP_KDF = {"name": "scrypt", "n": 2**10, "r": 8, "p": 1}
 
 
@@ -343,6 +348,182 @@ def test_d_is_offered_only_with_databases(sandbox):
     asyncio.run(flow())
 
 
+# --- S3 replicas on a real S3-protocol server (moto_server) -----------------------
+
+
+def _replica(name: str, bucket: str, region: str, endpoint: str, **extra) -> str:
+    lines = ["[[replica]]", f'name = "{name}"', f'bucket = "{bucket}"', f'region = "{region}"',
+             f'endpoint_url = "{endpoint}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def two_replicas(s3_server, buckets, **extra) -> str:
+    """``use1`` in us-east-1 and ``euw1`` in eu-west-1."""
+    return (_replica("use1", buckets.use1, "us-east-1", s3_server.endpoint_url, **extra)
+            + _replica("euw1", buckets.euw1, "eu-west-1", s3_server.endpoint_url, **extra))
+
+
+def replicas_pane(app: BackupConsole) -> ReplicasPane:
+    return app.screen.query_one(ReplicasPane)
+
+
+def presence(app: BackupConsole, snapshot_id: str) -> dict[str, str]:
+    """The inventory's presence cells of one snapshot: replica name -> mark."""
+    t = table(app)
+    cells = dict(zip([str(k.value) for k in t.columns], t.get_row(snapshot_id), strict=True))
+    return {name: cells[f"replica:{name}"].plain for name in t.replicas}
+
+
+def notifications(app: BackupConsole, severity: str) -> list[tuple[str, str]]:
+    return [(n.title, n.message) for n in app._notifications if n.severity == severity]
+
+
+def test_replicate_now_fills_both_replicas(sandbox, s3_server, s3_buckets):
+    fill(sandbox.src)
+    sandbox.extra = two_replicas(s3_server, s3_buckets, replicate_after_backup=False)
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine)
+
+    async def flow():
+        async with app.run_test(size=LOOK_SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("b")
+            await settle(app, pilot)
+            [info] = engine.snapshots()
+            assert [str(c.label) for c in table(app).columns.values()][-2:] == ["use1", "euw1"]
+            assert presence(app, info.id) == {"use1": "·", "euw1": "·"}
+            assert "  euw1       · missing" in detail(app).text
+            await pilot.press("p")  # the replicas view: stored figures, then the lag measured
+            await settle(app, pilot)
+            pane = replicas_pane(app)
+            assert not pane.checking and app.screen.focused is pane.table
+            states = pane.table.states
+            assert list(states) == ["use1", "euw1"]
+            assert all(s["objects_behind"] > 0 and s["last_success"] is None
+                       for s in states.values())
+            assert pane.table.get_row("euw1")[6].plain == "never"
+            await pilot.press("R")
+            await pilot.pause(0.05)
+            panel = app.screen.query_one(JobPanel)
+            assert panel.kind == "replicate"
+            await settle(app, pilot)
+            assert panel.has_class("-done") and "Replicated to use1, euw1" in panel.text
+            assert "object(s)" in panel.text and "uploaded" in panel.text
+            states = pane.table.states
+            assert all(s["objects_behind"] == 0 and s["bytes_behind"] == 0
+                       and s["last_success"] and s["snapshots"] == 1 for s in states.values())
+            assert [c.plain for c in pane.table.get_row("use1")[3:6]] == ["1", "0", "0 B"]
+            assert "never" not in pane.table.get_row("use1")[6].plain
+            assert not errors_shown(app)
+            assert notifications(app, "information")[-1][0] == "Replication complete"
+            await pilot.press("p")  # back to the snapshots: present in both now
+            await settle(app, pilot)
+            assert app.screen.focused is table(app)
+            assert presence(app, info.id) == {"use1": "✓", "euw1": "✓"}
+            assert "  euw1       ✓ present" in detail(app).text
+            assert [r["objects_behind"] for r in engine.replica_states(check=True)] == [0, 0]
+
+    asyncio.run(flow())
+
+
+def test_backup_replicates_by_itself_and_the_panel_says_so(sandbox, s3_server, s3_buckets):
+    fill(sandbox.src)
+    sandbox.extra = two_replicas(s3_server, s3_buckets)
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine)
+    shown: list[str] = []
+
+    async def flow():
+        async with app.run_test(size=LOOK_SIZE) as pilot:
+            await settle(app, pilot)
+            panel = app.screen.query_one(JobPanel)
+            original = panel.show_event
+
+            def spy(event):
+                original(event)
+                shown.append(panel.text)
+
+            panel.show_event = spy
+            await pilot.press("b")
+            await settle(app, pilot)
+            [info] = engine.snapshots()
+            assert presence(app, info.id) == {"use1": "✓", "euw1": "✓"}
+            assert panel.has_class("-done")
+            assert f"snapshot {info.id[:8]}, complete" in panel.text
+            assert "Replicated to use1, euw1" in panel.text
+            assert not errors_shown(app)
+
+    asyncio.run(flow())
+    during = [t for t in shown if "replicating" in t]
+    assert during, shown
+    assert "Backed up fileset src: snapshot" in during[-1]
+    assert "replicating to euw1…" in during[-1] and "objects" in "\n".join(during)
+
+
+def test_missing_bucket_is_named_and_the_console_keeps_running(sandbox, s3_server, s3_buckets):
+    fill(sandbox.src)
+    sandbox.extra = (_replica("use1", s3_buckets.use1, "us-east-1", s3_server.endpoint_url,
+                              replicate_after_backup=False)
+                     + _replica("gone", f"no-such-bucket-{uuid.uuid4().hex[:8]}", "eu-west-1",
+                                s3_server.endpoint_url, replicate_after_backup=False))
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine)
+
+    async def flow():
+        async with app.run_test(size=LOOK_SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("b")
+            await settle(app, pilot)
+            await pilot.press("R")
+            await settle(app, pilot)
+            [(title, message)] = notifications(app, "error")
+            assert title == "Replica gone failed" and "does not exist" in message
+            panel = app.screen.query_one(JobPanel)
+            assert panel.has_class("-partial")
+            assert "Replicated to use1; gone failed" in panel.text
+            assert app.is_running
+            [info] = engine.snapshots()
+            assert presence(app, info.id) == {"use1": "✓", "gone": "·"}
+            await pilot.press("p")
+            await settle(app, pilot)
+            pane = replicas_pane(app)
+            cut = pane.table.get_row("gone")[7].plain  # cut short, without the location
+            assert cut.startswith("bucket 'no-such-bucket-") and cut.endswith("…")
+            await pilot.press("down")
+            assert "does not exist" in pane.detail.text and "gone" in pane.detail.text
+            # Still alive: another job runs, from the palette this time.
+            await pilot.press("ctrl+p")
+            await pilot.press(*"replicate now")
+            await pilot.pause(0.3)
+            await pilot.press("down", "enter")
+            await settle(app, pilot)
+            assert len(notifications(app, "error")) == 2
+            assert panel.has_class("-partial")
+
+    asyncio.run(flow())
+
+
+def test_p_and_r_are_offered_only_with_replicas(sandbox):
+    fill(sandbox.src)
+    app = BackupConsole(sandbox.engine(init=True))
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            ids = {b.binding.id for b in app.active_bindings.values()}
+            assert not ids & {"replicate", "show-replicas", "show-snapshots"}
+            await pilot.press("p", "R")
+            await settle(app, pilot)
+            assert not app.screen.query(ReplicasPane)
+            assert app.screen.query_one(JobPanel).has_class("-idle")
+
+    asyncio.run(flow())
+
+
 # --- the look, on canned data -----------------------------------------------------
 
 T0 = datetime(2024, 6, 3, 2, 0, 11, tzinfo=UTC)
@@ -385,26 +566,45 @@ def _record(n: int, info: SnapshotInfo) -> dict:
     }
 
 
+def _iso(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
 def _canned() -> list[tuple[SnapshotInfo, dict]]:
     rows = [
-        # (hours after T0, kind, source, size, added, complete)
-        (0, "files", "app-data", 21_460_000, 21_100_000, True),
-        (1, "files", "app-config", 4_200, 4_200, True),
-        (24, "files", "app-data", 22_010_000, 610_000, True),
-        (25, "db", "shop", 310_400_000, 12_800_000, True),
-        (48, "files", "app-data", 22_900_000, 905_000, False),
-        (49, "db", "shop", 311_900_000, 1_480_000, True),
+        # (hours after T0, kind, source, size, added, complete, in use1, in euw1)
+        (0, "files", "app-data", 21_460_000, 21_100_000, True, True, True),
+        (1, "files", "app-config", 4_200, 4_200, True, True, True),
+        (24, "files", "app-data", 22_010_000, 610_000, True, True, True),
+        (25, "db", "shop", 310_400_000, 12_800_000, True, True, False),
+        (48, "files", "app-data", 22_900_000, 905_000, False, True, False),
+        (49, "db", "shop", 311_900_000, 1_480_000, True, True, False),
     ]
     out = []
     parents: dict[str, str] = {}
-    for n, (hours, kind, source, size, added, complete) in enumerate(rows):
+    for n, (hours, kind, source, size, added, complete, use1, euw1) in enumerate(rows):
         sid = _id(n)
         info = SnapshotInfo(sid, T0 + timedelta(hours=hours), kind, source, "web-1", size,
                             added, complete, parents.get(source),
-                            0 if kind == "db" else 310 + 3 * n)
+                            0 if kind == "db" else 310 + 3 * n,
+                            verified=_iso(hours + 2) if n < 3 else None,
+                            replicas={"use1": use1, "euw1": euw1})
         parents[source] = sid
         out.append((info, _record(n, info)))
     return out
+
+
+CANNED_REPLICAS = [
+    {"name": "use1", "bucket": "acme-backup-use1", "region": "us-east-1", "prefix": "web-1",
+     "last_success": _iso(49.1), "last_error": None, "last_error_time": None,
+     "objects_behind": 0, "bytes_behind": 0, "checked": _iso(49.1), "snapshots": 6},
+    {"name": "euw1", "bucket": "acme-backup-euw1", "region": "eu-west-1", "prefix": "web-1",
+     "last_success": _iso(24.1),
+     "last_error": "s3://acme-backup-euw1/web-1/ (euw1): put data/3f/3f9a0c: access denied "
+                   "(AccessDenied); check the credentials and the bucket policy",
+     "last_error_time": _iso(49.1), "objects_behind": 41, "bytes_behind": 14_900_000,
+     "checked": _iso(49.1), "snapshots": 3},
+]
 
 
 class CannedEngine:
@@ -419,6 +619,12 @@ class CannedEngine:
         "database": [
             {"name": "shop", "dsn": "postgresql://backup@db-1:5432/shop"},
             {"name": "crm", "dsn": "postgresql://backup@db-2:5432/crm"},
+        ],
+        "replica": [
+            {"name": "use1", "bucket": "acme-backup-use1", "region": "us-east-1",
+             "prefix": "web-1"},
+            {"name": "euw1", "bucket": "acme-backup-euw1", "region": "eu-west-1",
+             "prefix": "web-1"},
         ],
     })
 
@@ -447,6 +653,16 @@ class CannedEngine:
         raise EngineError(f"database {name!r}: cannot connect to {where}: server unreachable "
                           "(is it running, and are host and port right?)")
 
+    def replica_states(self, check: bool = False) -> list[dict]:
+        return [dict(s) for s in CANNED_REPLICAS]
+
+    def replicate(self, replica=None, repair=False, on_event=None, cancel=None):
+        return [
+            ReplicaResult("use1", uploaded=0, present=312, seconds=0.4,
+                          snapshots=[i.id for i, _ in self._data]),
+            ReplicaResult("euw1", error=CANNED_REPLICAS[1]["last_error"]),
+        ]
+
 
 @pytest.fixture
 def utc(monkeypatch):
@@ -468,7 +684,7 @@ async def _loaded(pilot: Pilot) -> None:
 
 def test_inventory_look(snap_compare, utc):
     """Six canned snapshots, newest first: a database dump, its PostgreSQL facts beside it."""
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, run_before=_loaded)
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, run_before=_loaded)
 
 
 def test_inventory_look_second_row(snap_compare, utc):
@@ -479,18 +695,18 @@ def test_inventory_look_second_row(snap_compare, utc):
         await pilot.press("down")
         await _loaded(pilot)
 
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, run_before=select)
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, run_before=select)
 
 
 def test_fileset_picker_look(snap_compare, utc):
     """b with two filesets opens the picker over the inventory."""
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, press=["b"],
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, press=["b"],
                         run_before=_loaded)
 
 
 def test_database_picker_look(snap_compare, utc):
     """d with two databases opens the picker, each with where it connects."""
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, press=["d"],
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, press=["d"],
                         run_before=_loaded)
 
 
@@ -502,10 +718,62 @@ def test_database_backup_failed_look(snap_compare, utc):
         await pilot.press("d", "down", "enter")  # crm, the second database
         await _loaded(pilot)
 
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=SIZE, run_before=fail)
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, run_before=fail)
+
+
+def test_replicas_look(snap_compare, utc):
+    """p: the replicas, the failing one under the cursor with its whole error below."""
+
+    async def failing(pilot: Pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("p")
+        await _loaded(pilot)
+        await pilot.press("down")
+
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE,
+                        run_before=failing)
+
+
+def test_replicate_now_partly_failed_look(snap_compare, utc):
+    """R: one replica filled, one refused; the panel says which, a notification says why."""
+
+    async def replicate(pilot: Pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("p")
+        await _loaded(pilot)
+        await pilot.press("R")
+        await _loaded(pilot)
+
+    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE,
+                        run_before=replicate)
 
 
 # --- the demo sandbox -------------------------------------------------------------
+
+# What the demo sets in the process environment (use_demo_aws_environment).
+DEMO_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED",
+            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "NO_PROXY", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def demo_environment_undone(monkeypatch):
+    """The demo sets dummy AWS variables in the process environment: undo that after a test."""
+    for var in DEMO_ENV:
+        if var in os.environ:
+            monkeypatch.setenv(var, os.environ[var])
+        else:
+            monkeypatch.delenv(var, raising=False)
+
+
+def s3_answers(demo_s3) -> bool:
+    """Whether anything still accepts connections on the demo's S3 port."""
+    try:
+        socket.create_connection(("127.0.0.1", demo_s3.port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -530,7 +798,7 @@ def demo_root(request) -> Path:
 
 
 def test_build_demo_with_a_database(demo_root):
-    demo = build_demo(demo_root, kdf=CHEAP_KDF)
+    demo = build_demo(demo_root, kdf=CHEAP_KDF, replicas=False)
     assert demo.cluster is not None and demo.note == ""
     config = load_config(demo.config_path)
     assert [d["name"] for d in config.databases] == ["shop"]
@@ -562,22 +830,35 @@ def test_build_demo_with_a_database(demo_root):
     again.stop()
 
 
-def test_run_demo_stops_the_server_even_on_ctrl_c(demo_root, monkeypatch, capsys):
+def test_run_demo_stops_the_servers_even_on_ctrl_c(demo_root, monkeypatch, capsys):
     build_demo(demo_root, kdf=CHEAP_KDF).stop()
     monkeypatch.setenv("BACKUP_TUI_DEMO_DIR", str(demo_root))
     seen = []
+    servers = []
+    launch = demo_module.S3Server.launch
+
+    def launched(self):
+        servers.append(self)
+        return launch(self)
 
     def interrupted(engine, notice=None):
         assert len(engine.config.databases) == 1
         seen.append(server_running(demo_cluster(demo_root)))
+        seen.append(s3_answers(servers[-1]))
+        assert all(r["objects_behind"] == 0 for r in engine.replica_states(check=True))
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(demo_module.S3Server, "launch", launched)
     monkeypatch.setattr("backup_tui.app.run_console", interrupted)
     with pytest.raises(KeyboardInterrupt):
         demo_module.run_demo()
-    assert seen == [True]
+    assert seen == [True, True]
     assert not server_running(demo_cluster(demo_root))
-    assert f"The demo sandbox is in {demo_root}" in capsys.readouterr().out
+    assert not s3_answers(servers[-1]) and not servers[-1].running()
+    captured = capsys.readouterr()
+    assert "starting a new one and replicating again" in captured.err
+    assert (f"The demo sandbox is in {demo_root} (its PostgreSQL and S3 servers are stopped)"
+            in captured.out)
 
 
 def test_build_demo_without_postgres_has_files_only(tmp_path, monkeypatch):
@@ -586,7 +867,7 @@ def test_build_demo_without_postgres_has_files_only(tmp_path, monkeypatch):
                           "postgresql)")
 
     monkeypatch.setattr(demo_module, "ScratchCluster", no_server)
-    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF)
+    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF, replicas=False)
     assert demo.cluster is None
     assert "not found" in demo.note and "files only" in demo.note and "\n" not in demo.note
     config = load_config(demo.config_path)
@@ -606,7 +887,7 @@ def test_build_demo_without_postgres_has_files_only(tmp_path, monkeypatch):
 
 
 def test_build_demo_makes_a_sandbox_the_console_opens(tmp_path):
-    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF, database=False)
+    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF, database=False, replicas=False)
     config = load_config(demo.config_path)
     assert [fs.name for fs in config.filesets] == ["app-data", "app-config"]
     assert (tmp_path / "demo" / "repo.pass").stat().st_mode & 0o777 == 0o600
@@ -633,8 +914,8 @@ def test_build_demo_is_reproducible(tmp_path):
                 h.update(p.read_bytes())
         return h.hexdigest()
 
-    build_demo(tmp_path / "a", kdf=CHEAP_KDF, database=False)
-    build_demo(tmp_path / "b", kdf=CHEAP_KDF, database=False)
+    build_demo(tmp_path / "a", kdf=CHEAP_KDF, database=False, replicas=False)
+    build_demo(tmp_path / "b", kdf=CHEAP_KDF, database=False, replicas=False)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
 
 
@@ -642,3 +923,64 @@ def test_build_demo_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(EngineError, match="empty directory"):
         build_demo(tmp_path)
+
+
+def test_build_demo_replicates_to_two_regions_and_stops_its_s3_server(tmp_path):
+    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF, database=False)
+    try:
+        assert demo.s3 is not None and demo.s3.running() and demo.note == ""
+        config = demo.config()
+        assert [(r["name"], r["region"]) for r in config.replicas] == [
+            ("us-east", "us-east-1"), ("eu-west", "eu-west-1")]
+        assert {r["endpoint_url"] for r in config.replicas} == {demo.s3.endpoint_url}
+        assert demo.s3.endpoint_url.startswith("http://127.0.0.1:")
+        engine = Engine(config)
+        [snap] = engine.snapshots()
+        assert snap.replicas == {"us-east": True, "eu-west": True}
+        states = engine.replica_states(check=True)
+        assert [(r["objects_behind"], r["snapshots"], r["last_error"]) for r in states] == [
+            (0, 1, None), (0, 1, None)]
+        for replica in config.replicas:  # complete: a repository of its own in each bucket
+            assert [s.id for s in engine.for_replica(replica["name"]).snapshots()] == [snap.id]
+        app = BackupConsole(engine)
+
+        async def flow():
+            async with app.run_test(size=LOOK_SIZE) as pilot:
+                await settle(app, pilot)
+                assert presence(app, snap.id) == {"us-east": "✓", "eu-west": "✓"}
+                await pilot.press("b", "enter")  # app-data: a day's changes, replicated after
+                await settle(app, pilot)
+                assert all(v == "✓" for v in presence(app, table(app).selected_id).values())
+                assert not errors_shown(app)
+
+        asyncio.run(flow())
+    finally:
+        demo.stop()
+    assert not demo.s3.running() and not s3_answers(demo.s3)
+    again = open_demo(tmp_path / "demo")  # the new server starts empty: filled again
+    try:
+        assert again.s3 is not None and again.note == ""
+        engine = Engine(again.config())
+        assert [r["objects_behind"] for r in engine.replica_states(check=True)] == [0, 0]
+        assert len(engine.for_replica("eu-west").snapshots()) == 2
+    finally:
+        again.stop()
+    assert not s3_answers(again.s3)
+
+
+def test_demo_without_moto_has_no_replicas(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "moto_installed", lambda: False)
+    demo = build_demo(tmp_path / "demo", kdf=CHEAP_KDF, database=False)
+    assert demo.s3 is None
+    assert demo.note == demo_module.NO_MOTO and "\n" not in demo.note
+    assert demo.config().replicas == ()
+    demo.stop()
+
+
+def test_reused_demo_without_moto_leaves_its_replicas_out(tmp_path, monkeypatch):
+    build_demo(tmp_path / "demo", kdf=CHEAP_KDF, database=False).stop()
+    monkeypatch.setattr(demo_module, "moto_installed", lambda: False)
+    demo = open_demo(tmp_path / "demo")
+    assert demo.s3 is None and demo.note == demo_module.NO_MOTO
+    assert load_config(demo.config_path).replicas and demo.config().replicas == ()
+    demo.stop()

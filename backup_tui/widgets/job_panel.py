@@ -1,9 +1,15 @@
-"""The job panel: a running backup's progress bar and one line of numbers, or the last outcome.
+"""The job panel: a running job's progress bar and one line of numbers, or the last outcome.
 
-It shows engine events as they come: for a fileset, bytes and files done of the
-totals the scan found and the path being read; for a database, the bytes
-pg_dump has streamed of an estimate (the database's size on the server, which a
-dump rarely reaches). Both show the rate since the job's first event.
+A job is a backup (of a fileset or a database) or a replication to the S3
+replicas. The panel shows engine events as they come: for a fileset, bytes and
+files done of the totals the scan found and the path being read; for a
+database, the bytes pg_dump has streamed of an estimate (the database's size
+on the server, which a dump rarely reaches); for a replication (phase
+``replicate``, one engine job per replica), the bytes and objects uploaded of
+what that replica lacks. All show the rate since the engine job's first event.
+A backup replicates by itself when replicas have ``replicate_after_backup``:
+its ``replicate`` events follow its ``done`` event in the same stream, and the
+title then says the snapshot is saved and which replica is being filled.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from textual.widgets import ProgressBar, Static
 from engine.events import Event
 from engine.facade import human_bytes
 
-if TYPE_CHECKING:  # the facade returns it; the console only reads its fields
+if TYPE_CHECKING:  # the facade returns them; the console only reads their fields
     from engine.ops.backup import BackupResult
+    from engine.ops.replicate import ReplicaResult
 
 PATH_WIDTH = 70  # the current path is cut from the left beyond this
 ESTIMATED_PHASES = ("dump",)  # phases whose bytes_total is a guess, shown as "~"
+ITEMS = {"replicate": "objects"}  # what a phase's items are; files otherwise
+REPLICATE = "replicate"  # the job kind and event phase of a replication
 
 
 def _tail(path: str, width: int = PATH_WIDTH) -> str:
@@ -34,6 +43,25 @@ def source_label(kind: str, source: str) -> str:
     return f"{'database' if kind == 'db' else 'fileset'} {source}"
 
 
+def _uploaded(results: list[ReplicaResult]) -> str:
+    objects = sum(r.uploaded for r in results)
+    nbytes = sum(r.uploaded_bytes for r in results)
+    present = sum(r.present for r in results)
+    if not objects:
+        return f"nothing to upload, {present} object(s) already there"
+    return f"{objects} object(s), {human_bytes(nbytes)} uploaded, {present} already there"
+
+
+def replication_summary(results: list[ReplicaResult]) -> str:
+    """One line: ``Replicated to use1, euw1: ...`` or which replicas failed and why."""
+    ok = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    parts = [f"replicated to {', '.join(r.replica for r in ok)} ({_uploaded(ok)})"] if ok else []
+    parts += [f"replica {r.replica} FAILED: {r.error}" for r in failed]
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]
+
+
 def progress_line(event: Event, started: float) -> str:
     """Bytes, files and rate of one event, e.g. ``3.1 MiB of 20.0 MiB · 40/312 files · 9 MiB/s``;
     "" before there are any."""
@@ -42,7 +70,7 @@ def progress_line(event: Event, started: float) -> str:
         about = "~" if event.phase in ESTIMATED_PHASES else ""
         parts.append(f"{human_bytes(event.bytes_done)} of {about}{human_bytes(event.bytes_total)}")
     if event.items_total:
-        parts.append(f"{event.items_done}/{event.items_total} files")
+        parts.append(f"{event.items_done}/{event.items_total} {ITEMS.get(event.phase, 'files')}")
     elapsed = event.time - started
     if event.bytes_done and elapsed > 0:
         parts.append(f"{human_bytes(event.bytes_done / elapsed)}/s")
@@ -52,7 +80,7 @@ def progress_line(event: Event, started: float) -> str:
 class JobPanel(Vertical):
     """Idle, running (bar + numbers + path), done or failed; the state is a CSS class."""
 
-    STATES = ("-idle", "-running", "-done", "-failed")
+    STATES = ("-idle", "-running", "-done", "-partial", "-failed")
 
     def __init__(self, hint: str = "No backup running. Press b to back up now.", *,
                  id: str | None = None, classes: str | None = None) -> None:
@@ -60,8 +88,9 @@ class JobPanel(Vertical):
         self.hint = hint  # the idle line
         self._job_id: str | None = None
         self._started = 0.0
-        self.kind: str | None = None  # "files" or "db": the job shown
-        self.source: str | None = None  # its fileset or database
+        self.kind: str | None = None  # "files", "db" or "replicate": the job shown
+        self.source: str | None = None  # its fileset or database, or the replicas
+        self._saved = ""  # a backup's "done" message ("snapshot 1a2b3c4d") once it came
 
     def compose(self) -> ComposeResult:
         yield Static(Content(self.hint), id="job-title")
@@ -92,9 +121,12 @@ class JobPanel(Vertical):
         self.query_one(f"#{widget_id}", Static).update(Content(text))
 
     def start(self, kind: str, source: str) -> None:
-        self._job_id, self.kind, self.source = None, kind, source
+        """A job begins: ``kind`` files or db with its source, or replicate with the replicas."""
+        self._job_id, self.kind, self.source, self._saved = None, kind, source, ""
         self._set_state("-running")
-        self._text("job-title", f"Backing up {source_label(kind, source)}…")
+        title = (f"Replicating to {source}…" if kind == REPLICATE
+                 else f"Backing up {source_label(kind, source)}…")
+        self._text("job-title", title)
         self.bar.update(total=None, progress=0)
         self._text("job-numbers", "starting")
         self._text("job-path", "")
@@ -102,17 +134,35 @@ class JobPanel(Vertical):
     def show_event(self, event: Event) -> None:
         if event.job_id != self._job_id:
             self._job_id, self._started = event.job_id, event.time
+            self.bar.update(total=None, progress=0)  # a new engine job: a new replica, say
         fraction = event.fraction
-        if event.phase == "done":
+        if event.phase == "done" or (event.final and event.phase == REPLICATE):
             self.bar.update(total=100, progress=100)
         elif fraction is not None:
             self.bar.update(total=100, progress=round(fraction * 100, 1))
         numbers = progress_line(event, self._started)
+        if event.phase == REPLICATE and event.final and not event.items_total:
+            numbers = "nothing to upload"
         self._text("job-numbers", f"{event.phase}: {numbers}" if numbers else event.phase)
-        if event.phase == "backup":
+        if event.phase == "done" and self.kind != REPLICATE:
+            self._saved = event.message
+        if event.phase == REPLICATE:
+            self._replicating(event.message)
+        elif event.phase == "backup":
             self._text("job-path", _tail(event.message))
         elif event.message:
             self._text("job-path", event.message)
+
+    def _replicating(self, where: str) -> None:
+        """The title while a replica is filled (``where``: "to use1"), after a backup or not."""
+        if self.kind == REPLICATE:
+            title = f"Replicating {where}…"
+        else:
+            label = source_label(self.kind or "files", self.source or "?")
+            saved = f": {self._saved} saved" if self._saved else ""
+            title = f"Backed up {label}{saved}; replicating {where}…"
+        self._text("job-title", title)
+        self._text("job-path", "")
 
     def finish(self, source: str, result: BackupResult) -> None:
         self._set_state("-done")
@@ -128,10 +178,39 @@ class JobPanel(Vertical):
         self._text("job-title", f"Backed up {label}: snapshot {result.id[:8]}, {status}")
         self._text("job-numbers", f"{numbers}, new data {human_bytes(result.added)} "
                                   f"in {result.duration:.1f} s")
-        self._text("job-path", result.warnings[0] if result.warnings else "")
+        replication = result.replication
+        if replication and not all(r.ok for r in replication):
+            self._set_state("-partial")
+        notes = [replication_summary(replication)] if replication else []
+        self._text("job-path", " · ".join([*notes, *result.warnings[:1]]))
+
+    def finish_replication(self, results: list[ReplicaResult]) -> None:
+        """A "Replicate now" job ended: every replica filled, some, or none."""
+        ok = [r for r in results if r.ok]
+        failed = [r for r in results if not r.ok]
+        self.bar.update(total=100, progress=100)
+        if not failed:
+            self._set_state("-done")
+            self._text("job-title", f"Replicated to {', '.join(r.replica for r in ok)}")
+            seconds = sum(r.seconds for r in results)
+            self._text("job-numbers", f"{_uploaded(ok)}, in {seconds:.1f} s")
+            self._text("job-path", "")
+            return
+        if ok:
+            self._set_state("-partial")
+            self._text("job-title", f"Replicated to {', '.join(r.replica for r in ok)}; "
+                                    f"{', '.join(r.replica for r in failed)} failed")
+            self._text("job-numbers", _uploaded(ok))
+        else:
+            self._set_state("-failed")
+            self._text("job-title", "Replication failed")
+            self._text("job-numbers", "")
+        self._text("job-path" if ok else "job-numbers",
+                   "; ".join(f"{r.replica}: {r.error}" for r in failed))
 
     def fail(self, kind: str, source: str, error: str) -> None:
         self._set_state("-failed")
-        self._text("job-title", f"Backup of {source_label(kind, source)} failed")
+        self._text("job-title", "Replication failed" if kind == REPLICATE
+                   else f"Backup of {source_label(kind, source)} failed")
         self._text("job-numbers", error)
         self._text("job-path", "")

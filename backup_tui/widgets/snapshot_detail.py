@@ -4,7 +4,9 @@ Every snapshot shows its id, time, source and stats. A files snapshot adds its
 paths and the files it could not read; a database snapshot (kind ``db``) adds
 what ``pg_dump`` saw (database, server version, dump size and time, pg_dump
 version, where the connection came from, whether roles were saved) and its
-warnings.
+warnings. With the inventory row (``SnapshotInfo``) beside it, the pane adds
+when the snapshot was last verified and, under "Replicas", each configured
+replica and whether the snapshot is complete there (as of the last replication).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
-from engine.facade import human_bytes
+from engine.facade import SnapshotInfo, human_bytes
 
 MAX_ERRORS = 50  # the pane lists this many; the count says how many there are
 
@@ -123,8 +125,18 @@ def _warnings(record: dict) -> list[Content]:
     return lines if warnings else [*lines, Content("  none")]
 
 
-def describe(record: dict) -> Content:
-    """The lines of the pane for a full snapshot record (as ``Engine.snapshot`` returns it)."""
+def _replicas(info: SnapshotInfo) -> list[Content]:
+    lines = _heading("Replicas")
+    for name, present in info.replicas.items():
+        mark = ("✓ present", "$text-success") if present else ("· missing", "$text-warning")
+        lines.append(Content.assemble(("  " + f"{name:<{KEY_WIDTH - 2}}", "$foreground-muted"),
+                                      mark))
+    return lines
+
+
+def describe(record: dict, info: SnapshotInfo | None = None) -> Content:
+    """The lines of the pane for a full snapshot record (as ``Engine.snapshot`` returns it)
+    and its inventory row, if given (verified time, presence in each replica)."""
     is_db = record.get("kind") == "db"
     total_errors = int(record.get("errors_total", len(record.get("errors") or [])))
     complete = not record.get("incomplete", False)
@@ -139,6 +151,10 @@ def describe(record: dict) -> Content:
         _line("status", "complete" if complete
               else f"incomplete ({total_errors} error{'' if total_errors == 1 else 's'})"),
     ]
+    if info is not None:
+        lines.append(_line("verified", _time(info.verified) if info.verified else "never"))
+        if info.replicas:
+            lines += _replicas(info)
     if is_db:
         lines += _postgres(record)
     else:
@@ -175,10 +191,14 @@ class SnapshotDetail(VerticalScroll):
         visual = self.query_one("#detail-body", Static).visual
         return visual.plain if isinstance(visual, Content) else str(visual)
 
-    def show(self, record: dict) -> None:
+    def show(self, record: dict, info: SnapshotInfo | None = None) -> None:
+        """Show ``record``; ``info``, its inventory row, adds verification and replicas.
+        Showing the same snapshot again keeps the scroll position."""
+        same = self.snapshot_id == record.get("id")
         self.snapshot_id = record.get("id")
-        self.query_one("#detail-body", Static).update(describe(record))
-        self.scroll_home(animate=False)
+        self.query_one("#detail-body", Static).update(describe(record, info))
+        if not same:
+            self.scroll_home(animate=False)
 
     def show_message(self, message: str, snapshot_id: str | None = None) -> None:
         self.snapshot_id = snapshot_id

@@ -1,4 +1,9 @@
-"""The inventory table: one row per snapshot, newest first, keyed by snapshot id."""
+"""The inventory table: one row per snapshot, newest first, keyed by snapshot id.
+
+After the fixed columns comes one column per configured replica, headed by its
+name: ``✓`` when the snapshot is complete in that replica (as of the last
+replication), ``·`` when it is not.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from textual.widgets import DataTable
 from engine.facade import SnapshotInfo, human_bytes
 
 TIME_FORMAT = "%Y-%m-%d %H:%M"
+PRESENT, ABSENT = "✓", "·"
+REPLICA_KEY = "replica:"  # column key prefix of a replica's presence column
 
 
 def local_time(moment: datetime, fmt: str = TIME_FORMAT) -> str:
@@ -29,13 +36,18 @@ class SnapshotTable(DataTable):
         ("status", "Status"),
     )
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, replicas: tuple[str, ...] = (), *, id: str | None = None,
+                 classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self.replicas = replicas  # names of the configured replicas, one column each
+        self.infos: dict[str, SnapshotInfo] = {}  # the rows shown, by snapshot id
 
     def on_mount(self) -> None:
         for key, label in self.COLUMNS:
             justify = "right" if key in ("size", "added") else "left"
             self.add_column(Text(label, justify=justify), key=key)
+        for name in self.replicas:
+            self.add_column(Text(name, justify="center"), key=REPLICA_KEY + name)
 
     @property
     def selected_id(self) -> str | None:
@@ -48,6 +60,7 @@ class SnapshotTable(DataTable):
     def show(self, snapshots: list[SnapshotInfo], select: str | None = None) -> None:
         """Replace the rows (newest first) and put the cursor on ``select`` or the newest."""
         self.clear()
+        self.infos = {info.id: info for info in snapshots}
         for info in sorted(snapshots, key=lambda i: i.time, reverse=True):
             self.add_row(*self._cells(info), key=info.id)
         if select is not None and select in self.rows:
@@ -55,12 +68,21 @@ class SnapshotTable(DataTable):
         elif self.row_count:
             self.move_cursor(row=0)
 
+    def _style(self, variable: str) -> str:
+        return self.app.theme_variables.get(variable, "")
+
     def _cells(self, info: SnapshotInfo) -> tuple[Text, ...]:
         # Text, not str: DataTable would read a str as markup, and names are user data.
         if info.complete:
             status = Text("complete")
         else:
-            status = Text("incomplete", style=self.app.theme_variables.get("text-warning", ""))
+            status = Text("incomplete", style=self._style("text-warning"))
+        presence = tuple(
+            Text(PRESENT, style=self._style("text-success"), justify="center")
+            if info.replicas.get(name)
+            else Text(ABSENT, style="dim", justify="center")
+            for name in self.replicas
+        )
         return (
             Text(local_time(info.time)),
             Text(info.kind),
@@ -68,4 +90,5 @@ class SnapshotTable(DataTable):
             Text(human_bytes(info.size), justify="right"),
             Text(human_bytes(info.added), justify="right"),
             status,
+            *presence,
         )

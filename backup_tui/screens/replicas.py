@@ -1,0 +1,96 @@
+"""The replicas tab of the inventory: each S3 replica, how far behind it is, its last error.
+
+Opening the tab shows the figures the catalog holds (from the last replication
+or lag check) at once, then measures the lag again in a thread worker
+(``Engine.replica_states(check=True)`` lists the repository and each replica,
+network I/O) and shows the new figures. Worker group ``replicas``: a newer
+request replaces an older one and the older one's answer is dropped.
+"Replicate now" is a job of the inventory screen (one job panel, one job at a
+time); when it ends, the screen asks this pane to show the stored figures again.
+"""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.widgets import DataTable, TabPane
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from backup_tui.messages import ReplicasFailed, ReplicasLoaded
+from backup_tui.widgets.replica_table import ReplicaDetail, ReplicaTable, describe_replica
+from engine.errors import EngineError
+from engine.facade import Engine
+
+MEASURING = "Measuring the lag: listing the repository and each replica…"
+
+
+class ReplicasPane(TabPane):
+    """A table of the configured replicas and the highlighted one in full below it."""
+
+    def __init__(self, engine: Engine, *, id: str | None = None) -> None:
+        super().__init__("Replicas", id=id)
+        self.engine = engine
+        self._endpoints = {r["name"]: r["endpoint_url"] for r in engine.config.replicas}
+        self.checking = False  # a lag check is running
+
+    def compose(self) -> ComposeResult:
+        yield ReplicaTable(id="replica-table")
+        yield ReplicaDetail(id="replica-detail")
+
+    @property
+    def table(self) -> ReplicaTable:
+        return self.query_one(ReplicaTable)
+
+    @property
+    def detail(self) -> ReplicaDetail:
+        return self.query_one(ReplicaDetail)
+
+    def load(self, check: bool = True) -> None:
+        """Show the stored figures; with ``check``, then the lag measured now."""
+        self.checking = check
+        self.detail.show(status=MEASURING if check else "")
+        self.load_states(check)
+
+    @work(thread=True, exclusive=True, group="replicas", exit_on_error=False)
+    def load_states(self, check: bool) -> None:
+        worker = get_current_worker()
+        for measure in (False, True) if check else (False,):
+            try:
+                message: ReplicasLoaded | ReplicasFailed = ReplicasLoaded(
+                    self.engine.replica_states(check=measure), measure)
+            except EngineError as e:
+                message = ReplicasFailed(str(e))
+            if worker.is_cancelled:
+                return
+            self.post_message(message)
+            if isinstance(message, ReplicasFailed):
+                return
+
+    def on_replicas_loaded(self, message: ReplicasLoaded) -> None:
+        message.stop()
+        if message.checked or not self.checking:
+            self.checking = False
+            self.detail.show(status="")
+        self.table.show(message.states)
+        self._show_selected()
+
+    def on_replicas_failed(self, message: ReplicasFailed) -> None:
+        message.stop()
+        self.checking = False
+        self.detail.show(status=f"Cannot read the replica states: {message.error}")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()  # the inventory's own table is the only one it follows
+        self._show_selected()
+
+    def _show_selected(self) -> None:
+        state = self.table.selected
+        if state is not None:
+            self.detail.show(describe_replica(state, self._endpoints.get(state["name"], "")))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A lag check that raised something other than an EngineError: say so, keep going."""
+        event.stop()
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.post_message(ReplicasFailed(f"{type(error).__name__}: {error}"))

@@ -1,0 +1,166 @@
+"""The replicas table and the line under it: where each S3 replica is and how far behind.
+
+A row per configured replica, keyed by its name, from ``Engine.replica_states``:
+region, bucket and prefix, snapshots complete there, objects and bytes it lacks
+(as of the last replication or lag check; "?" before either), the last success
+and the last error, cut short. ``ReplicaDetail`` shows the highlighted replica
+in full: where it is, when its lag was measured, the whole last error.
+
+An error older than the last success is history: it shows dimmed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+from textual.content import Content
+from textual.widgets import DataTable, Static
+
+from backup_tui.widgets.snapshot_table import local_time
+from engine.facade import human_bytes
+
+ERROR_WIDTH = 30  # the table cuts the last error here; the detail line has it whole
+UNKNOWN = "?"
+
+
+def _when(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
+def _shown_time(iso: str | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    moment = _when(iso)
+    return local_time(moment, fmt) if moment else "never"
+
+
+def location(state: dict) -> str:
+    """``bucket/prefix/``: where the replica's repository lives in S3."""
+    prefix = state.get("prefix", "").strip("/")
+    return f"{state['bucket']}/{prefix + '/' if prefix else ''}"
+
+
+def error_is_current(state: dict) -> bool:
+    """The last error happened after the last success (or there was no success)."""
+    error, success = _when(state.get("last_error_time")), _when(state.get("last_success"))
+    return bool(state.get("last_error")) and (success is None or error is None or error > success)
+
+
+def _cut(text: str, width: int = ERROR_WIDTH) -> str:
+    """The error in one short line, without the replica's location (its row says where)."""
+    text = " ".join(text.split())
+    if text.startswith("s3://") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class ReplicaTable(DataTable):
+    """Replicas as rows; the row key is the replica name."""
+
+    COLUMNS = (  # two-line headers keep the narrow number columns narrow
+        ("name", "Replica"),
+        ("region", "Region"),
+        ("where", "Bucket/prefix"),
+        ("snapshots", "Snap-\nshots"),
+        ("objects", "Objects\nbehind"),
+        ("bytes", "Bytes\nbehind"),
+        ("success", "Last success"),
+        ("error", "Last error"),
+    )
+    RIGHT = ("snapshots", "objects", "bytes")
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True,
+                         header_height=2)
+        self.states: dict[str, dict] = {}  # the rows shown, by replica name
+
+    def on_mount(self) -> None:
+        for key, label in self.COLUMNS:
+            self.add_column(Text(label, justify="right" if key in self.RIGHT else "left"), key=key)
+
+    @property
+    def selected(self) -> dict | None:
+        """The state of the replica under the cursor, if any."""
+        if not self.row_count:
+            return None
+        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return self.states.get(row_key.value or "")
+
+    def show(self, states: list[dict]) -> None:
+        """Replace the rows (in configuration order), keeping the cursor on the same replica."""
+        current = self.selected
+        self.clear()
+        self.states = {s["name"]: s for s in states}
+        for state in states:
+            self.add_row(*self._cells(state), key=state["name"])
+        if current is not None and current["name"] in self.rows:
+            self.move_cursor(row=self.get_row_index(current["name"]))
+
+    def _cells(self, state: dict) -> tuple[Text, ...]:
+        # Text, not str: DataTable would read a str as markup, and errors are data.
+        objects, nbytes = state.get("objects_behind"), state.get("bytes_behind")
+        behind_style = "" if not objects else self.app.theme_variables.get("text-warning", "")
+        error = state.get("last_error") or ""
+        if error and error_is_current(state):
+            error_text = Text(_cut(error), style=self.app.theme_variables.get("text-error", ""))
+        else:
+            error_text = Text(_cut(error) if error else "none", style="dim")
+        return (
+            Text(state["name"]),
+            Text(state.get("region", "")),
+            Text(location(state)),
+            Text(str(state.get("snapshots", 0)), justify="right"),
+            Text(UNKNOWN if objects is None else str(objects), style=behind_style,
+                 justify="right"),
+            Text(UNKNOWN if nbytes is None else human_bytes(nbytes), style=behind_style,
+                 justify="right"),
+            Text(_shown_time(state.get("last_success"))),
+            error_text,
+        )
+
+
+def describe_replica(state: dict, endpoint: str = "") -> Content:
+    """The detail lines of one replica: where, lag measured when, its last error in full."""
+    where = f"s3://{location(state)} in {state.get('region', '')}"
+    if endpoint:
+        where += f" at {endpoint}"
+    checked = state.get("checked")
+    lines = [
+        Content.assemble((state["name"], "bold"), "  ", where),
+        Content.assemble(("lag measured ", "$foreground-muted"),
+                         _shown_time(checked, "%Y-%m-%d %H:%M:%S") if checked else "never",
+                         ("   last success ", "$foreground-muted"),
+                         _shown_time(state.get("last_success"), "%Y-%m-%d %H:%M:%S")),
+    ]
+    error = state.get("last_error")
+    if error:
+        style = "$text-error" if error_is_current(state) else "$foreground-muted"
+        when = _shown_time(state.get("last_error_time"), "%Y-%m-%d %H:%M:%S")
+        lines.append(Content.assemble((f"last error {when}: ", "$foreground-muted"),
+                                      (error, style)))
+    else:
+        lines.append(Content.styled("no error recorded", "$foreground-muted"))
+    return Content("\n").join(lines)
+
+
+class ReplicaDetail(Static):
+    """One replica in full under the table, after a status line (say, "measuring the lag")."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__("", id=id, classes=classes)
+        self.status = ""
+        self._body: Content = Content("")
+
+    @property
+    def text(self) -> str:
+        """What the line shows, as plain text."""
+        visual = self.visual
+        return visual.plain if isinstance(visual, Content) else str(visual)
+
+    def show(self, body: Content | None = None, status: str | None = None) -> None:
+        """Replace the replica shown, the status line, or both."""
+        if body is not None:
+            self._body = body
+        if status is not None:
+            self.status = status
+        head = [Content.styled(self.status, "italic $foreground-muted")] if self.status else []
+        self.update(Content("\n").join([*head, self._body]))
