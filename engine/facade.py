@@ -598,6 +598,8 @@ class Engine:
                     )
                 except EngineError as e:
                     res = replicate_op.ReplicaResult(name, error=str(e))
+                    emit(Event(job_id, "replicate", message=f"to {name}: failed: {e}",
+                               final=True))
                 if res.ok:
                     self.catalog.replica_done(name, res.snapshots)
                 else:
@@ -627,6 +629,11 @@ class Engine:
                 "bucket": r["bucket"],
                 "region": r["region"],
                 "prefix": r["prefix"],
+                "endpoint_url": r["endpoint_url"],
+                "storage_class": r["storage_class"],
+                "failing": bool(st.get("last_error_time")) and (
+                    not st.get("last_success")
+                    or st["last_error_time"] > st["last_success"]),
                 "last_success": _iso(st.get("last_success")),
                 "last_error": st.get("last_error") or None,
                 "last_error_time": _iso(st.get("last_error_time")),

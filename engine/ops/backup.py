@@ -76,6 +76,31 @@ def _snapshot_record(
     }
 
 
+class _Totals:
+    """Progress totals: the parent snapshot's figures when there is one (a fresh walk of
+    the tree only to count it cost 40% of a no-change backup), else a scan of the tree
+    on a thread of its own, whose figures count once it has finished."""
+
+    def __init__(self, parent: dict | None, fileset: FilesetConfig, cancel: CancelToken):
+        self.files = self.bytes = 0
+        if parent is not None:
+            stats = parent.get("stats", {})
+            self.files, self.bytes = int(stats.get("files", 0)), int(stats.get("size", 0))
+            return
+        import threading
+
+        def run() -> None:
+            try:
+                self.files, self.bytes = scan(fileset, cancel)
+            except Exception:  # noqa: BLE001 - totals are a nicety; the backup goes on
+                pass
+
+        threading.Thread(target=run, daemon=True, name="scan").start()
+
+    def get(self) -> tuple[int, int]:
+        return self.files, self.bytes
+
+
 def latest_snapshot(repo: Repository, kind: str, source: str) -> dict | None:
     best = None
     for snap in repo.snapshots():
@@ -100,7 +125,6 @@ def backup_files(
             from engine.errors import EngineError
 
             raise EngineError(f"fileset {fileset.name!r}: path {p} does not exist")
-    n_files, n_bytes = scan(fileset, cancel)
     with RepoLock(repo.backend, exclusive=False, purpose=f"backup files {fileset.name}").acquire(
         wait=60
     ):
@@ -108,8 +132,10 @@ def backup_files(
         parent = latest_snapshot(repo, "files", fileset.name)
         if parent is not None and sorted(parent.get("paths", [])) != sorted(fileset.paths):
             parent = None
+        totals = _Totals(parent, fileset, cancel)
 
         def progress(stats: FilesStats, current: str) -> None:
+            n_files, n_bytes = totals.get()
             on_event(
                 Event(
                     job_id,

@@ -319,6 +319,7 @@ class BlobWriter:
         self.added_bytes = 0  # stored (sealed) bytes of new blobs
         self.added_raw = 0
         self.new_blobs = 0
+        self._lock = threading.RLock()  # save() may be called from several reader threads
 
     def _encode(self, data: bytes) -> bytes:
         return self.repo.keys.seal(codec.encode(data, self.level))
@@ -326,15 +327,16 @@ class BlobWriter:
     def save(self, blob_type: str, data: bytes | memoryview, blob_id: str | None = None) -> str:
         """Store data as a blob unless it already exists; returns its id. Copies data."""
         if blob_id is None:
-            blob_id = self.repo.keys.blob_id(data)
-        if blob_id in self.pending or self.repo.has_blob(blob_id):
-            return blob_id
-        self.pending.add(blob_id)
-        raw = bytes(data)
-        fut = self.pool.submit(self._encode, raw)
-        self.inflight.append((fut, blob_type, blob_id, len(raw)))
-        while len(self.inflight) > self.max_inflight:
-            self._drain_one()
+            blob_id = self.repo.keys.blob_id(data)  # outside the lock: hashing runs in parallel
+        with self._lock:
+            if blob_id in self.pending or self.repo.has_blob(blob_id):
+                return blob_id
+            self.pending.add(blob_id)
+            raw = bytes(data)
+            fut = self.pool.submit(self._encode, raw)
+            self.inflight.append((fut, blob_type, blob_id, len(raw)))
+            while len(self.inflight) > self.max_inflight:
+                self._drain_one()
         return blob_id
 
     def _drain_one(self) -> None:
@@ -359,10 +361,11 @@ class BlobWriter:
         self.open_packs[blob_type] = PackBuilder()
 
     def flush(self) -> None:
-        while self.inflight:
-            self._drain_one()
-        for t in (DATA, TREE):
-            self._write_pack(t)
+        with self._lock:
+            while self.inflight:
+                self._drain_one()
+            for t in (DATA, TREE):
+                self._write_pack(t)
 
     def commit(self) -> str | None:
         """Write remaining packs, then the index naming them; make blobs visible."""

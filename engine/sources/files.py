@@ -16,8 +16,10 @@ import grp
 import os
 import pwd
 import stat
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyfastcdc
@@ -28,6 +30,7 @@ from engine.events import CancelToken
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import encode_tree, name_fields, node_name
 
+READERS = 2  # reader threads per backup
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = 1024 * 1024
 
@@ -68,8 +71,13 @@ class FilesStats:
     bytes: int = 0  # size of the source
     unchanged_files: int = 0
     bytes_read: int = 0
-    partial: int = 0  # bytes read so far of the file being read, for smooth progress
     errors: list[dict] = field(default_factory=list)
+    # bytes read so far of each file being read (by reader thread), for smooth progress
+    inflight: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def partial(self) -> int:
+        return sum(self.inflight.values())
 
 
 def scan(fileset: FilesetConfig, cancel: CancelToken | None = None) -> tuple[int, int]:
@@ -157,6 +165,7 @@ class FilesBackup:
         parent_tree: str | None,
         progress: Progress,
         cancel: CancelToken | None = None,
+        readers: int | None = None,
     ):
         self.repo = repo
         self.writer = writer
@@ -167,21 +176,34 @@ class FilesBackup:
         self.ex = Excluder(fileset.exclude)
         self.names = _Names()
         self.stats = FilesStats()
-        mn, avg, mx, seed = repo.chunker_params()
-        self.min_chunk = mn
-        self.cdc = pyfastcdc.FastCDC(avg, min_size=mn, max_size=mx, seed=seed)
+        self.min_chunk, self._avg, self._max, self._seed = repo.chunker_params()
+        self._local = threading.local()
+        self._lock = threading.RLock()  # stats, errors, progress: shared with reader threads
+        self.readers = readers or READERS
+        self._pool: ThreadPoolExecutor | None = None
         self._last_progress = 0.0
         self._root_dev: int | None = None
+
+    @property
+    def cdc(self) -> pyfastcdc.FastCDC:
+        """One chunker per reader thread (a FastCDC object is not thread-safe)."""
+        cdc = getattr(self._local, "cdc", None)
+        if cdc is None:
+            cdc = self._local.cdc = pyfastcdc.FastCDC(
+                self._avg, min_size=self.min_chunk, max_size=self._max, seed=self._seed)
+        return cdc
 
     # ------------------------------------------------------------------ helpers
     def _tick(self, path: bytes, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_progress > 0.1:
-            self._last_progress = now
-            self.progress(self.stats, os.fsdecode(path))
+            with self._lock:
+                self._last_progress = now
+                self.progress(self.stats, os.fsdecode(path))
 
     def _error(self, path: bytes, message: str) -> None:
-        self.stats.errors.append({"path": os.fsdecode(path), "error": message})
+        with self._lock:
+            self.stats.errors.append({"path": os.fsdecode(path), "error": message})
 
     def _meta(self, name: bytes, st: os.stat_result, typ: str) -> dict:
         node = name_fields("name", name)
@@ -210,7 +232,21 @@ class FilesBackup:
 
     # ------------------------------------------------------------------- walk
     def run(self) -> str:
-        """Back up all paths; returns the root tree id."""
+        """Back up all paths; returns the root tree id.
+
+        Files are read by a few reader threads (I/O overlaps, which matters on cold
+        caches and network disks) while this thread walks; a directory's tree is
+        written once all its files are in. Reader threads share the BlobWriter."""
+        self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="read")
+        try:
+            return self._run()
+        except BaseException:
+            self.cancel.cancel()
+            raise
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self) -> str:
         trie: dict = {}
         for p in self.fileset.paths:
             parts = [c for c in os.fsencode(os.path.normpath(p)).split(b"/") if c]
@@ -246,7 +282,18 @@ class FilesBackup:
                 self.stats.dirs += 1
             if node is not None:
                 nodes.append(node)
-        return self.writer.save(TREE, encode_tree(nodes))
+        return self.writer.save(TREE, encode_tree(self._resolve(nodes)))
+
+    @staticmethod
+    def _resolve(nodes: list) -> list[dict]:
+        """Wait for the files being read; drop those that could not be."""
+        out = []
+        for n in nodes:
+            if isinstance(n, Future):
+                n = n.result()
+            if n is not None:
+                out.append(n)
+        return out
 
     def _entry(
         self, path: bytes, name: bytes, st: os.stat_result, prev: dict | None
@@ -284,10 +331,16 @@ class FilesBackup:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            self._error(path, "vanished during backup")
+            entries = []
         except OSError as e:
             self._error(path, f"cannot list directory: {e.strerror}")
             entries = []
-        nodes = []
+        # This directory's files first (read in parallel), then its subdirectories, so
+        # the walk never runs far ahead of the readers.
+        nodes: list = []
+        subdirs = []
         for e in entries:
             try:
                 est = e.stat(follow_symlinks=False)
@@ -299,14 +352,31 @@ class FilesBackup:
                 continue
             if self.ex.excluded(e.path, e.name, stat.S_ISDIR(est.st_mode)):
                 continue
+            if stat.S_ISDIR(est.st_mode):
+                subdirs.append((e, est))
+                continue
             node = self._entry(e.path, e.name, est, parent.get(e.name))
             if node is not None:
                 nodes.append(node)
+        nodes = self._resolve(nodes)
+        for e, est in subdirs:
+            node = self._entry(e.path, e.name, est, parent.get(e.name))
+            if node is not None:
+                nodes.append(node)
+        nodes.sort(key=node_name)
+        if parent_tree and self.repo.has_blob(parent_tree) and len(nodes) == len(parent) and all(
+            n == parent.get(node_name(n)) for n in nodes
+        ):
+            return parent_tree  # unchanged directory: its tree blob is already stored
         return self.writer.save(TREE, encode_tree(nodes))
 
     # ------------------------------------------------------------------- files
-    def _file(self, path: bytes, node: dict, st: os.stat_result, prev: dict | None) -> dict | None:
-        self.stats.files += 1
+    def _file(
+        self, path: bytes, node: dict, st: os.stat_result, prev: dict | None
+    ) -> dict | Future | None:
+        """An unchanged file's node at once; a changed one is read by a reader thread."""
+        with self._lock:
+            self.stats.files += 1
         if (
             prev is not None
             and prev.get("type") == "file"
@@ -317,14 +387,20 @@ class FilesBackup:
             and all(self.repo.has_blob(b) for b in prev.get("content", []))
         ):
             node["content"] = prev["content"]
-            self.stats.unchanged_files += 1
-            self.stats.bytes += st.st_size
+            with self._lock:
+                self.stats.unchanged_files += 1
+                self.stats.bytes += st.st_size
             self._tick(path)
             return node
+        assert self._pool is not None
+        return self._pool.submit(self._read_file, path, node, st)
+
+    def _read_file(self, path: bytes, node: dict, st: os.stat_result) -> dict | None:
+        self.cancel.check()
+        me = threading.get_ident()
         try:
             content, size = self._read(path, st)
         except FileNotFoundError:
-            self.stats.partial = 0
             self._error(path, "vanished during backup")
             return None
         except PermissionError:
@@ -336,10 +412,13 @@ class FilesBackup:
             else:
                 self._error(path, e.strerror or str(e))
             return None
+        finally:
+            with self._lock:
+                self.stats.inflight.pop(me, None)
         node["content"] = content
         node["size"] = size
-        self.stats.partial = 0
-        self.stats.bytes += size
+        with self._lock:
+            self.stats.bytes += size
         return node
 
     def _read(self, path: bytes, st: os.stat_result) -> tuple[list[str], int]:
@@ -360,15 +439,17 @@ class FilesBackup:
                     if data:
                         content.append(self.writer.save(DATA, data))
                     size = len(data)
-                    self.stats.bytes_read += size
+                    with self._lock:
+                        self.stats.bytes_read += size
                     self._after_read(path, fd, st, size)
                     return content, size
                 f.seek(0)
             for chunk in self.cdc.cut_stream(f):
                 content.append(self.writer.save(DATA, chunk.data))
                 size += chunk.length
-                self.stats.bytes_read += chunk.length
-                self.stats.partial = size
+                with self._lock:
+                    self.stats.bytes_read += chunk.length
+                    self.stats.inflight[threading.get_ident()] = size
                 self._tick(path)
                 self.cancel.check()
             self._after_read(path, fd, st, size)
