@@ -116,6 +116,9 @@ class _Restorer:
         self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._dirs_done: set[bytes] = set()
+        # An empty or new target holds nothing we could write through or must remove;
+        # then the lstat of every path before writing it is skipped.
+        self.fresh = not plan.target.exists() or not any(plan.target.iterdir())
 
     def _dest(self, rel: bytes) -> bytes:
         dest = os.path.join(self.root, rel)
@@ -136,6 +139,12 @@ class _Restorer:
         self._dirs_done.add(parent)
 
     def _make_dir(self, path: bytes) -> None:
+        if self.fresh:  # the target was empty: nothing can be in the way
+            try:
+                os.mkdir(path, 0o700)
+                return
+            except FileExistsError:
+                pass
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -147,6 +156,8 @@ class _Restorer:
         os.mkdir(path, 0o700)
 
     def _remove_existing(self, dest: bytes) -> None:
+        if self.fresh:
+            return
         try:
             st = os.lstat(dest)
         except FileNotFoundError:
@@ -157,6 +168,17 @@ class _Restorer:
             shutil.rmtree(dest)
         else:
             os.unlink(dest)
+
+    def _meta_fd(self, fd: int, dest: bytes, node: dict) -> None:
+        """Owner, mode and times through the open file: no path look-ups."""
+        try:
+            if self.is_root:
+                os.fchown(fd, int(node.get("uid", 0)), int(node.get("gid", 0)))
+            os.fchmod(fd, int(node.get("mode", 0o644)) & 0o7777)
+            mt = int(node.get("mtime_ns", 0))
+            os.utime(fd, ns=(mt, mt))
+        except OSError as e:
+            self.warnings.append(f"{os.fsdecode(dest)}: cannot set metadata: {e.strerror}")
 
     def _meta(self, dest: bytes, node: dict) -> None:
         link = node["type"] == "symlink"
@@ -184,9 +206,9 @@ class _Restorer:
                     view = view[n:]
                 with self._lock:
                     self.bytes_done += len(data)
+            self._meta_fd(fd, dest, node)
         finally:
             os.close(fd)
-        self._meta(dest, node)
         with self._lock:
             self.files_done += 1
 

@@ -68,6 +68,7 @@ def verify(
     cancel: CancelToken | None = None,
 ) -> VerifyReport:
     cancel = cancel or CancelToken()
+    repo.drop_caches()
     report = VerifyReport(read_data=read_data)
     # Index files and snapshots: each must decode and match its name.
     for iid in repo.list_ids("index"):
@@ -214,44 +215,62 @@ def _check_archive(repo: Repository, snap: dict, report: VerifyReport) -> None:
             report.notes.append(f"{name}: pg_dump archive lists {entries} entries")
 
 
+def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Problem]]:
+    """Read one pack whole and check it: (bytes read, blobs checked, problems)."""
+    name = pack_name(pid)
+    if name not in present:
+        return 0, 0, []  # already reported as missing
+    try:
+        data = repo.backend.get(name)
+    except NotFound:
+        return 0, 0, []
+    except EngineError as e:  # unreadable: report it and go on with the other packs
+        return 0, 0, [Problem(name, f"{name}: {e}", users)]
+    problems = []
+    if sha256_hex(data) != pid:
+        problems.append(Problem(name, f"{name}: content does not match its name (corrupt)",
+                                users))
+    try:
+        entries = {e.id: e for e in read_header(repo.keys, data, pid)}
+    except IntegrityError as e:
+        problems.append(Problem(name, str(e), users))
+        entries = {}
+    checked = 0
+    for bid in sorted(needed):
+        idx = repo.index[bid]
+        try:
+            repo.decode_blob(data[idx.offset : idx.offset + idx.length], bid, name)
+            checked += 1
+        except IntegrityError as e:
+            problems.append(Problem(name, str(e), users))
+            break
+        h = entries.get(bid)
+        if entries and (h is None or h.offset != idx.offset or h.length != idx.length):
+            problems.append(Problem(name, f"{name}: header disagrees with the index for blob "
+                                          f"{bid[:16]}", users))
+            break
+    return len(data), checked, problems
+
+
 def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel) -> None:
+    """Packs are checked two at a time: hashing, decryption and decompression release
+    the GIL, so two threads keep both cores busy while the next pack is read."""
+    from concurrent.futures import ThreadPoolExecutor
+
     packs = sorted(pack_users)
     total = sum(repo.pack_sizes.get(p, 0) for p in packs)
-    for i, pid in enumerate(packs):
-        cancel.check()
-        name = pack_name(pid)
-        users = sorted(pack_users[pid])
-        if name not in present:
-            continue  # already reported
-        on_event(Event(job_id, "read-data", bytes_done=report.bytes_read, bytes_total=total,
-                       items_done=i, items_total=len(packs), message=name))
-        try:
-            data = repo.backend.get(name)
-        except NotFound:
-            continue
-        except EngineError as e:  # unreadable: report it and go on with the other packs
-            report.problems.append(Problem(name, f"{name}: {e}", users))
-            continue
-        report.bytes_read += len(data)
-        report.packs_checked += 1
-        if sha256_hex(data) != pid:
-            report.problems.append(Problem(name, f"{name}: content does not match its name "
-                                                 "(corrupt)", users))
-        try:
-            entries = {e.id: e for e in read_header(repo.keys, data, pid)}
-        except IntegrityError as e:
-            report.problems.append(Problem(name, str(e), users))
-            entries = {}
-        for bid in sorted(needed_blobs[pid]):
-            idx = repo.index[bid]
-            try:
-                repo.decode_blob(data[idx.offset : idx.offset + idx.length], bid, name)
-                report.blobs_checked += 1
-            except IntegrityError as e:
-                report.problems.append(Problem(name, str(e), users))
-                break
-            h = entries.get(bid)
-            if entries and (h is None or h.offset != idx.offset or h.length != idx.length):
-                report.problems.append(Problem(name, f"{name}: header disagrees with the index "
-                                                     f"for blob {bid[:16]}", users))
-                break
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
+        results = pool.map(
+            lambda pid: _check_pack(repo, pid, sorted(pack_users[pid]), needed_blobs[pid],
+                                    present) if not cancel.cancelled else (0, 0, []),
+            packs,
+        )
+        for i, (nbytes, checked, problems) in enumerate(results):
+            cancel.check()
+            if nbytes:
+                report.packs_checked += 1
+            report.bytes_read += nbytes
+            report.blobs_checked += checked
+            report.problems.extend(problems)
+            on_event(Event(job_id, "read-data", bytes_done=report.bytes_read, bytes_total=total,
+                           items_done=i + 1, items_total=len(packs), message=pack_name(packs[i])))

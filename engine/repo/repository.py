@@ -31,7 +31,8 @@ from engine.storage.base import Backend
 FORMAT_VERSION = 1
 PACK_TARGET = 16 * 1024 * 1024
 CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 256 * 1024, 1024 * 1024, 4 * 1024 * 1024
-MAX_RECORD = 256 * 1024 * 1024  # bound on any snapshot or index object read
+MAX_RECORD = 256 * 1024 * 1024
+TREE_PACK_CACHE_MAX = 24 * 1024 * 1024  # bound on any snapshot or index object read
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Repository:
         self.index_errors: dict[str, str] = {}
         self.snapshot_errors: dict[str, str] = {}
         self._tree_cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._tree_packs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- init/open
@@ -246,7 +248,10 @@ class Repository:
             if cached is not None:
                 return cached
         name = pack_name(entry.pack_id)
-        sealed = self.backend.get_range(name, entry.offset, entry.length)
+        if entry.type == TREE:
+            sealed = self._tree_pack_slice(entry, name)
+        else:
+            sealed = self.backend.get_range(name, entry.offset, entry.length)
         data = self.decode_blob(sealed, blob_id, name)
         if entry.type == TREE:
             with self._lock:
@@ -254,6 +259,30 @@ class Repository:
                 while len(self._tree_cache) > 512:
                     self._tree_cache.popitem(last=False)
         return data
+
+    def drop_caches(self) -> None:
+        """Forget cached trees and tree packs: verify must read what is stored now."""
+        with self._lock:
+            self._tree_cache.clear()
+            self._tree_packs.clear()
+
+    def _tree_pack_slice(self, entry: IndexEntry, name: str) -> bytes:
+        """Tree blobs are read a whole pack at a time and kept (two packs at most): a walk
+        of a snapshot reads many small trees from few packs, one request instead of many."""
+        size = self.pack_sizes.get(entry.pack_id, 0)
+        if not size or size > TREE_PACK_CACHE_MAX:
+            return self.backend.get_range(name, entry.offset, entry.length)
+        with self._lock:
+            pack = self._tree_packs.get(entry.pack_id)
+            if pack is not None:
+                self._tree_packs.move_to_end(entry.pack_id)
+        if pack is None:
+            pack = self.backend.get(name)
+            with self._lock:
+                self._tree_packs[entry.pack_id] = pack
+                while len(self._tree_packs) > 2:
+                    self._tree_packs.popitem(last=False)
+        return pack[entry.offset : entry.offset + entry.length]
 
     def decode_blob(self, sealed: bytes, blob_id: str, where: str) -> bytes:
         what = f"{where} (blob {blob_id[:16]})"

@@ -7,9 +7,11 @@ or the new one (DESIGN.md section 3). Hidden files are never listed.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ class LocalBackend:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         self.location = str(self.root)
+        self._fds = threading.local()  # per thread: a few open pack files (see get_range)
 
     def _path(self, name: str) -> Path:
         parts = name.split("/")
@@ -40,6 +43,15 @@ class LocalBackend:
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         path = self._path(name)
+        if name.startswith("data/"):
+            # Packs are immutable: keep a few open per thread and pread from them, instead
+            # of an open/seek/read/close per blob (a restore reads thousands of blobs).
+            try:
+                return os.pread(self._open_pack(name, path), length, offset)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NotFound(f"{self.location}: object {name} not found") from None
+            except OSError as e:
+                raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
@@ -48,6 +60,21 @@ class LocalBackend:
             raise NotFound(f"{self.location}: object {name} not found") from None
         except OSError as e:
             raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
+
+    def _open_pack(self, name: str, path) -> int:
+        cache = getattr(self._fds, "cache", None)
+        if cache is None:
+            cache = self._fds.cache = _FdCache()
+        fd = cache.get(name)
+        if fd is not None:
+            cache.move_to_end(name)
+            return fd
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        cache[name] = fd
+        while len(cache) > 8:
+            _, old = cache.popitem(last=False)
+            os.close(old)
+        return fd
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
@@ -116,6 +143,17 @@ class LocalBackend:
             self._path(name).unlink()
         except FileNotFoundError:
             pass
+
+
+class _FdCache(collections.OrderedDict):
+    """Open pack files of one thread; closed when the thread ends (its locals are freed)."""
+
+    def __del__(self) -> None:
+        for fd in self.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _fsync_dir(folder: Path) -> None:
