@@ -349,6 +349,8 @@ class BlobWriter:
         self.added_raw = 0
         self.new_blobs = 0
         self._lock = threading.RLock()  # save() may be called from several reader threads
+        self.writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-write")
+        self.pack_writes: collections.deque[Future] = collections.deque()
 
     def _encode(self, data: bytes) -> bytes:
         return self.repo.keys.seal(codec.encode(data, self.level))
@@ -380,21 +382,30 @@ class BlobWriter:
             self._write_pack(blob_type)
 
     def _write_pack(self, blob_type: str) -> None:
+        """Hand a full pack to the writer thread (hash, write, fsync happen there)."""
         pack = self.open_packs[blob_type]
         if not pack.entries:
             return
+        self.open_packs[blob_type] = PackBuilder()
+        self.pack_writes.append(self.writer_pool.submit(self._finish_and_put, pack))
+        while len(self.pack_writes) > 2:  # at most two full packs waiting in memory
+            self.written.append(self.pack_writes.popleft().result())
+
+    def _finish_and_put(self, pack: PackBuilder) -> tuple[str, int, list[BlobEntry]]:
         entries = pack.entries
         pid, data = pack.finish(self.repo.keys)
         self.repo.backend.put(pack_name(pid), data)
-        self.written.append((pid, len(data), entries))
-        self.open_packs[blob_type] = PackBuilder()
+        return pid, len(data), entries
 
     def flush(self) -> None:
+        """Every saved blob is in a pack on the backend when this returns."""
         with self._lock:
             while self.inflight:
                 self._drain_one()
             for t in (DATA, TREE):
                 self._write_pack(t)
+            while self.pack_writes:
+                self.written.append(self.pack_writes.popleft().result())
 
     def commit(self) -> str | None:
         """Write remaining packs, then the index naming them; make blobs visible."""
@@ -413,6 +424,7 @@ class BlobWriter:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer_pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> BlobWriter:
         return self
