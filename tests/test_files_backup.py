@@ -370,6 +370,7 @@ def test_file_grows_and_another_vanishes_during_backup(sandbox, engine, monkeypa
     # One reader thread, so the files of a directory are read in name order and the
     # deletions below happen after listing and before the reader gets there.
     monkeypatch.setattr("engine.sources.files.READERS", 1)
+    monkeypatch.setattr("engine.sources.files.LISTERS", 0)  # no listing ahead either
     src = sandbox.src
     big = src / "a_big"
     big.write_bytes(os.urandom(48 * MIB))

@@ -388,7 +388,7 @@ class BlobWriter:
             return
         self.open_packs[blob_type] = PackBuilder()
         self.pack_writes.append(self.writer_pool.submit(self._finish_and_put, pack))
-        while len(self.pack_writes) > 2:  # at most two full packs waiting in memory
+        while len(self.pack_writes) > 1:  # at most one full pack waiting in memory
             self.written.append(self.pack_writes.popleft().result())
 
     def _finish_and_put(self, pack: PackBuilder) -> tuple[str, int, list[BlobEntry]]:

@@ -31,6 +31,20 @@ from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import encode_tree, name_fields, node_name
 
 READERS = 2  # reader threads per backup
+LISTERS = 2  # threads listing directories ahead of the walk (0: list in the walk itself)
+
+
+def _list_dir(path: bytes) -> list[tuple[bytes, bytes, os.stat_result | OSError]]:
+    """A directory's entries, sorted by name, each with its lstat (or the error)."""
+    with os.scandir(path) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    out: list[tuple[bytes, bytes, os.stat_result | OSError]] = []
+    for e in entries:
+        try:
+            out.append((e.name, e.path, e.stat(follow_symlinks=False)))
+        except OSError as err:
+            out.append((e.name, e.path, err))
+    return out
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = 1024 * 1024
 
@@ -181,6 +195,8 @@ class FilesBackup:
         self._lock = threading.RLock()  # stats, errors, progress: shared with reader threads
         self.readers = readers or READERS
         self._pool: ThreadPoolExecutor | None = None
+        self._lister: ThreadPoolExecutor | None = None
+        self._listings: dict[bytes, Future] = {}  # directory -> its listing, made ahead
         self._last_progress = 0.0
         self._root_dev: int | None = None
 
@@ -238,6 +254,8 @@ class FilesBackup:
         caches and network disks) while this thread walks; a directory's tree is
         written once all its files are in. Reader threads share the BlobWriter."""
         self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="read")
+        self._lister = (ThreadPoolExecutor(LISTERS, thread_name_prefix="list")
+                        if LISTERS else None)
         try:
             return self._run()
         except BaseException:
@@ -245,6 +263,8 @@ class FilesBackup:
             raise
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._lister is not None:
+                self._lister.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> str:
         trie: dict = {}
@@ -328,9 +348,9 @@ class FilesBackup:
         self.cancel.check()
         self.stats.dirs += 1
         parent = self._parent_children(parent_tree)
+        prefetched = self._listings.pop(path, None)
         try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            entries = prefetched.result() if prefetched is not None else _list_dir(path)
         except FileNotFoundError:
             self._error(path, "vanished during backup")
             entries = []
@@ -338,29 +358,30 @@ class FilesBackup:
             self._error(path, f"cannot list directory: {e.strerror}")
             entries = []
         # This directory's files first (read in parallel), then its subdirectories, so
-        # the walk never runs far ahead of the readers.
+        # the walk never runs far ahead of the readers; the subdirectories are listed
+        # ahead by lister threads meanwhile.
         nodes: list = []
         subdirs = []
-        for e in entries:
-            try:
-                est = e.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                self._error(e.path, "vanished during backup")
+        for name, epath, est in entries:
+            if isinstance(est, FileNotFoundError):
+                self._error(epath, "vanished during backup")
                 continue
-            except OSError as err:
-                self._error(e.path, err.strerror or str(err))
+            if isinstance(est, OSError):
+                self._error(epath, est.strerror or str(est))
                 continue
-            if self.ex.excluded(e.path, e.name, stat.S_ISDIR(est.st_mode)):
+            if self.ex.excluded(epath, name, stat.S_ISDIR(est.st_mode)):
                 continue
             if stat.S_ISDIR(est.st_mode):
-                subdirs.append((e, est))
+                subdirs.append((name, epath, est))
+                if self._lister is not None:
+                    self._listings[epath] = self._lister.submit(_list_dir, epath)
                 continue
-            node = self._entry(e.path, e.name, est, parent.get(e.name))
+            node = self._entry(epath, name, est, parent.get(name))
             if node is not None:
                 nodes.append(node)
         nodes = self._resolve(nodes)
-        for e, est in subdirs:
-            node = self._entry(e.path, e.name, est, parent.get(e.name))
+        for name, epath, est in subdirs:
+            node = self._entry(epath, name, est, parent.get(name))
             if node is not None:
                 nodes.append(node)
         nodes.sort(key=node_name)
