@@ -53,9 +53,10 @@ def schedule_toml(**kinds) -> str:
     return "[schedule]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items())
 
 
-def start_daemon(sandbox, log_path):
+def start_daemon(sandbox, log_path, extra_env=None):
     env = dict(os.environ)
     env.pop("BACKUP_TUI_PASSWORD", None)
+    env.update(extra_env or {})
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller through the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "backup_tui.cli", "--config", str(sandbox.config_path),
@@ -94,7 +95,9 @@ def test_daemon_runs_the_schedule_end_to_end(sandbox, pg_cluster, s3_server, s3_
     )
     sandbox.write_config()
     assert sandbox.cli("init").returncode == 0
-    proc = start_daemon(sandbox, tmp_path / "daemon.log")
+    aws_secret = f"s3cr3t-{uuid.uuid4().hex}"  # moto takes any; it must never be written
+    proc = start_daemon(sandbox, tmp_path / "daemon.log",
+                        {"AWS_SECRET_ACCESS_KEY": aws_secret})
     try:
         def done():
             ok = [j for j in jobs(sandbox) if j["state"] == "succeeded"]
@@ -121,9 +124,10 @@ def test_daemon_runs_the_schedule_end_to_end(sandbox, pg_cluster, s3_server, s3_
     assert 'backup_tui_snapshots{kind="files",source="src"}' in text
     # no secret anywhere: password, AWS secret
     blobs = [log, text, (sandbox.state / "catalog.sqlite").read_bytes().decode("latin-1")]
+    blobs += [p.read_bytes().decode("latin-1") for p in sandbox.state.rglob("*") if p.is_file()]
     for blob in blobs:
         assert sandbox.password not in blob
-        assert "AWS_SECRET" not in blob
+        assert aws_secret not in blob
 
 
 def test_second_daemon_refuses_naming_the_pid(sandbox, tmp_path):
