@@ -257,8 +257,16 @@ class Scheduler:
                 break
             lock = self._source_lock(key)
             if not lock.acquire(blocking=False):
-                _info("already running: skipped", kind=kind, target=key)
-                continue
+                if reason == "schedule":  # the running one does the same work
+                    _info("already running: skipped", kind=kind, target=key)
+                    continue
+                _info("queued behind the running job of the same source", kind=kind,
+                      target=key, reason=reason)
+                lock.acquire()  # a run-now or a missed run waits its turn
+                if self._stopping.is_set():
+                    lock.release()
+                    errors.append(f"{key}: not started (stopping)")
+                    break
             token = CancelToken()
             with self._running_guard:
                 self._running[key] = token
