@@ -391,12 +391,44 @@ def test_non_admin_is_read_only():
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the CLI as another user")
+    if not _others_can_run(Path(sys.executable).resolve()) or not _others_can_run(
+        Path(__file__).resolve().parent.parent / "backup_tui" / "cli.py"
+    ):
+        pytest.skip("this checkout (or its .venv) is in a folder other users cannot enter; "
+                    "test_admin_gate_in_process covers the gate")
     base = Path(tempfile.mkdtemp(prefix="nonadmin-"))  # reachable by others, unlike tmp_path
     os.chmod(base, 0o755)
     try:
         _non_admin_checks(Sandbox(base), shutil)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _others_can_run(path) -> bool:
+    """Every folder above path can be entered by other users (o+x)."""
+    import stat
+
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in path.parents)
+
+
+def test_admin_gate_in_process(sandbox, monkeypatch, capsys):
+    """The gate itself, for a user who is neither root nor in admin_group."""
+    from backup_tui import cli
+    from engine import security
+
+    assert security.is_admin("backup-admins", uid=65534, gids=[65534]) is False
+    assert security.is_admin("backup-admins", uid=0, gids=[]) is True
+    (sandbox.src / "a").write_text("a")
+    sandbox.engine(init=True)
+    monkeypatch.setattr(security, "is_admin", lambda group, uid=None, gids=None: False)
+    base = ["--config", str(sandbox.config_path)]
+    assert cli.main([*base, "list", "--json"]) == 0
+    for args in (["backup", "files", "src"], ["schedule", "pause", "files"],
+                 ["cleanup"], ["replicate"]):
+        capsys.readouterr()
+        assert cli.main([*base, *args]) == 1, args
+        err = capsys.readouterr().err
+        assert "permission denied" in err and "backup-admins" in err, (args, err)
 
 
 def _non_admin_checks(sandbox, shutil):
