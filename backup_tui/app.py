@@ -1,18 +1,167 @@
-"""The console: a Textual app over one Engine, opening on the inventory.
+"""The console: a Textual app over one Engine, with three screens and, maybe, the scheduler.
 
-The app owns the engine and the screens; screens call the engine only from
-thread workers (see backup_tui/screens/inventory.py). ``run_console`` is what
-``backup-tui`` with no command runs.
+Screens are modes, each kept while the others show: the inventory (snapshots
+and replicas, ``i``), the jobs (``j``) and the schedule (``s``). Screens call
+the engine only from thread workers (see backup_tui/screens/inventory.py).
+``run_console`` is what ``backup-tui`` with no command runs.
+
+Who runs the schedule (``SchedulerHost``): one scheduler per state directory
+(DESIGN.md section 6). At start the console looks for the holder of the
+scheduler lock. A daemon (``backup-tui --run-scheduler``) holds it: the console
+is a *viewer* (sub-title "viewer: daemon pid N"), starts no scheduler, shows the
+daemon's jobs from the catalog and sends "run now" through the catalog. Nobody
+holds it: the console runs the schedule itself ("scheduler: this console"),
+unless ``run_scheduler`` is False or the user is no admin (scheduled jobs would
+be refused); then nobody runs it ("scheduler off") and a run now waits in the
+catalog for a scheduler to start. The holder is looked up again every few
+seconds while the console does not run the schedule, so the sub-title follows a
+daemon that starts or stops; the console never takes the schedule over from a
+daemon that stopped (systemd restarting it would then find the lock taken).
+
+Quitting with the console's own scheduler stops it in a thread: no new jobs,
+and a running scheduled job gets ``STOP_GRACE`` seconds to end before it is
+interrupted (its catalog row says so; the repository stays consistent).
+
+While the console runs, the engine's log (logger ``backup_tui``: the
+scheduler's "job failed", a notification that could not be sent) becomes
+notifications (``LogToConsole``) instead of lines written over the screen.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from textual import work
 from textual.app import App
 from textual.binding import Binding
-from textual.screen import Screen
+from textual.screen import ModalScreen
 
+from backup_tui.messages import (
+    EngineLogged,
+    ScheduleActionDone,
+    ScheduleActionFailed,
+    SchedulerSettled,
+)
+from backup_tui.screens.commands import ConsoleCommands
 from backup_tui.screens.inventory import InventoryScreen
+from backup_tui.screens.jobs import JobsScreen, runner_label
+from backup_tui.screens.schedule import ScheduleScreen
+from engine.daemon import Scheduler, SchedulerLock
+from engine.errors import EngineError, LockedError
 from engine.facade import Engine
+
+STOP_GRACE = 5.0  # seconds a running scheduled job gets to end when the console quits
+RECHECK_SECONDS = 5.0  # how often a console that does not run the schedule looks again
+STARTING, OWN, VIEWER, OFF = "starting", "own", "viewer", "off"
+
+
+class SchedulerHost:
+    """Whether this console runs the schedule (``own``), watches a daemon's (``viewer``), or
+    neither (``off``). ``settle`` and ``stop`` block: call them from a thread."""
+
+    def __init__(self, engine: Engine, enabled: bool) -> None:
+        self.engine = engine
+        self.enabled = enabled  # may this console run the schedule itself
+        self.mode = STARTING
+        self.daemon_pid: int | None = None  # the holder of the lock when a viewer
+        self.last_daemon_pid: int | None = None  # the daemon watched before, once it stopped
+        self.error = ""  # why the console's own scheduler could not start
+        self.scheduler: Scheduler | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def label(self) -> str:
+        """For the sub-title."""
+        if self.mode == OWN:
+            return "scheduler: this console"
+        if self.mode == VIEWER:
+            return f"viewer: daemon pid {self.daemon_pid if self.daemon_pid != -1 else '?'}"
+        if self.mode == OFF:
+            return "scheduler off"
+        return "scheduler: looking…"
+
+    def settle(self) -> bool:
+        """Attach to a daemon, or (the first time only) start the console's own scheduler, or
+        neither; True when that changed. Does nothing once the console runs the schedule or
+        has stopped."""
+        with self._lock:
+            if self._stopped or self.mode == OWN:
+                return False
+            before = (self.mode, self.daemon_pid)
+            state_dir = self.engine.config.state_dir
+            pid = SchedulerLock.holder(state_dir)
+            if pid is None and self.enabled and self.mode == STARTING:  # at start only
+                try:
+                    self.scheduler = Scheduler(self.engine).start()
+                except LockedError:  # a daemon started between the look and the start
+                    pid = SchedulerLock.holder(state_dir)
+                except EngineError as e:  # say so once, and do not try again
+                    self.error, self.enabled = str(e), False
+                else:
+                    self.mode, self.daemon_pid = OWN, None
+                    return True
+            if self.mode == VIEWER and pid is None:
+                self.last_daemon_pid = self.daemon_pid
+            self.mode, self.daemon_pid = (OFF, None) if pid is None else (VIEWER, pid)
+            return (self.mode, self.daemon_pid) != before
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the console's own scheduler, if it runs: see the module docstring."""
+        with self._lock:
+            self._stopped = True
+            scheduler, self.scheduler = self.scheduler, None
+            if scheduler is not None:
+                scheduler.stop(grace=grace)
+                self.mode = OFF
+
+    def where_runs_go(self) -> str:
+        """Who takes a run-now request, as the end of a sentence."""
+        if self.mode == OWN:
+            return "this console's scheduler starts it within a second"
+        if self.mode == VIEWER:
+            return f"the daemon (pid {self.daemon_pid}) starts it within a second"
+        return ("no scheduler is running, here or in a daemon: it waits until one starts "
+                "(backup-tui --run-scheduler)")
+
+
+class LogToConsole(logging.Handler):
+    """The engine's log records, posted to the app as ``EngineLogged`` (from any thread)."""
+
+    def __init__(self, app: App) -> None:
+        super().__init__(logging.WARNING)
+        self.app = app
+        self._saved: tuple[list[logging.Handler], bool] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The scheduler's records carry logfmt fields: "job failed" target=files:src error=...
+        fields = {k: str(v) for k, v in getattr(record, "fields", {}).items()}
+        if not fields:
+            title, text = record.levelname.capitalize(), record.getMessage()
+        else:
+            title = record.getMessage().capitalize()
+            if fields.get("target") or fields.get("kind"):
+                title += f": {fields.get('target') or fields.get('kind')}"
+            text = fields.get("error") or ", ".join(
+                f"{k} {v}" for k, v in fields.items() if k not in ("target", "kind"))
+        self.app.post_message(EngineLogged(record.levelno, title, text or title))
+
+    def install(self) -> None:
+        """Be the engine logger's only handler (a stderr one would write over the screen)."""
+        logger = logging.getLogger("backup_tui")
+        self._saved = (list(logger.handlers), logger.propagate)
+        logger.handlers[:] = [self]
+        logger.propagate = False
+
+    def uninstall(self) -> None:
+        if self._saved is not None:
+            logger = logging.getLogger("backup_tui")
+            logger.handlers[:], logger.propagate = self._saved
+            self._saved = None
 
 
 class BackupConsole(App[int]):
@@ -20,24 +169,164 @@ class BackupConsole(App[int]):
 
     CSS_PATH = "app.tcss"
     TITLE = "backup-tui"
-    BINDINGS = [Binding("q", "quit", "Quit", id="quit")]
+    DEFAULT_MODE = "inventory"
+    BINDINGS = [
+        Binding("i", "switch_mode('inventory')", "Inventory", id="inventory"),
+        Binding("j", "switch_mode('jobs')", "Jobs", id="jobs"),
+        Binding("s", "switch_mode('schedule')", "Schedule", id="schedule"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
 
-    def __init__(self, engine: Engine, notice: str | None = None) -> None:
+    def __init__(self, engine: Engine, notice: str | None = None, *,
+                 run_scheduler: bool = True, clock: Callable[[], float] = time.time) -> None:
+        """``run_scheduler``: run the schedule here when no daemon does. ``clock``: "now" for
+        durations and ETAs (snapshot tests fix it)."""
         super().__init__()
         self.engine = engine
         self.notice = notice  # shown once at start, e.g. why the demo has no database
-        self.sub_title = str(engine.config.repo_path)
+        self.clock = clock
+        self.read_only = not engine.is_admin  # mutating actions need an admin
+        self.scheduler_host = SchedulerHost(engine, run_scheduler and not self.read_only)
+        self._quitting = False
+        self._log = LogToConsole(self)
+        self.add_mode("inventory", lambda: InventoryScreen(engine, read_only=self.read_only))
+        self.add_mode("jobs", lambda: JobsScreen(engine, clock, self._runner))
+        self.add_mode("schedule", lambda: ScheduleScreen(engine, read_only=self.read_only))
+        self._show_sub_title()
 
-    def get_default_screen(self) -> Screen:
-        return InventoryScreen(self.engine)
+    def _show_sub_title(self) -> None:
+        parts = [str(self.engine.config.repo_path), self.scheduler_host.label]
+        self.sub_title = " · ".join(parts + (["read-only"] if self.read_only else []))
+
+    def _runner(self, pid: int | None) -> str:
+        host = self.scheduler_host
+        if pid and host.daemon_pid is None and pid == host.last_daemon_pid:
+            return f"run by the daemon (pid {pid}, stopped since)"
+        return runner_label(pid, host.daemon_pid)
 
     def on_mount(self) -> None:
+        self._log.install()
         if self.notice:
             self.notify(self.notice, severity="warning", timeout=10, markup=False)
+        self.settle_scheduler()
+        self.set_interval(RECHECK_SECONDS, self._recheck)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "switch_mode":  # not to the screen showing, nor from under a dialog
+            return parameters[0] != self.current_mode and not isinstance(self.screen, ModalScreen)
+        return True
+
+    def on_engine_logged(self, message: EngineLogged) -> None:
+        severity = "error" if message.level >= logging.ERROR else "warning"
+        self.notify(message.text, title=message.title, severity=severity, markup=False)
+
+    # ------------------------------------------------------------ scheduler
+    @work(thread=True, exclusive=True, group="scheduler", exit_on_error=False)
+    def settle_scheduler(self) -> None:
+        before = self.scheduler_host.mode
+        if self.scheduler_host.settle() or before == STARTING:
+            self.post_message(SchedulerSettled(before))
+
+    def _recheck(self) -> None:
+        if self.scheduler_host.mode in (VIEWER, OFF) and not self._quitting:
+            self.settle_scheduler()
+
+    def on_scheduler_settled(self, message: SchedulerSettled) -> None:
+        host = self.scheduler_host
+        self._show_sub_title()
+        if host.error and host.mode != OWN:
+            self.notify(host.error, title="Cannot run the schedule here", severity="warning",
+                        markup=False)
+        elif message.before == VIEWER and host.mode == OFF:
+            self.notify(f"The daemon (pid {host.last_daemon_pid}) stopped: nothing runs the "
+                        "schedule now.", title="Scheduler gone", severity="warning",
+                        markup=False)
+        elif message.before != STARTING and host.mode == VIEWER:
+            self.notify(f"A daemon (pid {host.daemon_pid}) runs the schedule: this console "
+                        "watches it.", title="Viewer", markup=False)
+
+    # ----------------------------------------------------- schedule actions
+    def run_now(self, kind: str) -> None:
+        """Ask the scheduler to run schedule ``kind`` now (through the catalog)."""
+        self._schedule_action(kind, "run")
+
+    def set_paused(self, kind: str, paused: bool) -> None:
+        self._schedule_action(kind, "pause" if paused else "resume")
+
+    def schedules_for_palette(self) -> list[dict]:
+        """The schedules, for the command palette (called off the UI thread)."""
+        return self.engine.schedules()
+
+    def _schedule_action(self, kind: str, action: str) -> None:
+        if self.read_only:
+            self.notify("This console is read-only: changing the schedule needs an admin.",
+                        severity="warning")
+            return
+        self.do_schedule_action(kind, action)
+
+    @work(thread=True, group="schedule-action", exit_on_error=False)
+    def do_schedule_action(self, kind: str, action: str) -> None:
+        try:
+            if action == "run":
+                self.engine.request_run(kind)
+            else:
+                self.engine.pause(kind, action == "pause")
+        except EngineError as e:
+            self.post_message(ScheduleActionFailed(kind, action, str(e)))
+        except Exception as e:  # noqa: BLE001 - reported, never a crash of the console
+            self.post_message(ScheduleActionFailed(kind, action, f"{type(e).__name__}: {e}"))
+        else:
+            self.post_message(ScheduleActionDone(kind, action))
+
+    def on_schedule_action_done(self, message: ScheduleActionDone) -> None:
+        if message.action == "run":
+            host = self.scheduler_host
+            self.notify(f"Run now: {message.kind} requested; {host.where_runs_go()}.",
+                        title="Run now", markup=False,
+                        severity="information" if host.mode in (OWN, VIEWER) else "warning")
+        else:
+            self.notify(f"Schedule {message.kind} {message.action}d.", markup=False)
+        if isinstance(self.screen, ScheduleScreen):
+            self.screen.load()
+
+    def on_schedule_action_failed(self, message: ScheduleActionFailed) -> None:
+        what = "Run now" if message.action == "run" else message.action.capitalize()
+        self.notify(message.error, title=f"{what}: {message.kind} failed", severity="error",
+                    markup=False)
+
+    # ------------------------------------------------------------------ quit
+    def action_quit(self) -> None:
+        """Quit; with the console's own scheduler, stop it first (in a thread)."""
+        if self._quitting:
+            return
+        self._quitting = True
+        if self.scheduler_host.scheduler is None and self.scheduler_host.mode != STARTING:
+            self.exit()
+            return
+        self.set_timer(0.5, self._say_stopping)
+        self.stop_scheduler_then_exit()
+
+    def _say_stopping(self) -> None:
+        self.notify(f"Stopping the scheduler: a running scheduled job gets {STOP_GRACE:.0f} s "
+                    "to end, then it is interrupted.", title="Quitting", timeout=STOP_GRACE * 3)
+
+    @work(thread=True, group="quit", exit_on_error=False)
+    def stop_scheduler_then_exit(self) -> None:
+        try:
+            self.scheduler_host.stop(STOP_GRACE)
+        finally:
+            self.call_from_thread(self.exit)
+
+    async def on_unmount(self) -> None:
+        # Any other way out (the app exited from elsewhere, a test ending): stop it here. The
+        # screen is gone by now, so this only ever waits for a running job's grace period.
+        await asyncio.to_thread(self.scheduler_host.stop, STOP_GRACE)
+        self._log.uninstall()
 
 
-def run_console(engine: Engine, notice: str | None = None) -> int:
+def run_console(engine: Engine, notice: str | None = None, run_scheduler: bool = True) -> int:
     """Run the console until the user quits; returns the exit code."""
-    app = BackupConsole(engine, notice)
+    app = BackupConsole(engine, notice, run_scheduler=run_scheduler)
     app.run()
     return app.return_code or 0

@@ -125,6 +125,74 @@ class ReplicationFailed(Message):
     error: str
 
 
+@dataclass
+class JobsLoaded(Message):
+    """The catalog's jobs, newest first, as read at ``now`` (the console's clock)."""
+
+    jobs: list[dict]
+    now: float
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, JobsLoaded)  # a newer poll says all this one would
+
+
+@dataclass
+class JobsFailed(Message):
+    """The jobs could not be read from the catalog; ``error`` says why."""
+
+    error: str
+
+
+@dataclass
+class SchedulesLoaded(Message):
+    """Each schedule (``Engine.schedules``) as read now."""
+
+    schedules: list[dict]
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SchedulesLoaded)
+
+
+@dataclass
+class SchedulesFailed(Message):
+    """The schedules could not be read; ``error`` says why."""
+
+    error: str
+
+
+@dataclass
+class SchedulerSettled(Message):
+    """Who runs the schedule changed (or was found out at start): see ``app.SchedulerHost``."""
+
+    before: str  # the host's mode before: "starting", "own", "viewer" or "off"
+
+
+@dataclass
+class ScheduleActionDone(Message):
+    """``action`` (run, pause or resume) of schedule ``kind`` was done or requested."""
+
+    kind: str
+    action: str
+
+
+@dataclass
+class ScheduleActionFailed(Message):
+    """``action`` of schedule ``kind`` was refused or failed; ``error`` says why."""
+
+    kind: str
+    action: str
+    error: str
+
+
+@dataclass
+class EngineLogged(Message):
+    """The engine logged a warning or an error (a scheduled job failed, say)."""
+
+    level: int  # logging.WARNING or above
+    title: str
+    text: str
+
+
 class EventRelay:
     """An engine ``on_event`` callback posting throttled ``JobProgress`` messages to ``target``.
 

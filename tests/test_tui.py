@@ -51,6 +51,13 @@ CHEAP_KDF = {"name": "scrypt", "n": 2**10, "r": 8, "p": 1}
 # --- helpers ----------------------------------------------------------------------
 
 
+def console(engine, **kwargs) -> BackupConsole:
+    """The console without a scheduler of its own: these flows are the inventory's (the
+    scheduler in the console is tested in test_tui_jobs.py)."""
+    return BackupConsole(engine, run_scheduler=False, **kwargs)
+
+
+
 async def settle(app: BackupConsole, pilot: Pilot, rounds: int = 10) -> None:
     """Wait until no worker runs and the messages they posted are handled."""
     for _ in range(rounds):
@@ -90,7 +97,7 @@ def fill(src, n: int = 5) -> None:
 def test_backup_now_adds_a_row_and_shows_it(sandbox):
     fill(sandbox.src)
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -114,7 +121,7 @@ def test_backup_now_adds_a_row_and_shows_it(sandbox):
 def test_backup_failure_is_reported_and_the_console_keeps_running(sandbox):
     fill(sandbox.src)
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -143,7 +150,7 @@ def test_unexpected_error_in_a_backup_is_reported(sandbox, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(engine, "backup_files", broken)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -166,7 +173,7 @@ def test_picker_chooses_among_filesets(sandbox):
     sandbox.filesets["other"] = [str(other)]
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -189,7 +196,7 @@ def test_picker_chooses_among_filesets(sandbox):
 def test_command_palette_backs_up_a_fileset(sandbox):
     fill(sandbox.src)
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -208,7 +215,7 @@ def test_command_palette_backs_up_a_fileset(sandbox):
 def test_refresh_sees_a_backup_made_elsewhere(sandbox):
     fill(sandbox.src)
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -253,7 +260,7 @@ def test_back_up_database_now_adds_a_db_row_with_its_facts(sandbox, pg_cluster, 
     sandbox.extra = _database("shop", pg_cluster.dsn(shop_db))
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -281,7 +288,7 @@ def test_unreachable_database_is_an_error_and_the_console_keeps_running(sandbox)
     sandbox.extra = _database("shop", unreachable_dsn())
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -305,7 +312,7 @@ def test_database_picker_and_palette(sandbox, pg_cluster, shop_db):
                      + _database("shop", pg_cluster.dsn(shop_db)))
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -334,7 +341,7 @@ def test_database_picker_and_palette(sandbox, pg_cluster, shop_db):
 
 def test_d_is_offered_only_with_databases(sandbox):
     fill(sandbox.src)
-    app = BackupConsole(sandbox.engine(init=True))
+    app = console(sandbox.engine(init=True))
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -384,7 +391,7 @@ def test_replicate_now_fills_both_replicas(sandbox, s3_server, s3_buckets):
     sandbox.extra = two_replicas(s3_server, s3_buckets, replicate_after_backup=False)
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=LOOK_SIZE) as pilot:
@@ -433,7 +440,7 @@ def test_backup_replicates_by_itself_and_the_panel_says_so(sandbox, s3_server, s
     sandbox.extra = two_replicas(s3_server, s3_buckets)
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
     shown: list[str] = []
 
     async def flow():
@@ -471,7 +478,7 @@ def test_missing_bucket_is_named_and_the_console_keeps_running(sandbox, s3_serve
                                 s3_server.endpoint_url, replicate_after_backup=False))
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=LOOK_SIZE) as pilot:
@@ -509,7 +516,7 @@ def test_missing_bucket_is_named_and_the_console_keeps_running(sandbox, s3_serve
 
 def test_p_and_r_are_offered_only_with_replicas(sandbox):
     fill(sandbox.src)
-    app = BackupConsole(sandbox.engine(init=True))
+    app = console(sandbox.engine(init=True))
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -610,8 +617,11 @@ CANNED_REPLICAS = [
 class CannedEngine:
     """The Engine methods the console calls, answering fixed data; backups fail."""
 
+    is_admin = True
     config = parse_config({
         "repository": {"path": "/srv/backup/repo"},
+        # Nowhere: no scheduler lock is found there, so the console never shows a viewer.
+        "state": {"dir": "/nonexistent/backup-tui-canned/state"},
         "fileset": [
             {"name": "app-data", "paths": ["/srv/app/data"]},
             {"name": "app-config", "paths": ["/srv/app/etc"]},
@@ -684,7 +694,7 @@ async def _loaded(pilot: Pilot) -> None:
 
 def test_inventory_look(snap_compare, utc):
     """Six canned snapshots, newest first: a database dump, its PostgreSQL facts beside it."""
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, run_before=_loaded)
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, run_before=_loaded)
 
 
 def test_inventory_look_second_row(snap_compare, utc):
@@ -695,18 +705,18 @@ def test_inventory_look_second_row(snap_compare, utc):
         await pilot.press("down")
         await _loaded(pilot)
 
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, run_before=select)
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, run_before=select)
 
 
 def test_fileset_picker_look(snap_compare, utc):
     """b with two filesets opens the picker over the inventory."""
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, press=["b"],
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, press=["b"],
                         run_before=_loaded)
 
 
 def test_database_picker_look(snap_compare, utc):
     """d with two databases opens the picker, each with where it connects."""
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, press=["d"],
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, press=["d"],
                         run_before=_loaded)
 
 
@@ -718,7 +728,7 @@ def test_database_backup_failed_look(snap_compare, utc):
         await pilot.press("d", "down", "enter")  # crm, the second database
         await _loaded(pilot)
 
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE, run_before=fail)
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, run_before=fail)
 
 
 def test_replicas_look(snap_compare, utc):
@@ -730,7 +740,7 @@ def test_replicas_look(snap_compare, utc):
         await _loaded(pilot)
         await pilot.press("down")
 
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE,
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE,
                         run_before=failing)
 
 
@@ -744,7 +754,7 @@ def test_replicate_now_partly_failed_look(snap_compare, utc):
         await pilot.press("R")
         await _loaded(pilot)
 
-    assert snap_compare(BackupConsole(CannedEngine()), terminal_size=LOOK_SIZE,
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE,
                         run_before=replicate)
 
 
@@ -810,7 +820,7 @@ def test_build_demo_with_a_database(demo_root):
         "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM products), "
         "(SELECT count(*) FROM orders), (SELECT count(*) FROM order_items)", "shop")
     assert counts.strip() == "500|200|3060|7560"  # the same every time, a day's orders added
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -875,7 +885,7 @@ def test_build_demo_without_postgres_has_files_only(tmp_path, monkeypatch):
     engine = Engine(config)
     assert [s.kind for s in engine.snapshots()] == ["files"]
     demo.stop()  # nothing to stop: no error
-    app = BackupConsole(engine, notice=demo.note)  # as run_demo opens it
+    app = console(engine, notice=demo.note)  # as run_demo opens it
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -894,7 +904,7 @@ def test_build_demo_makes_a_sandbox_the_console_opens(tmp_path):
     engine = Engine(config)
     [snap] = engine.snapshots()
     assert snap.source == "app-data" and snap.complete and snap.files > 200
-    app = BackupConsole(engine)
+    app = console(engine)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -942,7 +952,7 @@ def test_build_demo_replicates_to_two_regions_and_stops_its_s3_server(tmp_path):
             (0, 1, None), (0, 1, None)]
         for replica in config.replicas:  # complete: a repository of its own in each bucket
             assert [s.id for s in engine.for_replica(replica["name"]).snapshots()] == [snap.id]
-        app = BackupConsole(engine)
+        app = console(engine)
 
         async def flow():
             async with app.run_test(size=LOOK_SIZE) as pilot:

@@ -1,11 +1,16 @@
-"""Command palette entries of the inventory: one per source it can back up, and replication.
+"""Command palette entries: the inventory's jobs, and the console's screens and schedules.
 
-"Back up files now: <fileset>" for each fileset, "Back up database now: <name>"
-for each database, and "Replicate now" when replicas are configured.
+``JobCommands`` (the inventory): "Back up files now: <fileset>" for each
+fileset, "Back up database now: <name>" for each database, and "Replicate now"
+when replicas are configured. ``ConsoleCommands`` (every screen): "Inventory",
+"Jobs", "Schedule", and for each schedule "Run now: <kind>" and "Pause: <kind>"
+or "Resume: <kind>" (the schedules are read off the UI thread when the palette
+opens). Commands that change things are left out of a read-only console.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Protocol, runtime_checkable
@@ -31,13 +36,15 @@ class JobHost(Protocol):
 
     def start_replication(self) -> None: ...
 
+    read_only: bool
+
 
 class JobCommands(Provider):
     """One command per configured source, and "Replicate now", while a ``JobHost`` is active."""
 
     def _commands(self) -> Iterator[tuple[str, Callable[[], None], str]]:
         host = self.screen
-        if not isinstance(host, JobHost):
+        if not isinstance(host, JobHost) or host.read_only:
             return
         for choice in host.backup_choices():
             yield (
@@ -49,6 +56,75 @@ class JobCommands(Provider):
         if names:
             yield (REPLICATE, host.start_replication,
                    f"Copy what each S3 replica lacks: {', '.join(names)}")
+
+    async def discover(self) -> Hits:
+        for text, command, help_text in self._commands():
+            yield DiscoveryHit(text, command, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for text, command, help_text in self._commands():
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), command, text=text, help=help_text)
+
+
+@runtime_checkable
+class ConsoleHost(Protocol):
+    """The app: its modes (screens) and the schedule actions."""
+
+    read_only: bool
+    current_mode: str
+
+    def switch_mode(self, mode: str) -> object: ...
+
+    def run_now(self, kind: str) -> None: ...
+
+    def set_paused(self, kind: str, paused: bool) -> None: ...
+
+    def schedules_for_palette(self) -> list[dict]: ...
+
+
+SCREENS = (  # mode, text, help
+    ("inventory", "Inventory", "Snapshots and replicas (i)"),
+    ("jobs", "Jobs", "Running and recent jobs of every process, live (j)"),
+    ("schedule", "Schedule", "Each schedule, its next and last run; run now, pause (s)"),
+)
+
+
+class ConsoleCommands(Provider):
+    """The screens, and run now / pause / resume for each schedule (admins only)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._schedules: list[dict] = []
+
+    async def startup(self) -> None:
+        host = self.app
+        self._schedules = []
+        if isinstance(host, ConsoleHost) and not host.read_only:
+            try:  # a catalog read: off the UI thread
+                self._schedules = await asyncio.to_thread(host.schedules_for_palette)
+            except Exception:  # noqa: BLE001 - the palette works without the schedule part
+                self._schedules = []
+
+    def _commands(self) -> Iterator[tuple[str, Callable[[], object], str]]:
+        host = self.app
+        if not isinstance(host, ConsoleHost):
+            return
+        for mode, text, help_text in SCREENS:
+            if mode != host.current_mode:
+                yield text, partial(host.switch_mode, mode), help_text
+        for s in self._schedules:
+            kind = s["kind"]
+            yield (f"Run now: {kind}", partial(host.run_now, kind),
+                   f"Ask the scheduler to {s['what']} now")
+            if s["paused"]:
+                yield (f"Resume: {kind}", partial(host.set_paused, kind, False),
+                       f"Run {kind} on its schedule again ({s['cron']})")
+            else:
+                yield (f"Pause: {kind}", partial(host.set_paused, kind, True),
+                       f"Skip the scheduled runs of {kind} until resumed")
 
     async def discover(self) -> Hits:
         for text, command, help_text in self._commands():

@@ -15,6 +15,9 @@ groups: ``inventory`` (the list), ``detail`` (one record), ``connections``
 (where each database connects, read once for the picker and the palette),
 ``job`` (the job). A newer list or detail request replaces an older one; a
 result that arrives for a request no longer current is dropped.
+
+A read-only console (the user is not an admin) shows ``b``, ``d`` and ``R``
+disabled and leaves them out of the command palette: they would be refused.
 """
 
 from __future__ import annotations
@@ -67,9 +70,10 @@ class InventoryScreen(Screen):
     COMMANDS = Screen.COMMANDS | {JobCommands}
     AUTO_FOCUS = "#snapshots"
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, read_only: bool = False) -> None:
         super().__init__()
         self.engine = engine
+        self.read_only = read_only  # not an admin: look, do not change
         self._details: dict[str, dict] = {}  # snapshot id -> record (snapshots never change)
         self._cancel: CancelToken | None = None  # set while a job runs
         self._connections: dict[str, str] = {}  # database -> where it connects, once read
@@ -83,8 +87,11 @@ class InventoryScreen(Screen):
         return [r["name"] for r in self.engine.config.replicas]
 
     def _keys_hint(self) -> str:
-        return ("b to back up a fileset" + (", d a database" if self._has_databases else "")
-                + (", R to replicate" if self.replica_names() else ""))
+        """What to press to start a job, as a sentence."""
+        if self.read_only:
+            return "Read-only console: backups and replication need an admin."
+        return ("Press b to back up a fileset" + (", d a database" if self._has_databases else "")
+                + (", R to replicate" if self.replica_names() else "") + ".")
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -96,7 +103,7 @@ class InventoryScreen(Screen):
             if self.replica_names():
                 yield ReplicasPane(self.engine, id=REPLICAS_TAB)
         idle = "No job running" if self.replica_names() else "No backup running"
-        yield JobPanel(f"{idle}. Press {self._keys_hint()}.", id="job")
+        yield JobPanel(f"{idle}. {self._keys_hint()}", id="job")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -107,11 +114,15 @@ class InventoryScreen(Screen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Keys that do nothing here are not offered: d without a [[database]], R and p
-        # without a [[replica]]; p goes to the tab that is not showing.
+        # without a [[replica]]; p goes to the tab that is not showing. A read-only console
+        # shows b, d and R disabled.
+        mutating = None if self.read_only else True
+        if action == "backup":
+            return mutating
         if action == "backup_db":
-            return self._has_databases
+            return self._has_databases and mutating
         if action == "replicate":
-            return bool(self.replica_names())
+            return bool(self.replica_names()) and mutating
         if action == "show_tab":
             return bool(self.replica_names()) and parameters[0] != self._tab
         return True
@@ -161,7 +172,7 @@ class InventoryScreen(Screen):
         table.show(message.snapshots, message.select)
         if not table.row_count:
             self.query_one(SnapshotDetail).show_message(
-                f"No snapshots yet. Press {self._keys_hint()}."
+                f"No snapshots yet. {self._keys_hint()}"
             )
         else:  # again: presence in the replicas and the verified time may have changed
             self._show_detail(table.selected_id, again=True)

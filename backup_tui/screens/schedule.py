@@ -1,0 +1,161 @@
+"""The schedule screen (``s``): each schedule, its next and last run; run now, pause, resume.
+
+The schedules are read (``Engine.schedules``) in a thread worker (group
+``schedules``) when the screen shows and every ``POLL_SECONDS`` while it does,
+so a run that ends elsewhere (the daemon) updates its row. ``n`` asks for a run
+now and ``space`` (or ``P``) pauses or resumes the highlighted schedule; both
+are the app's (``BackupConsole.run_now``, ``set_paused``), shared with the
+command palette, and need an admin: a read-only console shows them disabled.
+A run now goes through the catalog either way: the scheduler that runs the
+schedule (this console's, or the daemon's when the console is a viewer) takes
+it within a second.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from backup_tui.messages import SchedulesFailed, SchedulesLoaded
+from backup_tui.widgets.schedule_table import ScheduleDetail, ScheduleTable, describe_schedule
+from engine.errors import EngineError
+from engine.facade import Engine
+
+if TYPE_CHECKING:
+    from backup_tui.app import BackupConsole
+
+POLL_SECONDS = 1.0
+
+
+class ScheduleScreen(Screen):
+    """The ``[schedule]`` of the config with what the catalog knows of each run."""
+
+    BINDINGS = [
+        Binding("n", "run_now", "Run now", id="run-now"),
+        Binding("space", "pause", "Pause", id="pause"),
+        Binding("space", "resume", "Resume", id="resume"),
+        Binding("P", "toggle_pause", "Pause/resume", show=False, id="pause-resume"),
+        Binding("escape", "app.switch_mode('inventory')", "Back", show=False),
+    ]
+    AUTO_FOCUS = "#schedules"
+
+    def __init__(self, engine: Engine, read_only: bool = False) -> None:
+        super().__init__()
+        self.engine = engine
+        self.read_only = read_only
+        self._timer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield ScheduleTable(id="schedules")
+        yield ScheduleDetail(id="schedule-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.detail.show(status="Reading the schedules…")
+
+    @property
+    def table(self) -> ScheduleTable:
+        return self.query_one(ScheduleTable)
+
+    @property
+    def detail(self) -> ScheduleDetail:
+        return self.query_one(ScheduleDetail)
+
+    @property
+    def console(self) -> BackupConsole:
+        return self.app  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- keys
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # space is Pause or Resume, whichever the highlighted schedule needs; a read-only
+        # console shows the keys disabled: it may look, not change.
+        if action not in ("run_now", "pause", "resume", "toggle_pause"):
+            return True
+        schedule = self._selected
+        if action in ("pause", "resume") and (
+                schedule is None or schedule["paused"] != (action == "resume")):
+            return False
+        return None if self.read_only else True
+
+    @property
+    def _selected(self) -> dict | None:
+        """The highlighted schedule (the footer may ask before the table exists)."""
+        tables = self.query("#schedules").results(ScheduleTable)
+        return next((t.selected for t in tables), None)
+
+    def action_run_now(self) -> None:
+        schedule = self._selected
+        if schedule is not None:
+            self.console.run_now(schedule["kind"])
+
+    def action_pause(self) -> None:
+        self._set_paused(True)
+
+    def action_resume(self) -> None:
+        self._set_paused(False)
+
+    def action_toggle_pause(self) -> None:
+        schedule = self._selected
+        if schedule is not None:
+            self._set_paused(not schedule["paused"])
+
+    def _set_paused(self, paused: bool) -> None:
+        schedule = self._selected
+        if schedule is not None:
+            self.console.set_paused(schedule["kind"], paused)
+
+    # -------------------------------------------------------------- polling
+    def on_screen_resume(self) -> None:
+        self.load()
+        if self._timer is None:
+            self._timer = self.set_interval(POLL_SECONDS, self.load)
+        else:
+            self._timer.resume()
+
+    def on_screen_suspend(self) -> None:
+        if self._timer is not None:
+            self._timer.pause()
+
+    def load(self) -> None:
+        """Read the schedules again (after a change, or on the timer)."""
+        self.load_schedules()
+
+    @work(thread=True, exclusive=True, group="schedules", exit_on_error=False)
+    def load_schedules(self) -> None:
+        try:
+            message: SchedulesLoaded | SchedulesFailed = SchedulesLoaded(self.engine.schedules())
+        except EngineError as e:
+            message = SchedulesFailed(str(e))
+        if not get_current_worker().is_cancelled:
+            self.post_message(message)
+
+    def on_schedules_loaded(self, message: SchedulesLoaded) -> None:
+        self.table.show(message.schedules)
+        self.detail.show(status="")
+        self._show_selected()
+
+    def on_schedules_failed(self, message: SchedulesFailed) -> None:
+        self.detail.show(status=f"Cannot read the schedules: {message.error}")
+
+    @on(DataTable.RowHighlighted, "#schedules")
+    def _highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self._show_selected()
+
+    def _show_selected(self) -> None:
+        schedule = self.table.selected
+        if schedule is not None:
+            self.detail.show(describe_schedule(schedule))
+        self.refresh_bindings()  # space says Pause or Resume for the highlighted one
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.post_message(SchedulesFailed(f"{type(error).__name__}: {error}"))

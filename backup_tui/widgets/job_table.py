@@ -1,0 +1,291 @@
+"""The jobs table and the highlighted job in full below it: what ran, runs, and how far it is.
+
+A row per catalog job (``Engine.jobs``), newest first, keyed by the job id:
+kind, target, state, when it started, how long it ran (or runs), progress,
+throughput, ETA (running jobs only), and its error when it has one, else its
+last message, cut short (two columns of text would not fit 120 columns; the
+detail has both in full). Any process may run a job (this console, the daemon, the CLI): it
+writes its progress to the catalog about four times a second, so the figures
+are as of the row's ``updated`` time. ``now`` is passed in (the console's clock,
+fixed in snapshot tests) rather than read here.
+
+Words: *fraction* is bytes done of the total when there is a byte total, else
+items done of the item total; a ``dump`` phase's total is the database size, a
+guess, shown with "~". A running backup's total is an estimate too (a fileset's
+comes from its last snapshot, a dump's from the database size) and the engine
+raises it to what is done when the job outgrows it: a total the job has
+*reached* while still in that phase says nothing, so no fraction (nor ETA) is
+shown then, rather than 100% from the start. *Rate* is bytes done over the seconds from start to the
+last progress row. *ETA* is what is left at that rate, less the time since that
+row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.content import Content
+from textual.widgets import DataTable, ProgressBar, Static
+
+from backup_tui.widgets.job_panel import ESTIMATED_PHASES
+from backup_tui.widgets.snapshot_table import local_time
+from engine.facade import human_bytes
+
+STARTED_FORMAT = "%m-%d %H:%M"  # the detail has the seconds
+MESSAGE_WIDTH = 26  # the table cuts the message or error here; the detail has them whole
+RUNNING = "running"
+OUTGROWN_PHASES = ("backup", "dump")  # phases whose byte total is raised to what is done
+STATE_STYLES = {  # theme variables; "running" uses the accent
+    "succeeded": "text-success",
+    "failed": "text-error",
+    "interrupted": "text-warning",
+    "incomplete": "text-warning",
+    RUNNING: "text-accent",
+}
+
+
+def duration(seconds: float) -> str:
+    """``4.2 s``, ``37 s``, ``3m 05s``, ``2h 07m``."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _items(job: dict) -> str:
+    """What a job's items are, for the numbers line."""
+    if job["kind"] == "replicate" or job.get("phase") == "replicate":
+        return "objects"
+    if job["kind"] == "backup" and str(job["target"]).startswith("files:"):
+        return "files"
+    return "items"
+
+
+def outgrown(job: dict) -> bool:
+    """A running job has done as much as its estimated total (see the module docstring)."""
+    total = job["bytes_total"] or 0
+    return (job["state"] == RUNNING and job.get("phase") in OUTGROWN_PHASES and total > 0
+            and (job["bytes_done"] or 0) >= total)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A job's numbers at ``now``: see the module docstring for the words."""
+
+    fraction: float | None
+    estimated: bool  # the total is a guess (a dump's)
+    elapsed: float  # seconds from start to the end, or to now while running
+    rate: float | None  # bytes a second
+    eta: float | None  # seconds left; running jobs with a byte or item total only
+
+    @classmethod
+    def of(cls, job: dict, now: float) -> Figures:
+        started = job["started"] or now
+        running = job["state"] == RUNNING
+        end = now if running else (job["ended"] or job["updated"] or started)
+        done, total = job["bytes_done"] or 0, job["bytes_total"] or 0
+        items, items_total = job["items_done"] or 0, job["items_total"] or 0
+        fraction = None
+        if outgrown(job):
+            pass
+        elif total > 0:
+            fraction = min(1.0, done / total)
+        elif items_total > 0:
+            fraction = min(1.0, items / items_total)
+        measured = (job["updated"] or started) - started  # progress rows are as of "updated"
+        if not running:
+            measured = end - started
+        rate = done / measured if done and measured > 0 else None
+        eta = None
+        if running and fraction is not None and fraction < 1:
+            since_row = max(0.0, now - (job["updated"] or now))
+            if total > 0 and rate:
+                eta = max(0.0, (total - done) / rate - since_row)
+            elif items and measured > 0:
+                eta = max(0.0, (items_total - items) / (items / measured) - since_row)
+        return cls(fraction, job.get("phase") in ESTIMATED_PHASES, end - started, rate, eta)
+
+    @property
+    def percent(self) -> str:
+        if self.fraction is None:
+            return ""
+        return f"{'~' if self.estimated else ''}{self.fraction * 100:.0f}%"
+
+
+def numbers_line(job: dict, figures: Figures) -> str:
+    """``96.0 MiB of 192.0 MiB · 4/8 files · 45.1 MiB/s · ETA 2.1 s``; "" before any."""
+    parts = []
+    if outgrown(job):
+        parts.append(f"{human_bytes(job['bytes_done'])} so far (more than estimated)")
+    elif job["bytes_total"]:
+        about = "~" if figures.estimated else ""
+        parts.append(f"{human_bytes(job['bytes_done'] or 0)} of "
+                     f"{about}{human_bytes(job['bytes_total'])}")
+    elif job["bytes_done"]:
+        parts.append(human_bytes(job["bytes_done"]))
+    if job["items_total"]:
+        parts.append(f"{job['items_done'] or 0}/{job['items_total']} {_items(job)}")
+    if figures.rate:
+        parts.append(f"{human_bytes(figures.rate)}/s")
+    if figures.eta is not None:
+        parts.append(f"ETA {duration(figures.eta)}")
+    return " · ".join(parts)
+
+
+def started_at(job: dict, fmt: str = STARTED_FORMAT) -> str:
+    return local_time(datetime.fromtimestamp(job["started"], UTC), fmt) if job["started"] else ""
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class JobTable(DataTable):
+    """Jobs as rows, newest first; the row key is the job id."""
+
+    COLUMNS = (
+        ("kind", "Kind"),
+        ("target", "Target"),
+        ("state", "State"),
+        ("started", "Started"),
+        ("duration", "Duration"),
+        ("progress", "Progress"),
+        ("rate", "Throughput"),
+        ("eta", "ETA"),
+        ("message", "Message or error"),
+    )
+    RIGHT = ("duration", "progress", "rate", "eta")
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self.jobs: dict[str, dict] = {}  # the rows shown, by job id
+        self._order: list[str] = []
+        self._cells_shown: dict[str, tuple[Text, ...]] = {}
+
+    def on_mount(self) -> None:
+        for key, label in self.COLUMNS:
+            self.add_column(Text(label, justify="right" if key in self.RIGHT else "left"), key=key)
+
+    @property
+    def selected(self) -> dict | None:
+        """The job under the cursor, if any."""
+        if not self.row_count:
+            return None
+        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return self.jobs.get(row_key.value or "")
+
+    def show(self, jobs: list[dict], now: float) -> None:
+        """Show ``jobs`` (newest first). The cursor stays on its job, or on the top row when it
+        was there (so a new job is followed); cells that did not change are left alone."""
+        current = self.selected
+        at_top = self.cursor_row == 0
+        self.jobs = {j["id"]: j for j in jobs}
+        cells = {j["id"]: self._cells(j, now) for j in jobs}
+        order = [j["id"] for j in jobs]
+        if order != self._order:
+            self.clear()
+            for job_id in order:
+                self.add_row(*cells[job_id], key=job_id)
+            if current is not None and not at_top and current["id"] in self.rows:
+                self.move_cursor(row=self.get_row_index(current["id"]))
+        else:
+            for job_id, row in cells.items():
+                before = self._cells_shown.get(job_id, ())
+                for (key, _), cell, old in zip(self.COLUMNS, row, before, strict=True):
+                    if cell.plain != old.plain or cell.style != old.style:
+                        self.update_cell(job_id, key, cell, update_width=True)
+        self._order, self._cells_shown = order, cells
+
+    def _style(self, state: str) -> str:
+        return self.app.theme_variables.get(STATE_STYLES.get(state, ""), "")
+
+    def _cells(self, job: dict, now: float) -> tuple[Text, ...]:
+        # Text, not str: DataTable would read a str as markup, and messages are data.
+        figures = Figures.of(job, now)
+        running = job["state"] == RUNNING
+        dim = "" if running else "dim"
+        return (
+            Text(job["kind"]),
+            Text(job["target"] or ""),
+            Text(job["state"], style=self._style(job["state"])),
+            Text(started_at(job)),
+            Text(duration(figures.elapsed), justify="right"),
+            Text(figures.percent, justify="right", style=dim),
+            Text(f"{human_bytes(figures.rate)}/s" if figures.rate else "", justify="right",
+                 style=dim),
+            Text(duration(figures.eta) if figures.eta is not None else "", justify="right"),
+            Text(_cut(job["error"], MESSAGE_WIDTH), style=self._style("failed"))
+            if job["error"] else Text(_cut(job["message"] or "", MESSAGE_WIDTH), style=dim),
+        )
+
+
+class JobDetail(Vertical):
+    """The highlighted job: a title, a progress bar while it runs, its numbers and words."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="jobs-title")
+        yield ProgressBar(total=100, show_eta=False, id="jobs-bar")
+        yield Static("", id="jobs-numbers")
+        yield Static("", id="jobs-when")
+        yield Static("", id="jobs-message")
+        yield Static("", id="jobs-error")
+
+    @property
+    def bar(self) -> ProgressBar:
+        return self.query_one("#jobs-bar", ProgressBar)
+
+    @property
+    def text(self) -> str:
+        """What the detail shows, as plain text, one line per part."""
+        parts = (self.query_one(f"#jobs-{i}", Static).visual
+                 for i in ("title", "numbers", "when", "message", "error"))
+        return "\n".join(v.plain if isinstance(v, Content) else str(v) for v in parts)
+
+    def _text(self, part: str, content: Content | str) -> None:
+        # Content, not str: messages and errors are data, never markup.
+        self.query_one(f"#jobs-{part}", Static).update(
+            content if isinstance(content, Content) else Content(content))
+
+    def show_message(self, text: str) -> None:
+        """No job to show: one line instead."""
+        self.set_class(False, "-running")
+        self._text("title", Content.styled(text, "$text-muted"))
+        for part in ("numbers", "when", "message", "error"):
+            self._text(part, "")
+
+    def show(self, job: dict, now: float, runner: str = "") -> None:
+        """``job`` as of ``now``; ``runner`` says which process runs it ("the daemon")."""
+        figures = Figures.of(job, now)
+        running = job["state"] == RUNNING
+        self.set_class(running, "-running")
+        state_style = "$" + STATE_STYLES.get(job["state"], "text-muted")
+        phase = f", phase {job['phase']}" if job.get("phase") else ""
+        self._text("title", Content.assemble((f"{job['kind']} {job['target']}", "bold"), ": ",
+                                             (job["state"], state_style), phase))
+        if running:
+            if figures.fraction is None:
+                self.bar.update(total=None, progress=0)
+            else:
+                self.bar.update(total=100, progress=round(figures.fraction * 100, 1))
+        when = [f"started {started_at(job, '%Y-%m-%d %H:%M:%S')}",
+                f"{'running for' if running else 'took'} {duration(figures.elapsed)}"]
+        if running and job["updated"]:
+            when.append(f"last progress {duration(now - job['updated'])} ago")
+        if runner:
+            when.append(runner)
+        self._text("numbers", numbers_line(job, figures) or ("no figures yet" if running else ""))
+        self._text("when", " · ".join(when))
+        self._text("message", job["message"] or "")
+        error = job["error"] or ""
+        self._text("error", Content.styled(error, "$text-error") if error else "")
