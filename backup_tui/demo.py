@@ -695,7 +695,11 @@ def run_demo() -> int:
         try:
             if demo.note:
                 print(demo.note, file=sys.stderr)
-            return run_console(Engine(demo.config()), notice=demo.note or None)
+            # No scheduler in the demo: its servers live only as long as the console, so
+            # a schedule would only catch up "missed" runs on every reopen. Run now (n)
+            # still works through a daemon started on the demo's config.
+            return run_console(Engine(demo.config()), notice=demo.note or None,
+                               run_scheduler=False)
         finally:
             demo.stop()
             print(f"The demo sandbox is in {demo.root}{_stopped(demo)}\n"

@@ -132,6 +132,10 @@ class Scheduler:
 
         self.lock.acquire()
         cat = self.engine.catalog  # the state dir must be usable before anything runs
+        gone = cat.mark_interrupted()
+        if gone:
+            _warn("jobs left running by a process that ended were marked interrupted",
+                  count=gone)
         self._aps = BackgroundScheduler(timezone=self.tz, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
         for kind in KINDS:
@@ -316,6 +320,11 @@ class Scheduler:
                 out.append(f"{len(r.problems)} problem(s)")
         return "; ".join(out)
 
+    def running(self) -> list[str]:
+        """Targets of the jobs this scheduler is running now."""
+        with self._running_guard:
+            return list(self._running)
+
     def next_run_times(self) -> dict[str, datetime | None]:
         if self._aps is None:
             return {}
@@ -381,9 +390,6 @@ def run_daemon(engine) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    interrupted = engine.catalog.mark_interrupted()
-    if interrupted:
-        _warn("jobs left running by an earlier process marked interrupted", count=interrupted)
     sched = Scheduler(engine).start()
     server = serve_http(engine, engine.config.metrics["listen"]) \
         if engine.config.metrics["listen"] else None
