@@ -851,7 +851,8 @@ def test_run_demo_stops_the_servers_even_on_ctrl_c(demo_root, monkeypatch, capsy
         servers.append(self)
         return launch(self)
 
-    def interrupted(engine, notice=None):
+    def interrupted(engine, notice=None, run_scheduler=True):
+        assert run_scheduler is False  # the demo runs no schedule of its own
         assert len(engine.config.databases) == 1
         seen.append(server_running(demo_cluster(demo_root)))
         seen.append(s3_answers(servers[-1]))
