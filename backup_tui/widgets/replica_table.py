@@ -15,8 +15,9 @@ from datetime import datetime
 
 from rich.text import Text
 from textual.content import Content
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
+from backup_tui.widgets.detail import StatusDetail
 from backup_tui.widgets.snapshot_table import local_time
 from engine.facade import human_bytes
 
@@ -142,25 +143,5 @@ def describe_replica(state: dict, endpoint: str = "") -> Content:
     return Content("\n").join(lines)
 
 
-class ReplicaDetail(Static):
+class ReplicaDetail(StatusDetail):
     """One replica in full under the table, after a status line (say, "measuring the lag")."""
-
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__("", id=id, classes=classes)
-        self.status = ""
-        self._body: Content = Content("")
-
-    @property
-    def text(self) -> str:
-        """What the line shows, as plain text."""
-        visual = self.visual
-        return visual.plain if isinstance(visual, Content) else str(visual)
-
-    def show(self, body: Content | None = None, status: str | None = None) -> None:
-        """Replace the replica shown, the status line, or both."""
-        if body is not None:
-            self._body = body
-        if status is not None:
-            self.status = status
-        head = [Content.styled(self.status, "italic $foreground-muted")] if self.status else []
-        self.update(Content("\n").join([*head, self._body]))

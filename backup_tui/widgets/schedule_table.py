@@ -14,8 +14,9 @@ from datetime import datetime
 
 from rich.text import Text
 from textual.content import Content
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
+from backup_tui.widgets.detail import StatusDetail
 from backup_tui.widgets.snapshot_table import local_time
 
 TIME_FORMAT = "%m-%d %H:%M"
@@ -142,25 +143,5 @@ def describe_schedule(s: dict) -> Content:
     return Content("\n").join(lines)
 
 
-class ScheduleDetail(Static):
+class ScheduleDetail(StatusDetail):
     """One schedule in full under the table, after a status line (how run now will go)."""
-
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__("", id=id, classes=classes)
-        self.status = ""
-        self._body: Content = Content("")
-
-    @property
-    def text(self) -> str:
-        """What the detail shows, as plain text."""
-        visual = self.visual
-        return visual.plain if isinstance(visual, Content) else str(visual)
-
-    def show(self, body: Content | None = None, status: str | None = None) -> None:
-        """Replace the schedule shown, the status line, or both."""
-        if body is not None:
-            self._body = body
-        if status is not None:
-            self.status = status
-        head = [Content.styled(self.status, "italic $foreground-muted")] if self.status else []
-        self.update(Content("\n").join([*head, self._body]))
