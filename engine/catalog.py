@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.events import Event
+from engine.repo.locks import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -94,18 +95,6 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """
 
 PROGRESS_INTERVAL = 0.25
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True  # seconds between stored progress rows of one job
 
 
 class Catalog:
@@ -303,7 +292,7 @@ class Catalog:
         """Jobs left 'running' by a process that is gone (killed) become 'interrupted'."""
         with self._conn() as db:
             rows = db.execute("SELECT id, pid FROM jobs WHERE state='running'").fetchall()
-            gone = [r["id"] for r in rows if not _alive(r["pid"])]
+            gone = [r["id"] for r in rows if not r["pid"] or not pid_alive(int(r["pid"]))]
             for jid in gone:
                 db.execute("UPDATE jobs SET state='interrupted', ended=?, error=? WHERE id=?",
                            (time.time(), "the process running it ended", jid))

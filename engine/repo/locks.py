@@ -24,7 +24,7 @@ STALE = 30 * 60
 REFRESH = 5 * 60
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +66,7 @@ class RepoLock:
             except (NotFound, ValueError):
                 continue
             stale = time.time() - float(rec.get("time", 0)) > STALE or (
-                rec.get("host") == host and not _pid_alive(int(rec.get("pid", 0)))
+                rec.get("host") == host and not pid_alive(int(rec.get("pid", 0)))
             )
             if stale:
                 self.backend.delete(info.name)

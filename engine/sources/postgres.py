@@ -48,6 +48,14 @@ def _exit_reason(rc: int) -> str:
     return f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
 
 
+def _check_exit(t: PgTarget, rc: int, err) -> None:
+    if rc != 0:
+        raise EngineError(
+            f"database {t.name!r}: pg_dump {_exit_reason(rc)}; no snapshot was written. "
+            f"{_stderr_tail(err)}"
+        )
+
+
 def dump_globals(t: PgTarget, server_major: int) -> tuple[bytes, list[str]]:
     """roles and tablespaces as SQL; role passwords omitted when we may not read them."""
     tool, _ = find_tool("pg_dumpall", server_major)
@@ -105,11 +113,7 @@ def dump_database(
             proc.kill()
             proc.wait()
             raise
-        if rc != 0:
-            raise EngineError(
-                f"database {t.name!r}: pg_dump {_exit_reason(rc)}; no snapshot was written. "
-                f"{_stderr_tail(err)}"
-            )
+        _check_exit(t, rc, err)
     if total == 0:
         raise EngineError(f"database {t.name!r}: pg_dump wrote nothing; no snapshot was written")
     duration = time.monotonic() - start
@@ -229,11 +233,7 @@ def dump_database_directory(
                 proc.kill()
                 proc.wait()
                 raise
-            if rc != 0:
-                raise EngineError(
-                    f"database {t.name!r}: pg_dump {_exit_reason(rc)}; no snapshot was "
-                    f"written. {_stderr_tail(err)}"
-                )
+            _check_exit(t, rc, err)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
     if "toc.dat" not in taken:
