@@ -40,27 +40,26 @@ def pack_name(pack_id: str) -> str:
 
 
 class PackBuilder:
-    """Accumulates sealed blobs in one growing buffer until the pack is full (no second
-    copy of the pack is made to finish it)."""
+    """Accumulates sealed blobs in memory until the pack is full."""
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.parts: list[bytes] = []
         self.entries: list[BlobEntry] = []
-
-    @property
-    def size(self) -> int:
-        return len(self.buf)
+        self.size = 0
 
     def add(self, blob_type: str, blob_id: str, sealed: bytes, raw_length: int) -> None:
-        self.entries.append(BlobEntry(blob_type, blob_id, len(self.buf), len(sealed), raw_length))
-        self.buf += sealed
+        self.entries.append(BlobEntry(blob_type, blob_id, self.size, len(sealed), raw_length))
+        self.parts.append(sealed)
+        self.size += len(sealed)
 
-    def finish(self, keys: Keys) -> tuple[str, bytearray]:
+    def finish(self, keys: Keys) -> tuple[str, bytes]:
         header = json.dumps([e.as_list() for e in self.entries], separators=(",", ":"))
         sealed_header = keys.seal(codec.encode(header.encode(), 3))
-        self.buf += sealed_header
-        self.buf += struct.pack("<I", len(sealed_header))
-        data, self.buf = self.buf, bytearray()
+        self.parts.append(sealed_header)
+        self.parts.append(struct.pack("<I", len(sealed_header)))
+        # one copy at the end (growing a bytearray instead re-copies it many times)
+        data = b"".join(self.parts)
+        self.parts = []
         return hashlib.sha256(data).hexdigest(), data
 
 
