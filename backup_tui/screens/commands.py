@@ -24,6 +24,25 @@ _HELP = {"files": "Back up {} into the repository", "db": "pg_dump {} into the r
 REPLICATE = "Replicate now"
 
 
+class _ListedCommands(Provider):
+    """A provider over a list of (text, callback, help): discovery shows them all, search
+    matches their text. Subclasses give ``_commands``."""
+
+    def _commands(self) -> Iterator[tuple[str, Callable[[], object], str]]:
+        raise NotImplementedError
+
+    async def discover(self) -> Hits:
+        for text, command, help_text in self._commands():
+            yield DiscoveryHit(text, command, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for text, command, help_text in self._commands():
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), command, text=text, help=help_text)
+
+
 @runtime_checkable
 class JobHost(Protocol):
     """A screen that can start a backup or a replication (the inventory)."""
@@ -39,7 +58,7 @@ class JobHost(Protocol):
     read_only: bool
 
 
-class JobCommands(Provider):
+class JobCommands(_ListedCommands):
     """One command per configured source, and "Replicate now", while a ``JobHost`` is active."""
 
     def _commands(self) -> Iterator[tuple[str, Callable[[], None], str]]:
@@ -56,17 +75,6 @@ class JobCommands(Provider):
         if names:
             yield (REPLICATE, host.start_replication,
                    f"Copy what each S3 replica lacks: {', '.join(names)}")
-
-    async def discover(self) -> Hits:
-        for text, command, help_text in self._commands():
-            yield DiscoveryHit(text, command, help=help_text)
-
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        for text, command, help_text in self._commands():
-            score = matcher.match(text)
-            if score > 0:
-                yield Hit(score, matcher.highlight(text), command, text=text, help=help_text)
 
 
 @runtime_checkable
@@ -92,7 +100,7 @@ SCREENS = (  # mode, text, help
 )
 
 
-class ConsoleCommands(Provider):
+class ConsoleCommands(_ListedCommands):
     """The screens, and run now / pause / resume for each schedule (admins only)."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -125,14 +133,3 @@ class ConsoleCommands(Provider):
             else:
                 yield (f"Pause: {kind}", partial(host.set_paused, kind, True),
                        f"Skip the scheduled runs of {kind} until resumed")
-
-    async def discover(self) -> Hits:
-        for text, command, help_text in self._commands():
-            yield DiscoveryHit(text, command, help=help_text)
-
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        for text, command, help_text in self._commands():
-            score = matcher.match(text)
-            if score > 0:
-                yield Hit(score, matcher.highlight(text), command, text=text, help=help_text)
