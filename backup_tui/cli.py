@@ -246,6 +246,9 @@ def cmd_list(args, engine: Engine) -> int:
     if args.replica:
         engine = engine.for_replica(args.replica)
     infos = engine.snapshots(source=args.source, kind=args.kind)
+    for sid, err in engine.repo().snapshot_errors.items():  # never silently left out
+        sys.stderr.write(f"backup-tui: warning: snapshot {sid[:12]} cannot be read and is not "
+                         f"listed ({err}); run 'backup-tui verify'\n")
     if args.json:
         out_json([i.as_json() for i in infos])
         return 0

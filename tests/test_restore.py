@@ -524,3 +524,22 @@ def test_dump_into_a_closed_pipe(sandbox):
     err = dump.stderr.read()
     assert dump.wait(timeout=60) == 1
     assert len(head) == 100 and b"Traceback" not in err
+
+
+def test_restoring_an_incomplete_snapshot_warns(sandbox, engine, tmp_path, monkeypatch):
+    # One reader, no listing ahead: files are read in name order, so deleting z_file while
+    # a_big is being read makes it vanish after it was listed (an incomplete snapshot).
+    monkeypatch.setattr("engine.sources.files.READERS", 1)
+    monkeypatch.setattr("engine.sources.files.LISTERS", 0)
+    big = sandbox.src / "a_big"
+    big.write_bytes(os.urandom(12 << 20))
+    (sandbox.src / "z_file").write_text("z")
+
+    def on_event(ev):
+        if ev.message == str(big) and (sandbox.src / "z_file").exists():
+            (sandbox.src / "z_file").unlink()
+
+    res = engine.backup_files("src", on_event)
+    assert not res.complete
+    result = engine.restore_files(engine.plan_restore_files(res.id, str(tmp_path / "out")))
+    assert "is incomplete: 1 path(s)" in result.warnings[0]

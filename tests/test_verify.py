@@ -240,3 +240,18 @@ def test_unreadable_pack(world, tmp_path):
     assert proc.returncode == 1
     assert info["pack"].encode() in proc.stderr and b"Permission denied" in proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+def test_list_names_an_unreadable_snapshot_instead_of_hiding_it(sandbox, engine):
+    (sandbox.src / "a").write_text("a")
+    good = engine.backup_files("src").id
+    (sandbox.src / "b").write_text("b")
+    bad = engine.backup_files("src").id
+    path = sandbox.repo / "snapshots" / bad
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    proc = sandbox.cli("list", "--json")
+    assert proc.returncode == 0
+    assert [s["id"] for s in __import__("json").loads(proc.stdout)] == [good]
+    assert bad[:12].encode() in proc.stderr and b"verify" in proc.stderr

@@ -289,5 +289,9 @@ def execute_restore(
         r.run()
     except OSError as e:
         raise EngineError(f"restore into {plan.target} failed: {e}") from None
+    if plan.snapshot.get("incomplete"):
+        r.warnings.insert(0, f"snapshot {plan.snapshot['id'][:8]} is incomplete: "
+                             f"{plan.snapshot.get('errors_total', 0)} path(s) could not be backed "
+                             "up then and are not restored (see 'backup-tui show')")
     return RestoreResult(plan.snapshot["id"], str(plan.target), r.files_done, r.bytes_done,
                          r.warnings)
