@@ -29,9 +29,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
-from textual.widgets import DataTable, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
 
 from backup_tui.widgets.job_panel import ESTIMATED_PHASES
+from backup_tui.widgets.keyed_table import KeyedTable
 from backup_tui.widgets.snapshot_table import local_time
 from engine.facade import human_bytes
 
@@ -151,7 +152,7 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-class JobTable(DataTable):
+class JobTable(KeyedTable):
     """Jobs as rows, newest first; the row key is the job id."""
 
     COLUMNS = (
@@ -173,17 +174,11 @@ class JobTable(DataTable):
         self._order: list[str] = []
         self._cells_shown: dict[str, tuple[Text, ...]] = {}
 
-    def on_mount(self) -> None:
-        for key, label in self.COLUMNS:
-            self.add_column(Text(label, justify="right" if key in self.RIGHT else "left"), key=key)
 
     @property
     def selected(self) -> dict | None:
         """The job under the cursor, if any."""
-        if not self.row_count:
-            return None
-        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        return self.jobs.get(row_key.value or "")
+        return self.jobs.get(self.cursor_key or "")
 
     def show(self, jobs: list[dict], now: float) -> None:
         """Show ``jobs`` (newest first). The cursor stays on its job, or on the top row when it

@@ -15,9 +15,9 @@ from datetime import datetime
 
 from rich.text import Text
 from textual.content import Content
-from textual.widgets import DataTable
 
 from backup_tui.widgets.detail import StatusDetail
+from backup_tui.widgets.keyed_table import KeyedTable
 from backup_tui.widgets.snapshot_table import local_time
 from engine.facade import human_bytes
 
@@ -54,7 +54,7 @@ def _cut(text: str, width: int = ERROR_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-class ReplicaTable(DataTable):
+class ReplicaTable(KeyedTable):
     """Replicas as rows; the row key is the replica name."""
 
     COLUMNS = (  # two-line headers keep the narrow number columns narrow
@@ -74,17 +74,11 @@ class ReplicaTable(DataTable):
                          header_height=2)
         self.states: dict[str, dict] = {}  # the rows shown, by replica name
 
-    def on_mount(self) -> None:
-        for key, label in self.COLUMNS:
-            self.add_column(Text(label, justify="right" if key in self.RIGHT else "left"), key=key)
 
     @property
     def selected(self) -> dict | None:
         """The state of the replica under the cursor, if any."""
-        if not self.row_count:
-            return None
-        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        return self.states.get(row_key.value or "")
+        return self.states.get(self.cursor_key or "")
 
     def show(self, states: list[dict]) -> None:
         """Replace the rows (in configuration order), keeping the cursor on the same replica."""

@@ -14,9 +14,9 @@ from datetime import datetime
 
 from rich.text import Text
 from textual.content import Content
-from textual.widgets import DataTable
 
 from backup_tui.widgets.detail import StatusDetail
+from backup_tui.widgets.keyed_table import KeyedTable
 from backup_tui.widgets.snapshot_table import local_time
 
 TIME_FORMAT = "%m-%d %H:%M"
@@ -55,7 +55,7 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-class ScheduleTable(DataTable):
+class ScheduleTable(KeyedTable):
     """Schedules as rows; the row key is the schedule kind."""
 
     COLUMNS = (
@@ -73,17 +73,11 @@ class ScheduleTable(DataTable):
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
         self.schedules: dict[str, dict] = {}  # the rows shown, by kind
 
-    def on_mount(self) -> None:
-        for key, label in self.COLUMNS:
-            self.add_column(Text(label), key=key)
 
     @property
     def selected(self) -> dict | None:
         """The schedule under the cursor, if any."""
-        if not self.row_count:
-            return None
-        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        return self.schedules.get(row_key.value or "")
+        return self.schedules.get(self.cursor_key or "")
 
     def show(self, schedules: list[dict]) -> None:
         """Show ``schedules``; rows already there are updated in place (the cursor stays)."""

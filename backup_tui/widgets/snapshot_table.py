@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.text import Text
-from textual.widgets import DataTable
 
+from backup_tui.widgets.keyed_table import KeyedTable
 from engine.facade import SnapshotInfo, human_bytes
 
 TIME_FORMAT = "%Y-%m-%d %H:%M"
@@ -24,7 +24,7 @@ def local_time(moment: datetime, fmt: str = TIME_FORMAT) -> str:
     return moment.astimezone().strftime(fmt)
 
 
-class SnapshotTable(DataTable):
+class SnapshotTable(KeyedTable):
     """Snapshots as rows; the row key is the snapshot id."""
 
     COLUMNS = (
@@ -35,6 +35,7 @@ class SnapshotTable(DataTable):
         ("added", "Added"),
         ("status", "Status"),
     )
+    RIGHT = ("size", "added")
 
     def __init__(self, replicas: tuple[str, ...] = (), *, id: str | None = None,
                  classes: str | None = None) -> None:
@@ -42,20 +43,14 @@ class SnapshotTable(DataTable):
         self.replicas = replicas  # names of the configured replicas, one column each
         self.infos: dict[str, SnapshotInfo] = {}  # the rows shown, by snapshot id
 
-    def on_mount(self) -> None:
-        for key, label in self.COLUMNS:
-            justify = "right" if key in ("size", "added") else "left"
-            self.add_column(Text(label, justify=justify), key=key)
+    def more_columns(self) -> None:
         for name in self.replicas:
             self.add_column(Text(name, justify="center"), key=REPLICA_KEY + name)
 
     @property
     def selected_id(self) -> str | None:
         """The snapshot id under the cursor, if any."""
-        if not self.row_count:
-            return None
-        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        return row_key.value
+        return self.cursor_key
 
     def show(self, snapshots: list[SnapshotInfo], select: str | None = None) -> None:
         """Replace the rows (newest first) and put the cursor on ``select`` or the newest."""
