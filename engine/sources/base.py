@@ -1,0 +1,163 @@
+"""The source interface: what every kind of thing we back up provides.
+
+A *source* is one configured thing to back up (a ``[[fileset]]``, a
+``[[database]]``); its *kind* is the word its snapshots carry (``files``,
+``db``). Each kind is one class here in ``engine/sources/``, registered in
+``engine/sources/registry.py``; nothing else in the engine or the console
+branches on a kind, so a new kind touches this folder and the registry only.
+See docs/ARCHITECTURE.md for where this sits.
+
+The backup side is an instance method: the generic skeleton in
+``engine/ops/backup.py`` takes the locks, finds the parent snapshot, opens the
+repository writer, calls ``Source.backup`` with a ``BackupContext``, commits,
+and writes the snapshot record from the ``BackupOutput`` it gets back.
+
+The restore side is on the class, because a snapshot can be restored when its
+source is no longer configured (files) or needs the config only to find a
+server (databases): ``plan_restore`` validates and returns a plan a wizard can
+show; ``restore`` executes it. ``verify_snapshot`` adds checks of the kind's
+own (a database archive's table of contents, say) to ``verify``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from engine.events import CancelToken, EventCallback
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.repo.repository import BlobWriter, Repository
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A configured source as screens, the CLI and status reports show it."""
+
+    kind: str  # the snapshot kind: "files", "db"
+    name: str
+    label: str  # what one is called: "fileset", "database"
+    description: str  # one line: the paths, or where the connection goes
+    schedule: str  # the [schedule] key whose runs back it up
+    details: tuple[tuple[str, str], ...] = ()  # further (label, value) lines for a detail pane
+
+    @property
+    def target(self) -> str:
+        """The job target of its backups: ``kind:name``."""
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def title(self) -> str:
+        """``fileset uploads``, ``database app``."""
+        return f"{self.label} {self.name}"
+
+    def as_json(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "label": self.label,
+                "description": self.description, "schedule": self.schedule,
+                "details": dict(self.details)}
+
+
+@dataclass
+class BackupContext:
+    """What the backup skeleton hands a source."""
+
+    repo: Repository
+    writer: BlobWriter
+    parent: dict | None  # the newest snapshot of this source, if any (already checked usable)
+    job_id: str
+    on_event: EventCallback
+    cancel: CancelToken
+    scratch: Path  # a private folder for what must touch disk (directory-format dumps)
+
+
+@dataclass
+class BackupOutput:
+    """What a source's backup returns; the skeleton turns it into the snapshot record."""
+
+    fields: dict[str, Any]  # the kind's own snapshot fields: tree or stream, paths, facts
+    size: int  # bytes of the source
+    stats: dict[str, int] = field(default_factory=dict)  # files, dirs, bytes_read, ...
+    errors: list[dict] = field(default_factory=list)  # entries not read: snapshot incomplete
+    warnings: list[str] = field(default_factory=list)
+    items: int = 0  # files (or other items) backed up, for progress and the result
+
+
+class RestorePlan(Protocol):
+    """A plan any kind's ``plan_restore`` returns: shown before anything is written."""
+
+    snapshot: dict
+
+    def summary(self) -> dict: ...
+
+    @property
+    def target_label(self) -> str: ...
+
+
+class Source:
+    """One configured source of one kind. Subclasses set the class variables."""
+
+    kind: ClassVar[str]  # the snapshot kind
+    section: ClassVar[str]  # the config array: [[fileset]], [[database]]
+    label: ClassVar[str]  # what a screen calls one
+    schedule: ClassVar[str]  # the [schedule] key that backs up every source of this kind
+    schedule_text: ClassVar[str]  # what that schedule does, for the schedule screen
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # ------------------------------------------------------------ describe
+    def description(self) -> str:
+        raise NotImplementedError
+
+    def details(self) -> Mapping[str, str]:
+        """Further facts for status and detail panes (no secrets); must not block long."""
+        return {}
+
+    def info(self) -> SourceInfo:
+        return SourceInfo(self.kind, self.name, self.label, self.description(), self.schedule,
+                          tuple(self.details().items()))
+
+    @property
+    def max_age_hours(self) -> int:
+        """This source's own health limit; 0: the [health] default."""
+        return int(self.config.max_age_hours)
+
+    @property
+    def retention(self) -> dict[str, int]:
+        """This source's retention keys over [retention]."""
+        return dict(self.config.retention)
+
+    # ------------------------------------------------------------- backup
+    def check(self) -> None:
+        """Fail early (EngineError) when the source cannot be backed up at all."""
+
+    def usable_parent(self, parent: dict) -> bool:
+        """Whether the newest snapshot can serve as this backup's parent."""
+        return True
+
+    def backup(self, ctx: BackupContext) -> BackupOutput:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ restore
+    @classmethod
+    def plan_restore(cls, config: Config, repo: Repository, snap: dict,
+                     **options: Any) -> RestorePlan:
+        raise NotImplementedError
+
+    @classmethod
+    def restore(cls, config: Config, repo: Repository, plan: Any, job_id: str,
+                on_event: EventCallback, cancel: CancelToken | None) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- verify
+    @classmethod
+    def verify_snapshot(cls, repo: Repository, snap: dict) -> list[str]:
+        """Checks of the kind's own on a snapshot whose blobs are all present; problems."""
+        return []
