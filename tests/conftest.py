@@ -1,6 +1,6 @@
 """Shared pytest fixtures for the backup-tui test-suite.
 
-Real services only, on loopback (see tests/harness/ and DESIGN.md section 10):
+Real services only, on loopback, from engine/sandbox/ (DESIGN.md section 10):
 
 * ``pg_cluster`` (session) -- a throwaway PostgreSQL cluster on a free port;
 * ``s3_server``  (session) -- a moto_server S3 endpoint with buckets in
@@ -16,17 +16,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from harness import BucketPair, PgCluster, S3Server
+
+from engine.sandbox import BucketPair, PgCluster, S3Server, loopback_aws_env
 
 # Only loopback is ever contacted: no AWS instance-metadata look-ups, no profiles
 # or credentials of the machine; S3 tests get dummy credentials for moto_server.
-os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-os.environ["AWS_CONFIG_FILE"] = os.devnull
-os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
-for _var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-    os.environ.pop(_var, None)
-os.environ["AWS_ACCESS_KEY_ID"] = "testing"
-os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+loopback_aws_env(os.environ)
 
 # --- services -------------------------------------------------------------------
 
@@ -44,7 +39,7 @@ def pg_cluster() -> Iterator[PgCluster]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """A moto_server S3 endpoint for the whole session, terminated after."""
-    server = S3Server.start()
+    server = S3Server.create()
     try:
         yield server
     finally:

@@ -350,7 +350,7 @@ def test_health_reports_reasons_and_exit_codes(sandbox):
 
 
 def test_health_and_metrics_over_http(sandbox, tmp_path):
-    from harness.net import free_port
+    from engine.sandbox import free_port
 
     port = free_port()
     sandbox.extra = schedule_toml() + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'

@@ -179,7 +179,7 @@ def test_restore_by_time_picks_newest_before(db_sandbox, pg_cluster):
     ],
 )
 def test_connection_failures_are_clear(sandbox, pg_cluster, dsn_kind, expect):
-    from harness.net import free_port
+    from engine.sandbox import free_port
 
     dsn = {
         "wrong_port": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",

@@ -9,10 +9,10 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness.proxy import FaultProxy
 
 from engine.errors import EngineError, NotFound
 from engine.ops.replicate import replicate_one
+from engine.sandbox import FaultProxy
 from engine.storage.s3 import S3Backend, S3Error
 
 

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from harness import free_port
 from textual.pilot import Pilot
 from textual.widgets import Input, ProgressBar
 from textual.worker import WorkerCancelled
@@ -42,6 +41,7 @@ from engine.errors import EngineError
 from engine.facade import Engine, SnapshotInfo
 from engine.ops.backup import BackupResult
 from engine.ops.replicate import ReplicaResult
+from engine.sandbox import free_port
 
 SIZE = (110, 30)
 LOOK_SIZE = (124, 32)  # wide enough for two replica columns beside the detail pane

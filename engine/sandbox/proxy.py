@@ -1,4 +1,6 @@
-"""A TCP proxy on loopback that misbehaves on request, for S3 fault tests.
+"""A TCP proxy on loopback that misbehaves on request: how the S3 fault tests make a
+replica that drops connections, denies access or goes away and comes back,
+without touching the S3 server or the engine.
 
 ``FaultProxy(target_port)`` forwards ``127.0.0.1:<port>`` to the target. Faults:
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from harness.net import LOOPBACK, free_port
+from engine.sandbox.common import LOOPBACK, free_port
 
 DENY = (
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
@@ -25,6 +27,8 @@ DENY = (
 
 
 class FaultProxy:
+    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target_port``, with the faults above."""
+
     def __init__(self, target_port: int, drop_every: int = 0, deny: bool = False):
         self.target_port = target_port
         self.port = free_port()
