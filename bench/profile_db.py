@@ -63,30 +63,27 @@ def main() -> int:
         raise SystemExit("py-spy missing: .venv/bin/pip install py-spy")
 
     sys.path.insert(0, str(bl.ROOT))
-    from engine.pgcluster import ScratchCluster
+    from engine.sandbox import PgCluster, make_dirs
 
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    for d in (work, work.parent):
-        os.chmod(d, 0o755)
+    make_dirs(work)  # 0755: the postgres OS user reaches the cluster's folder in it
     env, ours_cmd, label = bl.export_code(args.code, work)
-    cluster = ScratchCluster(work / "pg").init().start()
+    cluster = PgCluster(work / "pg").init().start()
     try:
         cluster.psql("ALTER SYSTEM SET shared_buffers = '256MB'; ALTER SYSTEM SET "
                      "max_wal_size = '4GB'; ALTER SYSTEM SET autovacuum = off;")
-        cluster.stop()
-        cluster.start()
-        pgenv = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
+        cluster.restart()
+        pgenv = cluster.client_environ()
         db = args.db
         cluster.psql(f"CREATE DATABASE {db}")
         if db == "pgbench":
-            gen_db.gen_pgbench(str(cluster.bin / "pgbench"), pgenv, db, args.scale)
+            gen_db.gen_pgbench(str(cluster.bin_dir / "pgbench"), pgenv, db, args.scale)
         else:
             gen_db.gen_app(cluster.psql, db, args.mib)
         cluster.psql("VACUUM ANALYZE", db)
         size = int(cluster.psql(f"SELECT pg_database_size('{db}')").strip())
-        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        postmaster = cluster.postmaster_pid()
         repo = work / "repo"
         (work / "state").mkdir()
         (work / "pw").write_text("bench-password\n")
@@ -117,7 +114,7 @@ def main() -> int:
             return wall, cpu, bl.proc_cpu(postmaster) - s0
 
         lines = [f"{db}: {size / 2**20:,.0f} MiB; code {label}; format {args.format}", ""]
-        pg_dump = str(cluster.bin / "pg_dump")
+        pg_dump = str(cluster.bin_dir / "pg_dump")
         if args.phase == "backup":
             for name, cmd, kw in (
                 ("pg_dump -Fc -Z0 > /dev/null", [pg_dump, "-Fc", "-Z0", db],

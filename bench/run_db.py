@@ -8,7 +8,7 @@ cache can be dropped and the scratch server runs as the ``postgres`` user)::
     .venv/bin/python bench/run_db.py --scale 4 --app-mib 64 --no-results   # smoke (~2 min)
 
 Two databases side by side in one run, on a throwaway PostgreSQL cluster of
-its own (``engine.pgcluster.ScratchCluster`` on a free loopback port, with
+its own (``engine.sandbox.PgCluster`` on a free loopback port, with
 shared_buffers=256MB, max_wal_size=4GB, autovacuum off; never the system
 server), destroyed at the end:
 
@@ -97,17 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}")
 
-    sys.path.insert(0, str(ROOT))  # engine.pgcluster for the scratch server (not measured)
-    from engine.pgcluster import ScratchCluster
+    sys.path.insert(0, str(ROOT))  # engine.sandbox for the scratch server (not measured)
+    from engine.sandbox import PgCluster, make_dirs
 
     work: Path = args.work.resolve()
     if shutil.disk_usage(work.parent if work.parent.exists() else HERE).free < 12 * 2**30:
         raise SystemExit("bench: needs about 12 GiB free")
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    # the server runs as the postgres user: every parent must be traversable
-    for d in (work, work.parent):
-        os.chmod(d, 0o755)
+    # the server runs as the postgres user under root: folders made here are 0755 (the
+    # cluster says so, should one above them not let that user through)
+    make_dirs(work)
     time_bin = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
     cache = bl.Cache(not args.no_drop_caches)
     runner = bl.Runner(work, cache, time_bin, args.quiet_wait)
@@ -116,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     t_start = time.monotonic()
 
-    cluster = ScratchCluster(work / "pg")
-    bl.log(f"initdb in {cluster.base}, port {cluster.port}")
+    cluster = PgCluster(work / "pg")
+    bl.log(f"initdb in {cluster.base_dir}")
     cluster.init().start()
+    bl.log(f"server on port {cluster.port}")
     try:
         return run(args, variants, work, cluster, runner, cache, ours_env, ours_cmd, info,
                    started, t_start)
@@ -135,21 +135,20 @@ def run(args, variants, work, cluster, runner, cache, ours_env, ours_cmd, info, 
         t_start) -> int:
     settings = {"shared_buffers": "256MB", "max_wal_size": "4GB", "autovacuum": "off"}
     cluster.psql("".join(f"ALTER SYSTEM SET {k} = '{v}';" for k, v in settings.items()))
-    cluster.stop()
-    cluster.start()
+    cluster.restart()
     server_version = cluster.psql("SHOW server_version").strip()
     info["postgresql"] = (
-        f"{server_version}, scratch cluster on 127.0.0.1:{cluster.port} (fsync=off as "
-        "ScratchCluster starts it; " + ", ".join(f"{k}={v}" for k, v in settings.items())
-        + "; other settings default)"
+        f"{server_version}, scratch cluster on 127.0.0.1:{cluster.port} (locale C, fsync=off, "
+        "max_connections=50 as engine.sandbox.PgCluster sets it up; "
+        + ", ".join(f"{k}={v}" for k, v in settings.items()) + "; other settings default)"
     )
-    pgbin = cluster.bin
-    pgenv = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
+    pgbin = cluster.bin_dir
+    pgenv = cluster.client_environ()
 
     def checkpoint() -> None:
         cluster.psql("CHECKPOINT")
 
-    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    postmaster = cluster.postmaster_pid()
 
     def timed(label: str, cmd: list[str], env: dict) -> dict:
         # the server's backends work for the command: their CPU is not "other load"

@@ -6,8 +6,8 @@ Run from the repository root with the project's venv (moto[server] installed in 
     .venv/bin/python bench/run_s3.py                     # 1 GiB tree: ~3 minutes
     .venv/bin/python bench/run_s3.py --size-mib 128 --no-results   # smoke run
 
-Steps, all against one ``moto_server`` started on a free 127.0.0.1 port for the
-run (in-memory S3; it is stopped at the end):
+Steps, all against one ``moto_server`` (``engine.sandbox.S3Server``) on a free
+127.0.0.1 port for the run (in-memory S3; it is stopped at the end):
 
 1. bench/gen_tree.py writes the 1 GiB tree, ``backup-tui backup files`` stores
    it in a local repository (not timed: bench/run.py measures that).
@@ -42,7 +42,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -52,13 +51,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 HERE = Path(__file__).resolve().parent
 CLASSES = ("keys/", "data/", "index/", "snapshots/", "pins/", "wal/")
-CREDS = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-}
+AWS_KEY = "bench"  # the dummy access key and secret of the measured commands
 REGION = "us-east-1"
 THROUGHPUT_TARGET = 0.8
 MB = 1_000_000
@@ -128,34 +121,17 @@ def cmd_driver(a) -> int:
 
 
 class Moto:
-    def __init__(self, python: str, log: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._logf = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **CREDS, "PYTHONUNBUFFERED": "1"}, cwd=str(log.parent),
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"moto_server exited: {log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("moto_server did not start in 30 s")
-        import boto3
+    """The sandbox's moto_server (``engine.sandbox.S3Server``), and what this benchmark
+    reads of it: its CPU time, peak RSS and the requests in its log."""
 
-        self.client = boto3.client("s3", endpoint_url=self.url, region_name=REGION,
-                                   aws_access_key_id="bench", aws_secret_access_key="bench")
+    def __init__(self, log: Path):
+        sys.path.insert(0, str(HERE.parent))  # engine.sandbox (not measured)
+        from engine.sandbox import S3Server
+
+        self.server = S3Server(log_path=log, access_key=AWS_KEY, secret_key=AWS_KEY).start(30)
+        self.proc = self.server.proc
+        self.url = self.server.endpoint_url
+        self.log = log
         self.mark = 0
 
     def cpu(self) -> float:
@@ -170,16 +146,10 @@ class Moto:
         return 0.0
 
     def bucket(self, name: str) -> str:
-        self.client.create_bucket(Bucket=name)
-        return name
+        return self.server.make_bucket(name)
 
     def empty(self, name: str) -> None:
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=name):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                self.client.delete_objects(Bucket=name, Delete={"Objects": keys})
-        self.client.delete_bucket(Bucket=name)
+        self.server.remove_bucket(name)
 
     def requests_since_mark(self) -> dict:
         """Requests logged since the last call, by kind (and LIST by prefix)."""
@@ -213,14 +183,7 @@ class Moto:
         return {"kinds": dict(kinds), "lists": dict(lists), "total": sum(kinds.values())}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logf.close()
+        self.server.stop()
 
 
 # ------------------------------------------------------------------- main
@@ -296,7 +259,7 @@ def run(args, bl, work, runner, cache, ours_env, ours_cmd, info, started, t_star
     pw.chmod(0o600)
     repo = d / "repo"
     cfg = d / "config.toml"
-    moto = Moto(bl.PYTHON, work / "moto.log")
+    moto = Moto(work / "moto.log")
     bl.log(f"moto_server pid {moto.proc.pid} on {moto.url}")
     try:
         base_cfg = (
@@ -320,7 +283,9 @@ def run(args, bl, work, runner, cache, ours_env, ours_cmd, info, started, t_star
 
         set_bucket("bench-replica-1")
         ours = [*ours_cmd, "--config", str(cfg)]
-        env = {**ours_env, **CREDS}
+        from engine.sandbox import loopback_aws_env  # on sys.path since Moto()
+
+        env = loopback_aws_env(dict(ours_env), AWS_KEY, AWS_KEY)
         bl.sh([*ours, "init"], env=ours_env)
         bl.log("backup files (not timed)")
         b1 = json.loads(bl.sh([*ours, "backup", "files", "app", "--json"], env=ours_env))

@@ -141,8 +141,6 @@ class PgCluster:
         self.port = port
         self._port_fixed = bool(port)  # else start picks one (again, if it was taken)
         self._refused = False  # init refused base_dir: nothing in it is ours to remove
-        self._temporary = False  # base_dir is a temporary folder init made
-        self._at_exit = False
         self._destroyed = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -185,13 +183,14 @@ class PgCluster:
         """initdb in ``base_dir``, which must be new or empty (a temporary one if None)."""
         if self.base_dir is None:
             self.base_dir = reachable_tempdir("pgsandbox-")
-            self._temporary = True
+            # the last resort, should the process end without destroy(); a cluster in
+            # a caller's folder is the caller's to stop (bench --keep leaves it running)
+            atexit.register(self.destroy)
         elif self.base_dir.exists() and any(self.base_dir.iterdir()):
             self._refused = True
             raise PgError(f"{self.base_dir}: a new cluster needs a new or empty folder")
         else:
             make_dirs(self.base_dir)
-        self._register_at_exit()
         self.data_dir.mkdir(mode=0o700)
         self.socket_dir.mkdir(mode=0o755)
         self.log_path.touch()
@@ -215,22 +214,6 @@ class PgCluster:
         if subprocess.run(probe, capture_output=True, cwd="/").returncode != 0:
             raise PgError(f"OS user {self.os_owner!r} cannot reach {self.data_dir}: every "
                           "folder above it must let that user through (mode 0755 or so)")
-
-    def _register_at_exit(self) -> None:
-        """The last resort, should the process end without a stop: a temporary cluster
-        is destroyed, one in a caller's folder only stopped."""
-        if not self._at_exit:
-            self._at_exit = True
-            atexit.register(self._exit)
-
-    def _exit(self) -> None:
-        if self._temporary:
-            self.destroy()
-        else:
-            try:
-                self.stop()
-            except (PgError, OSError, subprocess.SubprocessError):
-                pass
 
     def running(self) -> bool:
         """Whether the postmaster of this data directory is alive."""
@@ -266,7 +249,6 @@ class PgCluster:
         another should someone take it meanwhile."""
         if self.running():
             return self
-        self._register_at_exit()
         attempts = 1 if self._port_fixed else 5
         for attempt in range(attempts):
             if not self._port_fixed:
