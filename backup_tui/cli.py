@@ -15,10 +15,12 @@ import sys
 import time
 from typing import Any
 
+from backup_tui.format import human_bytes
 from engine.config import find_config, load_config
 from engine.errors import EngineError, UsageError
 from engine.events import Event
-from engine.facade import BackupAllError, Engine, human_bytes
+from engine.facade import BackupAllError, Engine
+from engine.sources import registry
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -45,15 +47,15 @@ def build_parser() -> ArgParser:
 
     b = sub.add_parser("backup", help="back up a source")
     bsub = b.add_subparsers(dest="what", required=True, parser_class=ArgParser)
-    for kind in ("files", "db", "cluster"):
-        bp = bsub.add_parser(kind)
-        bp.add_argument("name")
+    for cls in registry.kinds():
+        bp = bsub.add_parser(cls.kind, help=f"back up one {cls.label}")
+        bp.add_argument("name", help=f"a [[{cls.section()}]] name")
         _json_flag(bp)
     _json_flag(bsub.add_parser("all"))
 
     ls = sub.add_parser("list", help="list snapshots")
     ls.add_argument("--source")
-    ls.add_argument("--kind", choices=["files", "db", "cluster"])
+    ls.add_argument("--kind", choices=[cls.kind for cls in registry.kinds()])
     ls.add_argument("--replica")
     _json_flag(ls)
 
@@ -110,7 +112,8 @@ def build_parser() -> ArgParser:
 
     r = sub.add_parser("restore", help="restore a snapshot")
     rsub = r.add_subparsers(dest="what", required=True, parser_class=ArgParser)
-    rf = rsub.add_parser("files")
+    rf = rsub.add_parser("files", help="restore a files snapshot into a directory")
+    rf.set_defaults(restore=_restore_files)
     rf.add_argument("snapshot")
     rf.add_argument("--target", required=True)
     rf.add_argument("--path", action="append", default=[])
@@ -118,7 +121,8 @@ def build_parser() -> ArgParser:
     rf.add_argument("--source")
     rf.add_argument("--replica")
     _json_flag(rf)
-    rd = rsub.add_parser("db")
+    rd = rsub.add_parser("db", help="restore a database snapshot into a database")
+    rd.set_defaults(restore=_restore_db)
     rd.add_argument("snapshot", nargs="?", help="snapshot (or --source NAME --at TIME)")
     rd.add_argument("--source")
     rd.add_argument("--at", help="ISO 8601 time: the newest backup taken at or before it")
@@ -212,11 +216,9 @@ def _print_backup(res, as_json: bool) -> None:
 def cmd_backup(args, engine: Engine) -> int:
     prog = TermProgress(sys.stderr.isatty() and not args.json)
     try:
-        if args.what == "files":
-            results = [engine.backup_files(args.name, prog)]
-        elif args.what == "db":
-            results = [engine.backup_db(args.name, prog)]
-        elif args.what == "all":
+        if args.what != "all":
+            results = [engine.backup(args.what, args.name, prog)]
+        else:
             try:
                 results = engine.backup_all(prog)
             except BackupAllError as e:
@@ -228,8 +230,6 @@ def cmd_backup(args, engine: Engine) -> int:
                 for f in e.failures:
                     sys.stderr.write(f"backup-tui: {f}\n")
                 return 1
-        else:
-            raise UsageError(f"backup {args.what} is not available yet in this version")
     finally:
         prog.close()
     replicated = True
@@ -323,15 +323,15 @@ def cmd_dump(args, engine: Engine) -> int:
 def cmd_restore(args, engine: Engine) -> int:
     if args.replica:
         engine = engine.for_replica(args.replica)
-    if args.what == "db":
-        return _restore_db(args, engine)
-    if args.what != "files":
-        raise UsageError(f"restore {args.what} is not available yet in this version")
+    return args.restore(args, engine)
+
+
+def _restore_files(args, engine: Engine) -> int:
     ref = engine.snapshot(args.snapshot, args.source)["id"]
-    plan = engine.plan_restore_files(ref, args.target, args.path, args.force)
+    plan = engine.plan_restore(ref, target=args.target, paths=args.path, force=args.force)
     prog = TermProgress(sys.stderr.isatty() and not args.json)
     try:
-        result = engine.restore_files(plan, prog)
+        result = engine.restore(plan, prog)
     finally:
         prog.close()
     if args.json:
@@ -359,11 +359,12 @@ def _restore_db(args, engine: Engine) -> int:
         snap = engine.snapshot(args.snapshot, args.source)
     else:
         raise UsageError("give a SNAPSHOT, or --source NAME --at TIME")
-    plan = engine.plan_restore_db(snap, args.target_db, args.replace, args.drop_old,
-                                  args.no_owner, args.with_globals)
+    plan = engine.plan_restore(snap, target_db=args.target_db, replace=args.replace,
+                               drop_old=args.drop_old, no_owner=args.no_owner,
+                               with_globals=args.with_globals)
     prog = TermProgress(sys.stderr.isatty() and not args.json)
     try:
-        result = engine.restore_db(plan, prog)
+        result = engine.restore(plan, prog)
     finally:
         prog.close()
     if args.json:
@@ -397,10 +398,8 @@ def cmd_status(args, engine: Engine) -> int:
     for s in st["sources"]:
         age = f"{s['age_hours']:.1f} h ago" if s["age_hours"] is not None else "never"
         line = f"  {s['kind']:5} {s['name']:20} last good backup {age} ({s['snapshots']} kept)"
-        conn = s.get("connection")
-        if conn:
-            line += (f"; connects to {conn['where']} from {conn['from']}" if "where" in conn
-                     else f"; {conn['error']}")
+        if s["details"]:
+            line += "; " + ", ".join(f"{k} {v}" for k, v in s["details"].items())
         print(line)
     for j in st["running"]:
         print(f"  running: {j['kind']} {j['target']} {j['phase']} {j['message'][:60]}")

@@ -1,146 +1,180 @@
-"""Configuration: the TOML contract of DESIGN.md section 11, loaded and validated.
+"""Configuration: the TOML contract (docs/ARCHITECTURE.md, config.example.toml), loaded and
+validated into typed, frozen objects.
 
-`load_config(path)` returns a frozen `Config` or raises `ConfigError` with one
-line naming the file and the key at fault. The schema below is the single
-source of truth for keys, types and defaults; `config.example.toml` documents it.
+`load_config(path)` returns a `Config` or raises `ConfigError` with one line naming
+the file and the key at fault. Each section is a frozen dataclass whose fields are
+the section's keys, with their types and defaults: the single source of truth for
+the schema. Source sections (``[[fileset]]``, ``[[database]]``) are declared by the
+source kinds themselves (``engine/sources/``) and found through the registry, so a
+new kind adds its section without touching this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.sources.base import Retention, SourceConfig
 
-REQUIRED = object()
-
-# section -> key -> (type or tuple of types, default or REQUIRED)
-_TABLES: dict[str, dict[str, tuple[Any, Any]]] = {
-    "repository": {
-        "path": (str, REQUIRED),
-        "password_file": (str, ""),
-        "compression": (str, "zstd:3"),
-    },
-    "state": {"dir": (str, "/var/lib/backup-tui/state")},
-    "schedule": {
-        "timezone": (str, "UTC"),
-        "database": (str, "0 2 * * *"),
-        "files": (str, "0 3 * * *"),
-        "cleanup": (str, "0 4 * * sun"),
-        "verify": (str, "0 */6 * * *"),
-        "replicate": (str, "*/5 * * * *"),
-        "drill": (str, "0 5 * * sat"),
-        "grace_seconds": (int, 120),
-    },
-    "retention": {
-        "keep_last": (int, 7),
-        "keep_hourly": (int, 0),
-        "keep_daily": (int, 14),
-        "keep_weekly": (int, 8),
-        "keep_monthly": (int, 12),
-        "keep_yearly": (int, 0),
-        "keep_within_days": (int, 0),
-    },
-    "security": {"admin_group": (str, "backup-admins")},
-    "notify": {
-        "webhook_url": (str, ""),
-        "command": (str, ""),
-        "on_success": (bool, False),
-        "timeout_seconds": (int, 10),
-    },
-    "health": {
-        "max_age_hours": (int, 26),
-        "replica_max_age_hours": (int, 2),
-    },
-    "metrics": {"textfile": (str, ""), "listen": (str, "")},
-}
-
-_ARRAYS: dict[str, dict[str, tuple[Any, Any]]] = {
-    "replica": {
-        "name": (str, REQUIRED),
-        "bucket": (str, REQUIRED),
-        "region": (str, REQUIRED),
-        "prefix": (str, ""),
-        "endpoint_url": (str, ""),
-        "profile": (str, ""),
-        "storage_class": (str, "STANDARD"),
-        "object_lock_days": (int, 0),
-        "object_lock_mode": (str, "GOVERNANCE"),
-        "replicate_after_backup": (bool, True),
-    },
-    "database": {
-        "name": (str, REQUIRED),
-        "dsn": (str, ""),
-        "format": (str, "custom"),
-        "jobs": (int, 1),
-        "max_age_hours": (int, 0),
-        "retention": (dict, {}),
-    },
-    "cluster": {
-        "name": (str, REQUIRED),
-        "dsn": (str, ""),
-        "pgdata": (str, REQUIRED),
-    },
-    "fileset": {
-        "name": (str, REQUIRED),
-        "paths": (list, REQUIRED),
-        "exclude": (list, []),
-        "one_file_system": (bool, False),
-        "max_age_hours": (int, 0),
-        "retention": (dict, {}),
-    },
+# The schedule keys of operations; source kinds add their own (engine.sources.registry).
+OPERATION_SCHEDULES = {
+    "cleanup": ("0 4 * * sun", "apply retention and prune"),
+    "verify": ("0 */6 * * *", "verify the repository"),
+    "replicate": ("*/5 * * * *", "copy to every replica"),
 }
 
 
 @dataclass(frozen=True)
-class FilesetConfig:
+class RepositoryConfig:
+    path: str
+    password_file: str = ""
+    compression: str = "zstd:3"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: str = "/var/lib/backup-tui/state"
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    keep_last: int = 7
+    keep_hourly: int = 0
+    keep_daily: int = 14
+    keep_weekly: int = 8
+    keep_monthly: int = 12
+    keep_yearly: int = 0
+    keep_within_days: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    admin_group: str = "backup-admins"
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    webhook_url: str = ""
+    command: str = ""
+    on_success: bool = False
+    timeout_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    max_age_hours: int = 26
+    replica_max_age_hours: int = 2
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: str = ""
+    listen: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """One ``[[replica]]``: an S3 bucket/prefix holding a complete copy of the repository."""
+
     name: str
-    paths: tuple[str, ...]
-    exclude: tuple[str, ...] = ()
-    one_file_system: bool = False
-    max_age_hours: int = 0
-    retention: tuple[tuple[str, int], ...] = ()
+    bucket: str
+    region: str
+    prefix: str = ""
+    endpoint_url: str = ""
+    profile: str = ""
+    storage_class: str = "STANDARD"
+    object_lock_days: int = 0
+    object_lock_mode: str = "GOVERNANCE"
+    replicate_after_backup: bool = True
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """``[schedule]``: a time zone, a grace period and one cron expression per schedule
+    kind (the operations here, plus one per source kind from the registry)."""
+
+    timezone: str = "UTC"
+    grace_seconds: int = 120
+    crons: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def cron(self, kind: str) -> str:
+        return self.crons[kind]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.crons)
+
+
+_TABLES: dict[str, type] = {
+    "repository": RepositoryConfig,
+    "state": StateConfig,
+    "schedule": ScheduleConfig,
+    "retention": RetentionConfig,
+    "security": SecurityConfig,
+    "notify": NotifyConfig,
+    "health": HealthConfig,
+    "metrics": MetricsConfig,
+}
 
 
 @dataclass(frozen=True)
 class Config:
-    """The whole validated configuration. Sections are plain dicts with defaults filled."""
+    """The whole validated configuration."""
 
     path: Path | None
-    repository: dict[str, Any]
-    state: dict[str, Any]
-    schedule: dict[str, Any]
-    retention: dict[str, Any]
-    security: dict[str, Any]
-    notify: dict[str, Any]
-    health: dict[str, Any]
-    metrics: dict[str, Any]
-    replicas: tuple[dict[str, Any], ...] = ()
-    databases: tuple[dict[str, Any], ...] = ()
-    clusters: tuple[dict[str, Any], ...] = ()
-    filesets: tuple[FilesetConfig, ...] = field(default_factory=tuple)
+    repository: RepositoryConfig
+    state: StateConfig
+    schedule: ScheduleConfig
+    retention: RetentionConfig
+    security: SecurityConfig
+    notify: NotifyConfig
+    health: HealthConfig
+    metrics: MetricsConfig
+    replicas: tuple[ReplicaConfig, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()  # every [[fileset]], [[database]], ... in order
 
     @property
     def repo_path(self) -> Path:
-        return Path(self.repository["path"])
+        return Path(self.repository.path)
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.state["dir"])
+        return Path(self.state.dir)
 
-    def fileset(self, name: str) -> FilesetConfig:
-        for fs in self.filesets:
-            if fs.name == name:
-                return fs
-        known = ", ".join(f.name for f in self.filesets) or "none configured"
-        raise ConfigError(f"no [[fileset]] named {name!r} (known: {known})")
+    def section(self, section: str) -> tuple[Any, ...]:
+        """The entries of one source array, e.g. ``section("fileset")``."""
+        return tuple(s for s in self.sources if s.section == section)
+
+    @property
+    def filesets(self) -> tuple[Any, ...]:
+        return self.section("fileset")
+
+    @property
+    def databases(self) -> tuple[Any, ...]:
+        return self.section("database")
+
+    def replica(self, name: str) -> ReplicaConfig:
+        for r in self.replicas:
+            if r.name == name:
+                return r
+        known = ", ".join(r.name for r in self.replicas) or "none configured"
+        from engine.errors import UsageError
+
+        raise UsageError(f"no [[replica]] named {name!r} (known: {known})")
 
     def password(self) -> str | None:
         """The repository password: password_file, else $BACKUP_TUI_PASSWORD, else None."""
-        pf = self.repository.get("password_file")
+        pf = self.repository.password_file
         if pf:
             _warn_if_readable_by_others(pf)
             try:
@@ -158,7 +192,7 @@ class Config:
 
 
 def _warn_if_readable_by_others(path: str) -> None:
-    """DESIGN.md section 9: a secret readable by others is said loudly (not refused)."""
+    """A secret readable by others is said loudly (not refused)."""
     import logging
     import stat
 
@@ -172,10 +206,42 @@ def _warn_if_readable_by_others(path: str) -> None:
             "(mode %o); chmod 600 it", path, stat.S_IMODE(mode))
 
 
+# ------------------------------------------------------------------ schema
+_REQUIRED = object()
+
+
+def _toml_type(hint: Any) -> type:
+    """The TOML value type a dataclass field takes: tuples are lists, retention a table."""
+    if hint == Retention:
+        return dict
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return list
+    if hint in (str, int, bool):
+        return hint
+    raise TypeError(f"no TOML type for {hint!r}")
+
+
+def schema_of(cls: type) -> dict[str, tuple[type, Any]]:
+    """key -> (TOML type, default or _REQUIRED), in field order."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[type, Any]] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name == "crons":
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = _REQUIRED
+        out[f.name] = (_toml_type(hints[f.name]), default)
+    return out
+
+
 def _type_name(t: Any) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false", list: "a list"}.get(
-        t, str(t)
-    )
+    return {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+            dict: "a table"}.get(t, str(t))
 
 
 _CREDENTIAL_KEYS = {
@@ -209,115 +275,155 @@ def _check_table(where: str, key_prefix: str, raw: Any, schema: dict) -> dict[st
         out[key] = value
     for key, (_typ, default) in schema.items():
         if key not in out:
-            if default is REQUIRED:
+            if default is _REQUIRED:
                 raise ConfigError(f"{where}: missing required key {key_prefix}.{key}")
-            out[key] = list(default) if isinstance(default, list) else default
+            out[key] = default
     return out
+
+
+def _build(cls: type, where: str, key_prefix: str, values: dict[str, Any]) -> Any:
+    """The dataclass from checked values: lists become tuples of strings, tables sorted
+    (key, value) pairs."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if hint == Retention:
+            kwargs[key] = _retention(where, key_prefix, value)
+        elif typing.get_origin(hint) is tuple:
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {key_prefix}.{key} must be a list of strings")
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _retention(where: str, key_prefix: str, table: dict | Retention) -> Retention:
+    known = schema_of(RetentionConfig)
+    table = dict(table)  # the default is already pairs
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key_prefix}.retention.{key} "
+                              f"(known: {', '.join(known)})")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: {key_prefix}.retention.{key} must be a "
+                              "non-negative integer")
+    return tuple(sorted(table.items()))
+
+
+def _schedule(where: str, raw: Any, defaults: dict[str, tuple[str, str]]) -> ScheduleConfig:
+    schema = dict(schema_of(ScheduleConfig))
+    schema.update({kind: (str, cron) for kind, (cron, _what) in defaults.items()})
+    values = _check_table(where, "schedule", raw, schema)
+    crons = {kind: values.pop(kind) for kind in defaults}
+    schedule = ScheduleConfig(crons=crons, **values)
+    _check_schedule(where, schedule)
+    return schedule
+
+
+def schedule_kinds() -> dict[str, tuple[str, str]]:
+    """Every schedule kind: default cron and what it does (sources first, then operations)."""
+    from engine.sources import registry
+
+    kinds = {cls.schedule: (cls.default_cron, cls.schedule_text) for cls in registry.kinds()}
+    kinds.update(OPERATION_SCHEDULES)
+    return kinds
 
 
 def parse_config(data: dict[str, Any], where: str = "config") -> Config:
     """Validate a parsed TOML document."""
-    sections: dict[str, Any] = {}
-    arrays: dict[str, list[dict[str, Any]]] = {k: [] for k in _ARRAYS}
+    from engine.sources import registry
+
+    source_types = {cls.section(): cls.config_type for cls in registry.kinds()}
+    arrays: dict[str, type] = {"replica": ReplicaConfig, **source_types}
+    raw_tables: dict[str, Any] = {}
+    items: dict[str, list[tuple[str, dict[str, Any]]]] = {k: [] for k in arrays}
     for key, value in data.items():
         if key in _TABLES:
-            sections[key] = _check_table(where, key, value, _TABLES[key])
-        elif key in _ARRAYS:
+            raw_tables[key] = value
+        elif key in arrays:
             if not isinstance(value, list):
                 raise ConfigError(f"{where}: [[{key}]] must be an array of tables")
             for i, item in enumerate(value):
-                arrays[key].append(_check_table(where, f"{key}[{i}]", item, _ARRAYS[key]))
+                prefix = f"{key}[{i}]"
+                items[key].append((prefix, _check_table(where, prefix, item,
+                                                        schema_of(arrays[key]))))
         else:
-            known = ", ".join([*_TABLES, *_ARRAYS])
+            known = ", ".join([*_TABLES, *arrays])
             raise ConfigError(f"{where}: unknown key {key} (known sections: {known})")
-    if "repository" not in sections:
+    if "repository" not in raw_tables:
         raise ConfigError(f"{where}: missing required key repository.path")
-    for key, schema in _TABLES.items():
-        if key not in sections:
-            sections[key] = _check_table(where, key, {}, schema)
-    for kind, items in arrays.items():
+    tables: dict[str, Any] = {}
+    for key, cls in _TABLES.items():
+        if cls is ScheduleConfig:
+            tables[key] = _schedule(where, raw_tables.get(key, {}), schedule_kinds())
+        else:
+            values = _check_table(where, key, raw_tables.get(key, {}), schema_of(cls))
+            tables[key] = _build(cls, where, key, values)
+    built: dict[str, list[Any]] = {}
+    for key, entries in items.items():
         seen: set[str] = set()
-        for i, item in enumerate(items):
-            if item["name"] in seen:
-                raise ConfigError(f"{where}: {kind}[{i}].name {item['name']!r} is used twice")
-            seen.add(item["name"])
-    filesets = []
-    for i, fs in enumerate(arrays["fileset"]):
-        for key in ("paths", "exclude"):
-            if not all(isinstance(p, str) for p in fs[key]):
-                raise ConfigError(f"{where}: fileset[{i}].{key} must be a list of strings")
-        if not fs["paths"]:
-            raise ConfigError(f"{where}: fileset[{i}].paths must not be empty")
-        for p in fs["paths"]:
-            if not os.path.isabs(p):
-                raise ConfigError(f"{where}: fileset[{i}].paths: {p!r} is not an absolute path")
-        filesets.append(
-            FilesetConfig(
-                fs["name"], tuple(fs["paths"]), tuple(fs["exclude"]), fs["one_file_system"],
-                fs["max_age_hours"], tuple(sorted(fs["retention"].items())),
-            )
-        )
-    comp = sections["repository"]["compression"]
-    if not _valid_compression(comp):
-        raise ConfigError(
-            f"{where}: repository.compression must be 'none' or 'zstd:N' (1-19), got {comp!r}"
-        )
-    for kind in ("fileset", "database"):
-        for i, item in enumerate(arrays[kind]):
-            for key, value in item["retention"].items():
-                if key not in _TABLES["retention"]:
-                    raise ConfigError(f"{where}: unknown key {kind}[{i}].retention.{key} "
-                                      f"(known: {', '.join(_TABLES['retention'])})")
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ConfigError(f"{where}: {kind}[{i}].retention.{key} must be a "
-                                      "non-negative integer")
-    for key in _TABLES["retention"]:
-        if sections["retention"][key] < 0:
+        built[key] = []
+        for prefix, values in entries:
+            if values["name"] in seen:
+                raise ConfigError(f"{where}: {prefix}.name {values['name']!r} is used twice")
+            seen.add(values["name"])
+            obj = _build(arrays[key], where, prefix, values)
+            check = getattr(obj, "validate", None)
+            if check is not None:
+                check(where, prefix)
+            built[key].append(obj)
+    _check_repository(where, tables["repository"])
+    for key, value in tables["retention"].as_dict().items():
+        if value < 0:
             raise ConfigError(f"{where}: retention.{key} must not be negative")
-    _check_schedule(where, sections["schedule"])
-    for i, rep in enumerate(arrays["replica"]):
-        if rep["object_lock_mode"] not in ("GOVERNANCE", "COMPLIANCE"):
-            raise ConfigError(
-                f"{where}: replica[{i}].object_lock_mode must be 'GOVERNANCE' or 'COMPLIANCE'"
-            )
-        if rep["object_lock_days"] < 0:
-            raise ConfigError(f"{where}: replica[{i}].object_lock_days must not be negative")
-    for i, db in enumerate(arrays["database"]):
-        if db["format"] not in ("custom", "directory"):
-            raise ConfigError(f"{where}: database[{i}].format must be 'custom' or 'directory'")
+    for i, rep in enumerate(built["replica"]):
+        _check_replica(where, f"replica[{i}]", rep)
     return Config(
         path=None if where == "config" else Path(where),
-        replicas=tuple(arrays["replica"]),
-        databases=tuple(arrays["database"]),
-        clusters=tuple(arrays["cluster"]),
-        filesets=tuple(filesets),
-        **sections,
+        replicas=tuple(built["replica"]),
+        sources=tuple(obj for key in source_types for obj in built[key]),
+        **tables,
     )
 
 
-def _check_schedule(where: str, schedule: dict) -> None:
+def _check_repository(where: str, repo: RepositoryConfig) -> None:
+    comp = repo.compression
+    name, _, level = comp.partition(":")
+    ok = comp == "none" or (name == "zstd" and (
+        level == "" or (level.isdigit() and 1 <= int(level) <= 19)))
+    if not ok:
+        raise ConfigError(
+            f"{where}: repository.compression must be 'none' or 'zstd:N' (1-19), got {comp!r}"
+        )
+
+
+def _check_replica(where: str, prefix: str, rep: ReplicaConfig) -> None:
+    if rep.object_lock_mode not in ("GOVERNANCE", "COMPLIANCE"):
+        raise ConfigError(
+            f"{where}: {prefix}.object_lock_mode must be 'GOVERNANCE' or 'COMPLIANCE'"
+        )
+    if rep.object_lock_days < 0:
+        raise ConfigError(f"{where}: {prefix}.object_lock_days must not be negative")
+
+
+def _check_schedule(where: str, schedule: ScheduleConfig) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
-        tz = ZoneInfo(schedule["timezone"])
+        tz = ZoneInfo(schedule.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{where}: schedule.timezone: unknown time zone "
-                          f"{schedule['timezone']!r}") from None
-    from engine.schedule import KINDS, make_trigger
+                          f"{schedule.timezone!r}") from None
+    from engine.schedule import make_trigger
 
-    for kind in KINDS:
+    for kind, expr in schedule.crons.items():
         try:
-            make_trigger(schedule[kind], tz)
+            make_trigger(expr, tz)
         except ValueError as e:
             raise ConfigError(f"{where}: schedule.{kind}: cannot parse cron expression "
-                              f"{schedule[kind]!r}: {e}") from None
-
-
-def _valid_compression(value: str) -> bool:
-    if value == "none":
-        return True
-    name, _, level = value.partition(":")
-    return name == "zstd" and (level == "" or (level.isdigit() and 1 <= int(level) <= 19))
+                              f"{expr!r}: {e}") from None
 
 
 def find_config(explicit: str | None) -> Path:

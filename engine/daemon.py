@@ -28,7 +28,8 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import EngineError, LockedError
 from engine.events import CancelToken
-from engine.schedule import KINDS, make_trigger, missed_since
+from engine.schedule import make_trigger, missed_since
+from engine.sources import registry
 
 log = logging.getLogger("backup_tui.scheduler")
 
@@ -115,7 +116,7 @@ class Scheduler:
     def __init__(self, engine, poll_seconds: float = 1.0):
         self.engine = engine
         self.config = engine.config
-        self.tz = ZoneInfo(self.config.schedule["timezone"])
+        self.tz = ZoneInfo(self.config.schedule.timezone)
         self.poll = poll_seconds
         self.lock = SchedulerLock(self.config.state_dir)
         self._aps = None
@@ -138,8 +139,8 @@ class Scheduler:
                   count=gone)
         self._aps = BackgroundScheduler(timezone=self.tz, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
-        for kind in KINDS:
-            trig = make_trigger(self.config.schedule[kind], self.tz)
+        for kind in self.config.schedule.kinds:
+            trig = make_trigger(self.config.schedule.cron(kind), self.tz)
             if trig is None:
                 continue
             self._aps.add_job(self.run_kind, trig, args=[kind, "schedule"], id=kind,
@@ -152,7 +153,7 @@ class Scheduler:
         _info("scheduler started", pid=os.getpid(), state=str(self.config.state_dir))
         for job in self._aps.get_jobs():
             if job.id != "_requests":
-                _info("schedule", kind=job.id, cron=self.config.schedule[job.id],
+                _info("schedule", kind=job.id, cron=self.config.schedule.cron(job.id),
                       next_run=job.next_run_time.isoformat() if job.next_run_time else "none")
         self._catch_up(cat)
         return self
@@ -160,7 +161,7 @@ class Scheduler:
     def _catch_up(self, cat) -> None:
         now = datetime.now(self.tz)
         states = cat.schedule_states()
-        for kind in KINDS:
+        for kind in self.config.schedule.kinds:
             st = states.get(kind, {})
             last = st.get("last_run")
             if last is None:
@@ -170,7 +171,7 @@ class Scheduler:
                 _warn("last run is in the future: the clock went back; nothing is caught up",
                       kind=kind, last_run=last_dt.isoformat())
                 continue
-            missed = missed_since(self.config.schedule[kind], self.tz, last_dt, now)
+            missed = missed_since(self.config.schedule.cron(kind), self.tz, last_dt, now)
             if missed is not None:
                 _info("missed run while down; running it once now", kind=kind,
                       missed=missed.isoformat())
@@ -179,7 +180,7 @@ class Scheduler:
 
     def stop(self, grace: float | None = None) -> None:
         """Take no new jobs; let running ones end within grace, then interrupt them."""
-        grace = float(self.config.schedule["grace_seconds"]) if grace is None else grace
+        grace = float(self.config.schedule.grace_seconds) if grace is None else grace
         self._stopping.set()
         if self._aps is not None:
             self._aps.shutdown(wait=False)
@@ -224,22 +225,20 @@ class Scheduler:
                              daemon=True, name=f"runnow-{req['kind']}").start()
 
     def _targets(self, kind: str) -> list[tuple[str, object]]:
+        """(job target, run with a cancel token) of each job a schedule kind runs."""
         e = self.engine
-        if kind == "database":
-            return [(f"db:{d['name']}", lambda c, n=d["name"]: e.backup_db(n, cancel=c))
-                    for d in self.config.databases]
-        if kind == "files":
-            return [(f"files:{f.name}", lambda c, n=f.name: e.backup_files(n, cancel=c))
-                    for f in self.config.filesets]
-        if kind == "verify":
-            return [("verify", lambda c: e.verify(cancel=c))]
-        if kind == "replicate":
-            if not self.config.replicas:
-                return []
-            return [("replicate", lambda c: e.replicate(cancel=c))]
-        if kind == "cleanup":
-            return [("cleanup", lambda c: e.cleanup(cancel=c))]
-        return []  # drill: not available yet
+        sources = registry.for_schedule(self.config, kind)
+        if sources:
+            return [(s.info().target, lambda c, s=s: e.backup(s.kind, s.name, cancel=c))
+                    for s in sources]
+        operations = {
+            "verify": lambda c: e.verify(cancel=c),
+            "replicate": lambda c: e.replicate(cancel=c),
+            "cleanup": lambda c: e.cleanup(cancel=c),
+        }
+        if kind == "replicate" and not self.config.replicas:
+            return []
+        return [(kind, operations[kind])] if kind in operations else []
 
     def run_kind(self, kind: str, reason: str = "schedule", missed: datetime | None = None) -> str:
         """Run every target of a schedule kind; returns 'succeeded' or 'failed'."""
@@ -391,8 +390,8 @@ def run_daemon(engine) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sched = Scheduler(engine).start()
-    server = serve_http(engine, engine.config.metrics["listen"]) \
-        if engine.config.metrics["listen"] else None
+    server = serve_http(engine, engine.config.metrics.listen) \
+        if engine.config.metrics.listen else None
     try:
         while not stop.wait(1.0):
             pass

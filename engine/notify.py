@@ -13,6 +13,10 @@ import logging
 import subprocess
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.config import NotifyConfig
 
 log = logging.getLogger("backup_tui.notify")
 
@@ -25,15 +29,15 @@ def summary(job: dict) -> str:
     return head[:3000]
 
 
-def notify(settings: dict, job: dict) -> list[str]:
+def notify(settings: NotifyConfig, job: dict) -> list[str]:
     """Send the job's notifications as configured; returns what went wrong (logged too)."""
     failed = job.get("state") not in ("succeeded",)
-    if not failed and not settings.get("on_success"):
+    if not failed and not settings.on_success:
         return []
-    timeout = max(1, int(settings.get("timeout_seconds", 10)))
+    timeout = max(1, int(settings.timeout_seconds))
     problems = []
     payload = json.dumps({"text": summary(job), "job": job}, default=str).encode()
-    url = settings.get("webhook_url")
+    url = settings.webhook_url
     if url:
         req = urllib.request.Request(url, data=payload, method="POST",
                                      headers={"Content-Type": "application/json",
@@ -46,7 +50,7 @@ def notify(settings: dict, job: dict) -> list[str]:
         except (urllib.error.URLError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", e)
             problems.append(f"webhook failed: {reason}")
-    cmd = settings.get("command")
+    cmd = settings.command
     if cmd:
         try:
             proc = subprocess.run(cmd, shell=True, input=payload, capture_output=True,

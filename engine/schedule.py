@@ -1,5 +1,9 @@
 """Schedules: cron expressions from ``[schedule]`` turned into triggers and next run times.
 
+The schedule kinds are one per source kind (``database``, ``files``: from the
+registry) plus the operations (``cleanup``, ``verify``, ``replicate``); see
+``engine.config.schedule_kinds``.
+
 An expression has 5 fields (minute hour day month weekday, as cron) or 6 with
 seconds first (``*/5 * * * * *``: every 5 seconds, for tests and drills of the
 daemon itself); ``off`` or an empty string disables a schedule.
@@ -8,17 +12,6 @@ daemon itself); ``off`` or an empty string disables a schedule.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo
-
-KINDS = ("database", "files", "cleanup", "verify", "replicate", "drill")
-
-DESCRIPTIONS = {
-    "database": "back up every database",
-    "files": "back up every fileset",
-    "cleanup": "apply retention and prune",
-    "verify": "verify the repository",
-    "replicate": "copy to every replica",
-    "drill": "restore drill (not available yet)",
-}
 
 
 def make_trigger(expr: str, tz: tzinfo):

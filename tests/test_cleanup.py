@@ -15,7 +15,7 @@ def backups(eng, sandbox, n: int) -> list[str]:
     ids = []
     for i in range(n):
         (sandbox.src / f"f{i}.bin").write_bytes(os.urandom(200_000 + i))
-        ids.append(eng.backup_files("src").id)
+        ids.append(eng.backup("files", "src").id)
     return ids
 
 
@@ -57,7 +57,7 @@ def test_per_source_retention_override(sandbox, tmp_path):
     backups(eng, sandbox, 3)
     for i in range(3):
         (other / "x").write_text(str(i))
-        eng.backup_files("other")
+        eng.backup("files", "other")
     eng.cleanup()
     counts = {}
     for s in eng.snapshots():
@@ -79,7 +79,7 @@ def test_cleanup_waits_for_a_running_backup(sandbox):
             if ev.phase == "backup" and ev.bytes_done > 0:
                 started.set()
                 time.sleep(0.01)  # keep the backup going a little longer
-        result["backup"] = other.backup_files("src", on_event=on_event)
+        result["backup"] = other.backup("files", "src", on_event=on_event)
 
     t = threading.Thread(target=run_backup)
     t.start()

@@ -243,9 +243,9 @@ def test_unknown_fileset_name_is_usage_error(sandbox):
 
 def test_valid_config_defaults(sandbox):
     cfg = load_config(sandbox.config_path)
-    assert cfg.repository["compression"] == "zstd:3"
-    assert cfg.retention["keep_last"] == 7
-    assert cfg.schedule["timezone"] == "UTC"
+    assert cfg.repository.compression == "zstd:3"
+    assert cfg.retention.keep_last == 7
+    assert cfg.schedule.timezone == "UTC"
     assert [f.name for f in cfg.filesets] == ["src"]
     assert cfg.filesets[0].paths == (str(sandbox.src),)
     assert cfg.path == sandbox.config_path
@@ -256,7 +256,7 @@ def test_config_example_loads():
     example = REPO_ROOT / "config.example.toml"
     with example.open("rb") as f:
         cfg = parse_config(tomllib.load(f), str(example))
-    assert cfg.repository["path"]
+    assert cfg.repository.path
     assert cfg.filesets and cfg.filesets[0].paths
     assert load_config(example).filesets == cfg.filesets
 

@@ -48,7 +48,7 @@ def jobs(sandbox) -> list[dict]:
 
 def schedule_toml(**kinds) -> str:
     base = {"database": "off", "files": "off", "cleanup": "off", "verify": "off",
-            "replicate": "off", "drill": "off", "grace_seconds": 30}
+            "replicate": "off", "grace_seconds": 30}
     base.update(kinds)
     return "[schedule]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items())
 
@@ -320,12 +320,12 @@ def test_failure_notifications_never_fail_the_job(sandbox, webhook, tmp_path, mo
     sandbox.write_config()
     eng = sandbox.engine(init=True)
     (sandbox.src / "a").write_text("a")
-    eng.backup_files("src")  # success: no notification (on_success = false)
+    eng.backup("files", "src")  # success: no notification (on_success = false)
     assert Hook.received == []
     caplog.set_level("WARNING", logger="backup_tui")
     start = time.monotonic()
     with pytest.raises(Exception, match="does not exist"):
-        eng.backup_files("gone")
+        eng.backup("files", "gone")
     assert time.monotonic() - start < 10
     sent = Hook.received[-1]
     assert "files:gone failed" in sent["text"] and sent["job"]["state"] == "failed"
@@ -433,7 +433,7 @@ def test_admin_gate_in_process(sandbox, monkeypatch, capsys):
 
 def _non_admin_checks(sandbox, shutil):
     (sandbox.src / "a").write_text("a")
-    sandbox.engine(init=True).backup_files("src")
+    sandbox.engine(init=True).backup("files", "src")
     for path in (sandbox.root, sandbox.repo, sandbox.state, sandbox.src):
         for dirpath, _dirs, files in os.walk(path):
             os.chmod(dirpath, 0o777)

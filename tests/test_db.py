@@ -59,14 +59,14 @@ def new_db_name() -> str:
 
 def test_backup_and_restore_roundtrip(db_sandbox, pg_cluster):
     eng = db_sandbox.engine(init=True)
-    res = eng.backup_db("shop")
+    res = eng.backup("db", "shop")
     snap = eng.snapshot(res.id)
     assert snap["kind"] == "db" and snap["postgres"]["server_major"] == pg_cluster.version
     assert snap["postgres"]["pg_dump"].startswith("pg_dump")
     assert snap["postgres"]["database_size"] > 0 and snap["globals"]
     assert eng.verify(read_data=True).ok
     target = new_db_name()
-    result = eng.restore_db(eng.plan_restore_db(res.id, target))
+    result = eng.restore(eng.plan_restore(res.id, target_db=target))
     assert result.target_db == target and result.old_db is None
     assert fingerprint(pg_cluster, target) == fingerprint(pg_cluster, db_sandbox.db)
 
@@ -77,10 +77,10 @@ def test_second_backup_dedups_unchanged_data(db_sandbox, pg_cluster):
                     "::text), ' ') FROM generate_series(1, 20) i) AS body "
                     "FROM generate_series(1, 60000) g", db_sandbox.db)
     eng = db_sandbox.engine(init=True)
-    first = eng.backup_db("shop")
+    first = eng.backup("db", "shop")
     assert first.size > 35 << 20
     pg_cluster.psql("INSERT INTO users (email) VALUES ('new@example.com')", db_sandbox.db)
-    second = eng.backup_db("shop")
+    second = eng.backup("db", "shop")
     # Only the chunks around the changes are new: the one holding the new row and the
     # archive's table of contents (the sequence value moved), each with a neighbour at
     # worst, and a chunk is at most 4 MiB. Without dedup all ~40 MiB would be new.
@@ -90,7 +90,7 @@ def test_second_backup_dedups_unchanged_data(db_sandbox, pg_cluster):
 
 def test_dump_pipes_into_pg_restore(db_sandbox, pg_cluster):
     eng = db_sandbox.engine(init=True)
-    res = eng.backup_db("shop")
+    res = eng.backup("db", "shop")
     target = new_db_name()
     pg_cluster.createdb(target)
     dump = db_sandbox.cli("dump", res.id[:12])
@@ -106,7 +106,7 @@ def test_dump_pipes_into_pg_restore(db_sandbox, pg_cluster):
 
 def test_replace_swaps_and_keeps_the_old_database(db_sandbox, pg_cluster):
     eng = db_sandbox.engine(init=True)
-    res = eng.backup_db("shop")
+    res = eng.backup("db", "shop")
     before = fingerprint(pg_cluster, db_sandbox.db)
     pg_cluster.psql("DELETE FROM orders WHERE id > 100", db_sandbox.db)  # the accident
     proc = db_sandbox.cli("restore", "db", res.id, "--target-db", db_sandbox.db, "--replace",
@@ -120,7 +120,7 @@ def test_replace_swaps_and_keeps_the_old_database(db_sandbox, pg_cluster):
 
 def test_replace_needs_yes_and_existing_target_needs_replace(db_sandbox):
     eng = db_sandbox.engine(init=True)
-    res = eng.backup_db("shop")
+    res = eng.backup("db", "shop")
     proc = db_sandbox.cli("restore", "db", res.id, "--target-db", db_sandbox.db)
     assert proc.returncode == 2 and b"already exists" in proc.stderr
     proc = db_sandbox.cli("restore", "db", res.id, "--target-db", db_sandbox.db, "--replace")
@@ -132,26 +132,26 @@ def test_failed_replace_leaves_the_original_serving(db_sandbox, pg_cluster):
     role = f"owner_{uuid.uuid4().hex[:6]}"
     pg_cluster.psql(f"CREATE ROLE {role}; ALTER TABLE orders OWNER TO {role}", db_sandbox.db)
     eng = db_sandbox.engine(init=True)
-    res = eng.backup_db("shop")
+    res = eng.backup("db", "shop")
     before = fingerprint(pg_cluster, db_sandbox.db)
     pg_cluster.psql(f"ALTER TABLE orders OWNER TO postgres; DROP ROLE {role}", db_sandbox.db)
-    plan = eng.plan_restore_db(res.id, db_sandbox.db, replace=True)
+    plan = eng.plan_restore(res.id, target_db=db_sandbox.db, replace=True)
     with pytest.raises(EngineError) as e:
-        eng.restore_db(plan)
+        eng.restore(plan)
     assert role in str(e.value) and "--no-owner" in str(e.value)
     assert fingerprint(pg_cluster, db_sandbox.db) == before
     leftovers = pg_cluster.psql("SELECT datname FROM pg_database WHERE datname LIKE "
                                 f"'{db_sandbox.db}__%'")
     assert leftovers.strip() == ""
     # and --no-owner gets it through
-    ok = eng.restore_db(eng.plan_restore_db(res.id, new_db_name(), no_owner=True))
+    ok = eng.restore(eng.plan_restore(res.id, target_db=new_db_name(), no_owner=True))
     assert fingerprint(pg_cluster, ok.target_db) == before
 
 
 def test_restore_by_time_picks_newest_before(db_sandbox, pg_cluster):
     eng = db_sandbox.engine(init=True)
-    first = eng.backup_db("shop")
-    second = eng.backup_db("shop")
+    first = eng.backup("db", "shop")
+    second = eng.backup("db", "shop")
     t2 = eng.snapshot(second.id)["time"]
     snap, before = eng.snapshot_at("shop", eng.parse_time(t2))
     assert snap["id"] == second.id and before == 0
@@ -226,9 +226,9 @@ def test_dsn_from_database_url(sandbox, pg_cluster, shop):
 
     os.environ["DATABASE_URL"] = pg_cluster.dsn(shop)
     try:
-        info = eng.database_connection("shop")
-        assert info["from"] == "DATABASE_URL" and info["where"].endswith(f"/{shop}")
-        assert eng.backup_db("shop").kind == "db"
+        [info] = [dict(s.details) for s in eng.sources() if s.name == "shop"]
+        assert info["from"] == "DATABASE_URL" and info["connection"].endswith(f"/{shop}")
+        assert eng.backup("db", "shop").kind == "db"
     finally:
         del os.environ["DATABASE_URL"]
 
@@ -246,12 +246,12 @@ def test_pg_dump_killed_mid_stream_records_nothing(db_sandbox, pg_cluster, tmp_p
     os.environ["BACKUP_TUI_PG_DUMP"] = str(fake)
     try:
         with pytest.raises(EngineError, match="pg_dump was killed|pg_dump exited"):
-            eng.backup_db("shop")
+            eng.backup("db", "shop")
     finally:
         del os.environ["BACKUP_TUI_PG_DUMP"]
     assert eng.snapshots() == []
     assert eng.verify(read_data=True).ok
-    assert eng.backup_db("shop").kind == "db"
+    assert eng.backup("db", "shop").kind == "db"
 
 
 def test_old_pg_dump_is_refused_naming_both_versions(db_sandbox, tmp_path):
@@ -264,7 +264,7 @@ def test_old_pg_dump_is_refused_naming_both_versions(db_sandbox, tmp_path):
     os.environ["BACKUP_TUI_PG_DUMP"] = str(fake)
     try:
         with pytest.raises(EngineError) as e:
-            eng.backup_db("shop")
+            eng.backup("db", "shop")
     finally:
         del os.environ["BACKUP_TUI_PG_DUMP"]
     assert "version 12" in str(e.value) and "version 15" in str(e.value)
@@ -277,14 +277,14 @@ def test_missing_pg_dump_is_clear(db_sandbox, tmp_path):
     os.environ["BACKUP_TUI_PG_DUMP"] = str(tmp_path / "nope")
     try:
         with pytest.raises(EngineError, match="cannot run"):
-            eng.backup_db("shop")
+            eng.backup("db", "shop")
     finally:
         del os.environ["BACKUP_TUI_PG_DUMP"]
 
 
 def test_verify_read_data_checks_the_archive(db_sandbox):
     eng = db_sandbox.engine(init=True)
-    eng.backup_db("shop")
+    eng.backup("db", "shop")
     report = eng.verify(read_data=True)
     assert report.ok and report.archives_checked == 1
 
@@ -292,7 +292,7 @@ def test_verify_read_data_checks_the_archive(db_sandbox):
 def test_unknown_database_name(db_sandbox):
     eng = db_sandbox.engine(init=True)
     with pytest.raises(UsageError, match="no \\[\\[database\\]\\] named"):
-        eng.backup_db("other")
+        eng.backup("db", "other")
 
 
 def test_psycopg2_is_real(pg_cluster):
@@ -307,7 +307,7 @@ def test_directory_format_parallel_roundtrip(sandbox, pg_cluster, shop, tmp_path
                      'format = "directory"\njobs = 2\n')
     sandbox.write_config()
     eng = sandbox.engine(init=True)
-    res = eng.backup_db("shop")
+    res = eng.backup("db", "shop")
     snap = eng.snapshot(res.id)
     assert snap["postgres"]["format"] == "directory" and "tree" in snap
     scratch = sandbox.state / "tmp"
@@ -315,7 +315,7 @@ def test_directory_format_parallel_roundtrip(sandbox, pg_cluster, shop, tmp_path
     report = eng.verify(read_data=True)
     assert report.ok and report.archives_checked == 1
     target = new_db_name()
-    eng.restore_db(eng.plan_restore_db(res.id, target))
+    eng.restore(eng.plan_restore(res.id, target_db=target))
     assert fingerprint(pg_cluster, target) == fingerprint(pg_cluster, shop)
     # dump gives a tar of the directory that pg_restore reads
     dump = sandbox.cli("dump", res.id)
@@ -327,7 +327,7 @@ def test_directory_format_parallel_roundtrip(sandbox, pg_cluster, shop, tmp_path
 
 def test_status_says_where_each_database_connects(db_sandbox):
     eng = db_sandbox.engine(init=True)
-    eng.backup_db("shop")
+    eng.backup("db", "shop")
     proc = db_sandbox.cli("status", "--json")
     assert proc.returncode == 0, proc.stderr
     src = {s["name"]: s for s in json.loads(proc.stdout)["sources"]}
@@ -340,10 +340,10 @@ def test_with_globals_recreates_missing_roles(db_sandbox, pg_cluster):
     role = f"owner_{uuid.uuid4().hex[:6]}"
     pg_cluster.psql(f"CREATE ROLE {role}; ALTER TABLE users OWNER TO {role}", db_sandbox.db)
     eng = db_sandbox.engine(init=True)
-    res = eng.backup_db("shop")
+    res = eng.backup("db", "shop")
     pg_cluster.psql(f"DROP DATABASE {db_sandbox.db} WITH (FORCE)")
     pg_cluster.psql(f"DROP ROLE {role}")
     target = new_db_name()
-    eng.restore_db(eng.plan_restore_db(res.id, target, with_globals=True))
+    eng.restore(eng.plan_restore(res.id, target_db=target, with_globals=True))
     owner = pg_cluster.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'users'", target)
     assert owner.strip() == role

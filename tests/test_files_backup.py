@@ -37,7 +37,7 @@ def restored_root(target: Path, src: Path) -> Path:
 
 
 def restore(engine, sid: str, target: Path, paths=()) -> Path:
-    engine.restore_files(engine.plan_restore_files(sid, str(target), list(paths)))
+    engine.restore(engine.plan_restore(sid, target=str(target), paths=list(paths)))
     return target
 
 
@@ -149,14 +149,14 @@ def rich_tree(sandbox) -> Path:
 
 
 def test_metadata_roundtrip(sandbox, engine, rich_tree, tmp_path):
-    res = engine.backup_files("src")
+    res = engine.backup("files", "src")
     assert res.complete, res.errors
     target = restore(engine, res.id, tmp_path / "out")
     assert_same_tree(rich_tree, restored_root(target, rich_tree))
 
 
 def test_tree_records_types_and_raw_names(sandbox, engine, rich_tree):
-    res = engine.backup_files("src")
+    res = engine.backup("files", "src")
     repo = engine.repo()
     root = engine.snapshot(res.id)["tree"]
     base = str(rich_tree)
@@ -179,7 +179,7 @@ def test_device_node_roundtrip(sandbox, engine, tmp_path):
         os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     except PermissionError:
         pytest.skip("mknod not allowed in this container")
-    res = engine.backup_files("src")
+    res = engine.backup("files", "src")
     assert res.complete
     out = restored_root(restore(engine, res.id, tmp_path / "out"), sandbox.src)
     st = os.lstat(out / "null")
@@ -190,11 +190,11 @@ def test_socket_is_kept_in_tree_and_reported_on_restore(sandbox, engine, tmp_pat
     s = socket.socket(socket.AF_UNIX)
     try:
         s.bind(str(sandbox.src / "sock"))
-        res = engine.backup_files("src")
+        res = engine.backup("files", "src")
     finally:
         s.close()
     assert res.complete
-    result = engine.restore_files(engine.plan_restore_files(res.id, str(tmp_path / "out")))
+    result = engine.restore(engine.plan_restore(res.id, target=str(tmp_path / "out")))
     assert any("sock" in w and "socket" in w for w in result.warnings)
 
 
@@ -220,7 +220,7 @@ def test_excludes(sandbox, engine, tmp_path):
     (src / "notdir" / "cache").write_text("a file named cache is kept")  # dir-only pattern
     (src / "dir.tmp").mkdir()
     (src / "dir.tmp" / "inside").write_text("d")
-    res = engine.backup_files("src")
+    res = engine.backup("files", "src")
     assert res.complete
     out = restored_root(restore(engine, res.id, tmp_path / "out"), src)
     found = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
@@ -238,11 +238,11 @@ def test_unchanged_files_are_not_read_again(sandbox, engine):
     for i in range(20):
         (sandbox.src / f"f{i}").write_bytes(os.urandom(50_000 + i))
     (sandbox.src / "big").write_bytes(os.urandom(5 * MIB))
-    first = engine.backup_files("src")
+    first = engine.backup("files", "src")
     s1 = snap_stats(engine, first.id)
     assert s1["bytes_read"] == s1["size"] == 5 * MIB + sum(50_000 + i for i in range(20))
     assert s1["unchanged_files"] == 0
-    second = engine.backup_files("src")
+    second = engine.backup("files", "src")
     s2 = snap_stats(engine, second.id)
     assert s2["unchanged_files"] == 21 and second.unchanged_files == 21
     assert s2["bytes_read"] == 0
@@ -262,12 +262,12 @@ def test_changed_content_same_size_and_mtime_is_read(sandbox, engine, tmp_path):
     f = sandbox.src / "f"
     f.write_bytes(b"A" * 100_000)
     (sandbox.src / "other").write_bytes(b"o" * 1000)
-    engine.backup_files("src")
+    engine.backup("files", "src")
     st = f.stat()
     f.write_bytes(b"B" * 100_000)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
-    res = engine.backup_files("src")
+    res = engine.backup("files", "src")
     stats = snap_stats(engine, res.id)
     assert stats["bytes_read"] == 100_000 and stats["unchanged_files"] == 1
     out = restored_root(restore(engine, res.id, tmp_path / "out"), sandbox.src)
@@ -278,14 +278,14 @@ def test_one_byte_change_adds_about_one_chunk(sandbox, engine):
     size = 32 * MIB
     f = sandbox.src / "big"
     f.write_bytes(os.urandom(size))
-    first = engine.backup_files("src")
+    first = engine.backup("files", "src")
     assert snap_stats(engine, first.id)["added_raw"] >= size
     with open(f, "r+b") as fh:
         fh.seek(size // 2 + 777)
         b = fh.read(1)
         fh.seek(-1, os.SEEK_CUR)
         fh.write(bytes([b[0] ^ 0xFF]))
-    second = engine.backup_files("src")
+    second = engine.backup("files", "src")
     stats = snap_stats(engine, second.id)
     repo = engine.repo()
     c1 = find(repo, engine.snapshot(first.id)["tree"], str(f))[1]["content"]
@@ -321,7 +321,7 @@ def test_source_path_does_not_exist_engine(sandbox, tmp_path):
     sandbox.write_config()
     eng = sandbox.engine(init=True)
     with pytest.raises(EngineError, match="does not exist"):
-        eng.backup_files("src")
+        eng.backup("files", "src")
     assert eng.snapshots() == []
 
 
@@ -388,7 +388,7 @@ def test_file_grows_and_another_vanishes_during_backup(sandbox, engine, monkeypa
             os.unlink(src / "z_vanish")
             shutil.rmtree(src / "z_dir")
 
-    res = engine.backup_files("src", on_event)
+    res = engine.backup("files", "src", on_event)
     assert done, "the progress callback never named the big file"
     errors = {e["path"]: e["error"] for e in res.errors}
     assert set(errors) == {str(big), str(src / "z_vanish"), str(src / "z_dir")}
@@ -403,7 +403,7 @@ def test_file_grows_and_another_vanishes_during_backup(sandbox, engine, monkeypa
     assert find(repo, snap["tree"], str(big))[1]["size"] >= 48 * MIB
     assert find(repo, snap["tree"], str(src / "m_stays"))[1]["type"] == "file"
     # the next backup reads the grown file again and is complete
-    res2 = engine.backup_files("src")
+    res2 = engine.backup("files", "src")
     assert res2.complete
     assert find(repo, engine.snapshot(res2.id)["tree"], str(big))[1]["size"] == (
         48 * MIB + 5000

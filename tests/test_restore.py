@@ -172,30 +172,30 @@ def test_force_replaces_entries_in_the_way(backed_up, tmp_path):
 
 def test_restore_engine_level_target_checks(sandbox, engine, tmp_path):
     (sandbox.src / "f").write_text("f")
-    sid = engine.backup_files("src").id
+    sid = engine.backup("files", "src").id
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
-        engine.plan_restore_files(sid, str(f))
+        engine.plan_restore(sid, target=str(f))
     d = tmp_path / "d"
     d.mkdir()
     (d / "x").write_text("x")
     with pytest.raises(UsageError, match="not empty"):
-        engine.plan_restore_files(sid, str(d))
-    plan = engine.plan_restore_files(sid, str(d), force=True)
+        engine.plan_restore(sid, target=str(d))
+    plan = engine.plan_restore(sid, target=str(d), force=True)
     assert plan.summary()["files"] == 1
 
 
 def test_target_filled_between_plan_and_execute(sandbox, engine, tmp_path):
     """The target rule is checked again when the restore starts."""
     (sandbox.src / "f").write_text("f")
-    sid = engine.backup_files("src").id
+    sid = engine.backup("files", "src").id
     target = tmp_path / "out"
-    plan = engine.plan_restore_files(sid, str(target))
+    plan = engine.plan_restore(sid, target=str(target))
     target.mkdir()
     (target / "late").write_text("x")
     with pytest.raises(UsageError, match="not empty"):
-        engine.restore_files(plan)
+        engine.restore(plan)
     assert all_paths(target) == {str(target / "late")}
 
 
@@ -303,7 +303,7 @@ def test_malicious_snapshot_refused(sandbox, evil, tmp_path, case):
     assert all_paths(tmp_path) == before
     # the engine refuses at plan time, before writing anything
     with pytest.raises(UnsafeEntry):
-        sandbox.engine().plan_restore_files(sid, str(target))
+        sandbox.engine().plan_restore(sid, target=str(target))
 
 
 @pytest.mark.parametrize("case", ["dotdot-dirs", "dup-link-then-dir", "absolute-dir-name"])
@@ -539,7 +539,7 @@ def test_restoring_an_incomplete_snapshot_warns(sandbox, engine, tmp_path, monke
         if ev.message == str(big) and (sandbox.src / "z_file").exists():
             (sandbox.src / "z_file").unlink()
 
-    res = engine.backup_files("src", on_event)
+    res = engine.backup("files", "src", on_event)
     assert not res.complete
-    result = engine.restore_files(engine.plan_restore_files(res.id, str(tmp_path / "out")))
+    result = engine.restore(engine.plan_restore(res.id, target=str(tmp_path / "out")))
     assert "is incomplete: 1 path(s)" in result.warnings[0]

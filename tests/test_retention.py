@@ -271,7 +271,7 @@ def data_size(repo_dir: Path) -> int:
 
 
 def restore_to(engine, sid: str, target: Path) -> Path:
-    engine.restore_files(engine.plan_restore_files(sid, str(target)))
+    engine.restore(engine.plan_restore(sid, target=str(target)))
     return target
 
 
@@ -298,7 +298,7 @@ def history(sandbox, tmp_path):
         if i:
             remove_some(sandbox.src, rng, 6)
         random_files(sandbox.src, rng, 12)
-        ids.append(eng.backup_files("src").id)
+        ids.append(eng.backup("files", "src").id)
     refs = {sid: restore_to(eng, sid, tmp_path / f"before-{sid[:8]}") for sid in ids}
     return eng, ids, refs
 
@@ -343,9 +343,9 @@ def test_repack_keeps_live_blobs_of_a_mostly_garbage_pack(sandbox, tmp_path):
     eng = sandbox.engine(init=True)
     (sandbox.src / "keep.bin").write_bytes(os.urandom(200 * KIB))
     (sandbox.src / "big.bin").write_bytes(os.urandom(3 * 1024 * KIB))
-    first = eng.backup_files("src").id
+    first = eng.backup("files", "src").id
     (sandbox.src / "big.bin").unlink()
-    second = eng.backup_files("src").id
+    second = eng.backup("files", "src").id
     ref = restore_to(eng, second, tmp_path / "before")
     repo = eng.repo()
     keep_blob = next(iter(snapshot_blobs(repo, second) & snapshot_blobs(repo, first)

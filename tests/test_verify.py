@@ -48,10 +48,10 @@ def world(sandbox, tmp_path):
     sandbox.filesets["other"] = [str(other)]
     sandbox.write_config()
     eng = sandbox.engine(init=True)
-    s1 = eng.backup_files("src").id
+    s1 = eng.backup("files", "src").id
     (sandbox.src / "small2.txt").write_text("more\n")
-    s2 = eng.backup_files("src").id
-    s3 = eng.backup_files("other").id
+    s2 = eng.backup("files", "src").id
+    s3 = eng.backup("files", "other").id
     repo = eng.repo()
     node = find(repo, eng.snapshot(s1)["tree"], str(sandbox.src / "big.bin"))[1]
     entry = repo.index[node["content"][0]]
@@ -244,9 +244,9 @@ def test_unreadable_pack(world, tmp_path):
 
 def test_list_names_an_unreadable_snapshot_instead_of_hiding_it(sandbox, engine):
     (sandbox.src / "a").write_text("a")
-    good = engine.backup_files("src").id
+    good = engine.backup("files", "src").id
     (sandbox.src / "b").write_text("b")
-    bad = engine.backup_files("src").id
+    bad = engine.backup("files", "src").id
     path = sandbox.repo / "snapshots" / bad
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF

@@ -19,10 +19,16 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.errors import EngineError, NotFound, RepositoryError
 from engine.events import CancelToken, Event, EventCallback
+from engine.ops.resolve import iso
 from engine.storage.base import Backend
+
+if TYPE_CHECKING:
+    from engine.config import ReplicaConfig
+    from engine.facade import Engine
 
 CLASSES = ("keys/", "data/", "index/", "snapshots/", "pins/", "wal/")
 
@@ -161,18 +167,78 @@ def lag(local: Backend, remote: Backend) -> tuple[int, int]:
     return objects, nbytes
 
 
-def replicate_all(
-    local: Backend,
-    replicas: list[tuple[str, Backend]],
-    job_id: str,
-    on_event: EventCallback,
-    cancel: CancelToken | None = None,
-) -> list[ReplicaResult]:
-    """Each replica independently: one region failing does not stop the others."""
+# ------------------------------------------------------------ across replicas
+def backend_for(replica: ReplicaConfig) -> Backend:
+    """The S3 backend of one [[replica]]."""
+    from engine.storage.s3 import S3Backend
+
+    r = replica
+    return S3Backend(
+        bucket=r.bucket, region=r.region, prefix=r.prefix, endpoint_url=r.endpoint_url,
+        profile=r.profile, storage_class=r.storage_class,
+        object_lock_days=r.object_lock_days, object_lock_mode=r.object_lock_mode,
+        name=r.name,
+    )
+
+
+def replicate(engine: Engine, names: list[str], repair: bool, on_event: EventCallback,
+              cancel: CancelToken | None) -> list[ReplicaResult]:
+    """Each replica independently, one job each: one region failing does not stop the
+    others. repair: read-verify the replica first and upload again what is damaged."""
     results = []
-    for name, remote in replicas:
-        try:
-            results.append(replicate_one(local, remote, name, job_id, on_event, cancel))
-        except EngineError as e:
-            results.append(ReplicaResult(name, error=str(e)))
+    for name in names:
+        with engine.job("replicate", name, on_event) as job:
+            try:
+                bad: set[str] = set()
+                if repair:
+                    report = engine.for_replica(name).verify(read_data=True)
+                    bad = {p.object for p in report.problems
+                           if p.object.split("/")[0] in ("data", "index", "snapshots")}
+                res = replicate_one(engine.backend, engine.replica_backend(name), name,
+                                    job.id, job.emit, cancel, repair=bad)
+            except EngineError as e:
+                res = ReplicaResult(name, error=str(e))
+                job.emit(Event(job.id, "replicate", message=f"to {name}: failed: {e}",
+                               final=True))
+            if res.ok:
+                engine.catalog.replica_done(name, res.snapshots)
+                job.detail = f"{res.uploaded} object(s) uploaded"
+            else:
+                engine.catalog.replica_failed(name, res.error or "")
+                job.fail(res.error or "")
+                job.detail = res.error or ""
+        results.append(res)
     return results
+
+
+def replica_states(engine: Engine, check: bool = False) -> list[dict]:
+    """Each configured replica: last success, last error, and how far behind it is.
+    check=True lists both sides now (one LIST pass per object class) to measure the lag;
+    otherwise the figures of the last run or check are given."""
+    out = []
+    for r in engine.config.replicas:
+        if check:
+            try:
+                objects, nbytes = lag(engine.backend, engine.replica_backend(r.name))
+                engine.catalog.replica_lag(r.name, objects, nbytes)
+            except EngineError as e:
+                engine.catalog.replica_failed(r.name, str(e))
+        st = engine.catalog.replica_states().get(r.name, {})
+        out.append({
+            "name": r.name,
+            "bucket": r.bucket,
+            "region": r.region,
+            "prefix": r.prefix,
+            "endpoint_url": r.endpoint_url,
+            "storage_class": r.storage_class,
+            "failing": bool(st.get("last_error_time")) and (
+                not st.get("last_success") or st["last_error_time"] > st["last_success"]),
+            "last_success": iso(st.get("last_success")),
+            "last_error": st.get("last_error") or None,
+            "last_error_time": iso(st.get("last_error_time")),
+            "objects_behind": st.get("objects_behind"),
+            "bytes_behind": st.get("bytes_behind"),
+            "checked": iso(st.get("checked")),
+            "snapshots": len(engine.catalog.replica_presence().get(r.name, ())),
+        })
+    return out

@@ -36,6 +36,11 @@ class RestorePlan:
     force: bool = False
     entries: list[tuple[bytes, dict]] = field(default_factory=list, repr=False)
 
+    @property
+    def target_label(self) -> str:
+        """What the job and the audit log call this restore."""
+        return f"{self.snapshot['kind']}:{self.snapshot['source']} -> {self.target}"
+
     def summary(self) -> dict:
         return {
             "snapshot": self.snapshot["id"],
@@ -71,8 +76,6 @@ def _check_target(target: Path, force: bool) -> None:
 def plan_restore(
     repo: Repository, snap: dict, target: str | os.PathLike[str], paths=(), force=False
 ) -> RestorePlan:
-    if snap.get("kind") != "files":
-        raise UsageError(f"snapshot {snap['id'][:12]} is a {snap.get('kind')} snapshot, not files")
     if not os.fspath(target):  # e.g. an unset shell variable: never the current directory
         raise UsageError("restore target is empty: give the directory to restore into")
     tgt = Path(os.path.abspath(target))

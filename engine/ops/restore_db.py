@@ -42,6 +42,11 @@ class DbRestorePlan:
     with_globals: bool = False
     steps: list[str] = field(default_factory=list)
 
+    @property
+    def target_label(self) -> str:
+        """What the job and the audit log call this restore."""
+        return f"{self.snapshot['kind']}:{self.snapshot['source']} -> {self.target_db}"
+
     def summary(self) -> dict:
         return {
             "snapshot": self.snapshot["id"],
@@ -96,8 +101,6 @@ def plan_restore_db(
     no_owner: bool = False,
     with_globals: bool = False,
 ) -> DbRestorePlan:
-    if snap.get("kind") != "db":
-        raise UsageError(f"snapshot {snap['id'][:12]} is a {snap.get('kind')} snapshot, not db")
     if not target_db or len(target_db) > MAX_IDENT or "\x00" in target_db:
         raise UsageError(f"invalid target database name {target_db!r}")
     exists = database_exists(server, target_db)

@@ -19,6 +19,7 @@ from engine.events import CancelToken, Event, EventCallback
 from engine.repo.pack import pack_name, read_header
 from engine.repo.repository import Repository, sha256_hex
 from engine.repo.walk import walk
+from engine.sources import registry
 
 
 @dataclass
@@ -119,9 +120,8 @@ def verify(
         _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel)
         bad = {sid for p in report.problems for sid in p.snapshots}
         for snap in snaps:
-            if snap.get("kind") == "db" and snap["id"] not in bad:
-                on_event(Event(job_id, "archive", message=f"pg_restore -l of {snap['id'][:12]}"))
-                _check_archive(repo, snap, report)
+            if snap["id"] not in bad:
+                _check_kind(repo, snap, report, job_id, on_event)
     on_event(Event(job_id, "done", items_done=len(snaps), items_total=len(snaps),
                    message="ok" if report.ok else f"{len(report.problems)} problem(s)",
                    final=True))
@@ -164,55 +164,22 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
         needed_blobs[entry.pack_id].add(b)
 
 
-def _check_archive(repo: Repository, snap: dict, report: VerifyReport) -> None:
-    """A db snapshot's stream must be a pg_dump archive whose table of contents lists."""
-    import subprocess
-    import tempfile
-
-    from engine.ops.restore_db import stream_into
-    from engine.sources.pgconn import find_tool
-
-    name = f"snapshots/{snap['id']}"
+def _check_kind(repo: Repository, snap: dict, report: VerifyReport, job_id: str,
+                on_event: EventCallback) -> None:
+    """The check a snapshot's own kind adds (a database archive's table of contents)."""
     try:
-        tool, _ = find_tool("pg_restore", int(snap.get("postgres", {}).get("server_major", 0)))
-    except EngineError as e:
-        report.notes.append(f"{name}: archive not checked: {e}")
+        cls = registry.kind(snap.get("kind", ""))
+    except EngineError:
         return
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.TemporaryDirectory() as folder:
-        directory = "tree" in snap
-        args = [tool, "-l"]
-        if directory:  # the table of contents is all -l reads
-            from engine.ops.restore_db import materialize
-
-            try:
-                materialize(repo, snap, folder, only={"toc.dat"})
-            except EngineError as e:
-                report.problems.append(Problem(name, str(e), [snap["id"]]))
-                return
-            args += ["--format=directory", folder]
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
-                                stdout=out, stderr=err)
-        try:
-            if not directory:
-                stream_into(repo, snap, proc, lambda n: None)
-        except EngineError as e:
-            proc.kill()
-            proc.wait()
-            report.problems.append(Problem(name, str(e), [snap["id"]]))
-            return
-        rc = proc.wait()
-        out.seek(0)
-        entries = sum(1 for ln in out.read().splitlines() if ln and not ln.startswith(b";"))
-        if rc != 0:
-            err.seek(0)
-            text = err.read().decode("utf-8", "replace").strip()[-300:]
-            report.problems.append(
-                Problem(name, f"{name}: not a readable pg_dump archive: {text}", [snap["id"]])
-            )
-        else:
-            report.archives_checked += 1
-            report.notes.append(f"{name}: pg_dump archive lists {entries} entries")
+    on_event(Event(job_id, "archive", message=f"{cls.label} check of {snap['id'][:12]}"))
+    check = cls.verify_snapshot(repo, snap)
+    if check is None:
+        return
+    name = f"snapshots/{snap['id']}"
+    report.problems += [Problem(name, p, [snap["id"]]) for p in check.problems]
+    report.notes += check.notes
+    if check.checked:
+        report.archives_checked += 1
 
 
 def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Problem]]:

@@ -32,6 +32,22 @@ if TYPE_CHECKING:
     from engine.config import Config
     from engine.repo.repository import BlobWriter, Repository
 
+Retention = tuple[tuple[str, int], ...]  # a source's own retention keys, sorted
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """The keys every source section has; each kind's config extends it."""
+
+    section: ClassVar[str] = ""  # the config array, e.g. "fileset"
+
+    name: str
+    max_age_hours: int = 0  # health limit of this source; 0: [health] max_age_hours
+    retention: Retention = ()  # keys over [retention] for this source's snapshots
+
+    def validate(self, where: str, prefix: str) -> None:
+        """Checks beyond types (ConfigError naming ``where`` and ``prefix``)."""
+
 
 @dataclass(frozen=True)
 class SourceInfo:
@@ -85,6 +101,15 @@ class BackupOutput:
     items: int = 0  # files (or other items) backed up, for progress and the result
 
 
+@dataclass
+class KindCheck:
+    """What a kind's own check of one snapshot found (see ``Source.verify_snapshot``)."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: bool = False  # the check ran to the end (counted in the verify report)
+
+
 class RestorePlan(Protocol):
     """A plan any kind's ``plan_restore`` returns: shown before anything is written."""
 
@@ -100,13 +125,19 @@ class Source:
     """One configured source of one kind. Subclasses set the class variables."""
 
     kind: ClassVar[str]  # the snapshot kind
-    section: ClassVar[str]  # the config array: [[fileset]], [[database]]
+    config_type: ClassVar[type[SourceConfig]]  # its config section's dataclass
     label: ClassVar[str]  # what a screen calls one
     schedule: ClassVar[str]  # the [schedule] key that backs up every source of this kind
+    default_cron: ClassVar[str]  # that schedule's default
     schedule_text: ClassVar[str]  # what that schedule does, for the schedule screen
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, engine_config: Config | None = None):
         self.config = config
+        self.engine_config = engine_config
+
+    @classmethod
+    def section(cls) -> str:
+        return cls.config_type.section
 
     @property
     def name(self) -> str:
@@ -118,6 +149,10 @@ class Source:
 
     def details(self) -> Mapping[str, str]:
         """Further facts for status and detail panes (no secrets); must not block long."""
+        return {}
+
+    def status_fields(self) -> dict[str, Any]:
+        """Fields of the kind's own in ``status --json`` (no secrets)."""
         return {}
 
     def info(self) -> SourceInfo:
@@ -152,12 +187,22 @@ class Source:
         raise NotImplementedError
 
     @classmethod
+    def reject_options(cls, unknown: Mapping[str, Any]) -> None:
+        """UsageError for restore options another kind takes (``target_db`` on files)."""
+        if unknown:
+            from engine.errors import UsageError
+
+            raise UsageError(f"{', '.join(sorted(unknown))}: not an option of restoring a "
+                             f"{cls.label} snapshot")
+
+    @classmethod
     def restore(cls, config: Config, repo: Repository, plan: Any, job_id: str,
                 on_event: EventCallback, cancel: CancelToken | None) -> Any:
         raise NotImplementedError
 
     # ------------------------------------------------------------- verify
     @classmethod
-    def verify_snapshot(cls, repo: Repository, snap: dict) -> list[str]:
-        """Checks of the kind's own on a snapshot whose blobs are all present; problems."""
-        return []
+    def verify_snapshot(cls, repo: Repository, snap: dict) -> KindCheck | None:
+        """A check of the kind's own on a snapshot whose blobs all read back (verify
+        --read-data); None when the kind has none."""
+        return None

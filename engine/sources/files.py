@@ -21,14 +21,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyfastcdc
 
-from engine.config import FilesetConfig
 from engine.errors import EngineError
 from engine.events import CancelToken
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import encode_tree, name_fields, node_name
+
+if TYPE_CHECKING:
+    from engine.sources.fileset import FilesetConfig
 
 READERS = 2  # reader threads per backup
 LISTERS = 2  # threads listing directories ahead of the walk (0: list in the walk itself)

@@ -98,22 +98,22 @@ def _os_user() -> str:
         return "postgres"
 
 
-def resolve(db: dict) -> PgTarget:
-    """The connection of a [[database]] entry, and where it came from."""
-    dsn, origin = db.get("dsn") or "", "config"
+def resolve(db) -> PgTarget:
+    """The connection of a [[database]] entry (a DatabaseConfig), and where it came from."""
+    dsn, origin = db.dsn or "", "config"
     if not dsn:
         dsn = os.environ.get("DATABASE_URL", "")
         origin = "DATABASE_URL" if dsn else "libpq defaults"
     try:
         params = psycopg2.extensions.parse_dsn(dsn) if dsn else {}
     except psycopg2.ProgrammingError as e:
-        raise ConfigError(f"database {db['name']!r}: cannot parse dsn from {origin}: {e}") from None
+        raise ConfigError(f"database {db.name!r}: cannot parse dsn from {origin}: {e}") from None
     if origin == "config" and params.get("password"):
         raise ConfigError(
-            f"database {db['name']!r}: the dsn in the config file holds a password; put it in "
+            f"database {db.name!r}: the dsn in the config file holds a password; put it in "
             "~/.pgpass or a passfile (dsn ...?passfile=/etc/backup-tui/pgpass) instead"
         )
-    return PgTarget(db["name"], params, origin)
+    return PgTarget(db.name, params, origin)
 
 
 def explain_connect_error(t: PgTarget, text: str, dbname: str | None = None) -> str:

@@ -1,0 +1,77 @@
+"""Jobs: the one wrapper every engine verb runs in.
+
+A job gets an id, a row in the catalog with its latest progress (throttled
+there, so other processes can watch), events to the caller's callback, one
+audit line at the end, and after it the notifications and the metrics file.
+A verb fills in the ``Job`` it is handed: the audit outcome, the objects it
+touched and a detail line, or an end state such as ``incomplete``. An
+exception ends the job ``failed`` (or ``interrupted`` when cancelled) with its
+message, audited, and is raised on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from engine.catalog import Catalog
+from engine.errors import Cancelled
+from engine.events import Event, EventCallback
+
+
+def new_job_id(kind: str) -> str:
+    return f"{kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Job:
+    """The running job as a verb sees it."""
+
+    id: str
+    kind: str
+    target: str
+    emit: EventCallback  # to the catalog and the caller
+    outcome: str = "succeeded"  # the audit line's outcome
+    objects: list[str] = field(default_factory=list)  # snapshot ids it made or touched
+    detail: str = ""
+    audit_target: str = ""  # what the audit line names, when not the job's target
+    audited: bool = True  # False: a read-only run leaves no audit line (a dry run)
+    state: str = "succeeded"  # the job's end state: succeeded, incomplete, failed
+    error: str = ""
+
+    def fail(self, error: str, outcome: str = "failed") -> None:
+        """End without raising: the job failed, and its caller gets a result that says so."""
+        self.state, self.error, self.outcome = "failed", error, outcome
+
+
+@contextlib.contextmanager
+def run_job(catalog: Catalog, kind: str, target: str, on_event: EventCallback,
+            after: Callable[[str], None]) -> Iterator[Job]:
+    """Run the body as job ``kind`` on ``target``; ``after(job_id)`` runs once it ended."""
+    job_id = new_job_id(kind)
+    catalog.start_job(job_id, kind, target)
+
+    def emit(ev: Event) -> None:
+        catalog.progress(ev)
+        on_event(ev)
+
+    job = Job(job_id, kind, target, emit)
+    try:
+        yield job
+    except BaseException as e:
+        msg = str(e) or type(e).__name__
+        interrupted = isinstance(e, KeyboardInterrupt | Cancelled)
+        state = "interrupted" if interrupted else "failed"
+        catalog.end_job(job_id, state, error=msg)
+        catalog.audit(kind, target, state, detail=msg)
+        on_event(Event(job_id, state, message=msg, final=True))
+        after(job_id)
+        raise
+    catalog.end_job(job_id, job.state, error=job.error)
+    if job.audited:
+        catalog.audit(kind, job.audit_target or target, job.outcome, job.objects[:100],
+                      detail=job.detail)
+    after(job_id)

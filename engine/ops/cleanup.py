@@ -1,0 +1,75 @@
+"""cleanup: apply the retention policy (forget) and prune, here and on every replica.
+
+The policy is ``[retention]`` with each source's own ``retention`` keys over it
+(engine/ops/retention.py plans; engine/ops/prune.py forgets and prunes). Each
+replica is cleaned as a repository of its own, so a region that was offline is
+cleaned on the next run. Objects a replica keeps under Object Lock are skipped
+and reported, never a failure.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from engine.errors import EngineError
+from engine.events import CancelToken, Event, EventCallback
+from engine.ops import prune as prune_op
+from engine.ops import retention as retention_op
+from engine.sources import registry
+
+if TYPE_CHECKING:
+    from engine.facade import Engine
+
+
+def policy_for(engine: Engine, kind: str, source: str) -> retention_op.Policy:
+    """[retention], with the source's own retention table over it (if it is configured)."""
+    base = retention_op.Policy.from_dict(engine.config.retention.as_dict())
+    configured = registry.find(engine.config, kind, source)
+    return base.merged(configured.retention if configured else {})
+
+
+def plan(engine: Engine) -> list[retention_op.Decision]:
+    """What the retention policy keeps and forgets, with the rule that decides each."""
+    return retention_op.plan(
+        engine.snapshots(), lambda kind, source: policy_for(engine, kind, source),
+        prune_op.pinned(engine.repo()), datetime.now(UTC), engine.timezone,
+    )
+
+
+def cleanup(engine: Engine, dry_run: bool, on_event: EventCallback,
+            cancel: CancelToken | None, replicas: bool, lock_wait: float) -> dict:
+    where = engine.replica_name or "local"
+    with engine.job("cleanup", where, on_event) as job:
+        decisions = plan(engine)
+        forget_ids = [d.snapshot_id for d in decisions if not d.keep]
+        skipped: list[str] = []
+        repo = engine.repo()
+        forgotten: list[str] = []
+        if not dry_run and forget_ids:
+            job.emit(Event(job.id, "forget", items_total=len(forget_ids),
+                           message=f"forgetting {len(forget_ids)} snapshot(s)"))
+            forgotten = prune_op.forget(repo, forget_ids, skipped=skipped,
+                                        lock_wait=lock_wait)
+        report = prune_op.prune(repo, dry_run=dry_run, on_event=job.emit, job_id=job.id,
+                                lock_wait=lock_wait, cancel=cancel)
+        out = {
+            "where": where,
+            "dry_run": dry_run,
+            "decisions": [d.as_json() for d in decisions],
+            "forgotten": forgotten,
+            "prune": report.as_json(),
+            "skipped": skipped + list(report.skipped),
+            "replicas": [],
+        }
+        job.audited = not dry_run
+        job.objects = forgotten
+        job.detail = f"freed {report.bytes_freed} bytes; {len(out['skipped'])} skipped"
+    if replicas and not engine.replica_name:
+        for r in engine.config.replicas:
+            try:
+                out["replicas"].append(engine.for_replica(r.name).cleanup(
+                    dry_run, on_event, cancel, replicas=False, lock_wait=lock_wait))
+            except EngineError as e:
+                out["replicas"].append({"where": r.name, "error": str(e)})
+    return out

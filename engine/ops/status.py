@@ -1,0 +1,133 @@
+"""status and health: what an operator (or monitoring) asks first.
+
+``status`` is the full picture per source (newest snapshot and its age, last
+failure, next scheduled run, the source's own details such as where its
+connection comes from), per replica and per schedule. ``health`` reduces it to
+ok or a list of reasons: a source without a complete backup younger than its
+limit, or a replica without a recent successful run.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from engine.ops.resolve import iso
+from engine.schedule import next_run
+from engine.sources import registry
+
+if TYPE_CHECKING:
+    from engine.facade import Engine
+    from engine.sources.base import Source
+
+
+def _iso_dt(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat(timespec="seconds") if dt else None
+
+
+def max_age_hours(engine: Engine, source: Source) -> int:
+    return source.max_age_hours or engine.config.health.max_age_hours
+
+
+def status(engine: Engine) -> dict:
+    infos = engine.snapshots()
+    now = datetime.now(UTC)
+    recent = engine.catalog.jobs(500)
+    next_runs = engine.next_runs(now)
+    sources = []
+    for src in registry.sources(engine.config):
+        info = src.info()
+        mine = [i for i in infos if i.kind == src.kind and i.source == src.name]
+        good = [i for i in mine if i.complete]
+        jobs = [j for j in recent if j["target"] == info.target and j["kind"] == "backup"]
+        failures = [j for j in jobs if j["state"] in ("failed", "interrupted", "incomplete")]
+        entry: dict = {
+            "kind": src.kind,
+            "name": src.name,
+            "label": src.label,
+            "description": info.description,
+            "details": dict(info.details),
+            "snapshots": len(mine),
+            "last": mine[-1].time.isoformat() if mine else None,
+            "last_good": good[-1].time.isoformat() if good else None,
+            "last_good_ts": good[-1].time.timestamp() if good else None,
+            "age_hours": round((now - good[-1].time).total_seconds() / 3600, 2)
+            if good else None,
+            "max_age_hours": max_age_hours(engine, src),
+            "last_failure": iso(failures[0]["ended"]) if failures else None,
+            "last_failure_error": failures[0]["error"] if failures else None,
+            "next_run": _iso_dt(next_runs.get(src.schedule)),
+            **src.status_fields(),
+        }
+        sources.append(entry)
+    running = [j for j in recent if j["state"] == "running"]
+    stored = sum(engine.repo().pack_sizes.values())
+    logical = sum(i.size for i in infos)
+    return {
+        "repository": engine.backend.location,
+        "repository_bytes": stored,
+        "dedup_ratio": round(logical / stored, 2) if stored else None,
+        "sources": sources,
+        "replicas": engine.replica_states(),
+        "schedules": schedules(engine, now),
+        "running": running,
+    }
+
+
+def health(engine: Engine) -> dict:
+    """ok when every source has a complete backup younger than its max_age_hours and every
+    replica had a successful run within replica_max_age_hours; else the reasons."""
+    reasons = []
+    now = datetime.now(UTC)
+    infos = engine.snapshots()
+    for src in registry.sources(engine.config):
+        good = [i for i in infos if i.kind == src.kind and i.source == src.name and i.complete]
+        limit = max_age_hours(engine, src)
+        if not good:
+            reasons.append(f"{src.kind} {src.name}: no complete backup")
+        elif (now - good[-1].time).total_seconds() > limit * 3600:
+            age = (now - good[-1].time).total_seconds() / 3600
+            reasons.append(f"{src.kind} {src.name}: newest complete backup is {age:.1f} h old "
+                           f"(limit {limit} h)")
+    limit = engine.config.health.replica_max_age_hours
+    for r in engine.replica_states():
+        last = r["last_success"]
+        if not last:
+            reasons.append(f"replica {r['name']}: never replicated")
+        elif (now - datetime.fromisoformat(last)).total_seconds() > limit * 3600:
+            reasons.append(f"replica {r['name']}: last successful replication {last} "
+                           f"(limit {limit} h)" + (f"; last error: {r['last_error']}"
+                                                   if r["last_error"] else ""))
+    return {"ok": not reasons, "reasons": reasons, "checked": now.isoformat()}
+
+
+def next_runs(engine: Engine, now: datetime | None = None) -> dict[str, datetime | None]:
+    now = now or datetime.now(UTC)
+    states = engine.catalog.schedule_states()
+    sched = engine.config.schedule
+    return {k: None if states.get(k, {}).get("paused")
+            else next_run(sched.cron(k), engine.timezone, now) for k in sched.kinds}
+
+
+def schedules(engine: Engine, now: datetime | None = None) -> list[dict]:
+    """Each schedule: cron, what it does, paused, next run, last run and its result."""
+    from engine.config import schedule_kinds
+
+    nexts = next_runs(engine, now)
+    states = engine.catalog.schedule_states()
+    whats = schedule_kinds()
+    out = []
+    for k in engine.config.schedule.kinds:
+        st = states.get(k, {})
+        out.append({
+            "kind": k,
+            "cron": engine.config.schedule.cron(k),
+            "what": whats[k][1],
+            "paused": bool(st.get("paused")),
+            "next_run": _iso_dt(nexts[k]),
+            "last_run": iso(st.get("last_run")),
+            "last_result": st.get("last_result") or None,
+            "last_error": st.get("last_error") or None,
+            "last_missed": iso(st.get("last_missed")),
+        })
+    return out

@@ -1,0 +1,163 @@
+"""The ``db`` kind: a ``[[database]]`` backed up logically with pg_dump.
+
+This module is the kind's face to the rest of the engine (config, backup entry
+point, restore planning, the archive check of verify); pg_dump itself runs in
+``engine/sources/postgres.py``, connections are resolved in ``pgconn.py``, and
+``engine/ops/restore_db.py`` restores into a new database or swaps one in.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import ConfigError, EngineError, UsageError
+from engine.events import Event
+from engine.sources import pgconn
+from engine.sources.base import BackupContext, BackupOutput, KindCheck, Source, SourceConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseConfig(SourceConfig):
+    """One ``[[database]]``: where to connect, and the pg_dump format."""
+
+    section = "database"
+
+    dsn: str = ""  # empty: $DATABASE_URL, else libpq's defaults (PG* variables, ~/.pgpass)
+    format: str = "custom"  # or "directory" (pg_dump -Fd, with jobs > 1)
+    jobs: int = 1
+
+    def validate(self, where: str, prefix: str) -> None:
+        if self.format not in ("custom", "directory"):
+            raise ConfigError(f"{where}: {prefix}.format must be 'custom' or 'directory'")
+
+
+class DatabaseSource(Source):
+    kind = "db"
+    config_type = DatabaseConfig
+    label = "database"
+    schedule = "database"
+    default_cron = "0 2 * * *"
+    schedule_text = "back up every database"
+
+    config: DatabaseConfig
+
+    def target(self) -> pgconn.PgTarget:
+        return pgconn.resolve(self.config)
+
+    def description(self) -> str:
+        try:
+            t = self.target()
+        except EngineError as e:
+            return str(e)
+        return f"{t.where}, from {t.origin}"
+
+    def details(self) -> dict[str, str]:
+        try:
+            t = self.target()
+        except EngineError as e:
+            return {"connection": f"error: {e}"}
+        return {"connection": t.where, "from": t.origin, "user": t.user}
+
+    def status_fields(self) -> dict[str, Any]:
+        """Where the connection goes and where that came from (config, $DATABASE_URL, libpq)."""
+        try:
+            t = self.target()
+        except EngineError as e:
+            return {"connection": {"error": str(e)}}
+        return {"connection": {"name": self.name, "where": t.where, "from": t.origin,
+                               "user": t.user}}
+
+    def backup(self, ctx: BackupContext) -> BackupOutput:
+        from engine.sources.postgres import dump_database, dump_database_directory
+
+        target = self.target()
+        ctx.on_event(Event(ctx.job_id, "connect", message=f"connecting to {target.where}"))
+        previous = int(ctx.parent.get("stats", {}).get("size", 0)) if ctx.parent else 0
+
+        def progress(done: int, db_size: int) -> None:
+            # the total is an estimate: the last dump's size, else the database's size
+            ctx.on_event(Event(ctx.job_id, "dump", bytes_done=done,
+                               bytes_total=max(done, previous or db_size),
+                               message=f"pg_dump {target.where}"))
+
+        fields: dict[str, Any] = {}
+        if self.config.format == "directory":
+            fields["tree"], dumped = dump_database_directory(
+                ctx.repo, ctx.writer, target, self.config.jobs, str(ctx.scratch), progress,
+                ctx.cancel)
+        else:
+            dumped = dump_database(ctx.repo, ctx.writer, target, progress, ctx.cancel)
+        fields.update(stream=dumped.stream, globals=dumped.globals, postgres=dumped.facts,
+                      warnings=dumped.warnings)
+        return BackupOutput(fields=fields, size=dumped.bytes,
+                            stats={"files": 0, "bytes_read": dumped.bytes},
+                            warnings=dumped.warnings)
+
+    # ------------------------------------------------------------ restore
+    @classmethod
+    def plan_restore(cls, config, repo, snap: dict, target_db: str = "",
+                     replace: bool = False, drop_old: bool = False, no_owner: bool = False,
+                     with_globals: bool = False, **unknown: Any):
+        from engine.ops.restore_db import plan_restore_db
+        from engine.sources import registry
+
+        cls.reject_options(unknown)
+        source = registry.find(config, cls.kind, snap["source"])
+        if source is None:
+            raise UsageError(f"snapshot {snap['id'][:8]} is of database {snap['source']!r}, "
+                             "which is not in the config: add a [[database]] for its server")
+        return plan_restore_db(snap, source.target(), target_db, replace, drop_old,
+                               no_owner, with_globals)
+
+    @classmethod
+    def restore(cls, config, repo, plan, job_id, on_event, cancel):
+        from engine.ops.restore_db import execute_restore_db
+
+        return execute_restore_db(repo, plan, job_id, on_event, cancel,
+                                  str(config.state_dir / "tmp"))
+
+    # ------------------------------------------------------------- verify
+    @classmethod
+    def verify_snapshot(cls, repo, snap: dict) -> KindCheck:
+        """The stream must be a pg_dump archive whose table of contents pg_restore lists."""
+        from engine.ops.restore_db import materialize, stream_into
+        from engine.sources.pgconn import find_tool
+
+        name = f"snapshots/{snap['id']}"
+        try:
+            tool, _ = find_tool("pg_restore",
+                                int(snap.get("postgres", {}).get("server_major", 0)))
+        except EngineError as e:
+            return KindCheck(notes=[f"{name}: archive not checked: {e}"])
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+                tempfile.TemporaryDirectory() as folder:
+            directory = "tree" in snap
+            args = [tool, "-l"]
+            if directory:  # the table of contents is all -l reads
+                try:
+                    materialize(repo, snap, folder, only={"toc.dat"})
+                except EngineError as e:
+                    return KindCheck(problems=[str(e)])
+                args += ["--format=directory", folder]
+            proc = subprocess.Popen(args,
+                                    stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
+                                    stdout=out, stderr=err)
+            try:
+                if not directory:
+                    stream_into(repo, snap, proc, lambda n: None)
+            except EngineError as e:
+                proc.kill()
+                proc.wait()
+                return KindCheck(problems=[str(e)])
+            rc = proc.wait()
+            out.seek(0)
+            entries = sum(1 for ln in out.read().splitlines() if ln and not ln.startswith(b";"))
+            if rc != 0:
+                err.seek(0)
+                text = err.read().decode("utf-8", "replace").strip()[-300:]
+                return KindCheck(problems=[f"{name}: not a readable pg_dump archive: {text}"])
+        return KindCheck(notes=[f"{name}: pg_dump archive lists {entries} entries"],
+                         checked=True)
