@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from engine.errors import EngineError, NotFound
+from engine.errors import EngineError
 from engine.ops.replicate import replicate_one
 from engine.sandbox import FaultProxy
 from engine.storage.s3 import S3Backend, S3Error
@@ -48,24 +48,18 @@ def same_tree(a, b) -> bool:
     return all(same_tree(os.path.join(a, d), os.path.join(b, d)) for d in cmp.common_dirs)
 
 
-# ------------------------------------------------------------------ backend contract
-def test_s3_backend_contract(s3_server, s3_buckets):
-    b = backend(s3_server, s3_buckets.euw1, "eu-west-1")
-    b.put("data/ab/abcd", b"0123456789")
-    assert b.get("data/ab/abcd") == b"0123456789"
-    assert b.get_range("data/ab/abcd", 3, 4) == b"3456"
-    assert b.stat("data/ab/abcd").size == 10 and b.exists("data/ab/abcd")
-    with pytest.raises(NotFound):
-        b.get("data/ab/missing")
-    with pytest.raises(NotFound):
-        b.stat("data/ab/missing")
-    b.put("config", b"one")
-    b.put("config", b"two")
-    assert b.get("config") == b"two"
-    b.delete("config")
-    b.delete("config")
-    assert not b.exists("config")
-    assert [o.name for o in b.list("data/")] == ["data/ab/abcd"]
+# ------------------------------------------------------------------ S3 only
+# (the Backend contract itself runs for S3 in tests/test_backends.py)
+def test_s3_objects_live_under_the_prefix(s3_server, s3_buckets):
+    b = backend(s3_server, s3_buckets.use1, prefix="/repo/")
+    b.put("config", b"c")
+    client = s3_server.client()
+    client.put_object(Bucket=s3_buckets.use1, Key="other/x", Body=b"o")
+    client.put_object(Bucket=s3_buckets.use1, Key="repox", Body=b"o")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_buckets.use1)["Contents"]]
+    assert sorted(keys) == ["other/x", "repo/config", "repox"]
+    assert [o.name for o in b.list()] == ["config"]
+    assert not b.exists("other/x")
 
 
 def test_s3_list_paginates_past_1000_objects(s3_server, s3_buckets):
@@ -76,19 +70,6 @@ def test_s3_list_paginates_past_1000_objects(s3_server, s3_buckets):
     before = b.requests["list"]
     assert sorted(o.name for o in b.list("data/")) == sorted(names)
     assert b.requests["list"] - before == 2  # two pages
-
-
-def test_s3_large_object_goes_multipart(s3_server, s3_buckets, monkeypatch):
-    import engine.storage.s3 as s3mod
-
-    monkeypatch.setattr(s3mod, "MULTIPART_THRESHOLD", 6 * 1024 * 1024)
-    monkeypatch.setattr(s3mod, "PART_SIZE", 5 * 1024 * 1024)
-    b = backend(s3_server, s3_buckets.use1)
-    data = os.urandom(13 * 1024 * 1024)
-    b.put("data/ff/big", data)
-    assert b.get("data/ff/big") == data
-    head = s3_server.client().head_object(Bucket=s3_buckets.use1, Key="repo/data/ff/big")
-    assert head["ETag"].strip('"').endswith("-3")  # three parts
 
 
 def test_missing_bucket_is_clear(s3_server):
@@ -118,7 +99,7 @@ def test_access_denied_is_clear(s3_server, s3_buckets):
 # ------------------------------------------------------------------ replication
 def test_replicate_to_two_regions_and_list_shows_presence(s3_sandbox):
     eng = s3_sandbox.engine(init=True)
-    res = eng.backup_files("src", replicate=False)
+    res = eng.backup("files", "src", replicate=False)
     assert all(v is False for v in eng.snapshots()[0].replicas.values())
     results = eng.replicate()
     assert [r.replica for r in results] == ["use1", "euw1"] and all(r.ok for r in results)
@@ -133,7 +114,7 @@ def test_replicate_to_two_regions_and_list_shows_presence(s3_sandbox):
 
 def test_no_change_replicate_makes_no_puts(s3_sandbox):
     eng = s3_sandbox.engine(init=True)
-    eng.backup_files("src", replicate=False)
+    eng.backup("files", "src", replicate=False)
     remote = eng.replica_backend("use1")
     first = replicate_one(eng.backend, remote, "use1", "job", lambda e: None)
     assert first.uploaded > 0
@@ -157,7 +138,7 @@ def test_backup_replicates_automatically(s3_sandbox):
 
 def test_restore_from_a_replica_without_local_repository(s3_sandbox, tmp_path):
     eng = s3_sandbox.engine(init=True)
-    res = eng.backup_files("src")
+    res = eng.backup("files", "src")
     shutil.rmtree(s3_sandbox.repo)
     proc = s3_sandbox.cli("restore", "files", res.id, "--replica", "euw1", "--target",
                           str(tmp_path / "out"))
@@ -171,7 +152,7 @@ def test_one_failing_region_does_not_stop_the_other(s3_sandbox, s3_server):
     s3_sandbox.extra = s3_sandbox.extra.replace(s3_sandbox.buckets.use1, "bucket-that-is-gone")
     s3_sandbox.write_config()
     eng = s3_sandbox.engine(init=True)
-    res = eng.backup_files("src")
+    res = eng.backup("files", "src")
     by_name = {r.replica: r for r in res.replication}
     assert not by_name["use1"].ok and "does not exist" in by_name["use1"].error
     assert by_name["euw1"].ok
@@ -183,7 +164,7 @@ def test_one_failing_region_does_not_stop_the_other(s3_sandbox, s3_server):
 
 def test_replica_holding_another_repository_is_refused(s3_sandbox, sandbox_factory):
     eng = s3_sandbox.engine(init=True)
-    eng.backup_files("src")
+    eng.backup("files", "src")
     other = sandbox_factory()
     other.extra = s3_sandbox.extra
     other.write_config()
@@ -200,7 +181,7 @@ def test_server_stops_mid_replication_then_next_run_completes(s3_sandbox, s3_ser
     for i in range(6):
         (s3_sandbox.src / f"f{i}.bin").write_bytes(os.urandom(6 << 20))
     eng = s3_sandbox.engine(init=True)
-    eng.backup_files("src", replicate=False)
+    eng.backup("files", "src", replicate=False)
     seen = []
 
     def on_event(ev):
@@ -225,7 +206,7 @@ def test_proxy_dropping_every_third_connection(s3_sandbox, s3_server):
                                     proxy.endpoint_url)
     s3_sandbox.write_config()
     eng = s3_sandbox.engine(init=True)
-    eng.backup_files("src", replicate=False)
+    eng.backup("files", "src", replicate=False)
     try:
         [res] = eng.replicate()
         assert res.ok, res.error
@@ -237,7 +218,7 @@ def test_proxy_dropping_every_third_connection(s3_sandbox, s3_server):
 
 def test_corrupted_object_in_replica_is_found_and_repaired(s3_sandbox, s3_server):
     eng = s3_sandbox.engine(init=True)
-    res = eng.backup_files("src")
+    res = eng.backup("files", "src")
     client = s3_server.client()
     packs = [o["Key"] for o in client.list_objects_v2(Bucket=s3_sandbox.buckets.use1,
                                                        Prefix="data/")["Contents"]]
@@ -263,7 +244,7 @@ def test_object_lock_retention_is_set(s3_sandbox, s3_server):
                                     object_lock_days=2, object_lock_mode="GOVERNANCE")
     s3_sandbox.write_config()
     eng = s3_sandbox.engine(init=True)
-    res = eng.backup_files("src")
+    res = eng.backup("files", "src")
     assert res.replication[0].ok, res.replication[0].error
     head = s3_server.client().head_object(Bucket=bucket, Key=f"snapshots/{res.id}")
     assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"]
@@ -320,7 +301,7 @@ def test_disaster_recovery_from_the_second_region(s3_sandbox, s3_server, pg_clus
 
 def test_wrong_password_against_replica(s3_sandbox):
     eng = s3_sandbox.engine(init=True)
-    eng.backup_files("src")
+    eng.backup("files", "src")
     s3_sandbox.pwfile.write_text("not the password")
     proc = s3_sandbox.cli("list", "--replica", "euw1")
     assert proc.returncode == 1 and b"wrong password" in proc.stderr
@@ -330,7 +311,7 @@ def test_wrong_password_against_replica(s3_sandbox):
 
 def test_replica_states_measure_lag(s3_sandbox):
     eng = s3_sandbox.engine(init=True)
-    eng.backup_files("src", replicate=False)
+    eng.backup("files", "src", replicate=False)
     states = {s["name"]: s for s in eng.replica_states(check=True)}
     assert states["use1"]["objects_behind"] > 0 and states["use1"]["bytes_behind"] > 3 << 20
     assert states["use1"]["last_success"] is None

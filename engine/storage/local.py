@@ -11,6 +11,7 @@ import collections
 import errno
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ class LocalBackend:
         try:
             with open(path, "rb") as f:
                 return f.read()
-        except (FileNotFoundError, NotADirectoryError):
+        except _MISSING:
             raise NotFound(f"{self.location}: object {name} not found") from None
         except OSError as e:
             raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
@@ -48,7 +49,7 @@ class LocalBackend:
             # of an open/seek/read/close per blob (a restore reads thousands of blobs).
             try:
                 return os.pread(self._open_pack(name, path), length, offset)
-            except (FileNotFoundError, NotADirectoryError):
+            except _MISSING:
                 raise NotFound(f"{self.location}: object {name} not found") from None
             except OSError as e:
                 raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
@@ -56,7 +57,7 @@ class LocalBackend:
             with open(path, "rb") as f:
                 f.seek(offset)
                 return f.read(length)
-        except (FileNotFoundError, NotADirectoryError):
+        except _MISSING:
             raise NotFound(f"{self.location}: object {name} not found") from None
         except OSError as e:
             raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
@@ -65,14 +66,27 @@ class LocalBackend:
         cache = getattr(self._fds, "cache", None)
         if cache is None:
             cache = self._fds.cache = _FdCache()
-        fd = cache.get(name)
-        if fd is not None:
-            cache.move_to_end(name)
-            return fd
+        cached = cache.pop(name, None)
+        if cached is not None:
+            # Reuse the open file only while the name still refers to it: a put (here or in
+            # another process) renames a new file over it, a prune unlinks it.
+            fd, opened = cached
+            try:
+                current = os.stat(path)
+            except OSError:
+                current = None
+            if current is not None and os.path.samestat(current, opened):
+                cache[name] = cached
+                return fd
+            os.close(fd)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        cache[name] = fd
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, "not a file", str(path))
+        cache[name] = (fd, opened)
         while len(cache) > 8:
-            _, old = cache.popitem(last=False)
+            _, (old, _) = cache.popitem(last=False)
             os.close(old)
         return fd
 
@@ -112,10 +126,12 @@ class LocalBackend:
             st = os.stat(self._path(name))
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{self.location}: object {name} not found") from None
+        if not stat.S_ISREG(st.st_mode):  # a folder of other names is no object
+            raise NotFound(f"{self.location}: object {name} not found")
         return ObjectInfo(name, st.st_size)
 
     def exists(self, name: str) -> bool:
-        return self._path(name).exists()
+        return self._path(name).is_file()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Walk only the folder the prefix names, then filter by the rest.
@@ -141,15 +157,19 @@ class LocalBackend:
     def delete(self, name: str) -> None:
         try:
             self._path(name).unlink()
-        except FileNotFoundError:
+        except _MISSING:
             pass
+
+
+# What the OS says for a name that is no object: absent, below a file, or a folder.
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 class _FdCache(collections.OrderedDict):
     """Open pack files of one thread; closed when the thread ends (its locals are freed)."""
 
     def __del__(self) -> None:
-        for fd in self.values():
+        for fd, _ in self.values():
             try:
                 os.close(fd)
             except OSError:
