@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.repo.locks import pid_alive
 from engine.sandbox.common import LOOPBACK, SandboxError, free_port, make_dirs, reachable_tempdir
 
 OS_OWNER = "postgres"  # the OS user that runs the server when we are root
@@ -218,15 +219,7 @@ class PgCluster:
     def running(self) -> bool:
         """Whether the postmaster of this data directory is alive."""
         pid = self.postmaster_pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid is not None and pid_alive(pid)
 
     def postmaster_pid(self) -> int | None:
         try:
