@@ -2,8 +2,11 @@
 
 Screens are modes, each kept while the others show: the inventory (snapshots
 and replicas, ``i``), the jobs (``j``) and the schedule (``s``). Screens call
-the engine only from thread workers (see backup_tui/screens/inventory.py).
-``run_console`` is what ``backup-tui`` with no command runs.
+the engine only from thread workers, through ``backup_tui.engine_calls`` (one
+way to call, one error path), and never import this module: what only the app
+may do (a schedule action, say) they ask for with a message
+(``ScheduleActionRequested``), which the app acts on. ``run_console`` is what
+``backup-tui`` with no command runs.
 
 Who runs the schedule (``SchedulerHost``): one scheduler per state directory
 (DESIGN.md section 6). At start the console looks for the holder of the
@@ -34,17 +37,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
-from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
 
+from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import (
     EngineLogged,
     ScheduleActionDone,
-    ScheduleActionFailed,
+    ScheduleActionRequested,
     SchedulerSettled,
+    SchedulerStopped,
 )
 from backup_tui.screens.commands import ConsoleCommands
 from backup_tui.screens.inventory import InventoryScreen
@@ -164,7 +169,7 @@ class LogToConsole(logging.Handler):
             self._saved = None
 
 
-class BackupConsole(App[int]):
+class BackupConsole(EngineCaller, App[int]):
     """Backups of PostgreSQL and files, from the keyboard."""
 
     CSS_PATH = "app.tcss"
@@ -222,11 +227,15 @@ class BackupConsole(App[int]):
         self.notify(message.text, title=message.title, severity=severity, markup=False)
 
     # ------------------------------------------------------------ scheduler
-    @work(thread=True, exclusive=True, group="scheduler", exit_on_error=False)
     def settle_scheduler(self) -> None:
+        """Look (in a thread) for who runs the schedule; start it here if nobody does."""
+        self.call_engine(self._settle, group="scheduler", alert="Looking for the scheduler failed")
+
+    def _settle(self) -> SchedulerSettled | None:
         before = self.scheduler_host.mode
         if self.scheduler_host.settle() or before == STARTING:
-            self.post_message(SchedulerSettled(before))
+            return SchedulerSettled(before)
+        return None
 
     def _recheck(self) -> None:
         if self.scheduler_host.mode in (VIEWER, OFF) and not self._quitting:
@@ -249,35 +258,33 @@ class BackupConsole(App[int]):
     # ----------------------------------------------------- schedule actions
     def run_now(self, kind: str) -> None:
         """Ask the scheduler to run schedule ``kind`` now (through the catalog)."""
-        self._schedule_action(kind, "run")
+        self.post_message(ScheduleActionRequested(kind, "run"))
 
     def set_paused(self, kind: str, paused: bool) -> None:
-        self._schedule_action(kind, "pause" if paused else "resume")
+        self.post_message(ScheduleActionRequested(kind, "pause" if paused else "resume"))
 
     def schedules_for_palette(self) -> list[dict]:
         """The schedules, for the command palette (called off the UI thread)."""
         return self.engine.schedules()
 
-    def _schedule_action(self, kind: str, action: str) -> None:
+    def on_schedule_action_requested(self, message: ScheduleActionRequested) -> None:
+        """From the schedule screen or the palette: run now, pause or resume a schedule."""
+        kind, action = message.kind, message.action
         if self.read_only:
             self.notify("This console is read-only: changing the schedule needs an admin.",
                         severity="warning")
             return
-        self.do_schedule_action(kind, action)
+        what = "Run now" if action == "run" else action.capitalize()
+        self.call_engine(partial(self._schedule_action, kind, action),
+                         group="schedule-action", exclusive=False,
+                         alert=f"{what}: {kind} failed")
 
-    @work(thread=True, group="schedule-action", exit_on_error=False)
-    def do_schedule_action(self, kind: str, action: str) -> None:
-        try:
-            if action == "run":
-                self.engine.request_run(kind)
-            else:
-                self.engine.pause(kind, action == "pause")
-        except EngineError as e:
-            self.post_message(ScheduleActionFailed(kind, action, str(e)))
-        except Exception as e:  # noqa: BLE001 - reported, never a crash of the console
-            self.post_message(ScheduleActionFailed(kind, action, f"{type(e).__name__}: {e}"))
+    def _schedule_action(self, kind: str, action: str) -> ScheduleActionDone:
+        if action == "run":
+            self.engine.request_run(kind)
         else:
-            self.post_message(ScheduleActionDone(kind, action))
+            self.engine.pause(kind, action == "pause")
+        return ScheduleActionDone(kind, action)
 
     def on_schedule_action_done(self, message: ScheduleActionDone) -> None:
         if message.action == "run":
@@ -290,11 +297,6 @@ class BackupConsole(App[int]):
         if isinstance(self.screen, ScheduleScreen):
             self.screen.load()
 
-    def on_schedule_action_failed(self, message: ScheduleActionFailed) -> None:
-        what = "Run now" if message.action == "run" else message.action.capitalize()
-        self.notify(message.error, title=f"{what}: {message.kind} failed", severity="error",
-                    markup=False)
-
     # ------------------------------------------------------------------ quit
     def action_quit(self) -> None:
         """Quit; with the console's own scheduler, stop it first (in a thread)."""
@@ -305,18 +307,21 @@ class BackupConsole(App[int]):
             self.exit()
             return
         self.set_timer(0.5, self._say_stopping)
-        self.stop_scheduler_then_exit()
+        self.call_engine(self._stop_scheduler, group="quit", failed=SchedulerStopped)
 
     def _say_stopping(self) -> None:
         self.notify(f"Stopping the scheduler: a running scheduled job gets {STOP_GRACE:.0f} s "
                     "to end, then it is interrupted.", title="Quitting", timeout=STOP_GRACE * 3)
 
-    @work(thread=True, group="quit", exit_on_error=False)
-    def stop_scheduler_then_exit(self) -> None:
-        try:
-            self.scheduler_host.stop(STOP_GRACE)
-        finally:
-            self.call_from_thread(self.exit)
+    def _stop_scheduler(self) -> SchedulerStopped:
+        self.scheduler_host.stop(STOP_GRACE)
+        return SchedulerStopped()
+
+    def on_scheduler_stopped(self, message: SchedulerStopped) -> None:
+        if message.error:
+            self.exit(return_code=1, message=f"Stopping the scheduler failed: {message.error}")
+        else:
+            self.exit()
 
     async def on_unmount(self) -> None:
         # Any other way out (the app exited from elsewhere, a test ending): stop it here. The

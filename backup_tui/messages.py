@@ -1,10 +1,13 @@
-"""Messages from thread workers to the console, and the one place engine events become messages.
+"""Messages of the console, and the one place engine events become messages.
 
-Thread workers never touch widgets: they call the engine, then ``post_message``
-(thread-safe) one of these. ``EventRelay`` is the engine ``on_event`` callback
-the console hands to every long operation: it throttles in the worker thread
-(at most ~10 messages a second, the final event always passes) and wraps each
-engine ``Event`` in a ``JobProgress`` that a newer one may replace in the queue.
+Most answer an engine call: a thread worker (``backup_tui.engine_calls``) calls
+the engine and posts one of these (thread-safe); a ``...Failed`` message carries
+the text of the one error path. A few go from a screen to the app, which acts
+(``ScheduleActionRequested``): screens never import the app. ``EventRelay`` is
+the engine ``on_event`` callback the console hands to every long operation: it
+throttles in the worker thread (at most ~10 messages a second, the final event
+always passes) and wraps each engine ``Event`` in a ``JobProgress`` that a newer
+one may replace in the queue.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from engine.facade import SnapshotInfo
 if TYPE_CHECKING:  # the facade returns them; the console only reads their fields
     from engine.ops.backup import BackupResult
     from engine.ops.replicate import ReplicaResult
+    from engine.sources.base import SourceInfo
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress messages of one job
 
@@ -73,26 +77,25 @@ class JobProgress(Message):
 
 
 @dataclass
-class ConnectionsLoaded(Message):
-    """Where each configured database connects: database name -> a line (or why it cannot)."""
+class SourcesLoaded(Message):
+    """The configured sources (``Engine.sources``); ``pick``: then ask which to back up."""
 
-    connections: dict[str, str]
+    sources: list[SourceInfo]
+    pick: bool = False
 
 
 @dataclass
 class BackupFinished(Message):
-    """A backup of source ``source`` (``result.kind``: files or db) committed ``result.id``."""
+    """A backup committed snapshot ``result.id`` (``result.label``, ``result.source``)."""
 
-    source: str
     result: BackupResult
 
 
 @dataclass
 class BackupFailed(Message):
-    """A backup of ``source`` (``kind`` files or db) made no snapshot; ``error`` says why."""
+    """A backup of ``source`` made no snapshot; ``error`` says why."""
 
-    kind: str
-    source: str
+    source: SourceInfo
     error: str
 
 
@@ -168,6 +171,15 @@ class SchedulerSettled(Message):
 
 
 @dataclass
+class ScheduleActionRequested(Message):
+    """A screen or the palette asks the app for ``action`` (run, pause or resume) of
+    schedule ``kind``."""
+
+    kind: str
+    action: str
+
+
+@dataclass
 class ScheduleActionDone(Message):
     """``action`` (run, pause or resume) of schedule ``kind`` was done or requested."""
 
@@ -176,12 +188,10 @@ class ScheduleActionDone(Message):
 
 
 @dataclass
-class ScheduleActionFailed(Message):
-    """``action`` of schedule ``kind`` was refused or failed; ``error`` says why."""
+class SchedulerStopped(Message):
+    """The console's own scheduler stopped (the app quits); ``error`` if stopping failed."""
 
-    kind: str
-    action: str
-    error: str
+    error: str = ""
 
 
 @dataclass

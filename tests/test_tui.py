@@ -42,6 +42,7 @@ from engine.facade import Engine, SnapshotInfo
 from engine.ops.backup import BackupResult
 from engine.ops.replicate import ReplicaResult
 from engine.sandbox import free_port
+from engine.sources.base import SourceInfo
 
 SIZE = (110, 30)
 LOOK_SIZE = (124, 32)  # wide enough for two replica columns beside the detail pane
@@ -82,6 +83,15 @@ def detail(app: BackupConsole) -> SnapshotDetail:
 
 def errors_shown(app: BackupConsole) -> list[str]:
     return [n.message for n in app._notifications if n.severity == "error"]
+
+
+async def pick(app: BackupConsole, pilot: Pilot, name: str) -> None:
+    """Press b and choose source ``name`` in the picker (it lists every source)."""
+    await pilot.press("b")
+    await pilot.pause()
+    assert isinstance(app.screen, SourcePicker)
+    names = [s.name for s in app.screen.sources]
+    await pilot.press(*["down"] * names.index(name), "enter")
 
 
 def fill(src, n: int = 5) -> None:
@@ -149,7 +159,7 @@ def test_unexpected_error_in_a_backup_is_reported(sandbox, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(engine, "backup_files", broken)
+    monkeypatch.setattr(engine, "backup", broken)
     app = console(engine)
 
     async def flow():
@@ -202,7 +212,7 @@ def test_command_palette_backs_up_a_fileset(sandbox):
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
             await pilot.press("ctrl+p")
-            await pilot.press(*"back up files now")
+            await pilot.press(*"back up fileset now")
             await pilot.pause(0.3)
             await pilot.press("down", "enter")
             await settle(app, pilot)
@@ -220,7 +230,7 @@ def test_refresh_sees_a_backup_made_elsewhere(sandbox):
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
-            result = sandbox.engine().backup_files("src")  # another process, in effect
+            result = sandbox.engine().backup("files", "src")  # another process, in effect
             await pilot.press("r")
             await settle(app, pilot)
             assert table(app).selected_id == result.id
@@ -265,8 +275,8 @@ def test_back_up_database_now_adds_a_db_row_with_its_facts(sandbox, pg_cluster, 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
-            assert "d a database" in detail(app).text  # the empty inventory says which keys
-            await pilot.press("d")
+            assert "Press b to back up" in detail(app).text  # the empty inventory says how
+            await pick(app, pilot, "shop")  # b lists the fileset and the database
             await settle(app, pilot)
             [info] = engine.snapshots()
             assert (info.kind, info.source) == ("db", "shop")
@@ -293,13 +303,14 @@ def test_unreachable_database_is_an_error_and_the_console_keeps_running(sandbox)
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
-            await pilot.press("d")
+            await pick(app, pilot, "shop")
             await settle(app, pilot)
             [error] = errors_shown(app)
             assert "cannot connect" in error and "unreachable" in error
             assert app.screen.query_one(JobPanel).has_class("-failed")
+            assert "Backup of database shop failed" in app.screen.query_one(JobPanel).text
             assert table(app).row_count == 0
-            await pilot.press("b")  # still alive, and the failed job blocks nothing
+            await pick(app, pilot, "src")  # still alive, and the failed job blocks nothing
             await settle(app, pilot)
             assert [s.kind for s in engine.snapshots()] == ["files"]
             assert table(app).row_count == 1
@@ -317,14 +328,16 @@ def test_database_picker_and_palette(sandbox, pg_cluster, shop_db):
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
-            await pilot.press("d")
+            await pilot.press("b")
             await pilot.pause()
             assert isinstance(app.screen, SourcePicker)
-            assert [c.name for c in app.screen.choices] == ["elsewhere", "shop"]
-            assert "from config" in app.screen.choices[1].detail  # where it connects
+            listed = {s.name: s for s in app.screen.sources}
+            assert sorted(listed) == ["elsewhere", "shop", "src"]
+            assert [s.label for s in app.screen.sources].count("database") == 2
+            assert "from config" in listed["shop"].description  # where it connects
             await pilot.press("escape")
             await pilot.pause()
-            await pilot.press("d", "down", "enter")
+            await pick(app, pilot, "shop")
             await settle(app, pilot)
             assert [s.source for s in engine.snapshots()] == ["shop"]
             await pilot.press("ctrl+p")
@@ -339,14 +352,15 @@ def test_database_picker_and_palette(sandbox, pg_cluster, shop_db):
     asyncio.run(flow())
 
 
-def test_d_is_offered_only_with_databases(sandbox):
+def test_one_key_backs_up_every_kind_of_source(sandbox):
     fill(sandbox.src)
     app = console(sandbox.engine(init=True))
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
-            assert "backup-db" not in {b.binding.id for b in app.active_bindings.values()}
+            ids = {b.binding.id for b in app.active_bindings.values()}
+            assert "backup" in ids and "backup-db" not in ids  # no key per kind
             await pilot.press("d")
             await settle(app, pilot)
             assert app.screen.query_one(JobPanel).has_class("-idle")
@@ -549,7 +563,7 @@ def _record(n: int, info: SnapshotInfo) -> dict:
     }
     if info.kind == "db":
         return record | {
-            "globals": [_id(100 + n)], "warnings": [],
+            "stream": _id(200 + n), "globals": [_id(100 + n)], "warnings": [],
             "postgres": {
                 "server_version_num": 160004, "server_major": 16,
                 "server_version": "PostgreSQL 16.4 (Debian 16.4-1.pgdg120+2)",
@@ -614,6 +628,20 @@ CANNED_REPLICAS = [
 ]
 
 
+def _canned_sources() -> list[SourceInfo]:
+    """Two databases, then two filesets: the order the engine lists them in."""
+    def database(name: str, host: str) -> SourceInfo:
+        where = f"{host}:5432/{name}"
+        return SourceInfo("db", name, "database", f"{where}, from config", "database",
+                          (("connection", where), ("from", "config"), ("user", "backup")))
+
+    def fileset(name: str, path: str) -> SourceInfo:
+        return SourceInfo("files", name, "fileset", path, "files")
+
+    return [database("shop", "db-1"), database("crm", "db-2"),
+            fileset("app-data", "/srv/app/data"), fileset("app-config", "/srv/app/etc")]
+
+
 class CannedEngine:
     """The Engine methods the console calls, answering fixed data; backups fail."""
 
@@ -622,27 +650,16 @@ class CannedEngine:
         "repository": {"path": "/srv/backup/repo"},
         # Nowhere: no scheduler lock is found there, so the console never shows a viewer.
         "state": {"dir": "/nonexistent/backup-tui-canned/state"},
-        "fileset": [
-            {"name": "app-data", "paths": ["/srv/app/data"]},
-            {"name": "app-config", "paths": ["/srv/app/etc"]},
-        ],
-        "database": [
-            {"name": "shop", "dsn": "postgresql://backup@db-1:5432/shop"},
-            {"name": "crm", "dsn": "postgresql://backup@db-2:5432/crm"},
-        ],
-        "replica": [
-            {"name": "use1", "bucket": "acme-backup-use1", "region": "us-east-1",
-             "prefix": "web-1"},
-            {"name": "euw1", "bucket": "acme-backup-euw1", "region": "eu-west-1",
-             "prefix": "web-1"},
-        ],
     })
 
     def __init__(self) -> None:
         self._data = _canned()
 
-    def sources(self) -> list[tuple[str, str]]:
-        return [("files", fs.name) for fs in self.config.filesets]
+    def sources(self) -> list[SourceInfo]:
+        return _canned_sources()
+
+    def replica_names(self) -> list[str]:
+        return [r["name"] for r in CANNED_REPLICAS]
 
     def snapshots(self, source=None, kind=None) -> list[SnapshotInfo]:
         return [i for i, _ in self._data
@@ -651,15 +668,11 @@ class CannedEngine:
     def snapshot(self, ref: str, source=None) -> dict:
         return next(dict(r) for i, r in self._data if i.id.startswith(ref))
 
-    def database_connection(self, name: str) -> dict:
-        host = {"shop": "db-1", "crm": "db-2"}[name]
-        return {"name": name, "where": f"{host}:5432/{name}", "from": "config", "user": "backup"}
-
-    def backup_files(self, name, on_event=None, cancel=None):
-        raise EngineError("the canned engine makes no backups")
-
-    def backup_db(self, name, on_event=None, cancel=None) -> BackupResult:
-        where = self.database_connection(name)["where"]
+    def backup(self, kind, name, on_event=None, cancel=None, replicate=True) -> BackupResult:
+        source = next(s for s in _canned_sources() if (s.kind, s.name) == (kind, name))
+        where = dict(source.details).get("connection")
+        if where is None:
+            raise EngineError("the canned engine makes no backups")
         raise EngineError(f"database {name!r}: cannot connect to {where}: server unreachable "
                           "(is it running, and are host and port right?)")
 
@@ -708,15 +721,10 @@ def test_inventory_look_second_row(snap_compare, utc):
     assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, run_before=select)
 
 
-def test_fileset_picker_look(snap_compare, utc):
-    """b with two filesets opens the picker over the inventory."""
+def test_source_picker_look(snap_compare, utc):
+    """b with two databases and two filesets opens one picker over the inventory: each
+    source's label, name and description (where a database connects), grouped by label."""
     assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, press=["b"],
-                        run_before=_loaded)
-
-
-def test_database_picker_look(snap_compare, utc):
-    """d with two databases opens the picker, each with where it connects."""
-    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, press=["d"],
                         run_before=_loaded)
 
 
@@ -725,7 +733,7 @@ def test_database_backup_failed_look(snap_compare, utc):
 
     async def fail(pilot: Pilot) -> None:
         await _loaded(pilot)
-        await pilot.press("d", "down", "enter")  # crm, the second database
+        await pilot.press("b", "down", "enter")  # crm, the second database
         await _loaded(pilot)
 
     assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, run_before=fail)
@@ -811,8 +819,8 @@ def test_build_demo_with_a_database(demo_root):
     demo = build_demo(demo_root, kdf=CHEAP_KDF, replicas=False)
     assert demo.cluster is not None and demo.note == ""
     config = load_config(demo.config_path)
-    assert [d["name"] for d in config.databases] == ["shop"]
-    assert config.databases[0]["dsn"] == demo.cluster.dsn("shop")
+    assert [d.name for d in config.databases] == ["shop"]
+    assert config.databases[0].dsn == demo.cluster.dsn("shop")
     engine = Engine(config)
     assert sorted((s.kind, s.source) for s in engine.snapshots()) == [
         ("db", "shop"), ("files", "app-data")]
@@ -825,7 +833,7 @@ def test_build_demo_with_a_database(demo_root):
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
-            await pilot.press("d")
+            await pick(app, pilot, "shop")
             await settle(app, pilot)
             assert [s.kind for s in engine.snapshots()].count("db") == 2
             assert table(app).row_count == 3
@@ -941,9 +949,9 @@ def test_build_demo_replicates_to_two_regions_and_stops_its_s3_server(tmp_path):
     try:
         assert demo.s3 is not None and demo.s3.running() and demo.note == ""
         config = demo.config()
-        assert [(r["name"], r["region"]) for r in config.replicas] == [
+        assert [(r.name, r.region) for r in config.replicas] == [
             ("us-east", "us-east-1"), ("eu-west", "eu-west-1")]
-        assert {r["endpoint_url"] for r in config.replicas} == {demo.s3.endpoint_url}
+        assert {r.endpoint_url for r in config.replicas} == {demo.s3.endpoint_url}
         assert demo.s3.endpoint_url.startswith("http://127.0.0.1:")
         engine = Engine(config)
         [snap] = engine.snapshots()
@@ -952,7 +960,7 @@ def test_build_demo_replicates_to_two_regions_and_stops_its_s3_server(tmp_path):
         assert [(r["objects_behind"], r["snapshots"], r["last_error"]) for r in states] == [
             (0, 1, None), (0, 1, None)]
         for replica in config.replicas:  # complete: a repository of its own in each bucket
-            assert [s.id for s in engine.for_replica(replica["name"]).snapshots()] == [snap.id]
+            assert [s.id for s in engine.for_replica(replica.name).snapshots()] == [snap.id]
         app = console(engine)
 
         async def flow():

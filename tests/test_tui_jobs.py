@@ -25,10 +25,11 @@ from textual.widgets import Input
 
 from backup_tui import app as app_module
 from backup_tui.app import OFF, OWN, VIEWER, BackupConsole
+from backup_tui.format import duration
 from backup_tui.screens.jobs import JobsScreen
 from backup_tui.screens.schedule import ScheduleScreen
 from backup_tui.widgets.job_panel import JobPanel
-from backup_tui.widgets.job_table import Figures, JobDetail, JobTable, duration, numbers_line
+from backup_tui.widgets.job_table import Figures, JobDetail, JobTable, numbers_line
 from backup_tui.widgets.schedule_table import ScheduleTable
 from engine.daemon import Scheduler, SchedulerLock
 from engine.facade import Engine
@@ -442,9 +443,6 @@ CANNED_SCHEDULES = [
      "last_error": "replica euw1: s3://acme-backup-euw1/web-1/ (euw1): put data/3f/3f9a0c: "
                    "access denied (AccessDenied); check the credentials and the bucket policy",
      "last_missed": None},
-    {"kind": "drill", "cron": "off", "what": "restore drill (not available yet)",
-     "paused": False, "next_run": None, "last_run": None, "last_result": None,
-     "last_error": None, "last_missed": None},
 ]
 
 

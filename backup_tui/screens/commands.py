@@ -1,11 +1,13 @@
 """Command palette entries: the inventory's jobs, and the console's screens and schedules.
 
-``JobCommands`` (the inventory): "Back up files now: <fileset>" for each
-fileset, "Back up database now: <name>" for each database, and "Replicate now"
-when replicas are configured. ``ConsoleCommands`` (every screen): "Inventory",
-"Jobs", "Schedule", and for each schedule "Run now: <kind>" and "Pause: <kind>"
-or "Resume: <kind>" (the schedules are read off the UI thread when the palette
-opens). Commands that change things are left out of a read-only console.
+``JobCommands`` (the inventory): "Back up <label> now: <name>" for each
+source the engine lists ("Back up fileset now: uploads"), with its description
+as the help, and "Replicate now" when replicas are configured.
+``ConsoleCommands`` (every screen): "Inventory", "Jobs", "Schedule", and for
+each schedule "Run now: <kind>" and "Pause: <kind>" or "Resume: <kind>" (the
+schedules are read off the UI thread when the palette opens); these post a
+``ScheduleActionRequested`` that the app acts on. Commands that change things
+are left out of a read-only console.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.message import Message
 
-from backup_tui.screens.source_picker import SourceChoice
+from backup_tui.messages import ScheduleActionRequested
 
-_TEXT = {"files": "Back up files now: {}", "db": "Back up database now: {}"}
-_HELP = {"files": "Back up {} into the repository", "db": "pg_dump {} into the repository"}
+if TYPE_CHECKING:
+    from engine.sources.base import SourceInfo
+
 REPLICATE = "Replicate now"
 
 
@@ -47,9 +51,9 @@ class _ListedCommands(Provider):
 class JobHost(Protocol):
     """A screen that can start a backup or a replication (the inventory)."""
 
-    def backup_choices(self) -> list[SourceChoice]: ...
+    def backup_choices(self) -> list[SourceInfo]: ...
 
-    def start_backup(self, kind: str, name: str) -> None: ...
+    def start_backup(self, source: SourceInfo) -> None: ...
 
     def replica_names(self) -> list[str]: ...
 
@@ -65,12 +69,11 @@ class JobCommands(_ListedCommands):
         host = self.screen
         if not isinstance(host, JobHost) or host.read_only:
             return
-        for choice in host.backup_choices():
-            yield (
-                _TEXT[choice.kind].format(choice.name),
-                partial(host.start_backup, choice.kind, choice.name),
-                _HELP[choice.kind].format(choice.detail or choice.name),
-            )
+        for source in host.backup_choices():
+            yield (f"Back up {source.label} now: {source.name}",
+                   partial(host.start_backup, source),
+                   f"Back up {source.title} into the repository"
+                   + (f": {source.description}" if source.description else ""))
         names = host.replica_names()
         if names:
             yield (REPLICATE, host.start_replication,
@@ -79,18 +82,21 @@ class JobCommands(_ListedCommands):
 
 @runtime_checkable
 class ConsoleHost(Protocol):
-    """The app: its modes (screens) and the schedule actions."""
+    """The app: its modes (screens) and the schedules."""
 
     read_only: bool
     current_mode: str
 
     def switch_mode(self, mode: str) -> object: ...
 
-    def run_now(self, kind: str) -> None: ...
-
-    def set_paused(self, kind: str, paused: bool) -> None: ...
+    def post_message(self, message: Message) -> bool: ...
 
     def schedules_for_palette(self) -> list[dict]: ...
+
+
+def _request(host: ConsoleHost, kind: str, action: str) -> Callable[[], object]:
+    """A command that asks the app for ``action`` of schedule ``kind``."""
+    return lambda: host.post_message(ScheduleActionRequested(kind, action))
 
 
 SCREENS = (  # mode, text, help
@@ -125,11 +131,11 @@ class ConsoleCommands(_ListedCommands):
                 yield text, partial(host.switch_mode, mode), help_text
         for s in self._schedules:
             kind = s["kind"]
-            yield (f"Run now: {kind}", partial(host.run_now, kind),
+            yield (f"Run now: {kind}", _request(host, kind, "run"),
                    f"Ask the scheduler to {s['what']} now")
             if s["paused"]:
-                yield (f"Resume: {kind}", partial(host.set_paused, kind, False),
+                yield (f"Resume: {kind}", _request(host, kind, "resume"),
                        f"Run {kind} on its schedule again ({s['cron']})")
             else:
-                yield (f"Pause: {kind}", partial(host.set_paused, kind, True),
+                yield (f"Pause: {kind}", _request(host, kind, "pause"),
                        f"Skip the scheduled runs of {kind} until resumed")

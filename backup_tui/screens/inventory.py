@@ -5,35 +5,39 @@ replica) and the selected snapshot's record. "Replicas" (``p``; shown only when
 replicas are configured): see ``backup_tui.screens.replicas``.
 
 A job is a backup or a replication, one at a time, in the job panel. ``b``
-backs up a fileset and ``d`` a database (``d`` shows only when databases are
-configured); with several, a ``SourcePicker`` asks which. ``R`` replicates now
-(every replica; each one fails or succeeds on its own). A backup replicates by
-itself afterwards when replicas say ``replicate_after_backup``. Every engine
-call runs in a thread worker and answers with a message from
-``backup_tui.messages``; handlers on the UI thread update the widgets. Worker
-groups: ``inventory`` (the list), ``detail`` (one record), ``connections``
-(where each database connects, read once for the picker and the palette),
-``job`` (the job). A newer list or detail request replaces an older one; a
-result that arrives for a request no longer current is dropped.
+backs up a source: the engine lists them (``Engine.sources``: fileset,
+database, whatever kinds it has), and with more than one a ``SourcePicker``
+asks which. ``R`` replicates now (every replica; each one fails or succeeds on
+its own). A backup replicates by itself afterwards when replicas say
+``replicate_after_backup``. Every engine call goes through
+``EngineCaller.call_engine`` (a thread worker, a message back, one error path);
+handlers on the UI thread update the widgets. Worker groups: ``inventory`` (the
+list), ``detail`` (one record), ``sources`` (read at mount: a database's
+description resolves where it connects), ``job`` (the job). A newer list or
+detail request replaces an older one and the older one's answer is dropped.
+The replica names are read when the screen is built: they shape it (a column
+each, the tab), and the engine answers them from its configuration.
 
-A read-only console (the user is not an admin) shows ``b``, ``d`` and ``R``
-disabled and leaves them out of the command palette: they would be refused.
+A read-only console (the user is not an admin) shows ``b`` and ``R`` disabled
+and leaves them out of the command palette: they would be refused.
 """
 
 from __future__ import annotations
 
-from textual import on, work
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
-from textual.worker import Worker, WorkerState, get_current_worker
 
+from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import (
     BackupFailed,
     BackupFinished,
-    ConnectionsLoaded,
     DetailFailed,
     DetailLoaded,
     EventRelay,
@@ -42,26 +46,28 @@ from backup_tui.messages import (
     ReplicationFinished,
     SnapshotsFailed,
     SnapshotsLoaded,
+    SourcesLoaded,
 )
 from backup_tui.screens.commands import JobCommands
 from backup_tui.screens.replicas import ReplicasPane
-from backup_tui.screens.source_picker import SourceChoice, SourcePicker
-from backup_tui.widgets.job_panel import REPLICATE, JobPanel, replication_summary, source_label
+from backup_tui.screens.source_picker import SourcePicker
+from backup_tui.widgets.job_panel import BACKUP, REPLICATE, JobPanel, replication_summary
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
 from backup_tui.widgets.snapshot_table import SnapshotTable
-from engine.errors import EngineError
 from engine.events import CancelToken
 from engine.facade import Engine
+
+if TYPE_CHECKING:
+    from engine.sources.base import SourceInfo
 
 SNAPSHOTS_TAB, REPLICAS_TAB = "snapshots-tab", "replicas-tab"
 
 
-class InventoryScreen(Screen):
+class InventoryScreen(EngineCaller, Screen):
     """Snapshots of the repository and its replicas; backups and replication on demand."""
 
     BINDINGS = [
-        Binding("b", "backup", "Back up files", id="backup"),
-        Binding("d", "backup_db", "Back up database", id="backup-db"),
+        Binding("b", "backup", "Back up", id="backup"),
         Binding("R", "replicate", "Replicate now", id="replicate"),
         Binding("p", f"show_tab('{REPLICAS_TAB}')", "Replicas", id="show-replicas"),
         Binding("p", f"show_tab('{SNAPSHOTS_TAB}')", "Snapshots", id="show-snapshots"),
@@ -74,57 +80,50 @@ class InventoryScreen(Screen):
         super().__init__()
         self.engine = engine
         self.read_only = read_only  # not an admin: look, do not change
+        self.replicas = engine.replica_names()  # they shape the screen: see the docstring
+        self.sources: list[SourceInfo] | None = None  # once read
         self._details: dict[str, dict] = {}  # snapshot id -> record (snapshots never change)
         self._cancel: CancelToken | None = None  # set while a job runs
-        self._connections: dict[str, str] = {}  # database -> where it connects, once read
-
-    @property
-    def _has_databases(self) -> bool:
-        return bool(self.engine.config.databases)
 
     def replica_names(self) -> list[str]:
         """The configured replicas, in configuration order."""
-        return [r["name"] for r in self.engine.config.replicas]
+        return self.replicas
 
     def _keys_hint(self) -> str:
         """What to press to start a job, as a sentence."""
         if self.read_only:
             return "Read-only console: backups and replication need an admin."
-        return ("Press b to back up a fileset" + (", d a database" if self._has_databases else "")
-                + (", R to replicate" if self.replica_names() else "") + ".")
+        return "Press b to back up" + (", R to replicate" if self.replicas else "") + "."
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with TabbedContent(id="views", initial=SNAPSHOTS_TAB,
-                           classes="" if self.replica_names() else "-single"):
+                           classes="" if self.replicas else "-single"):
             with TabPane("Snapshots", id=SNAPSHOTS_TAB), Horizontal(id="inventory"):
-                yield SnapshotTable(tuple(self.replica_names()), id="snapshots")
+                yield SnapshotTable(tuple(self.replicas), id="snapshots")
                 yield SnapshotDetail(id="detail")
-            if self.replica_names():
+            if self.replicas:
                 yield ReplicasPane(self.engine, id=REPLICAS_TAB)
-        idle = "No job running" if self.replica_names() else "No backup running"
+        idle = "No job running" if self.replicas else "No backup running"
         yield JobPanel(f"{idle}. {self._keys_hint()}", id="job")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(SnapshotDetail).show_message("Loading snapshots…")
         self.load_snapshots()
-        if self._has_databases:
-            self.load_connections()
+        self.load_sources()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # Keys that do nothing here are not offered: d without a [[database]], R and p
-        # without a [[replica]]; p goes to the tab that is not showing. A read-only console
-        # shows b, d and R disabled.
+        # Keys that do nothing here are not offered: b once no source turned out to be
+        # configured, R and p without a [[replica]]; p goes to the tab that is not showing.
+        # A read-only console shows b and R disabled.
         mutating = None if self.read_only else True
         if action == "backup":
-            return mutating
-        if action == "backup_db":
-            return self._has_databases and mutating
+            return self.sources != [] and mutating
         if action == "replicate":
-            return bool(self.replica_names()) and mutating
+            return bool(self.replicas) and mutating
         if action == "show_tab":
-            return bool(self.replica_names()) and parameters[0] != self._tab
+            return bool(self.replicas) and parameters[0] != self._tab
         return True
 
     @property
@@ -156,16 +155,11 @@ class InventoryScreen(Screen):
         else:
             self.load_snapshots(self.query_one(SnapshotTable).selected_id)
 
-    @work(thread=True, exclusive=True, group="inventory", exit_on_error=False)
     def load_snapshots(self, select: str | None = None) -> None:
-        try:
-            snapshots = self.engine.snapshots()
-        except EngineError as e:
-            message: SnapshotsLoaded | SnapshotsFailed = SnapshotsFailed(str(e))
-        else:
-            message = SnapshotsLoaded(snapshots, select)
-        if not get_current_worker().is_cancelled:
-            self.post_message(message)
+        """Read the list again; then put the cursor on ``select`` (a snapshot id) if given."""
+        self.call_engine(lambda: SnapshotsLoaded(self.engine.snapshots(), select),
+                         group="inventory", failed=SnapshotsFailed,
+                         alert="Cannot list snapshots")
 
     def on_snapshots_loaded(self, message: SnapshotsLoaded) -> None:
         table = self.query_one(SnapshotTable)
@@ -179,7 +173,6 @@ class InventoryScreen(Screen):
 
     def on_snapshots_failed(self, message: SnapshotsFailed) -> None:
         self.query_one(SnapshotDetail).show_message(f"Cannot read the repository:\n{message.error}")
-        self.notify(message.error, title="Cannot list snapshots", severity="error")
 
     # --------------------------------------------------------------- detail
     @on(DataTable.RowHighlighted, "#snapshots")
@@ -197,16 +190,8 @@ class InventoryScreen(Screen):
             return  # being loaded already
         else:
             detail.show_message(f"Loading snapshot {snapshot_id[:8]}…", snapshot_id)
-            self.load_detail(snapshot_id)
-
-    @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
-    def load_detail(self, snapshot_id: str) -> None:
-        try:
-            record = self.engine.snapshot(snapshot_id)
-        except EngineError as e:
-            self.post_message(DetailFailed(snapshot_id, str(e)))
-        else:
-            self.post_message(DetailLoaded(snapshot_id, record))
+            self.call_engine(lambda: DetailLoaded(snapshot_id, self.engine.snapshot(snapshot_id)),
+                             group="detail", failed=partial(DetailFailed, snapshot_id))
 
     def _info(self, snapshot_id: str):
         return self.query_one(SnapshotTable).infos.get(snapshot_id)
@@ -222,51 +207,41 @@ class InventoryScreen(Screen):
                 f"Cannot read snapshot {message.snapshot_id[:8]}:\n{message.error}"
             )
 
-    # ----------------------------------------------------------- connections
-    @work(thread=True, exclusive=True, group="connections", exit_on_error=False)
-    def load_connections(self) -> None:
-        connections = {}
-        for db in self.engine.config.databases:
-            try:
-                c = self.engine.database_connection(db["name"])
-            except EngineError as e:
-                connections[db["name"]] = str(e)
-            else:
-                connections[db["name"]] = f"{c['where']}, from {c['from']}"
-        self.post_message(ConnectionsLoaded(connections))
-
-    def on_connections_loaded(self, message: ConnectionsLoaded) -> None:
-        self._connections = message.connections
-
     # --------------------------------------------------------------- backup
-    def backup_choices(self, kind: str | None = None) -> list[SourceChoice]:
-        """The sources ``b``, ``d`` and the palette offer: filesets, then databases."""
-        choices = [SourceChoice("files", fs.name, ", ".join(fs.paths))
-                   for fs in self.engine.config.filesets]
-        choices += [SourceChoice("db", db["name"], self._connections.get(db["name"], ""))
-                    for db in self.engine.config.databases]
-        return [c for c in choices if kind is None or c.kind == kind]
+    def load_sources(self, pick: bool = False) -> None:
+        """Ask the engine which sources there are; ``pick``: then ask which to back up."""
+        self.call_engine(lambda: SourcesLoaded(self.engine.sources(), pick), group="sources",
+                         alert="Cannot list the sources")
+
+    def on_sources_loaded(self, message: SourcesLoaded) -> None:
+        self.sources = message.sources
+        self.refresh_bindings()
+        if message.pick:
+            self._pick_source()
+
+    def backup_choices(self) -> list[SourceInfo]:
+        """The sources ``b`` and the palette offer (none until they are read)."""
+        return self.sources or []
 
     def action_backup(self) -> None:
-        self._backup_one_of("files", "Back up which fileset?", "No [[fileset]] is configured.")
-
-    def action_backup_db(self) -> None:
-        self._backup_one_of("db", "Back up which database?", "No [[database]] is configured.")
-
-    def _backup_one_of(self, kind: str, question: str, none_configured: str) -> None:
-        choices = self.backup_choices(kind)
-        if not choices:
-            self.notify(none_configured, title="Nothing to back up", severity="warning",
-                        markup=False)
-        elif len(choices) == 1:
-            self.start_backup(kind, choices[0].name)
+        if self.sources is None:  # not read yet (or reading failed): read, then ask
+            self.load_sources(pick=True)
         else:
-            self.app.push_screen(SourcePicker(question, choices),
-                                 lambda name: self._picked(kind, name))
+            self._pick_source()
 
-    def _picked(self, kind: str, name: str | None) -> None:
-        if name is not None:
-            self.start_backup(kind, name)
+    def _pick_source(self) -> None:
+        sources = self.backup_choices()
+        if not sources:
+            self.notify("No source is configured.", title="Nothing to back up",
+                        severity="warning", markup=False)
+        elif len(sources) == 1:
+            self.start_backup(sources[0])
+        else:
+            self.app.push_screen(SourcePicker("Back up which source?", sources), self._picked)
+
+    def _picked(self, source: SourceInfo | None) -> None:
+        if source is not None:
+            self.start_backup(source)
 
     def _job_running(self) -> bool:
         if self._cancel is not None:
@@ -274,22 +249,17 @@ class InventoryScreen(Screen):
             self.notify(f"{what} is already running; wait for it to end.", severity="warning")
         return self._cancel is not None
 
-    def start_backup(self, kind: str, name: str) -> None:
+    def start_backup(self, source: SourceInfo) -> None:
+        """Back up ``source`` in the job panel (then replicate, when replicas say so)."""
         if self._job_running():
             return
-        self._cancel = CancelToken()
-        self.query_one(JobPanel).start(kind, name)
-        self.run_backup(kind, name, self._cancel)
-
-    @work(thread=True, exclusive=True, group="job", exit_on_error=False)
-    def run_backup(self, kind: str, name: str, cancel: CancelToken) -> None:
-        backup = self.engine.backup_db if kind == "db" else self.engine.backup_files
-        try:
-            result = backup(name, EventRelay(self), cancel)
-        except EngineError as e:
-            self.post_message(BackupFailed(kind, name, str(e)))
-        else:
-            self.post_message(BackupFinished(name, result))
+        self._cancel = cancel = CancelToken()
+        self.query_one(JobPanel).start(BACKUP, source.title)
+        relay = EventRelay(self)
+        self.call_engine(
+            lambda: BackupFinished(self.engine.backup(source.kind, source.name, relay, cancel)),
+            group="job", failed=partial(BackupFailed, source),
+            alert=f"Backup of {source.title} failed")
 
     def on_job_progress(self, message: JobProgress) -> None:
         self.query_one(JobPanel).show_event(message.event)
@@ -297,8 +267,8 @@ class InventoryScreen(Screen):
     def on_backup_finished(self, message: BackupFinished) -> None:
         self._cancel = None
         result = message.result
-        self.query_one(JobPanel).finish(message.source, result)
-        saved = f"Snapshot {result.id[:8]} of {source_label(result.kind, message.source)} saved"
+        self.query_one(JobPanel).finish(result)
+        saved = f"Snapshot {result.id[:8]} of {result.label} {result.source} saved"
         if not result.complete:
             self.notify(f"{saved}, but {len(result.errors)} file(s) could not be read.",
                         title="Backup incomplete", severity="warning", markup=False)
@@ -311,11 +281,8 @@ class InventoryScreen(Screen):
         self.load_snapshots(select=result.id)
 
     def on_backup_failed(self, message: BackupFailed) -> None:
-        self._cancel = None
-        self.query_one(JobPanel).fail(message.kind, message.source, message.error)
-        self.notify(message.error,
-                    title=f"Backup of {source_label(message.kind, message.source)} failed",
-                    severity="error", markup=False)
+        self._cancel = None  # the notification came from the one error path
+        self.query_one(JobPanel).fail(message.error)
 
     # ------------------------------------------------------------ replication
     def action_replicate(self) -> None:
@@ -323,25 +290,18 @@ class InventoryScreen(Screen):
 
     def start_replication(self) -> None:
         """Replicate now: every configured replica, in the job panel."""
-        names = self.replica_names()
-        if not names:
+        if not self.replicas:
             self.notify("No [[replica]] is configured.", title="Nothing to replicate",
                         severity="warning", markup=False)
             return
         if self._job_running():
             return
-        self._cancel = CancelToken()
-        self.query_one(JobPanel).start(REPLICATE, ", ".join(names))
-        self.run_replication(self._cancel)
-
-    @work(thread=True, exclusive=True, group="job", exit_on_error=False)
-    def run_replication(self, cancel: CancelToken) -> None:
-        try:
-            results = self.engine.replicate(on_event=EventRelay(self), cancel=cancel)
-        except EngineError as e:
-            self.post_message(ReplicationFailed(str(e)))
-        else:
-            self.post_message(ReplicationFinished(results))
+        self._cancel = cancel = CancelToken()
+        self.query_one(JobPanel).start(REPLICATE, ", ".join(self.replicas))
+        relay = EventRelay(self)
+        self.call_engine(
+            lambda: ReplicationFinished(self.engine.replicate(on_event=relay, cancel=cancel)),
+            group="job", failed=ReplicationFailed, alert="Replication failed")
 
     def on_replication_finished(self, message: ReplicationFinished) -> None:
         self._cancel = None
@@ -353,9 +313,8 @@ class InventoryScreen(Screen):
         self.load_snapshots(self.query_one(SnapshotTable).selected_id)
 
     def on_replication_failed(self, message: ReplicationFailed) -> None:
-        self._cancel = None
-        self.query_one(JobPanel).fail(REPLICATE, "", message.error)
-        self.notify(message.error, title="Replication failed", severity="error", markup=False)
+        self._cancel = None  # the notification came from the one error path
+        self.query_one(JobPanel).fail(message.error)
 
     def _replicated(self, results: list) -> None:
         """After a replication (its own or a backup's): name each replica that failed, and
@@ -364,20 +323,5 @@ class InventoryScreen(Screen):
             if not r.ok:
                 self.notify(r.error or "failed", title=f"Replica {r.replica} failed",
                             severity="error", markup=False, timeout=15)
-        if results and self.replica_names():
+        if results and self.replicas:
             self.query_one(ReplicasPane).load(check=False)
-
-    # ------------------------------------------------------- unexpected errors
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """A worker that raised something other than an EngineError: report it, keep running."""
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
-        text = f"{type(error).__name__}: {error}"
-        panel = self.query_one(JobPanel)
-        if event.worker.group == "job" and panel.kind == REPLICATE:
-            self.post_message(ReplicationFailed(text))
-        elif event.worker.group == "job":
-            self.post_message(BackupFailed(panel.kind or "files", panel.source or "?", text))
-        else:
-            self.notify(text, title="Unexpected error", severity="error", markup=False)

@@ -3,9 +3,10 @@
 Jobs are read from the catalog, not from this console's own events: whoever
 runs a job (this console, the daemon, the CLI) writes its progress there about
 four times a second, so the daemon's jobs show as live as the console's own.
-While the screen shows, a timer asks for the jobs every ``POLL_SECONDS`` and a
-thread worker (group ``jobs``) reads them; a poll is skipped while the previous
-one is still reading (a busy catalog never piles up threads). The timer stops
+While the screen shows, a timer asks for the jobs every ``POLL_SECONDS`` and an
+engine call (``EngineCaller.call_engine``, group ``jobs``) reads them; a poll is
+skipped while the previous one is still reading (a busy catalog never piles up
+threads). A read that fails says so in the detail line and polling goes on. The timer stops
 while another screen shows.
 
 The table (``JobTable``) has every job; below it, ``JobDetail`` has the
@@ -17,17 +18,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header
-from textual.worker import Worker, WorkerState, get_current_worker
 
+from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import JobsFailed, JobsLoaded
 from backup_tui.widgets.job_table import JobDetail, JobTable
-from engine.errors import EngineError
 from engine.facade import Engine
 
 POLL_SECONDS = 0.5
@@ -35,7 +35,7 @@ JOBS_SHOWN = 50
 NO_JOBS = "No jobs yet: backups, verifies and replications show here as they run."
 
 
-class JobsScreen(Screen):
+class JobsScreen(EngineCaller, Screen):
     """Every job the catalog holds, newest first, refreshed twice a second."""
 
     BINDINGS = [Binding("escape", "app.switch_mode('inventory')", "Back", show=False)]
@@ -83,17 +83,8 @@ class JobsScreen(Screen):
     def poll(self) -> None:
         """Ask for the jobs, unless a read is still under way."""
         if not any(w.group == "jobs" and not w.is_finished for w in self.workers):
-            self.load_jobs()
-
-    @work(thread=True, group="jobs", exit_on_error=False)
-    def load_jobs(self) -> None:
-        try:
-            message: JobsLoaded | JobsFailed = JobsLoaded(self.engine.jobs(JOBS_SHOWN),
-                                                          self.clock())
-        except EngineError as e:
-            message = JobsFailed(str(e))
-        if not get_current_worker().is_cancelled:
-            self.post_message(message)
+            self.call_engine(lambda: JobsLoaded(self.engine.jobs(JOBS_SHOWN), self.clock()),
+                             group="jobs", failed=JobsFailed, exclusive=False)
 
     def on_jobs_loaded(self, message: JobsLoaded) -> None:
         self.now = message.now
@@ -115,12 +106,6 @@ class JobsScreen(Screen):
             self.detail.show_message(NO_JOBS)
         else:
             self.detail.show(job, self.now, self.runner(job.get("pid")))
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """A read that raised something other than an EngineError: say so, keep polling."""
-        if event.state == WorkerState.ERROR:
-            error = event.worker.error
-            self.post_message(JobsFailed(f"{type(error).__name__}: {error}"))
 
 
 def runner_label(pid: int | None, daemon_pid: int | None) -> str:

@@ -3,34 +3,35 @@
 Opening the tab shows the figures the catalog holds (from the last replication
 or lag check) at once, then measures the lag again in a thread worker
 (``Engine.replica_states(check=True)`` lists the repository and each replica,
-network I/O) and shows the new figures. Worker group ``replicas``: a newer
-request replaces an older one and the older one's answer is dropped.
+network I/O) and shows the new figures. Both come from one engine call
+(``EngineCaller.call_engine``, group ``replicas``): a newer request replaces an
+older one and the older one's answers are dropped; a failure shows in the
+status line.
 "Replicate now" is a job of the inventory screen (one job panel, one job at a
 time); when it ends, the screen asks this pane to show the stored figures again.
 """
 
 from __future__ import annotations
 
-from textual import work
+from functools import partial
+
 from textual.app import ComposeResult
 from textual.widgets import DataTable, TabPane
-from textual.worker import Worker, WorkerState, get_current_worker
 
+from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import ReplicasFailed, ReplicasLoaded
 from backup_tui.widgets.replica_table import ReplicaDetail, ReplicaTable, describe_replica
-from engine.errors import EngineError
 from engine.facade import Engine
 
 MEASURING = "Measuring the lag: listing the repository and each replica…"
 
 
-class ReplicasPane(TabPane):
+class ReplicasPane(EngineCaller, TabPane):
     """A table of the configured replicas and the highlighted one in full below it."""
 
     def __init__(self, engine: Engine, *, id: str | None = None) -> None:
         super().__init__("Replicas", id=id)
         self.engine = engine
-        self._endpoints = {r["name"]: r["endpoint_url"] for r in engine.config.replicas}
         self.checking = False  # a lag check is running
 
     def compose(self) -> ComposeResult:
@@ -49,22 +50,15 @@ class ReplicasPane(TabPane):
         """Show the stored figures; with ``check``, then the lag measured now."""
         self.checking = check
         self.detail.show(status=MEASURING if check else "")
-        self.load_states(check)
+        self.call_engine(partial(self._states, check), group="replicas", failed=ReplicasFailed)
 
-    @work(thread=True, exclusive=True, group="replicas", exit_on_error=False)
-    def load_states(self, check: bool) -> None:
-        worker = get_current_worker()
-        for measure in (False, True) if check else (False,):
-            try:
-                message: ReplicasLoaded | ReplicasFailed = ReplicasLoaded(
-                    self.engine.replica_states(check=measure), measure)
-            except EngineError as e:
-                message = ReplicasFailed(str(e))
-            if worker.is_cancelled:
-                return
-            self.post_message(message)
-            if isinstance(message, ReplicasFailed):
-                return
+    def _states(self, check: bool) -> ReplicasLoaded:
+        """In the worker: the stored figures, then (``check``) the measured ones."""
+        stored = ReplicasLoaded(self.engine.replica_states(check=False), checked=False)
+        if not check:
+            return stored
+        self.post_answer(stored)
+        return ReplicasLoaded(self.engine.replica_states(check=True), checked=True)
 
     def on_replicas_loaded(self, message: ReplicasLoaded) -> None:
         message.stop()
@@ -86,11 +80,4 @@ class ReplicasPane(TabPane):
     def _show_selected(self) -> None:
         state = self.table.selected
         if state is not None:
-            self.detail.show(describe_replica(state, self._endpoints.get(state["name"], "")))
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """A lag check that raised something other than an EngineError: say so, keep going."""
-        event.stop()
-        if event.state == WorkerState.ERROR:
-            error = event.worker.error
-            self.post_message(ReplicasFailed(f"{type(error).__name__}: {error}"))
+            self.detail.show(describe_replica(state))

@@ -1,11 +1,12 @@
 """The schedule screen (``s``): each schedule, its next and last run; run now, pause, resume.
 
-The schedules are read (``Engine.schedules``) in a thread worker (group
+The schedules are read (``Engine.schedules``, through ``EngineCaller``, group
 ``schedules``) when the screen shows and every ``POLL_SECONDS`` while it does,
 so a run that ends elsewhere (the daemon) updates its row. ``n`` asks for a run
-now and ``space`` (or ``P``) pauses or resumes the highlighted schedule; both
-are the app's (``BackupConsole.run_now``, ``set_paused``), shared with the
-command palette, and need an admin: a read-only console shows them disabled.
+now and ``space`` (or ``P``) pauses or resumes the highlighted schedule: the
+screen posts a ``ScheduleActionRequested`` and the app acts on it, as it does
+for the command palette's. Both need an admin: a read-only console shows them
+disabled.
 A run now goes through the catalog either way: the scheduler that runs the
 schedule (this console's, or the daemon's when the console is a viewer) takes
 it within a second.
@@ -13,28 +14,22 @@ it within a second.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header
-from textual.worker import Worker, WorkerState, get_current_worker
 
-from backup_tui.messages import SchedulesFailed, SchedulesLoaded
+from backup_tui.engine_calls import EngineCaller
+from backup_tui.messages import ScheduleActionRequested, SchedulesFailed, SchedulesLoaded
 from backup_tui.widgets.schedule_table import ScheduleDetail, ScheduleTable, describe_schedule
-from engine.errors import EngineError
 from engine.facade import Engine
-
-if TYPE_CHECKING:
-    from backup_tui.app import BackupConsole
 
 POLL_SECONDS = 1.0
 
 
-class ScheduleScreen(Screen):
+class ScheduleScreen(EngineCaller, Screen):
     """The ``[schedule]`` of the config with what the catalog knows of each run."""
 
     BINDINGS = [
@@ -69,10 +64,6 @@ class ScheduleScreen(Screen):
     def detail(self) -> ScheduleDetail:
         return self.query_one(ScheduleDetail)
 
-    @property
-    def console(self) -> BackupConsole:
-        return self.app  # type: ignore[return-value]
-
     # ---------------------------------------------------------------- keys
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # space is Pause or Resume, whichever the highlighted schedule needs; a read-only
@@ -92,25 +83,24 @@ class ScheduleScreen(Screen):
         return next((t.selected for t in tables), None)
 
     def action_run_now(self) -> None:
-        schedule = self._selected
-        if schedule is not None:
-            self.console.run_now(schedule["kind"])
+        self._request("run")
 
     def action_pause(self) -> None:
-        self._set_paused(True)
+        self._request("pause")
 
     def action_resume(self) -> None:
-        self._set_paused(False)
+        self._request("resume")
 
     def action_toggle_pause(self) -> None:
         schedule = self._selected
         if schedule is not None:
-            self._set_paused(not schedule["paused"])
+            self._request("resume" if schedule["paused"] else "pause")
 
-    def _set_paused(self, paused: bool) -> None:
+    def _request(self, action: str) -> None:
+        """Ask the app for ``action`` of the highlighted schedule."""
         schedule = self._selected
         if schedule is not None:
-            self.console.set_paused(schedule["kind"], paused)
+            self.post_message(ScheduleActionRequested(schedule["kind"], action))
 
     # -------------------------------------------------------------- polling
     def on_screen_resume(self) -> None:
@@ -126,16 +116,8 @@ class ScheduleScreen(Screen):
 
     def load(self) -> None:
         """Read the schedules again (after a change, or on the timer)."""
-        self.load_schedules()
-
-    @work(thread=True, exclusive=True, group="schedules", exit_on_error=False)
-    def load_schedules(self) -> None:
-        try:
-            message: SchedulesLoaded | SchedulesFailed = SchedulesLoaded(self.engine.schedules())
-        except EngineError as e:
-            message = SchedulesFailed(str(e))
-        if not get_current_worker().is_cancelled:
-            self.post_message(message)
+        self.call_engine(lambda: SchedulesLoaded(self.engine.schedules()), group="schedules",
+                         failed=SchedulesFailed)
 
     def on_schedules_loaded(self, message: SchedulesLoaded) -> None:
         self.table.show(message.schedules)
@@ -154,8 +136,3 @@ class ScheduleScreen(Screen):
         if schedule is not None:
             self.detail.show(describe_schedule(schedule))
         self.refresh_bindings()  # space says Pause or Resume for the highlighted one
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR:
-            error = event.worker.error
-            self.post_message(SchedulesFailed(f"{type(error).__name__}: {error}"))

@@ -1,13 +1,14 @@
-"""A small modal that asks which source to back up and answers its name through ``dismiss``.
+"""A small modal that asks which source to back up and answers it through ``dismiss``.
 
-A source is a fileset or a database; the inventory offers the filesets for ``b``
-and the databases for ``d``, each with a line that says what it is (paths, or
-where the database lives).
+Every configured source, as the engine describes it (``SourceInfo``): its
+label ("fileset", "database"), its name and its one-line description (the
+paths, or where the connection goes), grouped by label in the order the engine
+gives them, a separator between groups. ``sources`` is that display order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,38 +18,52 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-
-@dataclass(frozen=True)
-class SourceChoice:
-    """One configured source: ``kind`` "files" or "db", its name and a line about it."""
-
-    kind: str
-    name: str
-    detail: str = ""
+if TYPE_CHECKING:
+    from engine.sources.base import SourceInfo
 
 
-class SourcePicker(ModalScreen[str | None]):
-    """Choose one source; Enter answers its name, Escape answers None."""
+def grouped(sources: list[SourceInfo]) -> list[list[SourceInfo]]:
+    """The sources by label, labels in order of first appearance."""
+    groups: dict[str, list[SourceInfo]] = {}
+    for source in sources:
+        groups.setdefault(source.label, []).append(source)
+    return list(groups.values())
+
+
+class SourcePicker(ModalScreen["SourceInfo | None"]):
+    """Choose one source; Enter answers it, Escape answers None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, choices: list[SourceChoice]) -> None:
+    def __init__(self, title: str, sources: list[SourceInfo]) -> None:
         super().__init__()
         self.title_text = title
-        self.choices = list(choices)
+        self.sources = [s for group in grouped(sources) for s in group]  # as listed
 
     def compose(self) -> ComposeResult:
+        label_width = max(len(s.label) for s in self.sources)
+        name_width = max(len(s.name) for s in self.sources)
+        options: list[Option | None] = []
+        for i, source in enumerate(self.sources):
+            if i and source.label != self.sources[i - 1].label:
+                options.append(None)  # a separator between labels
+            options.append(Option(self._prompt(source, label_width, name_width), id=str(i)))
         with Vertical(id="picker"):
             yield Label(Content(self.title_text), id="picker-title")
-            yield OptionList(
-                *(Option(Content(f"{c.name}  ({c.detail})" if c.detail else c.name), id=c.name)
-                  for c in self.choices),
-                id="picker-options",
-            )
+            yield OptionList(*options, id="picker-options")
+
+    @staticmethod
+    def _prompt(source: SourceInfo, label_width: int, name_width: int) -> Content:
+        # Content, not markup: names and descriptions are user data.
+        return Content.assemble(
+            (f"{source.label:<{label_width}}  ", "$foreground-muted"),
+            f"{source.name:<{name_width}}",
+            (f"  {source.description}" if source.description else "", "$foreground-muted"),
+        )
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
-        self.dismiss(event.option.id)
+        self.dismiss(self.sources[int(event.option.id or 0)])
 
     def action_cancel(self) -> None:
         self.dismiss(None)

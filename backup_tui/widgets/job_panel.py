@@ -1,12 +1,13 @@
 """The job panel: a running job's progress bar and one line of numbers, or the last outcome.
 
-A job is a backup (of a fileset or a database) or a replication to the S3
-replicas. The panel shows engine events as they come: for a fileset, bytes and
-files done of the totals the scan found and the path being read; for a
-database, the bytes pg_dump has streamed of an estimate (the database's size
-on the server, which a dump rarely reaches); for a replication (phase
-``replicate``, one engine job per replica), the bytes and objects uploaded of
-what that replica lacks. All show the rate since the engine job's first event.
+A job is a backup of one source (the screen names it: "fileset uploads",
+"database app") or a replication to the S3 replicas. The panel shows engine
+events as they come: bytes and items done of the totals the event carries
+(``~`` before a total the engine only estimates, as a dump's), the rate since
+the engine job's first event, and the event's message (the path being read);
+for a replication (phase ``replicate``, one engine job per replica), the bytes
+and objects uploaded of what that replica lacks. At the end it shows the
+figures the result has: files only when the backup counted any.
 A backup replicates by itself when replicas have ``replicate_after_backup``:
 its ``replicate`` events follow its ``done`` event in the same stream, and the
 title then says the snapshot is saved and which replica is being filled.
@@ -21,8 +22,8 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
+from backup_tui.format import human_bytes
 from engine.events import Event
-from engine.facade import human_bytes
 
 if TYPE_CHECKING:  # the facade returns them; the console only reads their fields
     from engine.ops.backup import BackupResult
@@ -31,16 +32,11 @@ if TYPE_CHECKING:  # the facade returns them; the console only reads their field
 PATH_WIDTH = 70  # the current path is cut from the left beyond this
 ESTIMATED_PHASES = ("dump",)  # phases whose bytes_total is a guess, shown as "~"
 ITEMS = {"replicate": "objects"}  # what a phase's items are; files otherwise
-REPLICATE = "replicate"  # the job kind and event phase of a replication
+BACKUP, REPLICATE = "backup", "replicate"  # the job kinds; "replicate" is a phase too
 
 
 def _tail(path: str, width: int = PATH_WIDTH) -> str:
     return path if len(path) <= width else "…" + path[-(width - 1):]
-
-
-def source_label(kind: str, source: str) -> str:
-    """``database shop`` or ``fileset app-data``."""
-    return f"{'database' if kind == 'db' else 'fileset'} {source}"
 
 
 def _uploaded(results: list[ReplicaResult]) -> str:
@@ -88,8 +84,8 @@ class JobPanel(Vertical):
         self.hint = hint  # the idle line
         self._job_id: str | None = None
         self._started = 0.0
-        self.kind: str | None = None  # "files", "db" or "replicate": the job shown
-        self.source: str | None = None  # its fileset or database, or the replicas
+        self.kind: str | None = None  # BACKUP or REPLICATE: the job shown
+        self.what = ""  # what it backs up ("fileset uploads") or the replicas it fills
         self._saved = ""  # a backup's "done" message ("snapshot 1a2b3c4d") once it came
 
     def compose(self) -> ComposeResult:
@@ -120,12 +116,12 @@ class JobPanel(Vertical):
         # Content, not str: paths and engine messages are data, never markup.
         self.query_one(f"#{widget_id}", Static).update(Content(text))
 
-    def start(self, kind: str, source: str) -> None:
-        """A job begins: ``kind`` files or db with its source, or replicate with the replicas."""
-        self._job_id, self.kind, self.source, self._saved = None, kind, source, ""
+    def start(self, kind: str, what: str) -> None:
+        """A job begins: a ``BACKUP`` of ``what`` ("fileset uploads"), or a ``REPLICATE`` to
+        ``what`` (the replicas' names)."""
+        self._job_id, self.kind, self.what, self._saved = None, kind, what, ""
         self._set_state("-running")
-        title = (f"Replicating to {source}…" if kind == REPLICATE
-                 else f"Backing up {source_label(kind, source)}…")
+        title = f"Replicating to {what}…" if kind == REPLICATE else f"Backing up {what}…"
         self._text("job-title", title)
         self.bar.update(total=None, progress=0)
         self._text("job-numbers", "starting")
@@ -158,24 +154,26 @@ class JobPanel(Vertical):
         if self.kind == REPLICATE:
             title = f"Replicating {where}…"
         else:
-            label = source_label(self.kind or "files", self.source or "?")
             saved = f": {self._saved} saved" if self._saved else ""
-            title = f"Backed up {label}{saved}; replicating {where}…"
+            title = f"Backed up {self.what}{saved}; replicating {where}…"
         self._text("job-title", title)
         self._text("job-path", "")
 
-    def finish(self, source: str, result: BackupResult) -> None:
+    def finish(self, result: BackupResult) -> None:
+        """A backup ended with a snapshot, complete or not."""
         self._set_state("-done")
         self.bar.update(total=100, progress=100)
-        label = source_label(result.kind, source)
-        if result.kind == "db":
-            status = f"{len(result.warnings)} warning(s)" if result.warnings else "complete"
-            numbers = f"dump {human_bytes(result.size)}"
+        if not result.complete:
+            status = f"INCOMPLETE, {len(result.errors)} error(s)"
+        elif result.warnings:
+            status = f"complete, {len(result.warnings)} warning(s)"
         else:
-            status = ("complete" if result.complete
-                      else f"INCOMPLETE, {len(result.errors)} error(s)")
-            numbers = f"{result.files} files, {human_bytes(result.size)}"
-        self._text("job-title", f"Backed up {label}: snapshot {result.id[:8]}, {status}")
+            status = "complete"
+        numbers = human_bytes(result.size)
+        if result.files:
+            numbers = f"{result.files} files, {numbers}"
+        self._text("job-title", f"Backed up {result.label} {result.source}: "
+                                f"snapshot {result.id[:8]}, {status}")
         self._text("job-numbers", f"{numbers}, new data {human_bytes(result.added)} "
                                   f"in {result.duration:.1f} s")
         replication = result.replication
@@ -208,9 +206,10 @@ class JobPanel(Vertical):
         self._text("job-path" if ok else "job-numbers",
                    "; ".join(f"{r.replica}: {r.error}" for r in failed))
 
-    def fail(self, kind: str, source: str, error: str) -> None:
+    def fail(self, error: str) -> None:
+        """The job shown ended without a result."""
         self._set_state("-failed")
-        self._text("job-title", "Replication failed" if kind == REPLICATE
-                   else f"Backup of {source_label(kind, source)} failed")
+        self._text("job-title", "Replication failed" if self.kind == REPLICATE
+                   else f"Backup of {self.what} failed")
         self._text("job-numbers", error)
         self._text("job-path", "")

@@ -31,10 +31,9 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
+from backup_tui.format import cut, duration, human_bytes, local_time
 from backup_tui.widgets.job_panel import ESTIMATED_PHASES
 from backup_tui.widgets.keyed_table import KeyedTable
-from backup_tui.widgets.snapshot_table import local_time
-from engine.facade import human_bytes
 
 STARTED_FORMAT = "%m-%d %H:%M"  # the detail has the seconds
 MESSAGE_WIDTH = 26  # the table cuts the message or error here; the detail has them whole
@@ -47,29 +46,14 @@ STATE_STYLES = {  # theme variables; "running" uses the accent
     "incomplete": "text-warning",
     RUNNING: "text-accent",
 }
-
-
-def duration(seconds: float) -> str:
-    """``4.2 s``, ``37 s``, ``3m 05s``, ``2h 07m``."""
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
+ITEMS = {"backup": "files", "replicate": "objects"}  # what a job kind's items are
 
 
 def _items(job: dict) -> str:
-    """What a job's items are, for the numbers line."""
-    if job["kind"] == "replicate" or job.get("phase") == "replicate":
-        return "objects"
-    if job["kind"] == "backup" and str(job["target"]).startswith("files:"):
-        return "files"
-    return "items"
+    """What a job's items are, for the numbers line: a backup counts files (a source without
+    files counts none), a replication objects, and so does a backup replicating after."""
+    kind = "replicate" if job.get("phase") == "replicate" else job["kind"]
+    return ITEMS.get(kind, "items")
 
 
 def outgrown(job: dict) -> bool:
@@ -147,11 +131,6 @@ def started_at(job: dict, fmt: str = STARTED_FORMAT) -> str:
     return local_time(datetime.fromtimestamp(job["started"], UTC), fmt) if job["started"] else ""
 
 
-def _cut(text: str, width: int) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 class JobTable(KeyedTable):
     """Jobs as rows, newest first; the row key is the job id."""
 
@@ -220,8 +199,8 @@ class JobTable(KeyedTable):
             Text(f"{human_bytes(figures.rate)}/s" if figures.rate else "", justify="right",
                  style=dim),
             Text(duration(figures.eta) if figures.eta is not None else "", justify="right"),
-            Text(_cut(job["error"], MESSAGE_WIDTH), style=self._style("failed"))
-            if job["error"] else Text(_cut(job["message"] or "", MESSAGE_WIDTH), style=dim),
+            Text(cut(job["error"], MESSAGE_WIDTH), style=self._style("failed"))
+            if job["error"] else Text(cut(job["message"], MESSAGE_WIDTH), style=dim),
         )
 
 

@@ -16,10 +16,9 @@ from datetime import datetime
 from rich.text import Text
 from textual.content import Content
 
+from backup_tui.format import cut, human_bytes, local_time
 from backup_tui.widgets.detail import StatusDetail
 from backup_tui.widgets.keyed_table import KeyedTable
-from backup_tui.widgets.snapshot_table import local_time
-from engine.facade import human_bytes
 
 ERROR_WIDTH = 30  # the table cuts the last error here; the detail line has it whole
 UNKNOWN = "?"
@@ -51,7 +50,7 @@ def _cut(text: str, width: int = ERROR_WIDTH) -> str:
     text = " ".join(text.split())
     if text.startswith("s3://") and ": " in text:
         text = text.split(": ", 1)[1]
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return cut(text, width)
 
 
 class ReplicaTable(KeyedTable):
@@ -113,11 +112,11 @@ class ReplicaTable(KeyedTable):
         )
 
 
-def describe_replica(state: dict, endpoint: str = "") -> Content:
+def describe_replica(state: dict) -> Content:
     """The detail lines of one replica: where, lag measured when, its last error in full."""
     where = f"s3://{location(state)} in {state.get('region', '')}"
-    if endpoint:
-        where += f" at {endpoint}"
+    if state.get("endpoint_url"):
+        where += f" at {state['endpoint_url']}"
     checked = state.get("checked")
     lines = [
         Content.assemble((state["name"], "bold"), "  ", where),

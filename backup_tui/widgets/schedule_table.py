@@ -1,7 +1,7 @@
 """The schedule table and the highlighted schedule in full below it.
 
-A row per schedule kind (``Engine.schedules``: database, files, cleanup,
-verify, replicate, drill), keyed by the kind: its cron expression, what it
+A row per schedule (``Engine.schedules``: one per source kind, then cleanup,
+verify, replicate), keyed by its kind: its cron expression, what it
 does, whether it is active, paused or off (cron ``off``), its next run, its
 last run, a mark when that last run was a missed run caught up at start, and
 its result with the error, cut short (in one column: 120 columns hold no more).
@@ -15,9 +15,9 @@ from datetime import datetime
 from rich.text import Text
 from textual.content import Content
 
+from backup_tui.format import cut, local_time
 from backup_tui.widgets.detail import StatusDetail
 from backup_tui.widgets.keyed_table import KeyedTable
-from backup_tui.widgets.snapshot_table import local_time
 
 TIME_FORMAT = "%m-%d %H:%M"
 LONG_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -48,11 +48,6 @@ def next_run_text(schedule: dict, fmt: str = TIME_FORMAT) -> str:
     if state != "active":
         return state
     return shown_time(schedule["next_run"], fmt, none="none")
-
-
-def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class ScheduleTable(KeyedTable):
@@ -101,7 +96,7 @@ class ScheduleTable(KeyedTable):
         return (
             Text(s["kind"]),
             Text(s["cron"], style="dim" if is_off(s) else ""),
-            Text(_cut(s["what"], WHAT_WIDTH)),
+            Text(cut(s["what"], WHAT_WIDTH)),
             Text(state, style=state_style),
             Text(next_run_text(s), style=state_style),
             Text(shown_time(s["last_run"]), style="" if s["last_run"] else "dim"),
@@ -115,7 +110,7 @@ class ScheduleTable(KeyedTable):
         style = self._style(RESULT_STYLES.get(result, "")) or "dim"
         if not s["last_error"]:
             return Text(result, style=style)
-        return Text(_cut(f"{result}: {s['last_error']}", RESULT_WIDTH), style=style)
+        return Text(cut(f"{result}: {s['last_error']}", RESULT_WIDTH), style=style)
 
 
 def describe_schedule(s: dict) -> Content:

@@ -1,10 +1,12 @@
 """The detail pane: one snapshot's full record as key/value lines.
 
-Every snapshot shows its id, time, source and stats. A files snapshot adds its
-paths and the files it could not read; a database snapshot (kind ``db``) adds
-what ``pg_dump`` saw (database, server version, dump size and time, pg_dump
-version, where the connection came from, whether roles were saved) and its
-warnings. With the inventory row (``SnapshotInfo``) beside it, the pane adds
+Every snapshot shows its id, time, source and stats. The rest depends on what
+the record has, never on its kind: ``paths`` (the paths backed up), ``postgres``
+(what ``pg_dump`` saw: database, server version, dump size and time, pg_dump
+version, where the connection came from, whether roles were saved), ``warnings``
+and ``errors`` (the files it could not read) each get their section. A snapshot
+of one ``stream`` (a dump) counts no files: its zero file counts are left out.
+With the inventory row (``SnapshotInfo``) beside it, the pane adds
 when the snapshot was last verified and, under "Replicas", each configured
 replica and whether the snapshot is complete there (as of the last replication).
 """
@@ -19,7 +21,8 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
-from engine.facade import SnapshotInfo, human_bytes
+from backup_tui.format import human_bytes
+from engine.facade import SnapshotInfo
 
 MAX_ERRORS = 50  # the pane lists this many; the count says how many there are
 
@@ -35,7 +38,7 @@ _STAT_LABELS = {
     "new_blobs": "new blobs",
     "duration": "duration",
 }
-_NOT_FOR_DB = {"files", "dirs", "unchanged_files"}  # always 0 for a dump
+_FILE_COUNTS = {"files", "dirs", "unchanged_files"}  # always 0 for a stream
 KEY_WIDTH = 13
 # Values wrap under themselves beyond this: what #detail (app.tcss) leaves beside
 # the keys once its scrollbar shows.
@@ -134,10 +137,17 @@ def _replicas(info: SnapshotInfo) -> list[Content]:
     return lines
 
 
+def _stats(record: dict) -> list[Content]:
+    stats = {k: v for k, v in record.get("stats", {}).items()
+             if not ("stream" in record and k in _FILE_COUNTS and not v)}
+    keys = [k for k in _STAT_LABELS if k in stats]
+    keys += sorted(k for k in stats if k not in _STAT_LABELS)
+    return _heading("Stats") + [_line(_STAT_LABELS.get(k, k), _stat(k, stats[k])) for k in keys]
+
+
 def describe(record: dict, info: SnapshotInfo | None = None) -> Content:
     """The lines of the pane for a full snapshot record (as ``Engine.snapshot`` returns it)
     and its inventory row, if given (verified time, presence in each replica)."""
-    is_db = record.get("kind") == "db"
     total_errors = int(record.get("errors_total", len(record.get("errors") or [])))
     complete = not record.get("incomplete", False)
     lines: list[Content] = [
@@ -155,20 +165,15 @@ def describe(record: dict, info: SnapshotInfo | None = None) -> Content:
         lines.append(_line("verified", _time(info.verified) if info.verified else "never"))
         if info.replicas:
             lines += _replicas(info)
-    if is_db:
+    if "postgres" in record:
         lines += _postgres(record)
-    else:
+    if "paths" in record:
         lines += _heading("Paths")
-        lines += [Content(f"  {p}") for p in record.get("paths", [])] or [Content("  none")]
-    lines += _heading("Stats")
-    stats = {k: v for k, v in record.get("stats", {}).items()
-             if not (is_db and k in _NOT_FOR_DB)}
-    keys = [k for k in _STAT_LABELS if k in stats]
-    keys += sorted(k for k in stats if k not in _STAT_LABELS)
-    lines += [_line(_STAT_LABELS.get(k, k), _stat(k, stats[k])) for k in keys]
-    if is_db or record.get("warnings"):
+        lines += [Content(f"  {p}") for p in record["paths"]] or [Content("  none")]
+    lines += _stats(record)
+    if "warnings" in record:
         lines += _warnings(record)
-    if not is_db or record.get("errors"):
+    if "errors" in record:
         lines += _errors(record)
     if record.get("program"):
         lines += [Content(""), _line("written by", record["program"])]

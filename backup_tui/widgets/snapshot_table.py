@@ -7,22 +7,14 @@ replication), ``·`` when it is not.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from rich.text import Text
 
+from backup_tui.format import human_bytes, local_time
 from backup_tui.widgets.keyed_table import KeyedTable
-from engine.facade import SnapshotInfo, human_bytes
+from engine.facade import SnapshotInfo
 
-TIME_FORMAT = "%Y-%m-%d %H:%M"
 PRESENT, ABSENT = "✓", "·"
 REPLICA_KEY = "replica:"  # column key prefix of a replica's presence column
-
-
-def local_time(moment: datetime, fmt: str = TIME_FORMAT) -> str:
-    """An aware time in the local time zone."""
-    return moment.astimezone().strftime(fmt)
-
 
 class SnapshotTable(KeyedTable):
     """Snapshots as rows; the row key is the snapshot id."""
