@@ -236,7 +236,7 @@ def demo_cluster(root: Path) -> PgCluster | None:
     if not (root / CLUSTER_DIR / "data").is_dir():
         return None
     config = load_config(root / CONFIG_NAME)
-    dsn = next((d.dsn for d in config.databases if d.name == DATABASE), "")
+    dsn = next((getattr(s, "dsn", "") for s in config.sources if s.name == DATABASE), "")
     try:
         return ScratchCluster(root / CLUSTER_DIR, port=urlsplit(dsn).port or 0)
     except EngineError:  # the server binaries are gone
