@@ -1,4 +1,4 @@
-"""The command line: ``backup-tui [--config PATH] COMMAND ...`` (DESIGN.md section 11).
+"""The command line: ``backup-tui [--config PATH] COMMAND ...`` (README.md, "Use it").
 
 Exit codes: 0 success, 1 the operation failed or found problems, 2 bad usage
 or config (one line on stderr). ``--json`` prints data and nothing else on

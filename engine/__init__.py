@@ -1,6 +1,6 @@
 """The backup engine: repository, sources, operations and the Engine facade.
 
-This package never imports textual, rich or backup_tui (DESIGN.md section 2);
+This package never imports textual, rich or backup_tui (docs/ARCHITECTURE.md, section 1);
 `tests/test_layers.py` enforces it. Callers use `engine.facade.Engine`.
 """
 

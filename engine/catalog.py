@@ -3,7 +3,7 @@
 It holds jobs with their latest progress (so another process, the console or
 ``status``, can watch a running job), and the append-only audit log. It is a
 cache of what the repository says plus local history: losing it loses no
-backup (DESIGN.md section 6). Secrets are never written here.
+backup (docs/ARCHITECTURE.md, section 5). Secrets are never written here.
 """
 
 from __future__ import annotations

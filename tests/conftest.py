@@ -1,6 +1,6 @@
 """Shared pytest fixtures for the backup-tui test-suite.
 
-Real services only, on loopback, from engine/sandbox/ (DESIGN.md section 10):
+Real services only, on loopback, from engine/sandbox/ (docs/ARCHITECTURE.md, section 6):
 
 * ``pg_cluster`` (session) -- a throwaway PostgreSQL cluster on a free port;
 * ``s3_server``  (session) -- a moto_server S3 endpoint with buckets in

@@ -1,4 +1,4 @@
-"""The CLI contract (DESIGN.md section 11), run as a user would: real subprocesses.
+"""The CLI contract (README.md, "Use it"), run as a user would: real subprocesses.
 
 Repository states (before init, init twice, wrong or missing password, unencrypted
 init), snapshot references (full id, prefix, latest, ambiguity), exit codes and

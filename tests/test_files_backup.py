@@ -1,4 +1,4 @@
-"""The files source (DESIGN.md section 4): what a backup keeps, skips and reports.
+"""The files source (engine/sources/files.py): what a backup keeps, skips and reports.
 
 Engine tests call the facade; the error paths are also run through the real CLI.
 

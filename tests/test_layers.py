@@ -1,4 +1,4 @@
-"""Layering rules (DESIGN.md section 2) and the compiled chunker (section 12).
+"""Layering rules (docs/ARCHITECTURE.md, section 1) and the compiled chunker.
 
 The engine never imports textual, rich or backup_tui, nor anything of tests/.
 Checked twice over every module of the ``engine`` package, found by walking it

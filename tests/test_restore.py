@@ -1,6 +1,6 @@
 """restore and dump: selections, metadata, target rules, and malicious snapshots.
 
-The repository is untrusted input (DESIGN.md section 9). Malicious snapshots are
+The repository is untrusted input (docs/ARCHITECTURE.md, section 4). Malicious snapshots are
 built with the repository's own write API (BlobWriter + commit + save_snapshot), so
 they are perfectly authentic objects: only restore's own checks stand between
 them and the file system. "Outside" is always a temporary directory, never /etc.

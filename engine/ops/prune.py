@@ -1,4 +1,4 @@
-"""forget, prune and pins: the repository side of retention (DESIGN.md section 5).
+"""forget, prune and pins: the repository side of retention (docs/ARCHITECTURE.md).
 
 ``forget`` deletes snapshot objects. ``prune`` then removes the data no
 remaining snapshot uses:

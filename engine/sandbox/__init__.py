@@ -1,7 +1,7 @@
 """Throwaway servers on loopback, for the demo, bench/ and the tests alike.
 
 One class per concern, so that the demo, the benchmarks and the test-suite run
-the very same servers (DESIGN.md section 10):
+the very same servers (docs/ARCHITECTURE.md, section 6):
 
 * :mod:`engine.sandbox.pg` -- ``PgCluster``, a PostgreSQL scratch cluster
   (initdb + pg_ctl on a free port, a private socket folder; as the ``postgres``

@@ -2,7 +2,7 @@
 
 Writes go to a hidden temporary file in the target folder, are fsynced, renamed
 into place, and the folder is fsynced, so a crash leaves either the old state
-or the new one (DESIGN.md section 3). Hidden files are never listed.
+or the new one (docs/FORMAT.md). Hidden files are never listed.
 """
 
 from __future__ import annotations
