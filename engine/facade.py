@@ -99,12 +99,12 @@ class Engine:
 
     @contextlib.contextmanager
     def job(self, kind: str, target: str, on_event: EventCallback = ignore,
-            admin: str | None = None) -> Iterator[Job]:
+            admin: str | None = None, record: bool = True) -> Iterator[Job]:
         """Run the body as a job (engine/jobs.py); ``admin`` names the action when only
-        an admin may do it."""
+        an admin may do it; record=False for an instant action (audited, no job row)."""
         if admin:
             self._admin(admin)
-        with run_job(self.catalog, kind, target, on_event, self._after_job) as job:
+        with run_job(self.catalog, kind, target, on_event, self._after_job, record) as job:
             yield job
 
     def _after_job(self, job_id: str) -> None:
@@ -266,8 +266,9 @@ class Engine:
         verb = "pin" if pinned else "unpin"
         self._admin(verb)
         sid = self.snapshot(ref)["id"]
-        (prune_op.pin(self.repo(), sid, note) if pinned else prune_op.unpin(self.repo(), sid))
-        self.catalog.audit(verb, sid[:12], "succeeded", [sid], detail=note)
+        with self.job(verb, sid[:12], record=False) as job:
+            (prune_op.pin(self.repo(), sid, note) if pinned else prune_op.unpin(self.repo(), sid))
+            job.objects, job.detail = [sid], note
         return sid
 
     # -------------------------------------------------------------- replicas
@@ -335,16 +336,16 @@ class Engine:
 
     def pause(self, kind: str, paused: bool = True) -> None:
         self._schedule_kind(kind)
-        self._admin("pause" if paused else "resume")
-        self.catalog.set_paused(kind, paused)
-        self.catalog.audit("pause" if paused else "resume", kind, "succeeded")
+        verb = "pause" if paused else "resume"
+        with self.job(verb, kind, admin=verb, record=False):
+            self.catalog.set_paused(kind, paused)
 
     def request_run(self, kind: str) -> int:
         """Ask the running scheduler (daemon or console) to run a schedule now."""
         self._schedule_kind(kind)
-        self._admin("run now")
-        rid = self.catalog.request_run(kind, security.current_user())
-        self.catalog.audit("run now", kind, "requested")
+        with self.job("run now", kind, admin="run now", record=False) as job:
+            rid = self.catalog.request_run(kind, security.current_user())
+            job.outcome = "requested"
         return rid
 
     def audit_log(self, limit: int = 200) -> list[dict]:

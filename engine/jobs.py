@@ -49,14 +49,27 @@ class Job:
 
 @contextlib.contextmanager
 def run_job(catalog: Catalog, kind: str, target: str, on_event: EventCallback,
-            after: Callable[[str], None]) -> Iterator[Job]:
-    """Run the body as job ``kind`` on ``target``; ``after(job_id)`` runs once it ended."""
+            after: Callable[[str], None], record: bool = True) -> Iterator[Job]:
+    """Run the body as job ``kind`` on ``target``; ``after(job_id)`` runs once it ended.
+    record=False: an instant action (pin, pause): its audit line only, no job row."""
     job_id = new_job_id(kind)
-    catalog.start_job(job_id, kind, target)
+    if record:
+        catalog.start_job(job_id, kind, target)
 
     def emit(ev: Event) -> None:
         catalog.progress(ev)
         on_event(ev)
+
+    if not record:
+        job = Job(job_id, kind, target, on_event)
+        try:
+            yield job
+        except BaseException as e:
+            catalog.audit(kind, job.audit_target or target, "failed", detail=str(e))
+            raise
+        catalog.audit(kind, job.audit_target or target, job.outcome, job.objects[:100],
+                      detail=job.detail)
+        return
 
     job = Job(job_id, kind, target, emit)
     try:
