@@ -9,7 +9,7 @@ may do (a schedule action, say) they ask for with a message
 ``backup-tui`` with no command runs.
 
 Who runs the schedule (``SchedulerHost``): one scheduler per state directory
-(DESIGN.md section 6). At start the console looks for the holder of the
+(docs/ARCHITECTURE.md, section 5). At start the console looks for the holder of the
 scheduler lock. A daemon (``backup-tui --run-scheduler``) holds it: the console
 is a *viewer* (sub-title "viewer: daemon pid N"), starts no scheduler, shows the
 daemon's jobs from the catalog and sends "run now" through the catalog. Nobody

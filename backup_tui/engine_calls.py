@@ -1,7 +1,7 @@
 """Engine calls from the console: one way to run them off the UI thread, one way they fail.
 
-The console calls the engine only from Textual thread workers (DESIGN.md
-section 2). ``EngineCaller`` is the mixin for the screens, panes and the app
+The console calls the engine only from Textual thread workers (docs/ARCHITECTURE.md,
+section 1). ``EngineCaller`` is the mixin for the screens, panes and the app
 that do. ``call_engine(work, group=...)`` runs ``work`` in a thread worker
 (``thread=True, exit_on_error=False``; ``exclusive`` by default: a newer call
 of the group replaces an older one). ``work`` calls the engine and returns the
