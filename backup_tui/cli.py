@@ -104,9 +104,16 @@ def build_parser() -> ArgParser:
     cr.add_argument("--from", dest="from_replica", metavar="REPLICA")
     _json_flag(cr)
 
-    d = sub.add_parser("dump", help="write a snapshot's native stream (tar, pg_dump) to stdout")
+    d = sub.add_parser(
+        "dump", help="write a snapshot's native stream (pax tar, pg_dump) to stdout",
+        description="Write a snapshot to stdout in its native form: files (and a "
+        "directory-format database dump) as a POSIX pax tar for GNU tar ('tar -xpf -'; "
+        "add --xattrs --xattrs-include='*' --acls for xattrs and ACLs), a custom-format "
+        "database dump as its pg_dump archive. Sockets are skipped with a warning on "
+        "stderr. A reader that stops early ('| head', '| pg_restore -l') is a normal end: "
+        "exit status 0, no message.")
     d.add_argument("snapshot")
-    d.add_argument("--path")
+    d.add_argument("--path", help="only this entry of a files snapshot (and what is below it)")
     d.add_argument("--source")
     d.add_argument("--replica")
 
@@ -314,9 +321,35 @@ def cmd_dump(args, engine: Engine) -> int:
     if sys.stdout.isatty():
         raise UsageError("dump writes binary data: redirect stdout to a file or a pipe")
     ref = engine.snapshot(args.snapshot, args.source)["id"]  # errors before any output
-    out = sys.stdout.buffer
-    engine.dump(ref, out, args.path)
-    out.flush()
+    stdout = sys.stdout.buffer
+    gone = []  # set when stdout's reader went away (not a broken pipe anywhere else)
+
+    class Out:
+        def write(self, data) -> int:
+            return self._do(stdout.write, data)
+
+        def flush(self) -> None:
+            self._do(stdout.flush)
+
+        def _do(self, call, *args):
+            try:
+                return call(*args)
+            except BrokenPipeError:
+                gone.append(True)
+                raise
+
+    out = Out()
+    try:
+        engine.dump(ref, out, args.path)  # type: ignore[arg-type]
+        out.flush()
+    except BrokenPipeError:
+        if not gone:
+            raise
+        # The reader stopped early (head, pg_restore -l): a normal end, exit 0 with no
+        # message. stdout becomes /dev/null so the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        os.close(devnull)
     return 0
 
 
