@@ -104,6 +104,13 @@ def build_parser() -> ArgParser:
     cr.add_argument("--from", dest="from_replica", metavar="REPLICA")
     _json_flag(cr)
 
+    rep = sub.add_parser("repository", help="the local repository")
+    repsub = rep.add_subparsers(dest="what", required=True, parser_class=ArgParser)
+    ad = repsub.add_parser("adopt", help="make the local repository from a replica (same id "
+                           "and keys; resumes when interrupted)")
+    ad.add_argument("--from", dest="from_replica", metavar="REPLICA", required=True)
+    _json_flag(ad)
+
     d = sub.add_parser(
         "dump", help="write a snapshot's native stream (pax tar, pg_dump) to stdout",
         description="Write a snapshot to stdout in its native form: files (and a "
@@ -476,6 +483,32 @@ def cmd_catalog(args, engine: Engine) -> int:
     else:
         print(f"catalog rebuilt from {info['from']}: {info['snapshots']} snapshot(s); "
               f"state in {info['state_dir']}")
+        if info.get("next"):
+            print(info["next"])
+    return 0
+
+
+def cmd_repository(args, engine: Engine) -> int:
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        res = engine.adopt(args.from_replica, prog)
+    finally:
+        prog.close()
+    if args.json:
+        out_json(res.as_json())
+        return 0 if res.ok else 1
+    print(f"adopted repository {res.id} from {res.replica} into {res.location}: "
+          f"{res.downloaded} object(s) downloaded ({human_bytes(res.downloaded_bytes)}), "
+          f"{res.present} already here" + (f", {res.replaced} replaced" if res.replaced else "")
+          + f", {len(res.snapshots)} snapshot(s)")
+    for s in res.skipped:
+        print(f"  skipped {s}")
+    if not res.ok:
+        sys.stderr.write(f"{len(res.missing_packs)} pack(s) named by the index are in neither "
+                         f"the replica nor here: {', '.join(res.missing_packs[:5])}\n")
+        return 1
+    print("backup and replicate carry on as before; check it with: backup-tui verify "
+          "--read-data")
     return 0
 
 
@@ -575,6 +608,7 @@ COMMANDS = {
     "schedule": cmd_schedule,
     "replicate": cmd_replicate,
     "catalog": cmd_catalog,
+    "repository": cmd_repository,
     "status": cmd_status,
     "init": cmd_init,
     "backup": cmd_backup,

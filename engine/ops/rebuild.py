@@ -29,5 +29,10 @@ def rebuild_catalog(engine: Engine, from_replica: str | None) -> dict:
         catalog.replica_done(from_replica, [s.id for s in snaps])
     catalog.audit("catalog rebuild", from_replica or "local", "succeeded",
                   detail=f"{len(snaps)} snapshot(s)")
-    return {"from": from_replica or "local", "snapshots": len(snaps),
+    info = {"from": from_replica or "local", "snapshots": len(snaps),
             "state_dir": str(engine.config.state_dir)}
+    if from_replica and not engine.backend.exists("config"):
+        info["next"] = (f"no local repository: list and restore with --replica {from_replica}, "
+                        f"or bring it home with: backup-tui repository adopt --from "
+                        f"{from_replica}")
+    return info

@@ -112,7 +112,9 @@ class Repository:
             raw = backend.get("config")
         except NotFound:
             raise RepositoryError(
-                f"{backend.location}: no repository here (run 'backup-tui init' first)"
+                f"{backend.location}: no repository here (run 'backup-tui init' first; or, "
+                "if a [[replica]] holds it, 'backup-tui repository adopt --from REPLICA' "
+                "brings it back)"
             ) from None
         try:
             config = json.loads(raw)
