@@ -27,7 +27,7 @@ from engine import metrics, notify, security
 from engine.catalog import Catalog
 from engine.config import Config
 from engine.errors import EngineError, RepositoryError, UsageError
-from engine.events import CancelToken, Event, EventCallback, ignore
+from engine.events import CancelToken, EventCallback, ignore
 from engine.jobs import Job, run_job
 from engine.ops import backup as backup_op
 from engine.ops import cleanup as cleanup_op
@@ -154,14 +154,7 @@ class Engine:
         with self.job("backup", target, on_event) as job:
             result = backup_op.run_backup(repo, source, job.id, job.emit, cancel,
                                           self.config.state_dir / "tmp")
-            job.objects = [result.id]
-            if result.errors:
-                job.outcome = job.state = "incomplete"
-                job.error = f"{len(result.errors)} file(s) could not be read"
-                job.detail = f"{len(result.errors)} error(s)"
-            job.emit(Event(job.id, "done", bytes_done=result.size, bytes_total=result.size,
-                           items_done=result.files, items_total=result.files,
-                           message=f"snapshot {result.id[:8]}", final=True))
+            backup_op.record(job, result)
         if replicate:
             result.replication = self._replicate_after_backup(on_event, cancel)
         return result

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine import __version__
 from engine.events import CancelToken, Event, EventCallback
+from engine.jobs import Job
 from engine.repo.locks import RepoLock
 from engine.repo.repository import Repository, now_iso
 from engine.sources.base import BackupContext, Source
@@ -78,6 +79,18 @@ def _snapshot_record(
         },
         "program": f"backup-tui {__version__}",
     }
+
+
+def record(job: Job, result: BackupResult) -> None:
+    """What the job and the audit line say of a backup, and its last event."""
+    job.objects = [result.id]
+    if result.errors:
+        job.outcome = job.state = "incomplete"
+        job.error = f"{len(result.errors)} file(s) could not be read"
+        job.detail = f"{len(result.errors)} error(s)"
+    job.emit(Event(job.id, "done", bytes_done=result.size, bytes_total=result.size,
+                   items_done=result.files, items_total=result.files,
+                   message=f"snapshot {result.id[:8]}", final=True))
 
 
 def latest_snapshot(repo: Repository, kind: str, source: str) -> dict | None:
