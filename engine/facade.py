@@ -29,6 +29,7 @@ from engine.config import Config
 from engine.errors import EngineError, RepositoryError, UsageError
 from engine.events import CancelToken, EventCallback, ignore
 from engine.jobs import Job, run_job
+from engine.ops import adopt as adopt_op
 from engine.ops import backup as backup_op
 from engine.ops import cleanup as cleanup_op
 from engine.ops import dump as dump_op
@@ -304,6 +305,16 @@ class Engine:
         """Recreate the catalog from the local repository, or a replica after losing the host."""
         self._admin("catalog rebuild")
         return rebuild_op.rebuild_catalog(self, from_replica)
+
+    def adopt(self, replica: str, on_event: EventCallback = ignore,
+              cancel: CancelToken | None = None) -> adopt_op.AdoptResult:
+        """Make the local repository from a replica after losing the host: same id and keys,
+        every object checked as it lands; a second run resumes. Records the replica's
+        presence in the catalog."""
+        self._admin("adopt")
+        result = adopt_op.adopt(self, replica, on_event, cancel)
+        self._repo = None  # open the adopted repository afresh
+        return result
 
     # ---------------------------------------------------------------- status
     def jobs(self, limit: int = 50) -> list[dict]:
