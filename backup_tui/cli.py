@@ -143,11 +143,19 @@ def build_parser() -> ArgParser:
     rd.add_argument("--target-db", required=True)
     rd.add_argument("--replace", action="store_true",
                     help="replace an existing database (restored aside, then swapped)")
-    rd.add_argument("--yes", action="store_true", help="confirm --replace")
+    rd.add_argument("--yes", action="store_true", help="confirm --replace or --with-globals")
     rd.add_argument("--drop-old", action="store_true",
                     help="with --replace: drop the old database instead of keeping it")
-    rd.add_argument("--no-owner", action="store_true", help="do not restore object ownership")
-    rd.add_argument("--with-globals", action="store_true", help="also restore roles")
+    rd.add_argument("--no-owner", action="store_true",
+                    help="objects belong to the restoring user (pg_restore --no-owner)")
+    rd.add_argument("--no-acl", action="store_true",
+                    help="leave out grants on objects (pg_restore --no-acl)")
+    rd.add_argument("--create-missing-roles", action="store_true",
+                    help="create the roles the dump needs that this server lacks, from the "
+                    "roles saved with it; existing roles are not changed")
+    rd.add_argument("--with-globals", action="store_true",
+                    help="apply the roles and tablespaces saved with the dump, changing "
+                    "existing roles (shows what would change; needs --yes)")
     rd.add_argument("--replica")
     _json_flag(rd)
     return p
@@ -401,7 +409,17 @@ def _restore_db(args, engine: Engine) -> int:
         raise UsageError("give a SNAPSHOT, or --source NAME --at TIME")
     plan = engine.plan_restore(snap, target_db=args.target_db, replace=args.replace,
                                drop_old=args.drop_old, no_owner=args.no_owner,
-                               with_globals=args.with_globals)
+                               no_acl=args.no_acl, with_globals=args.with_globals,
+                               create_missing_roles=args.create_missing_roles)
+    if args.with_globals:  # never a password or its hash: the engine words each change
+        changes = plan.globals_changes
+        sys.stderr.write("--with-globals: applying the roles saved with the snapshot "
+                         + ("would change:\n" if changes else "changes no role\n")
+                         + "".join(f"  {c}\n" for c in changes))
+        if changes and not args.yes:
+            raise UsageError("--with-globals would change the roles listed above: add --yes "
+                             "to apply them, or use --create-missing-roles, which changes no "
+                             "existing role")
     prog = TermProgress(sys.stderr.isatty() and not args.json)
     try:
         result = engine.restore(plan, prog)
@@ -409,10 +427,13 @@ def _restore_db(args, engine: Engine) -> int:
         prog.close()
     if args.json:
         out_json({"snapshot": result.snapshot, "target_db": result.target_db,
-                  "old_db": result.old_db, "bytes": result.bytes, "warnings": result.warnings})
+                  "old_db": result.old_db, "bytes": result.bytes, "warnings": result.warnings,
+                  "notes": result.notes})
     else:
         print(f"restored snapshot {result.snapshot[:8]} into database {result.target_db!r}"
               + (f"; the previous database is kept as {result.old_db!r}" if result.old_db else ""))
+        for n in result.notes:
+            print(f"  {n}")
         for w in result.warnings:
             sys.stderr.write(f"  warning: {w}\n")
     return 0

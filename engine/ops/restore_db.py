@@ -6,6 +6,16 @@ with the old one kept under a dated name) before anything is touched.
 ``pg_restore --exit-on-error`` reading our stream on stdin; only when that
 succeeded does it take the target's name. A failed restore drops the
 temporary database and leaves the original untouched and serving.
+
+The temporary database is created with the snapshot's encoding, locale provider,
+collation, ctype and ICU locale (so collation-dependent indexes are right), and
+gets the snapshot's owner, comment, ACL, ``ALTER DATABASE .. SET`` and ``ALTER
+ROLE .. IN DATABASE .. SET`` before it takes the target's name (the ``database``
+facts of a snapshot, docs/FORMAT.md 6.2). Roles are the server's: existing roles
+are never changed unless the saved globals are applied on purpose
+(``with_globals``); ``create_missing_roles`` only creates the roles the archive
+and those properties name and the server lacks. Which roles those are is read
+from the archive's table of contents before anything is written.
 """
 
 from __future__ import annotations
@@ -18,12 +28,21 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg2
 from psycopg2 import sql
 
 from engine.errors import EngineError, UsageError
 from engine.events import CancelToken, Event, EventCallback
 from engine.repo.repository import Repository
-from engine.sources.pgconn import PgTarget, find_tool
+from engine.sources.pgconn import PgTarget, existing_roles, find_tool
+from engine.sources.postgres import (
+    Globals,
+    RoleUse,
+    archive_role_uses,
+    dump_globals,
+    mask_passwords,
+    statement_text,
+)
 
 MAX_IDENT = 63
 
@@ -40,7 +59,18 @@ class DbRestorePlan:
     drop_old: bool = False
     no_owner: bool = False
     with_globals: bool = False
+    no_acl: bool = False
+    create_missing_roles: bool = False
     steps: list[str] = field(default_factory=list)
+    # the snapshot's database properties; None for a snapshot taken before they were saved
+    properties: dict | None = None
+    uses: list[RoleUse] = field(default_factory=list)  # every role the restore names
+    missing_roles: list[str] = field(default_factory=list)  # of those, what the server lacks
+    globals_changes: list[str] = field(default_factory=list)  # with_globals: what changes
+    notes: list[str] = field(default_factory=list)
+
+    def needs(self, role: str) -> list[RoleUse]:
+        return [u for u in self.uses if u.role == role]
 
     @property
     def target_label(self) -> str:
@@ -57,6 +87,10 @@ class DbRestorePlan:
             "replace": self.replace,
             "old_db": self.old_db,
             "steps": self.steps,
+            "properties": describe_properties(self.properties) if self.properties else [],
+            "missing_roles": {r: [u.what for u in self.needs(r)] for r in self.missing_roles},
+            "globals_changes": self.globals_changes,
+            "notes": self.notes,
         }
 
 
@@ -67,6 +101,7 @@ class DbRestoreResult:
     old_db: str | None
     bytes: int
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # what was applied: properties, roles
 
 
 def _ident(base: str, suffix: str) -> str:
@@ -100,6 +135,9 @@ def plan_restore_db(
     drop_old: bool = False,
     no_owner: bool = False,
     with_globals: bool = False,
+    repo: Repository | None = None,
+    no_acl: bool = False,
+    create_missing_roles: bool = False,
 ) -> DbRestorePlan:
     if not target_db or len(target_db) > MAX_IDENT or "\x00" in target_db:
         raise UsageError(f"invalid target database name {target_db!r}")
@@ -114,10 +152,42 @@ def plan_restore_db(
     temp_db = _ident(target_db, f"__restoring_{stamp}")
     old_db = _ident(target_db, f"__old_{stamp}") if exists else None
     plan = DbRestorePlan(snap, server, target_db, exists, replace, temp_db, old_db,
-                         drop_old, no_owner, with_globals)
+                         drop_old, no_owner, with_globals, no_acl, create_missing_roles)
+    plan.properties = snap.get("postgres", {}).get("database")
+    conn = _maintenance(server)
+    try:
+        server_num = conn.server_version
+        with conn.cursor() as cur:
+            roles = existing_roles(cur)
+    finally:
+        conn.close()
+    if repo is not None:
+        major = int(snap.get("postgres", {}).get("server_major", 0))
+        try:
+            plan.uses = archive_uses(repo, snap, max(major, server_num // 10000))
+        except EngineError as e:
+            plan.notes.append(f"the roles the archive needs could not be listed: {e}")
+    plan.uses += property_uses(plan.properties)
+    plan.missing_roles = sorted({u.role for u in plan.uses} - roles)
     if with_globals:
-        plan.steps.append("apply roles and tablespaces saved with the dump")
-    plan.steps.append(f"create database {temp_db} and restore snapshot {snap['id'][:8]} into it")
+        plan.steps.append("apply the roles and tablespaces saved with the dump (existing roles "
+                          "are changed to their state at backup time)")
+        if repo is not None:
+            plan.globals_changes = globals_changes(repo, plan, server_num // 10000)
+    elif create_missing_roles and plan.missing_roles:
+        plan.steps.append("create the missing roles " + ", ".join(plan.missing_roles)
+                          + " from the roles saved with the dump (existing roles unchanged)")
+    what = (f"with encoding {plan.properties['encoding']}, "
+            f"locale provider {plan.properties['locale_provider']}"
+            if plan.properties else "with the server's default encoding and locale")
+    plan.steps.append(f"create database {temp_db} {what} and restore snapshot {snap['id'][:8]} "
+                      "into it")
+    if plan.properties:
+        plan.steps.append(f"give {temp_db} the owner, comment, ACL and settings saved with the "
+                          "snapshot")
+    else:
+        plan.notes.append(f"snapshot {snap['id'][:8]} was taken before database properties "
+                          "were saved: its owner, locale, ACL and settings are not restored")
     if exists:
         plan.steps.append(f"disconnect clients of {target_db}, rename it to {old_db}")
         plan.steps.append(f"rename {temp_db} to {target_db}")
@@ -128,6 +198,202 @@ def plan_restore_db(
     return plan
 
 
+# ------------------------------------------------------------------ roles
+def archive_uses(repo: Repository, snap: dict, major: int) -> list[RoleUse]:
+    """The (role, object) pairs of the archive's table of contents: pg_restore
+    --schema-only reads only the table of contents, at the start of the stream."""
+    tool, _ = find_tool("pg_restore", major)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as folder:
+        directory = "tree" in snap
+        args = [tool, "--schema-only", "-f", "-"]
+        if directory:
+            materialize(repo, snap, folder, only={"toc.dat"})
+            args += ["--format=directory", folder]
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
+                                stdout=out, stderr=err)
+        try:
+            if not directory:
+                stream_into(repo, snap, proc, lambda n: None)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc != 0:
+            err.seek(0)
+            raise EngineError("pg_restore --schema-only: "
+                              + err.read().decode("utf-8", "replace").strip()[-300:])
+        out.seek(0)
+        return archive_role_uses(out.read().decode("utf-8", "replace"))
+
+
+def property_uses(props: dict | None) -> list[RoleUse]:
+    """The roles the database's own properties name."""
+    if not props:
+        return []
+    uses = [RoleUse(props["owner"], "owner of the database itself", "owner")]
+    for e in props.get("acl") or []:
+        for role in (e["grantee"], e["grantor"]):
+            if role:
+                uses.append(RoleUse(role, "the database's own ACL (who may connect)", "acl"))
+    for role in props.get("role_settings", {}):
+        uses.append(RoleUse(role, "ALTER ROLE .. IN DATABASE .. SET", "settings"))
+    seen: dict[tuple[str, str], RoleUse] = {}
+    for u in uses:
+        seen.setdefault((u.role, u.what), u)
+    return list(seen.values())
+
+
+def blocking_uses(plan: DbRestorePlan, missing: set[str]) -> list[RoleUse]:
+    """The uses of missing roles that no chosen option leaves out."""
+    out = []
+    for u in plan.uses:
+        if u.role not in missing or u.skip_with == "settings":
+            continue
+        if (u.skip_with == "owner" and plan.no_owner) or (u.skip_with == "acl" and plan.no_acl):
+            continue
+        out.append(u)
+    return out
+
+
+def missing_roles_message(plan: DbRestorePlan, blocking: list[RoleUse]) -> str:
+    """Which roles, which objects need them, and the options that will work."""
+    roles = sorted({u.role for u in blocking})
+    lines = [f"snapshot {plan.snapshot['id'][:8]} needs roles that "
+             f"{plan.server.where.rsplit('/', 1)[0]} lacks; nothing was changed:"]
+    for role in roles:
+        whats = [u.what for u in plan.uses if u.role == role and u.skip_with != "settings"]
+        shown = "; ".join(whats[:8]) + (f"; and {len(whats) - 8} more" if len(whats) > 8 else "")
+        lines.append(f"  role {role}: {shown}")
+    saved = bool(plan.snapshot.get("globals"))
+    lines.append("  --create-missing-roles creates " + ", ".join(roles)
+                 + (" from the roles saved with the snapshot" if saved else
+                    " (no roles were saved with this snapshot: as plain NOLOGIN roles)")
+                 + "; existing roles are not changed")
+    uses = [u for u in plan.uses if u.role in roles]
+    hard = [u for u in uses if u.skip_with == ""]
+    flags = []
+    if any(u.skip_with == "owner" for u in uses):
+        flags.append("--no-owner")
+    if any(u.skip_with == "acl" for u in uses):
+        flags.append("--no-acl")
+    if hard:
+        names = "; ".join(f"{u.what} (role {u.role})" for u in hard[:5])
+        lines.append(f"  --no-owner/--no-acl cannot help: {names} cannot be restored without "
+                     "the role (a policy's or user mapping's roles are part of it)")
+    elif flags:
+        lines.append(f"  or {' '.join(flags)}: the objects then belong to "
+                     f"{plan.server.user!r} and grants to the missing roles are left out")
+    lines.append("  or create the roles yourself and restore again")
+    return "\n".join(lines)
+
+
+def _saved_globals(repo: Repository, plan: DbRestorePlan) -> Globals | None:
+    gids = plan.snapshot.get("globals", [])
+    if not gids:
+        return None
+    script = b"".join(repo.load_blob(g, "data") for g in gids)
+    return Globals.parse(script.decode("utf-8", "replace"))
+
+
+def globals_changes(repo: Repository, plan: DbRestorePlan, server_major: int) -> list[str]:
+    """What applying the saved globals would change on the server (no password hashes)."""
+    saved = _saved_globals(repo, plan)
+    if saved is None:
+        return ["no roles were saved with this snapshot: --with-globals changes nothing"]
+    current_sql, notes = dump_globals(plan.server.with_db("postgres"), server_major)
+    if not current_sql:
+        return [f"the server's roles could not be read to compare ({'; '.join(notes)}): every "
+                "saved role would be applied: " + ", ".join(saved.roles)]
+    current = Globals.parse(current_sql.decode("utf-8", "replace"))
+    readable = not any("without role passwords" in n for n in notes)
+    return saved.changes_against(current, readable)
+
+
+def create_missing_roles(repo: Repository, plan: DbRestorePlan) -> tuple[list[str], list[str]]:
+    """Create the roles the restore names and the server lacks, from the saved globals:
+    their attributes, password, settings, comment and memberships in other roles.
+    Existing roles are not touched (no membership is granted to them). Returns (notes,
+    warnings)."""
+    saved = _saved_globals(repo, plan) or Globals()
+    notes: list[str] = []
+    warnings: list[str] = []
+    conn = _maintenance(plan.server)
+    try:
+        with conn.cursor() as cur:
+            missing = sorted({u.role for u in plan.uses} - existing_roles(cur))
+            for role in missing:
+                stmts = saved.roles.get(role)
+                try:
+                    if not stmts:
+                        cur.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+                        warnings.append(f"role {role} was not among the saved roles: created "
+                                        "as a plain NOLOGIN role")
+                        continue
+                    for toks in stmts:
+                        text = statement_text(toks)
+                        if toks[0].up == "CREATE" or toks[0].up == "ALTER" and len(toks) > 3 \
+                                and toks[3].up == "WITH":
+                            cur.execute(text)  # a failure here fails the restore
+                        else:
+                            try:
+                                cur.execute(text)
+                            except psycopg2.Error as e:
+                                warnings.append(f"role {role}: {mask_passwords(text)[:120]} "
+                                                f"failed: {_first_line(e)}")
+                except psycopg2.Error as e:
+                    raise EngineError(f"could not create role {role}: {_first_line(e)}; "
+                                      "nothing else was changed") from None
+                attrs = " ".join(a for toks in stmts for a in _with_words(toks))
+                notes.append(f"created role {role} ({attrs})" if attrs else
+                             f"created role {role}")
+            have = existing_roles(cur)
+            for granted, member, toks in saved.memberships:
+                if member not in missing:
+                    if granted in missing:
+                        warnings.append(f"role {member} was not made a member of {granted} "
+                                        "(an existing role is not changed)")
+                    continue
+                if granted not in have:
+                    continue
+                text = statement_text(toks)
+                try:
+                    cur.execute(text)
+                except psycopg2.Error:
+                    # GRANTED BY a role this server lacks: granted by us instead
+                    cut = next((n for n, t in enumerate(toks) if t.up == "GRANTED"), len(toks))
+                    try:
+                        cur.execute(statement_text(toks[:cut]))
+                    except psycopg2.Error as e:
+                        warnings.append(f"could not grant {granted} to {member}: "
+                                        f"{_first_line(e)}")
+                        continue
+                notes.append(f"role {member} made a member of {granted}")
+    finally:
+        conn.close()
+    return notes, warnings
+
+
+def _with_words(toks) -> list[str]:
+    """The attribute words of ALTER ROLE .. WITH .., without the password."""
+    if not (toks[0].up == "ALTER" and len(toks) > 3 and toks[3].up == "WITH"):
+        return []
+    out, skip = [], 0
+    for t in toks[4:]:
+        if skip:
+            skip -= 1
+            continue
+        if t.up == "PASSWORD":
+            out.append("with its saved password")
+            skip = 1
+            continue
+        out.append(t.text)
+    return out
+
+
+def _first_line(e: Exception) -> str:
+    return mask_passwords(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
 def _exec(server: PgTarget, *statements) -> None:
     conn = _maintenance(server)
     try:
@@ -143,11 +409,14 @@ def _drop(server: PgTarget, name: str) -> None:
     _exec(server, (drop,))
 
 
+
 def _explain_restore_error(text: str, no_owner: bool) -> str:
     m = re.search(r'role "([^"]+)" does not exist', text)
-    if m and not no_owner:
-        return (f"the dump's objects belong to role {m.group(1)!r}, which this server lacks: "
-                "create the role, restore with --with-globals, or restore with --no-owner")
+    if m:
+        return (f"the dump names role {m.group(1)!r}, which this server lacks: restore with "
+                "--create-missing-roles, or create the role"
+                + ("" if no_owner else ", or (for ownership and grants only) --no-owner "
+                   "--no-acl"))
     lines = [ln for ln in text.splitlines() if "error" in ln.lower()]
     return (lines[0] if lines else text.strip()[-500:]) or "unknown error"
 
@@ -188,6 +457,7 @@ def materialize(repo: Repository, snap: dict, folder: str, only: set[str] | None
     return written
 
 
+
 def restore_globals(repo: Repository, plan: DbRestorePlan, tool_major: int) -> list[str]:
     gids = plan.snapshot.get("globals", [])
     if not gids:
@@ -199,7 +469,7 @@ def restore_globals(repo: Repository, plan: DbRestorePlan, tool_major: int) -> l
                            "postgres"], input=script, capture_output=True, env=env, timeout=600)
     errs = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines()
             if "ERROR" in ln and "already exists" not in ln]
-    return [f"globals: {e}" for e in errs[:10]]
+    return [f"globals: {mask_passwords(e)}" for e in errs[:10]]
 
 
 def execute_restore_db(
@@ -215,22 +485,65 @@ def execute_restore_db(
     major = int(plan.snapshot.get("postgres", {}).get("server_major", 0))
     facts_conn = _maintenance(server)
     try:
-        server_major = facts_conn.server_version // 10000
+        server_num = facts_conn.server_version
+        with facts_conn.cursor() as cur:
+            roles = existing_roles(cur)
+            cur.execute("SELECT spcname FROM pg_tablespace")
+            tablespaces = {r for (r,) in cur.fetchall()}
     finally:
         facts_conn.close()
+    server_major = server_num // 10000
     tool, _ = find_tool("pg_restore", max(major, server_major))
     total = int(plan.snapshot.get("stats", {}).get("size", 0))
     warnings: list[str] = []
-    if plan.with_globals:
-        warnings += restore_globals(repo, plan, max(major, server_major))
+    notes: list[str] = []
     if database_exists(server, plan.target_db) and not plan.replace:
         raise UsageError(f"database {plan.target_db!r} already exists (created meanwhile?)")
-    _exec(server, (sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-        sql.Identifier(plan.temp_db)),))
+    missing = {u.role for u in plan.uses} - roles
+    if missing and not (plan.with_globals or plan.create_missing_roles):
+        blocking = blocking_uses(plan, missing)
+        if blocking:  # before anything is changed
+            raise EngineError(missing_roles_message(plan, blocking))
+    if plan.with_globals:
+        warnings += restore_globals(repo, plan, max(major, server_major))
+        notes.append("applied the roles and tablespaces saved with the snapshot"
+                     + (f" ({len(plan.globals_changes)} change(s))" if plan.globals_changes
+                        else ""))
+    elif plan.create_missing_roles and missing:
+        made, warned = create_missing_roles(repo, plan)
+        notes += made
+        warnings += warned
+    if plan.with_globals or plan.create_missing_roles:
+        conn = _maintenance(server)
+        try:
+            with conn.cursor() as cur:
+                missing = {u.role for u in plan.uses} - existing_roles(cur)
+        finally:
+            conn.close()
+        blocking = blocking_uses(plan, missing)
+        if blocking:
+            raise EngineError(missing_roles_message(plan, blocking))
+    own = set(property_uses(plan.properties))  # apply_properties speaks of these itself
+    left: dict[str, list[str]] = {}
+    for u in plan.uses:
+        if u.role in missing and u not in own:
+            left.setdefault(u.role, []).append(u.what)
+    for role, whats in left.items():
+        warnings.append(f"role {role} does not exist here, left out: {'; '.join(whats[:5])}"
+                        + (f"; and {len(whats) - 5} more" if len(whats) > 5 else ""))
+    create, warned = create_statement(plan.temp_db, plan.properties, server_num, tablespaces)
+    warnings += warned
+    try:
+        _exec(server, (create,))
+    except psycopg2.Error as e:
+        raise EngineError(f"could not create database {plan.temp_db} with the snapshot's "
+                          f"encoding and locale: {_first_line(e)}; nothing was restored") from None
     try:
         args = [tool, "--exit-on-error", "--no-password", "-d", plan.temp_db]
         if plan.no_owner:
-            args += ["--no-owner", "--no-acl"]
+            args += ["--no-owner"]
+        if plan.no_acl:
+            args += ["--no-acl"]
         folder = None
         directory = "tree" in plan.snapshot
 
@@ -267,9 +580,19 @@ def execute_restore_db(
                     f"{_explain_restore_error(text, plan.no_owner)}; "
                     f"database {plan.target_db!r} was not changed"
                 )
+        if plan.properties:
+            on_event(Event(job_id, "properties", bytes_done=written, bytes_total=total,
+                           message=f"owner, ACL and settings of {plan.temp_db}"))
+            applied, warned = apply_properties(plan)
+            notes += applied
+            warnings += warned
+        else:
+            notes.append(f"snapshot {plan.snapshot['id'][:8]} was taken before database "
+                         "properties were saved: only its contents were restored (owner, "
+                         "locale, ACL and settings are the server's defaults)")
         on_event(Event(job_id, "swap", bytes_done=written, bytes_total=total,
                        message=f"renaming {plan.temp_db} to {plan.target_db}"))
-        _swap(plan)
+        _swap(plan, keep_owner=not plan.properties or plan.no_owner)
     except BaseException:
         try:
             _drop(server, plan.temp_db)
@@ -281,11 +604,12 @@ def execute_restore_db(
     on_event(Event(job_id, "done", bytes_done=written, bytes_total=total,
                    message=f"restored into {plan.target_db}", final=True))
     return DbRestoreResult(plan.snapshot["id"], plan.target_db,
-                           None if plan.drop_old else plan.old_db, written, warnings)
+                           None if plan.drop_old else plan.old_db, written, warnings, notes)
 
 
-def _swap(plan: DbRestorePlan) -> None:
-    """Put the restored database in place; the old one (if any) keeps a dated name."""
+def _swap(plan: DbRestorePlan, keep_owner: bool = True) -> None:
+    """Put the restored database in place; the old one (if any) keeps a dated name and,
+    with keep_owner (no saved owner applied), hands its owner to the new one."""
     ident = sql.Identifier
     conn = _maintenance(plan.server)
     try:
@@ -294,11 +618,12 @@ def _swap(plan: DbRestorePlan) -> None:
                 cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                     ident(plan.temp_db), ident(plan.target_db)))
                 return
-            cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                        (plan.target_db,))
-            owner = cur.fetchone()[0]
-            cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                ident(plan.temp_db), ident(owner)))
+            if keep_owner:
+                cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                            "WHERE datname = %s", (plan.target_db,))
+                owner = cur.fetchone()[0]
+                cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    ident(plan.temp_db), ident(owner)))
             allow = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}")
             cur.execute(allow.format(ident(plan.target_db), sql.SQL("false")))
             try:
@@ -323,3 +648,246 @@ def _swap(plan: DbRestorePlan) -> None:
         raise EngineError(f"could not put the restored database in place: {e}".strip()) from None
     finally:
         conn.close()
+
+
+# ------------------------------------------------------- database properties
+# settings whose value is a list of quoted names (pg_dump's variable_is_guc_list_quote)
+_LIST_QUOTE = {"local_preload_libraries", "search_path", "session_preload_libraries",
+               "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"}
+_PRIVILEGES = {"CREATE", "TEMPORARY", "CONNECT"}
+_PROVIDERS = {"libc", "icu", "builtin"}
+
+
+def _guc_list(value: str) -> list[str]:
+    """Split a stored list setting (``app, "$user", public``) into its names."""
+    out, i = [], 0
+    while i < len(value):
+        while i < len(value) and value[i] in " \t\n":
+            i += 1
+        if i >= len(value):
+            break
+        if value[i] == '"':
+            name, i = "", i + 1
+            while i < len(value):
+                if value[i] == '"':
+                    if value[i + 1: i + 2] == '"':
+                        name, i = name + '"', i + 2
+                        continue
+                    i += 1
+                    break
+                name, i = name + value[i], i + 1
+        else:
+            start = i
+            while i < len(value) and value[i] not in ", \t\n":
+                i += 1
+            name = value[start:i]
+        out.append(name)
+        while i < len(value) and value[i] in " \t\n":
+            i += 1
+        if i < len(value) and value[i] == ",":
+            i += 1
+    return out
+
+
+def set_clause(setting: str) -> sql.Composed:
+    """``SET name TO value`` for one stored ``name=value`` (pg_db_role_setting)."""
+    name, _, value = setting.partition("=")
+    ident = sql.SQL(".").join(sql.Identifier(p) for p in name.split("."))
+    if name.lower() in _LIST_QUOTE:
+        values = sql.SQL(", ").join(sql.Literal(v) for v in _guc_list(value))
+    else:
+        values = sql.Literal(value)
+    return sql.SQL("SET {} TO {}").format(ident, values)
+
+
+def describe_properties(props: dict) -> list[str]:
+    """The properties in words, one line each."""
+    locale = f"locale provider {props['locale_provider']}"
+    if props.get("icu_locale"):
+        locale += f" (ICU locale {props['icu_locale']})"
+    if props.get("builtin_locale"):
+        locale += f" (builtin locale {props['builtin_locale']})"
+    out = [f"encoding {props['encoding']}, {locale}, collate {props['collate']}, "
+           f"ctype {props['ctype']}", f"owner {props['owner']}"]
+    if props.get("tablespace") not in (None, "pg_default"):
+        out.append(f"tablespace {props['tablespace']}")
+    if props.get("comment") is not None:
+        out.append(f"comment {props['comment']!r}")
+    if props.get("acl") is not None:
+        out.append("ACL " + _acl_words(props["acl"]))
+    for s in props.get("settings", []):
+        out.append(f"ALTER DATABASE SET {s}")
+    for role, settings in props.get("role_settings", {}).items():
+        for s in settings:
+            out.append(f"ALTER ROLE {role} IN DATABASE SET {s}")
+    if props.get("connection_limit", -1) != -1:
+        out.append(f"connection limit {props['connection_limit']}")
+    return out
+
+
+def _acl_groups(acl: list[dict]) -> list[tuple[str | None, str, bool, list[str]]]:
+    """(grantee, grantor, grantable, privileges) in the order of the saved ACL."""
+    groups: dict[tuple, list[str]] = {}
+    for e in acl:
+        groups.setdefault((e["grantee"], e["grantor"], bool(e["grantable"])),
+                          []).append(e["privilege"])
+    return [(k[0], k[1], k[2], v) for k, v in groups.items()]
+
+
+def _acl_words(acl: list[dict]) -> str:
+    if not acl:
+        return "(no privileges for anyone)"
+    return "; ".join(f"{grantee or 'PUBLIC'}: {', '.join(privs)}"
+                     + (" (with grant option)" if grantable else "")
+                     for grantee, _, grantable, privs in _acl_groups(acl))
+
+
+def create_statement(name: str, props: dict | None, server_num: int,
+                     tablespaces: set[str]) -> tuple[sql.Composed, list[str]]:
+    """CREATE DATABASE with the snapshot's encoding, locale and tablespace; warnings."""
+    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
+    warnings: list[str] = []
+    if not props:
+        return sql.SQL(" ").join(parts), warnings
+    provider = props.get("locale_provider") or "libc"
+    if provider not in _PROVIDERS:
+        raise EngineError(f"unknown locale provider {provider!r} in the snapshot")
+    parts.append(sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+        sql.Literal(props["encoding"]), sql.Literal(props["collate"]),
+        sql.Literal(props["ctype"])))
+    if server_num >= 150000:
+        parts.append(sql.SQL("LOCALE_PROVIDER {}").format(sql.SQL(provider)))
+        if provider == "icu":
+            parts.append(sql.SQL("ICU_LOCALE {}").format(sql.Literal(props["icu_locale"])))
+            if props.get("icu_rules"):
+                if server_num < 160000:
+                    raise EngineError("the snapshot's database has ICU rules, which this "
+                                      "server (before PostgreSQL 16) cannot create")
+                parts.append(sql.SQL("ICU_RULES {}").format(sql.Literal(props["icu_rules"])))
+        if provider == "builtin":
+            if server_num < 170000:
+                raise EngineError("the snapshot's database uses the builtin locale provider, "
+                                  "which this server (before PostgreSQL 17) lacks")
+            parts.append(sql.SQL("BUILTIN_LOCALE {}").format(
+                sql.Literal(props["builtin_locale"])))
+    elif provider != "libc":
+        raise EngineError(f"the snapshot's database uses the {provider} locale provider, "
+                          "which this server (before PostgreSQL 15) cannot give a database")
+    space = props.get("tablespace")
+    if space and space != "pg_default":
+        if space in tablespaces:
+            parts.append(sql.SQL("TABLESPACE {}").format(sql.Identifier(space)))
+        else:
+            warnings.append(f"tablespace {space} does not exist here: the database is in the "
+                            "default tablespace")
+    return sql.SQL(" ").join(parts), warnings
+
+
+def apply_properties(plan: DbRestorePlan) -> tuple[list[str], list[str]]:
+    """Give the restored (temporary) database the snapshot's owner, comment, ACL and
+    settings, before it takes the target's name. Returns (notes, warnings)."""
+    props = plan.properties
+    assert props is not None
+    ident = sql.Identifier
+    db = ident(plan.temp_db)
+    notes: list[str] = [describe_properties(props)[0]]
+    warnings: list[str] = []
+    conn = _maintenance(plan.server)
+    try:
+        with conn.cursor() as cur:
+            roles = existing_roles(cur)
+            owner = props["owner"]
+            if plan.no_owner:
+                notes.append(f"owner not restored (--no-owner; the snapshot's was {owner})")
+            elif owner in roles:
+                _run(cur, sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, ident(owner)),
+                     "set the owner")
+                notes.append(f"owner {owner}")
+            else:
+                warnings.append(f"owner {owner} does not exist here: not restored")
+            if props.get("comment") is not None:
+                cur.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    db, sql.Literal(props["comment"])))
+                notes.append(f"comment {props['comment']!r}")
+            if props.get("acl") is not None:
+                notes.append(_apply_acl(cur, plan, roles, warnings))
+            for setting in props.get("settings", []):
+                try:
+                    cur.execute(sql.SQL("ALTER DATABASE {} ").format(db) + set_clause(setting))
+                    notes.append(f"ALTER DATABASE {plan.target_db} SET {setting}")
+                except psycopg2.Error as e:
+                    warnings.append(f"ALTER DATABASE SET {setting}: {_first_line(e)}")
+            for role, settings in props.get("role_settings", {}).items():
+                if role not in roles:
+                    warnings.append(f"role {role} does not exist here: its settings in the "
+                                    f"database ({', '.join(settings)}) are not restored")
+                    continue
+                for setting in settings:
+                    try:
+                        cur.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(
+                            ident(role), db) + set_clause(setting))
+                        notes.append(f"ALTER ROLE {role} IN DATABASE {plan.target_db} "
+                                     f"SET {setting}")
+                    except psycopg2.Error as e:
+                        warnings.append(f"ALTER ROLE {role} IN DATABASE SET {setting}: "
+                                        f"{_first_line(e)}")
+            limit = props.get("connection_limit", -1)
+            if limit != -1:
+                cur.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+                    db, sql.Literal(int(limit))))
+                notes.append(f"connection limit {limit}")
+            if props.get("is_template") or props.get("allow_connections") is False:
+                warnings.append("the snapshot's database was "
+                                + ("a template" if props.get("is_template") else
+                                   "closed to connections")
+                                + ": not applied to the restored one (set it by hand)")
+    finally:
+        conn.close()
+    return [f"applied {n}" for n in notes], warnings
+
+
+def _run(cur, statement, what: str) -> None:
+    try:
+        cur.execute(statement)
+    except psycopg2.Error as e:
+        raise EngineError(f"could not {what} of the restored database: "
+                          f"{_first_line(e)}") from None
+
+
+def _apply_acl(cur, plan: DbRestorePlan, roles: set[str], warnings: list[str]) -> str:
+    """Replace the new database's ACL by the saved one, grantees mapped by name."""
+    props = plan.properties
+    assert props is not None
+    db = sql.Identifier(plan.temp_db)
+    cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                (plan.temp_db,))
+    owner_now = cur.fetchone()[0]
+    _run(cur, sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db), "set the ACL")
+    _run(cur, sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, sql.Identifier(owner_now)),
+         "set the ACL")
+    for grantee, grantor, grantable, privs in _acl_groups(props["acl"]):
+        if grantee is not None and grantee not in roles:
+            warnings.append(f"ACL entry for role {grantee} ({', '.join(privs)}) not restored: "
+                            "the role does not exist here")
+            continue
+        bad = [p for p in privs if p not in _PRIVILEGES]
+        if bad:
+            warnings.append(f"ACL entry with unknown privileges {bad} not restored")
+            continue
+        grantee_sql = sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)
+        if grantee is not None and grantee == props["owner"]:
+            grantee_sql = sql.Identifier(owner_now)  # the owner's own entry stays the owner's
+        grant = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+            sql.SQL(", ").join(sql.SQL(p) for p in privs), db, grantee_sql)
+        if grantable:
+            grant += sql.SQL(" WITH GRANT OPTION")
+        as_grantor = grantor not in (props["owner"], owner_now) and grantor in roles
+        if as_grantor:
+            cur.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(grantor)))
+        try:
+            _run(cur, grant, "set the ACL")
+        finally:
+            if as_grantor:
+                cur.execute("RESET ROLE")
+    kept = [e for e in props["acl"] if e["grantee"] is None or e["grantee"] in roles]
+    return "ACL " + _acl_words(kept)

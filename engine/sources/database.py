@@ -100,7 +100,14 @@ class DatabaseSource(Source):
     @classmethod
     def plan_restore(cls, config, repo, snap: dict, target_db: str = "",
                      replace: bool = False, drop_old: bool = False, no_owner: bool = False,
-                     with_globals: bool = False, **unknown: Any):
+                     with_globals: bool = False, no_acl: bool = False,
+                     create_missing_roles: bool = False, **unknown: Any):
+        """Options: ``target_db``; ``replace`` (restore aside, then swap; ``drop_old``);
+        ``no_owner`` / ``no_acl`` (pg_restore's: objects owned by the restoring user,
+        object grants left out); ``create_missing_roles`` (create the roles the dump
+        names that the server lacks, from the saved globals; existing roles unchanged);
+        ``with_globals`` (apply the saved globals: changes existing roles, see the plan's
+        ``globals_changes``)."""
         from engine.ops.restore_db import plan_restore_db
         from engine.sources import registry
 
@@ -110,7 +117,8 @@ class DatabaseSource(Source):
             raise UsageError(f"snapshot {snap['id'][:8]} is of database {snap['source']!r}, "
                              "which is not in the config: add a [[database]] for its server")
         return plan_restore_db(snap, source.target(), target_db, replace, drop_old,
-                               no_owner, with_globals)
+                               no_owner, with_globals, repo=repo, no_acl=no_acl,
+                               create_missing_roles=create_missing_roles)
 
     @classmethod
     def restore(cls, config, repo, plan, job_id, on_event, cancel):

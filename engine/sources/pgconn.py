@@ -140,6 +140,7 @@ def server_facts(t: PgTarget) -> dict:
                 "pg_database_size(current_database()), current_database()"
             )
             num, full, size, dbname = cur.fetchone()
+            props = database_properties(cur, num)
     finally:
         conn.close()
     return {
@@ -148,7 +149,76 @@ def server_facts(t: PgTarget) -> dict:
         "server_version": full.split(" on ")[0],
         "database_size": size,
         "dbname": dbname,
+        "database": props,
     }
+
+
+def database_properties(cur, version_num: int, dbname: str | None = None) -> dict:
+    """The database's own properties, which pg_dump without --create leaves out: owner,
+    encoding and locale, tablespace, comment, ACL, ``ALTER DATABASE .. SET`` and
+    ``ALTER ROLE .. IN DATABASE .. SET`` (docs/FORMAT.md, section 6.2)."""
+    provider = locale = rules = collversion = "NULL"
+    if version_num >= 150000:
+        provider, collversion = "d.datlocprovider::text", "d.datcollversion"
+        locale = "d.datlocale" if version_num >= 170000 else "d.daticulocale"
+    if version_num >= 160000:
+        rules = "d.daticurules"
+    cur.execute(
+        "SELECT d.oid, d.datname, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), "
+        f"d.datcollate, d.datctype, {provider}, {locale}, {rules}, {collversion}, "
+        "d.datconnlimit, d.datallowconn, d.datistemplate, t.spcname, "
+        "shobj_description(d.oid, 'pg_database') "
+        "FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace "
+        "WHERE d.datname = COALESCE(%s, current_database())", (dbname,))
+    (oid, name, owner, encoding, collate, ctype, prov, loc, icu_rules, coll_version, connlimit,
+     allow, template, tablespace, comment) = cur.fetchone()
+    provider_name = {"c": "libc", "i": "icu", "b": "builtin"}.get(prov or "c", prov)
+    cur.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
+        "pg_get_userbyid(a.grantor), a.privilege_type, a.is_grantable "
+        "FROM pg_database d, aclexplode(d.datacl) WITH ORDINALITY a "
+        "WHERE d.oid = %s AND d.datacl IS NOT NULL ORDER BY a.ordinality", (oid,))
+    acl_rows = cur.fetchall()
+    cur.execute("SELECT datacl IS NULL FROM pg_database WHERE oid = %s", (oid,))
+    default_acl = cur.fetchone()[0]
+    cur.execute(
+        "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
+        "LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = %s "
+        "ORDER BY r.rolname NULLS FIRST", (oid,))
+    settings: list[str] = []
+    role_settings: dict[str, list[str]] = {}
+    for role, config in cur.fetchall():
+        if role is None:
+            settings = list(config or [])
+        else:
+            role_settings[role] = list(config or [])
+    return {
+        "name": name,
+        "owner": owner,
+        "encoding": encoding,
+        "locale_provider": provider_name,
+        "collate": collate,
+        "ctype": ctype,
+        "icu_locale": loc if provider_name == "icu" else None,
+        "builtin_locale": loc if provider_name == "builtin" else None,
+        "icu_rules": icu_rules,
+        "collation_version": coll_version,
+        "tablespace": tablespace,
+        "connection_limit": connlimit,
+        "allow_connections": allow,
+        "is_template": template,
+        "comment": comment,
+        "acl": None if default_acl else [
+            {"grantee": grantee, "grantor": grantor, "privilege": priv, "grantable": grantable}
+            for grantee, grantor, priv, grantable in acl_rows],
+        "settings": settings,
+        "role_settings": role_settings,
+    }
+
+
+def existing_roles(cur) -> set[str]:
+    cur.execute("SELECT rolname FROM pg_roles")
+    return {r for (r,) in cur.fetchall()}
 
 
 def _tool_version(path: str) -> tuple[int, str]:

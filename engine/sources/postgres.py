@@ -11,6 +11,7 @@ the blobs already stored are only unreferenced garbage for prune.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -253,3 +254,338 @@ def dump_database_directory(
                  dump_duration=round(time.monotonic() - start, 3), where=t.where,
                  connection_from=t.origin)
     return tree, DumpResult([], globals_ids, total, facts, warnings)
+
+
+# ------------------------------------------------------- roles a dump names
+# pg_restore --schema-only prints every entry of an archive's table of contents
+# under a header ("-- Name: ...; Type: ...; Schema: ...; Owner: ..."); the roles an
+# entry needs are read from its SQL with a small tokenizer (quoted identifiers,
+# strings and dollar quotes are single tokens, so names inside them never match).
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<comment>--[^\n]*|/\*.*?\*/)
+  | (?P<ident>"(?:[^"]|"")*")
+  | (?P<estr>[Ee]'(?:[^'\\]|\\.|'')*')
+  | (?P<str>'(?:[^']|'')*')
+  | (?P<dollar>\$(?P<tag>(?:[A-Za-z_][A-Za-z0-9_]*)?)\$.*?\$(?P=tag)\$)
+  | (?P<word>[^\W\d][\w$]*)
+  | (?P<num>\d+(?:\.\d+)?)
+  | (?P<punct>[(),;.])
+  | (?P<other>.)
+""", re.S | re.X)
+
+_HEADER = re.compile(r"^-- Name: (?P<name>.*); Type: (?P<type>.*?); Schema: (?P<schema>.*?); "
+                     r"Owner: (?P<owner>.*?)(?:; Tablespace: .*)?$", re.M)
+
+# role specifications that are not roles of the cluster
+_NOT_ROLES = {"PUBLIC", "CURRENT_USER", "SESSION_USER", "CURRENT_ROLE", "GROUP"}
+
+
+@dataclass(frozen=True)
+class Tok:
+    kind: str  # ident (quoted), word (bare), str, punct, other
+    text: str
+
+    @property
+    def up(self) -> str:
+        return self.text.upper() if self.kind == "word" else ""
+
+    @property
+    def name(self) -> str:
+        """The identifier or string this token stands for."""
+        if self.kind == "ident":
+            return self.text[1:-1].replace('""', '"')
+        if self.kind == "str":
+            return self.text[1:-1].replace("''", "'")
+        return self.text
+
+
+def sql_statements(script: str) -> list[list[Tok]]:
+    """The statements of a script as token lists; psql meta-commands (``\\connect``,
+    ``\\restrict``) and comments are dropped."""
+    script = "\n".join(ln for ln in script.splitlines() if not ln.startswith("\\"))
+    out: list[list[Tok]] = []
+    cur: list[Tok] = []
+    depth = 0
+    for m in _TOKEN.finditer(script):
+        kind = m.lastgroup
+        if kind in ("ws", "comment"):
+            continue
+        kind = {"estr": "str", "dollar": "str"}.get(kind, kind)
+        tok = Tok(kind, m.group())
+        if tok.text == "(" and kind == "punct":
+            depth += 1
+        elif tok.text == ")" and kind == "punct":
+            depth = max(0, depth - 1)
+        if tok.text == ";" and kind == "punct" and depth == 0:
+            if cur:
+                out.append(cur)
+            cur = []
+            continue
+        cur.append(tok)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def statement_text(toks: list[Tok]) -> str:
+    out = ""
+    for t in toks:
+        if out and not (t.text in (",", ")", ".") or out.endswith(("(", "."))):
+            out += " "
+        out += t.text
+    return out + ";"
+
+
+def _top_level(toks: list[Tok]) -> list[int]:
+    """Indexes of the tokens outside parentheses."""
+    depth, out = 0, []
+    for i, t in enumerate(toks):
+        if t.kind == "punct" and t.text == "(":
+            depth += 1
+        elif t.kind == "punct" and t.text == ")":
+            depth -= 1
+        elif depth == 0:
+            out.append(i)
+    return out
+
+
+def _role_list(toks: list[Tok], i: int) -> list[str]:
+    """Comma-separated role specifications from toks[i] on."""
+    roles = []
+    while i < len(toks):
+        t = toks[i]
+        if t.up == "GROUP":  # GRANT .. TO GROUP x
+            i += 1
+            continue
+        if t.kind == "ident" or (t.kind == "word" and t.up not in _NOT_ROLES):
+            roles.append(t.name)
+        elif not (t.kind == "word" and t.up in _NOT_ROLES):
+            break
+        i += 1
+        if i < len(toks) and toks[i].kind == "punct" and toks[i].text == ",":
+            i += 1
+            continue
+        break
+    return roles
+
+
+def _after(toks: list[Tok], top: list[int], *words: str, last: bool = False) -> int | None:
+    """Index just after the (first or last) top-level run of ``words``."""
+    found = None
+    for n, i in enumerate(top):
+        if all(n + k < len(top) and top[n + k] == i + k and toks[i + k].up == w
+               for k, w in enumerate(words)):
+            found = i + len(words)
+            if not last:
+                return found
+    return found
+
+
+def statement_roles(toks: list[Tok]) -> list[str]:
+    """The roles one statement of a pg_dump archive or a globals script names."""
+    if not toks:
+        return []
+    top = _top_level(toks)
+    head = toks[0].up
+    roles: list[str] = []
+    if head == "SET" and len(toks) >= 3 and toks[1].up in ("SESSION", "ROLE"):
+        who = toks[-1]
+        if who.kind in ("ident", "str") or (who.kind == "word" and who.up not in
+                                            _NOT_ROLES | {"DEFAULT", "NONE", "AUTHORIZATION"}):
+            roles.append(who.name)
+        return roles
+    if head == "ALTER" and len(toks) > 2 and toks[1].up == "DEFAULT":
+        at = _after(toks, top, "FOR", "ROLE") or _after(toks, top, "FOR", "USER")
+        if at is not None:
+            roles += _role_list(toks, at)
+        for i in top:
+            if toks[i].up in ("GRANT", "REVOKE"):
+                roles += statement_roles(toks[i:])
+                break
+        return roles
+    if head == "GRANT":
+        at = _after(toks, top, "TO", last=True)
+        if at is not None:
+            roles += _role_list(toks, at)
+        by = _after(toks, top, "GRANTED", "BY")
+        if by is not None:
+            roles += _role_list(toks, by)
+        if _after(toks, top, "ON") is None:  # GRANT role TO role: the granted roles too
+            roles += _role_list(toks, 1)
+        return roles
+    if head == "REVOKE":
+        at = _after(toks, top, "FROM", last=True)
+        if at is not None:
+            roles += _role_list(toks, at)
+        return roles
+    if head in ("CREATE", "ALTER") and len(toks) > 1 and toks[1].up == "POLICY":
+        at = _after(toks, top, "TO")
+        if at is not None:
+            roles += _role_list(toks, at)
+    if head == "CREATE" and _after(toks, top, "USER", "MAPPING", "FOR") is not None:
+        roles += _role_list(toks, _after(toks, top, "USER", "MAPPING", "FOR"))
+    at = _after(toks, top, "OWNER", "TO", last=True)
+    if head == "ALTER" and at is not None:
+        roles += _role_list(toks, at)
+    return roles
+
+
+@dataclass(frozen=True)
+class RoleUse:
+    """One object of a dump that needs a role."""
+
+    role: str
+    what: str  # "owner of TABLE app.orders", "POLICY p ON app.orders", ...
+    # what leaves it out: "owner" (pg_restore --no-owner), "acl" (--no-acl), "" nothing
+    skip_with: str
+
+
+def _describe(entry_type: str, name: str, schema: str) -> str:
+    where = "" if schema in ("-", "") else schema
+    if entry_type == "POLICY" and " " in name:
+        table, policy = name.split(" ", 1)
+        return f"POLICY {policy} ON {where + '.' if where else ''}{table}"
+    if entry_type == "DEFAULT ACL":
+        return name.lower() + (f" in schema {where}" if where else "")
+    if entry_type == "ACL":
+        return f"privileges on {name}" + (f" in schema {where}" if where else "")
+    return f"{entry_type} {where + '.' if where else ''}{name}"
+
+
+def archive_role_uses(schema_sql: str) -> list[RoleUse]:
+    """Every (role, object) pair in the text of ``pg_restore --schema-only``."""
+    uses: dict[tuple[str, str], RoleUse] = {}
+    marks = list(_HEADER.finditer(schema_sql))
+    for n, m in enumerate(marks):
+        body = schema_sql[m.end(): marks[n + 1].start() if n + 1 < len(marks) else None]
+        etype, name, schema = m.group("type"), m.group("name"), m.group("schema")
+        obj = _describe(etype, name, schema)
+        acl = etype in ("ACL", "DEFAULT ACL")
+        for toks in sql_statements(body):
+            top = _top_level(toks)
+            owner_at = _after(toks, top, "OWNER", "TO", last=True)
+            owner = (toks[0].up == "ALTER" and owner_at is not None and not acl
+                     and toks[1].up != "DEFAULT")
+            for role in statement_roles(toks):
+                if owner:
+                    use = RoleUse(role, f"owner of {obj}", "owner")
+                else:
+                    use = RoleUse(role, obj, "acl" if acl else "")
+                uses.setdefault((use.role, use.what), use)
+    return list(uses.values())
+
+
+# ------------------------------------------------------------- saved globals
+@dataclass
+class Globals:
+    """pg_dumpall --globals-only, statement by statement, grouped by role."""
+
+    roles: dict[str, list[list[Tok]]] = field(default_factory=dict)  # CREATE/ALTER/COMMENT
+    memberships: list[tuple[str, str, list[Tok]]] = field(default_factory=list)  # role, member
+    other: list[list[Tok]] = field(default_factory=list)  # tablespaces and their grants
+
+    @classmethod
+    def parse(cls, script: str) -> Globals:
+        g = cls()
+        for toks in sql_statements(script):
+            top = _top_level(toks)
+            head = toks[0].up
+            role_at = None
+            if head in ("CREATE", "ALTER") and len(toks) > 2 and toks[1].up in ("ROLE", "USER"):
+                role_at = 2
+            elif head == "COMMENT" and len(toks) > 3 and toks[2].up == "ROLE":
+                role_at = 3
+            elif head == "SECURITY":
+                at = _after(toks, top, "ON", "ROLE")
+                role_at = at
+            if role_at is not None and role_at < len(toks):
+                g.roles.setdefault(toks[role_at].name, []).append(toks)
+            elif head == "GRANT" and _after(toks, top, "ON") is None:
+                to = _after(toks, top, "TO", last=True)
+                members = _role_list(toks, to) if to is not None else []
+                for granted in _role_list(toks, 1):
+                    for member in members:
+                        g.memberships.append((granted, member, toks))
+            elif head != "SET" and not (head == "SELECT"):
+                g.other.append(toks)
+        return g
+
+
+    def role_facts(self, role: str) -> dict:
+        """Attributes, password, settings and comment of one role, as its statements say."""
+        facts: dict = {"attributes": [], "password": None, "settings": {}, "comment": None}
+        for toks in self.roles.get(role, []):
+            head = toks[0].up
+            if head == "ALTER" and len(toks) > 3 and toks[3].up == "WITH":
+                i = 4
+                while i < len(toks):
+                    word = toks[i].up
+                    if word == "PASSWORD" and i + 1 < len(toks):
+                        facts["password"] = toks[i + 1].text
+                        i += 2
+                        continue
+                    if word in ("VALID", "CONNECTION") and i + 2 < len(toks):
+                        facts["attributes"].append(f"{word} {toks[i + 1].up} {toks[i + 2].text}")
+                        i += 3
+                        continue
+                    facts["attributes"].append(toks[i].text)
+                    i += 1
+            elif head == "ALTER" and len(toks) > 3 and toks[3].up in ("SET", "RESET"):
+                rest = toks[4:]
+                cut = next((n for n, t in enumerate(rest) if t.up == "TO"
+                            or t.text == "="), len(rest))
+                name = "".join(t.text for t in rest[:cut])
+                facts["settings"][name] = statement_text(rest[cut + 1:])[:-1]
+            elif head == "COMMENT":
+                facts["comment"] = toks[-1].name
+        return facts
+
+    def changes_against(self, current: Globals, password_readable: bool) -> list[str]:
+        """What applying these globals would change on a server whose globals are
+        ``current``: one line per change, never a password or its hash."""
+        out: list[str] = []
+        for role in self.roles:
+            saved = self.role_facts(role)
+            attrs = " ".join(a for a in saved["attributes"])
+            if role not in current.roles:
+                out.append(f"role {role}: would be created ({attrs}"
+                           + (", with the password saved at backup" if saved["password"]
+                              else "") + ")")
+                continue
+            now = current.role_facts(role)
+            flip = {a.upper().removeprefix("NO"): a for a in now["attributes"]}
+            for a in saved["attributes"]:
+                was = flip.get(a.upper().removeprefix("NO"))
+                if was is None or was.upper() != a.upper():
+                    out.append(f"role {role}: {was or 'unset'} -> {a}")
+            if saved["password"] and saved["password"] != now["password"]:
+                if now["password"] or password_readable:
+                    out.append(f"role {role}: password would be set back to the one saved "
+                               "at backup")
+                else:
+                    out.append(f"role {role}: password would be set to the one saved at "
+                               "backup (the current one cannot be read to compare)")
+            for name, value in saved["settings"].items():
+                if now["settings"].get(name) != value:
+                    cur = now["settings"].get(name)
+                    out.append(f"role {role}: setting {name} -> {value}"
+                               + (f" (now {cur})" if cur is not None else " (now unset)"))
+            if saved["comment"] is not None and saved["comment"] != now["comment"]:
+                out.append(f"role {role}: comment would change")
+        have = {(g, m) for g, m, _ in current.memberships}
+        for granted, member, _ in self.memberships:
+            if (granted, member) not in have:
+                out.append(f"role {member}: would become a member of {granted}")
+        texts = {statement_text(t) for t in current.other}
+        for toks in self.other:
+            text = statement_text(toks)
+            if text not in texts:
+                out.append(f"would run: {mask_passwords(text)}")
+        return out
+
+
+def mask_passwords(text: str) -> str:
+    """Never show a password or its hash."""
+    return re.sub(r"(PASSWORD\s+)(E?'(?:[^']|'')*')", r"\1'***'", text, flags=re.I)
