@@ -397,11 +397,7 @@ def test_xattrs_and_acls_restored_by_gnu_tar(acl_reference, tmp_path):
             assert getfattr(out / "ref" / "f") == getfattr(acl_reference / "f")
             assert getfattr(out / "ref") == getfattr(acl_reference)
     # the whole comparison, as rsync sees it
-    need("rsync")
-    diff = subprocess.run(["rsync", "-aHAXn", "--checksum", "--numeric-ids",
-                           "--itemize-changes", f"{acl_reference}/", f"{tmp_path}/all/ref/"],
-                          capture_output=True, check=True)
-    assert diff.stdout == b"", diff.stdout.decode()
+    assert rsync_diff(acl_reference, tmp_path / "all" / "ref") == ""
 
 
 def test_malformed_acl_is_a_warning_and_stays_a_raw_xattr():
@@ -517,8 +513,10 @@ def dump_untar(sb, out: Path, *tar_opts: str, args: str = "latest") -> None:
 
 def rsync_diff(src: Path, dst: Path) -> str:
     need("rsync")
+    # --modify-window=-1: nanoseconds count too (the default compares whole seconds)
     proc = subprocess.run(["rsync", "-aHAXn", "--checksum", "--numeric-ids", "--itemize-changes",
-                           f"{src}/", f"{dst}/"], capture_output=True, check=True)
+                           "--modify-window=-1", f"{src}/", f"{dst}/"],
+                          capture_output=True, check=True)
     return proc.stdout.decode(errors="replace")
 
 
