@@ -161,13 +161,13 @@ def plan_restore_db(
             roles = existing_roles(cur)
     finally:
         conn.close()
+    plan.uses = property_uses(plan.properties)
     if repo is not None:
         major = int(snap.get("postgres", {}).get("server_major", 0))
         try:
-            plan.uses = archive_uses(repo, snap, max(major, server_num // 10000))
+            plan.uses += archive_uses(repo, snap, max(major, server_num // 10000))
         except EngineError as e:
             plan.notes.append(f"the roles the archive needs could not be listed: {e}")
-    plan.uses += property_uses(plan.properties)
     plan.missing_roles = sorted({u.role for u in plan.uses} - roles)
     if with_globals:
         plan.steps.append("apply the roles and tablespaces saved with the dump (existing roles "
