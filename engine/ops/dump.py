@@ -20,8 +20,12 @@ own ``tar --format=pax --xattrs --acls`` archive:
   ``SCHILY.acl.default`` in the text form GNU tar writes (one entry a line,
   numeric ids), so ``tar --xattrs --xattrs-include='*' --acls -xpf -`` restores
   them and so does ``tar --acls -xpf -`` alone;
-- ``holes`` need nothing: the content covers the whole file, so the bytes are
-  right (the extracted file is not sparse);
+- a file with ``holes`` (zero ranges; its content still covers the whole file)
+  is a GNU sparse member (pax format 1.0: ``GNU.sparse.*`` records, a map of
+  its data ranges, then only those), which GNU tar extracts as a sparse file.
+  The holes are first checked to be zeros in the content (reading only the
+  blobs that overlap them, each once); if they are not, or the blobs' sizes
+  do not add up, the file is written plainly, which is always right;
 - sockets are skipped with a warning (they cannot be restored).
 
 A stream snapshot (a custom-format pg_dump archive) is written as its bytes.
@@ -36,8 +40,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import logging
 import os
+import posixpath
 import struct
 import tarfile
 from collections.abc import Callable, Iterable
@@ -268,6 +274,141 @@ def _same_file(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+# ---------------------------------------------------------------------- sparse
+
+
+def data_ranges(node: dict, size: int) -> list[tuple[int, int]] | None:
+    """The file's data ranges ``(offset, length)`` between its ``holes``, closed by
+    ``(size, 0)`` when it ends in a hole (as GNU tar writes the map); None when the
+    node has no holes or they are not sorted, disjoint ranges inside the file."""
+    holes = node.get("holes")
+    if not holes or not isinstance(holes, list):
+        return None
+    ranges = []
+    pos = 0
+    for hole in holes:
+        if not (isinstance(hole, list) and len(hole) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in hole)):
+            return None
+        off, length = hole
+        if off < pos or length <= 0 or off + length > size:
+            return None
+        if off > pos:
+            ranges.append((pos, off - pos))
+        pos = off + length
+    ranges.append((pos, size - pos) if pos < size else (size, 0))
+    return ranges
+
+
+def _blob_spans(repo: Repository, content: list, size: int) -> list[tuple[str, int, int]] | None:
+    """(blob id, offset in the file, length) from the index; None if they do not
+    add up to size."""
+    spans, pos = [], 0
+    for bid in content:
+        entry = repo.index.get(bid) if isinstance(bid, str) else None
+        if entry is None:
+            return None
+        spans.append((bid, pos, entry.raw_length))
+        pos += entry.raw_length
+    return spans if pos == size else None
+
+
+def _load(repo: Repository, bid: str, length: int, name: str) -> bytes:
+    data = repo.load_blob(bid, "data")
+    if len(data) != length:
+        raise IntegrityError(f"{name}: blob {bid} holds {len(data)} bytes, the index says "
+                             f"{length}", bid)
+    return data
+
+
+def _holes_are_zeros(repo: Repository, spans, ranges, size: int, name: str) -> bool:
+    """Every byte outside the data ranges is zero in the stored content."""
+    holes, pos = [], 0
+    for off, length in ranges:
+        if off > pos:
+            holes.append((pos, off))
+        pos = off + length
+    if pos < size:
+        holes.append((pos, size))
+    zero_blobs: set[str] = set()
+    for bid, start, length in spans:
+        end = start + length
+        parts = [(max(a, start), min(b, end)) for a, b in holes if a < end and b > start]
+        if not parts or bid in zero_blobs:
+            continue
+        data = _load(repo, bid, length, name)
+        if not any(data[a - start : b - start].strip(b"\0") for a, b in parts):
+            if not data.strip(b"\0"):
+                zero_blobs.add(bid)
+            continue
+        return False
+    return True
+
+
+class _Chunks(io.RawIOBase):
+    """A read-only file over an iterator of byte strings."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.chunks = iter(chunks)
+        self.buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        while not self.buf:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.buf = memoryview(chunk)
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+
+def _sparse_data(repo: Repository, spans, ranges, name: str) -> Iterable[bytes]:
+    """The data ranges' bytes, in order; blobs wholly in a hole are not read."""
+    for bid, start, length in spans:
+        end = start + length
+        parts = [(max(a, start), min(a + n, end)) for a, n in ranges
+                 if n and a < end and a + n > start]
+        if not parts:
+            continue
+        data = memoryview(_load(repo, bid, length, name))
+        for a, b in parts:
+            yield data[a - start : b - start]
+
+
+def sparse_member(repo: Repository, ti: tarfile.TarInfo, node: dict,
+                  ) -> tuple[tarfile.TarInfo, io.BufferedReader] | None:
+    """The member and data of a file with holes as a GNU sparse 1.0 member, or None
+    to write it plainly (no holes, or holes that are not zeros in the content)."""
+    ranges = data_ranges(node, ti.size)
+    content = node.get("content")
+    if ranges is None or not isinstance(content, list):
+        return None
+    spans = _blob_spans(repo, content, ti.size)
+    if spans is None or not _holes_are_zeros(repo, spans, ranges, ti.size, ti.name):
+        return None
+    text = f"{len(ranges)}\n" + "".join(f"{off}\n{n}\n" for off, n in ranges)
+    head = text.encode("ascii")
+    head += b"\0" * (-len(head) % tarfile.BLOCKSIZE)
+    real = ti.name
+    sparse = _PaxInfo(posixpath.join(posixpath.dirname(real), "GNUSparseFile.0",
+                                     posixpath.basename(real)))
+    for attr in ("mode", "uid", "gid", "uname", "gname", "mtime", "type"):
+        setattr(sparse, attr, getattr(ti, attr))
+    sparse.size = len(head) + sum(n for _, n in ranges)
+    # path first: a reader that applies records in order (Python's tarfile) must end
+    # with GNU.sparse.name; GNU tar prefers GNU.sparse.name whatever the order
+    sparse.pax_headers = {"path": sparse.name, "GNU.sparse.major": "1",
+                          "GNU.sparse.minor": "0", "GNU.sparse.name": real,
+                          "GNU.sparse.realsize": str(ti.size), **ti.pax_headers}
+    data = _Chunks(itertools.chain([head], _sparse_data(repo, spans, ranges, real)))
+    return sparse, io.BufferedReader(data, COPY_BUFFER)
+
+
 # ------------------------------------------------------------------------ dump
 
 
@@ -319,6 +460,11 @@ def dump_files(repo: Repository, snap: dict, out: BinaryIO, path: str | None = N
                 content = node.get("content", [])
                 if not isinstance(content, list):
                     raise IntegrityError(f"{ti.name}: malformed content list in the snapshot")
+                sparse = sparse_member(repo, ti, node)
+                if sparse is not None:
+                    tar.addfile(*sparse)
+                    count += 1
+                    continue
                 data = io.BufferedReader(BlobStream(repo, content), COPY_BUFFER)
                 try:
                     tar.addfile(ti, data)
