@@ -200,13 +200,14 @@ def plan_restore_db(
 
 # ------------------------------------------------------------------ roles
 def archive_uses(repo: Repository, snap: dict, major: int) -> list[RoleUse]:
-    """The (role, object) pairs of the archive's table of contents: pg_restore
-    --schema-only reads only the table of contents, at the start of the stream."""
+    """The (role, object) pairs of the archive's table of contents. pg_restore with the
+    pre- and post-data sections (not --schema-only, which leaves out large objects'
+    owners and grants) reads only the table of contents, at the start of the stream."""
     tool, _ = find_tool("pg_restore", major)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.TemporaryDirectory() as folder:
         directory = "tree" in snap
-        args = [tool, "--schema-only", "-f", "-"]
+        args = [tool, "--section=pre-data", "--section=post-data", "-f", "-"]
         if directory:
             materialize(repo, snap, folder, only={"toc.dat"})
             args += ["--format=directory", folder]
@@ -222,7 +223,7 @@ def archive_uses(repo: Repository, snap: dict, major: int) -> list[RoleUse]:
             raise
         if rc != 0:
             err.seek(0)
-            raise EngineError("pg_restore --schema-only: "
+            raise EngineError("pg_restore (table of contents): "
                               + err.read().decode("utf-8", "replace").strip()[-300:])
         out.seek(0)
         return archive_role_uses(out.read().decode("utf-8", "replace"))

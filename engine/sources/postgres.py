@@ -257,8 +257,8 @@ def dump_database_directory(
 
 
 # ------------------------------------------------------- roles a dump names
-# pg_restore --schema-only prints every entry of an archive's table of contents
-# under a header ("-- Name: ...; Type: ...; Schema: ...; Owner: ..."); the roles an
+# pg_restore (pre- and post-data sections) prints every entry of an archive's table
+# of contents under a header ("-- Name: ...; Type: ...; Schema: ...; Owner: ..."); the roles an
 # entry needs are read from its SQL with a small tokenizer (quoted identifiers,
 # strings and dollar quotes are single tokens, so names inside them never match).
 
@@ -444,6 +444,8 @@ class RoleUse:
 
 def _describe(entry_type: str, name: str, schema: str) -> str:
     where = "" if schema in ("-", "") else schema
+    if entry_type == "BLOB":
+        entry_type = "LARGE OBJECT"
     if entry_type == "POLICY" and " " in name:
         table, policy = name.split(" ", 1)
         return f"POLICY {policy} ON {where + '.' if where else ''}{table}"
@@ -455,7 +457,7 @@ def _describe(entry_type: str, name: str, schema: str) -> str:
 
 
 def archive_role_uses(schema_sql: str) -> list[RoleUse]:
-    """Every (role, object) pair in the text of ``pg_restore --schema-only``."""
+    """Every (role, object) pair in the SQL text pg_restore prints for an archive."""
     uses: dict[tuple[str, str], RoleUse] = {}
     marks = list(_HEADER.finditer(schema_sql))
     for n, m in enumerate(marks):
