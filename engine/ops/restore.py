@@ -2,27 +2,43 @@
 
 Two steps, so a wizard can show the plan before anything is written:
 ``plan_restore`` resolves the selection, walks every tree it touches and
-rejects the snapshot as a whole if any entry is unsafe (see engine.repo.walk),
-and counts files and bytes; ``execute_restore`` then writes. Writes never
-follow a symlink: files are opened with O_NOFOLLOW, and an existing entry in
-the way (with --force) is removed, not written through. Directory metadata is
-set last, deepest first, so their mtimes stay as stored.
+rejects the snapshot as a whole if any entry is unsafe (see engine.repo.walk)
+or malformed, finds the hard links among the entries, and counts files and
+bytes; ``execute_restore`` then writes.
+
+Writes never follow a symlink and never use a path longer than one name: every
+entry is made by name in its open parent directory (``dir_fd``; directories
+are opened with O_NOFOLLOW, files with O_NOFOLLOW), so depth and paths longer
+than PATH_MAX are no obstacle and nothing can lead outside the target. An
+existing entry in the way (with --force) is removed, not written through.
+
+Per entry: content (holes skipped, so a sparse file stays sparse), then owner
+(as root), mode, extended attributes (POSIX ACLs among them; one the target
+refuses is a warning), then times. Hard links: the first name of a file is
+written, the others linked to it. Directory metadata is set last, deepest
+first, so their mtimes stay as stored.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import EngineError, UnsafeEntry, UsageError
+from engine.errors import EngineError, IntegrityError, UnsafeEntry, UsageError
 from engine.events import CancelToken, Event, EventCallback
 from engine.repo.repository import Repository
-from engine.repo.tree import link_target
+from engine.repo.tree import hardlink_key, link_target, node_holes, node_xattrs
 from engine.repo.walk import find, walk
+from engine.sources.files import DirChain, entry_path
+
+_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -35,6 +51,8 @@ class RestorePlan:
     bytes: int = 0
     force: bool = False
     entries: list[tuple[bytes, dict]] = field(default_factory=list, repr=False)
+    # hard links: path -> the first path of the same file in this restore
+    links: dict[bytes, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def target_label(self) -> str:
@@ -84,25 +102,57 @@ def plan_restore(
         (b"", {"type": "dir", "subtree": snap["tree"]})
     ]
     plan = RestorePlan(snap, tgt, selections, force=force)
+    seen: set[bytes] = set()
+    firsts: dict[tuple, bytes] = {}  # hard link key -> its first path
+
+    def add(p: bytes, n: dict) -> None:
+        if p in seen:  # a parent of several selections, or a selection inside another
+            return
+        seen.add(p)
+        plan.entries.append((p, n))
+        where = os.fsdecode(p)
+        if n["type"] == "file":
+            plan.files += 1
+            plan.bytes += int(n.get("size", 0))
+            if not isinstance(n.get("content", []), list):
+                raise UnsafeEntry(f"{where}: malformed content list")
+            node_holes(n, where)
+        elif n["type"] == "dir":
+            plan.dirs += 1
+        node_xattrs(n, where)
+        key = hardlink_key(n)
+        if key is not None:
+            first = firsts.setdefault(key, p)
+            if first != p:
+                plan.links[p] = first
+
     for sel_path, node in selections:
         # parents of a selected path are restored as directories with their metadata
         parts = sel_path.split(b"/") if sel_path else []
         for i in range(1, len(parts)):
-            p, n = find(repo, snap["tree"], os.fsdecode(b"/".join(parts[:i])))
-            plan.entries.append((p, n))
-        items = [(sel_path, node)] if sel_path else []
+            add(*find(repo, snap["tree"], os.fsdecode(b"/".join(parts[:i]))))
+        if sel_path:
+            add(sel_path, node)
         if node["type"] == "dir":
-            items += list(walk(repo, node["subtree"], sel_path))
-        for p, n in items:
-            plan.entries.append((p, n))
-            if n["type"] == "file":
-                plan.files += 1
-                plan.bytes += int(n.get("size", 0))
-                if not isinstance(n.get("content", []), list):
-                    raise UnsafeEntry(f"{os.fsdecode(p)}: malformed content list")
-            elif n["type"] == "dir":
-                plan.dirs += 1
+            for p, n in walk(repo, node["subtree"], sel_path):
+                add(p, n)
     return plan
+
+
+def _parts(rel: bytes) -> list[bytes]:
+    return rel.split(b"/") if rel else []
+
+
+def _data_ranges(holes: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of a file that are not holes."""
+    out, pos = [], 0
+    for off, length in holes:
+        if off > pos:
+            out.append((pos, off))
+        pos = off + length
+    if pos < size:
+        out.append((pos, size))
+    return out
 
 
 class _Restorer:
@@ -118,150 +168,246 @@ class _Restorer:
         self.files_done = 0
         self.warnings: list[str] = []
         self._lock = threading.Lock()
-        self._dirs_done: set[bytes] = set()
         # An empty or new target holds nothing we could write through or must remove;
         # then the lstat of every path before writing it is skipped.
         self.fresh = not plan.target.exists() or not any(plan.target.iterdir())
+        # Entries may get ACLs they do not have from a default ACL above them (only in
+        # a target that had one, or was not empty): then those are removed again.
+        self.inherit = not self.fresh
+        self.sources = set(plan.links.values())  # first paths of hard-linked files
+        self.made: set[bytes] = set()  # ... of those, the ones this restore made
 
-    def _dest(self, rel: bytes) -> bytes:
-        dest = os.path.join(self.root, rel)
-        # belt and braces: the names were checked, but never write outside the target
-        if not os.path.normpath(dest).startswith(self.root.rstrip(b"/") + b"/"):
-            raise UnsafeEntry(f"{os.fsdecode(rel)}: would be written outside the target")
-        return dest
+    def _warn(self, message: str) -> None:
+        with self._lock:
+            self.warnings.append(message)
 
-    def _ensure_parent(self, dest: bytes) -> None:
-        parent = os.path.dirname(dest)
-        if parent in self._dirs_done:
-            return
-        rel = os.path.relpath(parent, self.root)
-        cur = self.root
-        for part in [] if rel == b"." else rel.split(b"/"):
-            cur = os.path.join(cur, part)
-            self._make_dir(cur)
-        self._dirs_done.add(parent)
-
-    def _make_dir(self, path: bytes) -> None:
+    # ------------------------------------------------------------ entries
+    def _make_dir(self, pfd: int, name: bytes) -> None:
         if self.fresh:  # the target was empty: nothing can be in the way
             try:
-                os.mkdir(path, 0o700)
+                os.mkdir(name, 0o700, dir_fd=pfd)
                 return
             except FileExistsError:
                 pass
         try:
-            st = os.lstat(path)
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
-            os.mkdir(path, 0o700)
+            os.mkdir(name, 0o700, dir_fd=pfd)
             return
         if stat.S_ISDIR(st.st_mode):
             return
-        os.unlink(path)  # a file or symlink in the way (only possible with --force)
-        os.mkdir(path, 0o700)
+        os.unlink(name, dir_fd=pfd)  # a file or symlink in the way (only with --force)
+        os.mkdir(name, 0o700, dir_fd=pfd)
 
-    def _remove_existing(self, dest: bytes) -> None:
+    def _remove_existing(self, pfd: int, name: bytes) -> None:
         if self.fresh:
             return
         try:
-            st = os.lstat(dest)
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            import shutil
-
-            shutil.rmtree(dest)
+            shutil.rmtree(name, dir_fd=pfd)
         else:
-            os.unlink(dest)
+            os.unlink(name, dir_fd=pfd)
 
-    def _meta_fd(self, fd: int, dest: bytes, node: dict) -> None:
-        """Owner, mode and times through the open file: no path look-ups."""
+    def _set_xattrs(self, target: int | bytes, rel: bytes, node: dict) -> None:
+        """The node's extended attributes (ACLs among them); a refused one is a warning."""
+        kw = {} if isinstance(target, int) else {"follow_symlinks": False}
+        pairs = node_xattrs(node)
+        failed: list[tuple[bytes, OSError]] = []
+        for name, value in pairs:
+            try:
+                os.setxattr(target, name, value, **kw)
+            except OSError as e:
+                failed.append((name, e))
+        if self.inherit and node["type"] != "symlink":
+            have = {n for n, _ in pairs}
+            for acl in _ACLS if node["type"] == "dir" else _ACLS[:1]:
+                if acl not in have:
+                    try:
+                        os.removexattr(target, acl, **kw)
+                    except OSError:
+                        pass
+        if failed:
+            names = ", ".join(os.fsdecode(n) for n, _ in failed)
+            why = failed[0][1].strerror or str(failed[0][1])
+            self._warn(f"{os.fsdecode(rel)}: extended attribute(s) not restored ({why}): "
+                       f"{names}")
+
+    def _meta_fd(self, fd: int, rel: bytes, node: dict) -> None:
+        """Owner, mode, xattrs and times through the open file: no path look-ups."""
         try:
             if self.is_root:
                 os.fchown(fd, int(node.get("uid", 0)), int(node.get("gid", 0)))
             os.fchmod(fd, int(node.get("mode", 0o644)) & 0o7777)
+        except OSError as e:
+            self._warn(f"{os.fsdecode(rel)}: cannot set metadata: {e.strerror}")
+        self._set_xattrs(fd, rel, node)
+        try:
             mt = int(node.get("mtime_ns", 0))
             os.utime(fd, ns=(mt, mt))
         except OSError as e:
-            self.warnings.append(f"{os.fsdecode(dest)}: cannot set metadata: {e.strerror}")
+            self._warn(f"{os.fsdecode(rel)}: cannot set metadata: {e.strerror}")
 
-    def _meta(self, dest: bytes, node: dict) -> None:
-        link = node["type"] == "symlink"
+    def _meta_at(self, pfd: int, name: bytes, rel: bytes, node: dict) -> None:
+        """The same for an entry that cannot be opened (symlink, fifo, device): by name
+        in its open parent, never following a symlink."""
         try:
             if self.is_root:
-                os.chown(dest, int(node.get("uid", 0)), int(node.get("gid", 0)),
-                         follow_symlinks=False)
-            if not link:
-                os.chmod(dest, int(node.get("mode", 0o644)) & 0o7777)
-            mt = int(node.get("mtime_ns", 0))
-            os.utime(dest, ns=(mt, mt), follow_symlinks=False)
+                os.chown(name, int(node.get("uid", 0)), int(node.get("gid", 0)),
+                         dir_fd=pfd, follow_symlinks=False)
+            if node["type"] != "symlink":  # made just now by this restore: not a link
+                os.chmod(name, int(node.get("mode", 0o644)) & 0o7777, dir_fd=pfd)
         except OSError as e:
-            self.warnings.append(f"{os.fsdecode(dest)}: cannot set metadata: {e.strerror}")
-
-    def _write_file(self, dest: bytes, node: dict) -> None:
-        self.cancel.check()
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+            self._warn(f"{os.fsdecode(rel)}: cannot set metadata: {e.strerror}")
+        if node.get("xattrs") or self.inherit:
+            self._set_xattrs(entry_path(pfd, name, os.path.join(self.root, rel)), rel, node)
         try:
-            for blob_id in node.get("content", []):
-                data = self.repo.load_blob(blob_id, "data")
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                with self._lock:
-                    self.bytes_done += len(data)
-            self._meta_fd(fd, dest, node)
+            mt = int(node.get("mtime_ns", 0))
+            os.utime(name, ns=(mt, mt), dir_fd=pfd, follow_symlinks=False)
+        except OSError as e:
+            self._warn(f"{os.fsdecode(rel)}: cannot set metadata: {e.strerror}")
+
+    def _write_file(self, fd: int, rel: bytes, node: dict) -> None:
+        try:
+            self.cancel.check()
+            holes = node_holes(node)
+            if holes:
+                self._write_sparse(fd, node, holes)
+            else:
+                for blob_id in node.get("content", []):
+                    data = self.repo.load_blob(blob_id, "data")
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    with self._lock:
+                        self.bytes_done += len(data)
+            self._meta_fd(fd, rel, node)
         finally:
             os.close(fd)
         with self._lock:
             self.files_done += 1
 
+    def _write_sparse(self, fd: int, node: dict, holes: list[tuple[int, int]]) -> None:
+        """Write only the data between the holes: a blob wholly inside a hole is not even
+        read, one that overlaps a hole writes its data part; then truncate to the size."""
+        size = int(node.get("size", 0))
+        data = _data_ranges(holes, size)
+        off = j = 0
+        for blob_id in node.get("content", []):
+            entry = self.repo.index.get(blob_id)
+            if entry is None:
+                raise IntegrityError(f"blob {blob_id} is not in the index (missing data)",
+                                     blob_id)
+            n = entry.raw_length
+            while j < len(data) and data[j][1] <= off:
+                j += 1
+            if j < len(data) and data[j][0] < off + n:
+                blob = self.repo.load_blob(blob_id, "data")
+                n = len(blob)
+                view = memoryview(blob)
+                k = j
+                while k < len(data) and data[k][0] < off + n:
+                    lo, hi = max(off, data[k][0]), min(off + n, data[k][1])
+                    while lo < hi:
+                        lo += os.pwrite(fd, view[lo - off:hi - off], lo)
+                    k += 1
+            off += n
+            with self._lock:
+                self.bytes_done += n
+        os.ftruncate(fd, size)
+
+    def _link(self, links: DirChain, first: bytes, pfd: int, name: bytes) -> None:
+        """Another name of a file already made by this restore: a hard link to it."""
+        fparent, _, fname = first.rpartition(b"/")
+        sfd = links.goto(_parts(fparent))
+        os.link(fname, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
+
+    # ---------------------------------------------------------------- run
     def run(self, workers: int = 4) -> None:
         plan = self.plan
         os.makedirs(self.root, exist_ok=True)
-        dirs: list[tuple[bytes, dict]] = []
-        pending: set[Future] = set()
-        created: set[bytes] = set()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-            try:
-                for rel, node in plan.entries:
-                    if rel in created:
-                        continue
-                    created.add(rel)
-                    dest = self._dest(rel)
-                    self._ensure_parent(dest)
-                    typ = node["type"]
-                    if typ == "dir":
-                        self._make_dir(dest)
-                        self._dirs_done.add(dest)
-                        dirs.append((dest, node))
-                        continue
-                    self._remove_existing(dest)
-                    if typ == "file":
-                        pending.add(pool.submit(self._write_file, dest, node))
-                        if len(pending) >= workers * 4:
-                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                            for f in done:
-                                f.result()
-                            self._progress()
-                    elif typ == "symlink":
-                        os.symlink(link_target(node), dest)
-                        self._meta(dest, node)
-                    elif typ == "fifo":
-                        os.mkfifo(dest, 0o600)
-                        self._meta(dest, node)
-                    elif typ in ("chardev", "blockdev") and self.is_root:
-                        kind = stat.S_IFCHR if typ == "chardev" else stat.S_IFBLK
-                        os.mknod(dest, kind | 0o600, int(node.get("rdev", 0)))
-                        self._meta(dest, node)
-                    else:
-                        self.warnings.append(f"{os.fsdecode(rel)}: {typ} not restored")
-                for f in pending:
-                    f.result()
-            except BaseException:
-                self.cancel.cancel()
-                raise
-        for dest, node in sorted(dirs, key=lambda d: d[0].count(b"/"), reverse=True):
-            self._meta(dest, node)
+        root_fd = os.open(self.root, _DIR)
+        chain, links = DirChain(root_fd), DirChain(root_fd)
+
+        def make(pfd: int, name: bytes) -> None:  # a parent the plan did not list
+            os.mkdir(name, 0o700, dir_fd=pfd)
+
+        try:
+            if not self.inherit:
+                try:
+                    os.getxattr(root_fd, _ACLS[1])
+                    self.inherit = True
+                except OSError:
+                    pass
+            dirs: list[tuple[bytes, dict]] = []
+            pending: set[Future] = set()
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+                try:
+                    for rel, node in plan.entries:
+                        self.cancel.check()
+                        parent, _, name = rel.rpartition(b"/")
+                        pfd = chain.goto(_parts(parent), make)
+                        typ = node["type"]
+                        if typ == "dir":
+                            self._make_dir(pfd, name)
+                            dirs.append((rel, node))
+                            continue
+                        self._remove_existing(pfd, name)
+                        first = plan.links.get(rel)
+                        if first is not None and first in self.made:
+                            self._link(links, first, pfd, name)
+                            if typ == "file":
+                                with self._lock:
+                                    self.files_done += 1
+                            continue
+                        if typ == "file":
+                            fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
+                            pending.add(pool.submit(self._write_file, fd, rel, node))
+                            if len(pending) >= workers * 4:
+                                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                                for f in done:
+                                    f.result()
+                                self._progress()
+                        elif typ == "symlink":
+                            os.symlink(link_target(node), name, dir_fd=pfd)
+                            self._meta_at(pfd, name, rel, node)
+                        elif typ == "fifo":
+                            os.mkfifo(name, 0o600, dir_fd=pfd)
+                            self._meta_at(pfd, name, rel, node)
+                        elif typ in ("chardev", "blockdev") and self.is_root:
+                            kind = stat.S_IFCHR if typ == "chardev" else stat.S_IFBLK
+                            os.mknod(name, kind | 0o600, int(node.get("rdev", 0)), dir_fd=pfd)
+                            self._meta_at(pfd, name, rel, node)
+                        elif typ == "socket":  # the words dump uses too
+                            self._warn(f"socket {os.fsdecode(rel)}: skipped (sockets cannot "
+                                       "be restored)")
+                            continue
+                        else:
+                            self._warn(f"{os.fsdecode(rel)}: {typ} not restored")
+                            continue
+                        if rel in self.sources:
+                            self.made.add(rel)
+                    for f in pending:
+                        f.result()
+                except BaseException:
+                    self.cancel.cancel()
+                    raise
+            # directories last, children before parents (reversed pre-order), each through
+            # its own descriptor
+            for rel, node in reversed(dirs):
+                parent, _, name = rel.rpartition(b"/")
+                fd = os.open(name, _DIR, dir_fd=chain.goto(_parts(parent)))
+                try:
+                    self._meta_fd(fd, rel, node)
+                finally:
+                    os.close(fd)
+        finally:
+            chain.close()
+            links.close()
+            os.close(root_fd)
         self._progress(final=True)
 
     def _progress(self, final: bool = False) -> None:
@@ -279,6 +425,37 @@ class _Restorer:
         )
 
 
+def _incomplete_warnings(plan: RestorePlan) -> list[str]:
+    """What the snapshot's backup could not store, path by path, as far as this restore
+    is concerned: "not read at all", "read up to N bytes", ..."""
+    snap = plan.snapshot
+    total = int(snap.get("errors_total", 0) or 0)
+    errors = [e for e in snap.get("errors") or [] if isinstance(e, dict)]
+    sels = [p for p, _ in plan.selections]
+
+    def concerned(path: object) -> bool:
+        rel = os.fsencode(str(path)).lstrip(b"/")
+        return any(not s or rel == s or rel.startswith(s + b"/") or s.startswith(rel + b"/")
+                   for s in sels)
+
+    shown = [e for e in errors if concerned(e.get("path", ""))]
+    head = (f"snapshot {snap['id'][:8]} is incomplete: {total} path(s) could not be fully "
+            "backed up then (see 'backup-tui show')")
+    if any(sels):
+        head += f"; {len(shown)} of them in what is restored"
+    out = [head]
+    for e in shown:
+        error = str(e.get("error", ""))
+        stored = e.get("stored")
+        if not isinstance(stored, str):  # a snapshot of an older version
+            stored = "" if "stored the" in error else "not read at all"
+        out.append(f"{e.get('path')}: {stored} ({error})" if stored
+                   else f"{e.get('path')}: {error}")
+    if total > len(errors):
+        out.append(f"... and {total - len(errors)} more not listed in the snapshot")
+    return out
+
+
 def execute_restore(
     repo: Repository,
     plan: RestorePlan,
@@ -293,8 +470,6 @@ def execute_restore(
     except OSError as e:
         raise EngineError(f"restore into {plan.target} failed: {e}") from None
     if plan.snapshot.get("incomplete"):
-        r.warnings.insert(0, f"snapshot {plan.snapshot['id'][:8]} is incomplete: "
-                             f"{plan.snapshot.get('errors_total', 0)} path(s) could not be backed "
-                             "up then and are not restored (see 'backup-tui show')")
+        r.warnings[:0] = _incomplete_warnings(plan)
     return RestoreResult(plan.snapshot["id"], str(plan.target), r.files_done, r.bytes_done,
                          r.warnings)

@@ -3,7 +3,9 @@
 ``walk`` yields ``(path, node)`` depth first, parents before children, where
 path is the entry's relative path as bytes (``srv/app/x``). It raises
 `UnsafeEntry` for a name that is empty, ``.``, ``..``, holds ``/`` or NUL, for
-two entries of one name in a directory, and for a tree that refers to itself.
+two entries of one name in a directory, for a tree that refers to itself, and
+for nesting deeper than `MAX_DEPTH` (the limit the backup keeps to). The walk is
+iterative: depth costs memory, never Python stack.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections.abc import Iterator
 
 from engine.errors import IntegrityError, NotFound, UnsafeEntry
 from engine.repo.repository import Repository
-from engine.repo.tree import NODE_TYPES, node_name
+from engine.repo.tree import MAX_DEPTH, NODE_TYPES, node_name
 
-MAX_DEPTH = 512
+__all__ = ["MAX_DEPTH", "children", "find", "walk"]
 
 
 def children(repo: Repository, tree_id: str, where: str) -> list[tuple[bytes, dict]]:
@@ -37,23 +39,30 @@ def children(repo: Repository, tree_id: str, where: str) -> list[tuple[bytes, di
     return out
 
 
-def walk(
-    repo: Repository,
-    tree_id: str,
-    prefix: bytes = b"",
-    _depth: int = 0,
-    _seen: frozenset = frozenset(),
-) -> Iterator[tuple[bytes, dict]]:
-    if _depth > MAX_DEPTH or tree_id in _seen:
-        raise UnsafeEntry(f"{os.fsdecode(prefix)}: tree nesting too deep or cyclic (refused)")
-    for name, node in children(repo, tree_id, os.fsdecode(prefix)):
-        path = prefix + b"/" + name if prefix else name
+def walk(repo: Repository, tree_id: str, prefix: bytes = b"") -> Iterator[tuple[bytes, dict]]:
+    """Every entry below tree_id, parents first; tree_id itself is at depth 0."""
+    # one frame per directory on the current path: (tree id, its path, its entries left)
+    stack = [(tree_id, prefix, iter(children(repo, tree_id, os.fsdecode(prefix))))]
+    on_path = {tree_id}  # a tree met again on its own path is a cycle
+    while stack:
+        tid, where, entries = stack[-1]
+        item = next(entries, None)
+        if item is None:
+            stack.pop()
+            on_path.discard(tid)
+            continue
+        name, node = item
+        path = where + b"/" + name if where else name
         yield path, node
-        if node["type"] == "dir":
-            sub = node.get("subtree")
-            if not isinstance(sub, str):
-                raise IntegrityError(f"{os.fsdecode(path)}: directory without a subtree", tree_id)
-            yield from walk(repo, sub, path, _depth + 1, _seen | {tree_id})
+        if node["type"] != "dir":
+            continue
+        sub = node.get("subtree")
+        if not isinstance(sub, str):
+            raise IntegrityError(f"{os.fsdecode(path)}: directory without a subtree", tid)
+        if len(stack) > MAX_DEPTH or sub in on_path:
+            raise UnsafeEntry(f"{os.fsdecode(path)}: tree nesting too deep or cyclic (refused)")
+        stack.append((sub, path, iter(children(repo, sub, os.fsdecode(path)))))
+        on_path.add(sub)
 
 
 def find(repo: Repository, root: str, path: str) -> tuple[bytes, dict]:

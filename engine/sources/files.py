@@ -18,6 +18,7 @@ import pwd
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,28 +29,210 @@ import pyfastcdc
 from engine.errors import EngineError
 from engine.events import CancelToken
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
-from engine.repo.tree import encode_tree, name_fields, node_name
+from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
 
 if TYPE_CHECKING:
     from engine.sources.fileset import FilesetConfig
 
 READERS = 2  # reader threads per backup
 LISTERS = 2  # threads listing directories ahead of the walk (0: list in the walk itself)
+HOLE_MIN = 64 * 1024  # zero ranges shorter than this are stored as data, not as holes
+PREFETCH_PATH_MAX = 3072  # deeper paths are listed by the walk itself (no path look-up)
 
-
-def _list_dir(path: bytes) -> list[tuple[bytes, bytes, os.stat_result | OSError]]:
-    """A directory's entries, sorted by name, each with its lstat (or the error)."""
-    with os.scandir(path) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    out: list[tuple[bytes, bytes, os.stat_result | OSError]] = []
-    for e in entries:
-        try:
-            out.append((e.name, e.path, e.stat(follow_symlinks=False)))
-        except OSError as err:
-            out.append((e.name, e.path, err))
-    return out
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _READ = 1024 * 1024
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
+_HAS_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+def entry_path(dir_fd: int, name: bytes, full: bytes) -> bytes:
+    """A short path to ``name`` in the open directory ``dir_fd``, for the calls that take no
+    ``dir_fd`` (the xattr calls): ``/proc/self/fd/N/name``, whose last component is not
+    followed when the call does not follow symlinks. Without /proc: the full path."""
+    if _HAS_PROC_FD:
+        return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+    return full
+
+
+def read_xattrs(target: int | bytes) -> list[list[str]] | OSError:
+    """Extended attributes (POSIX ACLs among them) of an open fd or a path (not followed)
+    as stored in a node: ``[[name_b64, value_b64], ...]``; [] when there are none or the
+    file system has none; the error when they cannot be read."""
+    kw = {} if isinstance(target, int) else {"follow_symlinks": False}
+    try:
+        names = os.listxattr(target, **kw)
+        pairs = []
+        for n in names:
+            raw = os.fsencode(n)
+            try:
+                pairs.append((raw, os.getxattr(target, raw, **kw)))
+            except OSError as e:
+                if e.errno != errno.ENODATA:  # removed since listed
+                    raise
+    except OSError as e:
+        return [] if e.errno in _NO_XATTRS else e
+    return encode_xattrs(pairs)
+
+
+Listing = list[tuple[bytes, "os.stat_result | OSError", "list[list[str]] | OSError"]]
+
+
+def list_dir(fd: int, where: bytes) -> Listing:
+    """An open directory's entries, sorted by name, each with its lstat and its extended
+    attributes (or the error of either)."""
+    with os.scandir(fd) as it:
+        names = sorted(os.fsencode(e.name) for e in it)
+    out: Listing = []
+    for name in names:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as err:
+            out.append((name, err, []))
+            continue
+        out.append((name, st, read_xattrs(entry_path(fd, name, os.path.join(where, name)))))
+    return out
+
+
+def _list_path(path: bytes) -> tuple[tuple[int, int], Listing]:
+    """A lister thread's look-ahead: (dev, inode) of the directory at path and its listing.
+    The walk uses it only when the directory it opens itself is the same one."""
+    fd = os.open(path, _DIR_FLAGS | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino), list_dir(fd, path)
+    finally:
+        os.close(fd)
+
+
+class DirChain:
+    """Open directories from a base down to the current one, each opened by name in its
+    parent (so paths longer than PATH_MAX work) and never through a symlink unless asked.
+
+    At most ``keep`` are held open: on a deeper chain the upper ones are closed and, on
+    the way back up, reopened through ``..`` of the child and checked to be the same
+    directory (device and inode), so depth costs no file descriptors."""
+
+    def __init__(self, base_fd: int, keep: int = 64):
+        self.base_fd = base_fd
+        self.keep = keep
+        self.names: list[bytes] = []
+        self.fds: list[int] = []  # -1: closed for now
+        self.ids: list[tuple[int, int]] = []
+        self._parts: list[bytes] | None = []  # names as last given to goto()
+
+    def fd(self) -> int:
+        return self.fds[-1] if self.fds else self.base_fd
+
+    def push(self, name: bytes, follow: bool = False) -> os.stat_result:
+        """Open ``name`` in the current directory and make it the current one."""
+        fd = os.open(name, _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW), dir_fd=self.fd())
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self.names.append(name)
+        self.fds.append(fd)
+        self.ids.append((st.st_dev, st.st_ino))
+        self._parts = None
+        i = len(self.fds) - 1 - self.keep
+        if i >= 0 and self.fds[i] >= 0:
+            os.close(self.fds[i])
+            self.fds[i] = -1
+        return st
+
+    def pop(self) -> None:
+        fd = self.fds.pop()
+        self.names.pop()
+        self.ids.pop()
+        self._parts = None
+        try:
+            if self.fds and self.fds[-1] < 0:
+                up = os.open(b"..", _DIR_FLAGS, dir_fd=fd)
+                st = os.fstat(up)
+                if (st.st_dev, st.st_ino) != self.ids[-1]:
+                    os.close(up)
+                    raise OSError(errno.ESTALE, "directory moved during the walk",
+                                  os.fsdecode(b"/".join(self.names)))
+                self.fds[-1] = up
+        finally:
+            os.close(fd)
+
+    def goto(self, parts: list[bytes], make=None) -> int:
+        """Make ``parts`` (names below the base) the current directory; returns its fd.
+        A missing directory on the way is made by ``make(parent_fd, name)`` if given."""
+        if self._parts is not None and self._parts == parts:
+            return self.fd()
+        common = 0
+        while (common < len(self.names) and common < len(parts)
+               and self.names[common] == parts[common]):
+            common += 1
+        while len(self.names) > common:
+            self.pop()
+        for name in parts[common:]:
+            try:
+                self.push(name)
+            except FileNotFoundError:
+                if make is None:
+                    raise
+                make(self.fd(), name)
+                self.push(name)
+        self._parts = list(parts)
+        return self.fd()
+
+    def close(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+        self.fds.clear()
+        self.names.clear()
+        self.ids.clear()
+        self._parts = []
+
+
+class _Range:
+    """A reader over the next ``left`` bytes of a file (FastCDC over one data range)."""
+
+    def __init__(self, f, left: int):
+        self.f = f
+        self.left = left
+
+    def readinto(self, b) -> int:
+        if self.left <= 0:
+            return 0
+        mv = memoryview(b)
+        if len(mv) > self.left:
+            mv = mv[: self.left]
+        n = self.f.readinto(mv) or 0
+        self.left -= n
+        return n
+
+
+def find_holes(fd: int, size: int) -> list[list[int]]:
+    """Zero ranges ``[offset, length]`` of at least HOLE_MIN bytes, by SEEK_DATA/SEEK_HOLE
+    (never reading the file); [] when the file system cannot tell."""
+    holes: list[list[int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no data after pos, a hole to the end
+                    raise
+                data = size
+            data = min(data, size)
+            if data - pos >= HOLE_MIN:
+                holes.append([pos, data - pos])
+            if data >= size:
+                break
+            pos = os.lseek(fd, data, os.SEEK_HOLE)
+    except OSError:
+        return []
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    return holes
 
 
 class Excluder:
@@ -173,6 +356,21 @@ def _type_of(mode: int) -> str | None:
 Progress = Callable[[FilesStats, str], None]
 
 
+
+@dataclass
+class _Frame:
+    """A directory being walked: its entries so far and its subdirectories still to walk."""
+
+    path: bytes  # absolute path, for messages and excludes
+    depth: int  # 0 for "/", the depth of its tree in the snapshot
+    node: dict | None  # its node in the parent's tree (None for the root)
+    parent: dict[bytes, dict]  # the parent snapshot's nodes of this directory
+    parent_tree: str | None
+    nodes: list = field(default_factory=list)
+    # (name, lstat, xattrs or None, parent snapshot's node, trie of configured paths or None)
+    subdirs: deque = field(default_factory=deque)
+
+
 class FilesBackup:
     def __init__(
         self,
@@ -202,6 +400,9 @@ class FilesBackup:
         self._listings: dict[bytes, Future] = {}  # directory -> its listing, made ahead
         self._last_progress = 0.0
         self._root_dev: int | None = None
+        self._chain: DirChain | None = None
+        self._zero_ids: dict[int, str] = {}  # length -> id of the blob of that many zeros
+        self._empty_tree: str | None = None
 
     @property
     def cdc(self) -> pyfastcdc.FastCDC:
@@ -220,11 +421,28 @@ class FilesBackup:
                 self._last_progress = now
                 self.progress(self.stats, os.fsdecode(path))
 
-    def _error(self, path: bytes, message: str) -> None:
+    def _error(self, path: bytes, message: str, read: int | None = None,
+               stored: str | None = None) -> None:
+        """An error entry of the snapshot, saying what was stored of the path: ``stored``
+        in words ("not read at all", "read up to N bytes", ...) and ``read``, the number
+        of content bytes stored, for a file stored in part."""
+        entry: dict = {"path": os.fsdecode(path), "error": message}
+        if read is not None:
+            entry["read"] = read
+        entry["stored"] = stored or (
+            "not read at all" if read is None else f"read up to {read} bytes")
         with self._lock:
-            self.stats.errors.append({"path": os.fsdecode(path), "error": message})
+            self.stats.errors.append(entry)
 
-    def _meta(self, name: bytes, st: os.stat_result, typ: str) -> dict:
+    def _xattrs(self, path: bytes, xattrs: list | OSError | None) -> list:
+        if isinstance(xattrs, OSError):
+            if not isinstance(xattrs, FileNotFoundError):  # vanished: reported where it matters
+                self._error(path, f"cannot read extended attributes: {xattrs.strerror}",
+                            stored="stored without its extended attributes")
+            return []
+        return xattrs or []
+
+    def _meta(self, name: bytes, st: os.stat_result, typ: str, xattrs: list) -> dict:
         node = name_fields("name", name)
         node.update(
             type=typ,
@@ -238,6 +456,11 @@ class FilesBackup:
             inode=st.st_ino,
             size=st.st_size if typ == "file" else 0,
         )
+        if typ != "dir" and st.st_nlink > 1:  # a hard link: same dev and inode, one file
+            node["links"] = st.st_nlink
+            node["dev"] = st.st_dev
+        if xattrs:
+            node["xattrs"] = xattrs
         return node
 
     def _parent_children(self, tree_id: str | None) -> dict[bytes, dict]:
@@ -249,16 +472,26 @@ class FilesBackup:
         except EngineError:
             return {}  # a damaged parent only costs re-reading
 
+    def _empty(self) -> str:
+        if self._empty_tree is None:
+            self._empty_tree = self.writer.save(TREE, encode_tree([]))
+        return self._empty_tree
+
     # ------------------------------------------------------------------- walk
     def run(self) -> str:
         """Back up all paths; returns the root tree id.
 
         Files are read by a few reader threads (I/O overlaps, which matters on cold
         caches and network disks) while this thread walks; a directory's tree is
-        written once all its files are in. Reader threads share the BlobWriter."""
+        written once all its files are in. Reader threads share the BlobWriter.
+        The walk is iterative and works on directory file descriptors (every entry is
+        opened or looked at by name in its open parent), so neither depth nor paths
+        longer than PATH_MAX stop it."""
         self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="read")
         self._lister = (ThreadPoolExecutor(LISTERS, thread_name_prefix="list")
                         if LISTERS else None)
+        root_fd = os.open(b"/", _DIR_FLAGS)
+        self._chain = DirChain(root_fd)
         try:
             return self._run()
         except BaseException:
@@ -268,8 +501,11 @@ class FilesBackup:
             self._pool.shutdown(wait=True, cancel_futures=True)
             if self._lister is not None:
                 self._lister.shutdown(wait=True, cancel_futures=True)
+            self._chain.close()
+            os.close(root_fd)
 
     def _run(self) -> str:
+        assert self._chain is not None
         trie: dict = {}
         for p in self.fileset.paths:
             parts = [c for c in os.fsencode(os.path.normpath(p)).split(b"/") if c]
@@ -280,32 +516,154 @@ class FilesBackup:
                 node = node.setdefault(c, {})
             node[None] = True  # marks a configured path: everything below is taken
         if None in trie:  # "/" itself
-            return self._dir(b"/", os.lstat(b"/"), self.parent_tree)
-        return self._virtual(b"/", trie, self.parent_tree)
-
-    def _virtual(self, path: bytes, trie: dict, parent_tree: str | None) -> str:
-        """A directory on the way to configured paths: only the named children."""
-        parent = self._parent_children(parent_tree)
-        nodes = []
-        for name in sorted(k for k in trie if k is not None):
-            child = os.path.join(path, name)
-            try:
-                st = os.lstat(child)
-            except OSError as e:
-                self._error(child, e.strerror or str(e))
+            self.stats.dirs += 1
+            root = self._frame(b"/", 0, None, self.parent_tree, None,
+                               self._listing(b"/", self._chain.fd(), None, None))
+        else:
+            root = self._frame(b"/", 0, None, self.parent_tree, trie)
+        stack = [root]
+        while True:
+            f = stack[-1]
+            if f.subdirs:
+                child = self._descend(f, *f.subdirs.popleft())
+                if child is not None:
+                    stack.append(child)
                 continue
-            prev = parent.get(name)
-            if None in trie[name]:
-                node = self._entry(child, name, st, prev)
-            else:
-                node = self._meta(name, st, "dir")
-                node["subtree"] = self._virtual(
-                    child, trie[name], prev.get("subtree") if prev else None
-                )
-                self.stats.dirs += 1
-            if node is not None:
-                nodes.append(node)
-        return self.writer.save(TREE, encode_tree(self._resolve(nodes)))
+            tree_id = self._finish(f)
+            stack.pop()
+            if not stack:
+                return tree_id
+            self._chain.pop()
+            assert f.node is not None
+            f.node["subtree"] = tree_id
+            stack[-1].nodes.append(f.node)
+
+    def _frame(self, path: bytes, depth: int, node: dict | None, parent_tree: str | None,
+               trie: dict | None, listing: Listing | None = None) -> _Frame:
+        """Start walking the current directory of the chain: read its files (in parallel)
+        and queue its subdirectories. ``trie``: a directory on the way to configured
+        paths, of which only the named children are taken; else ``listing`` is all."""
+        self.cancel.check()
+        assert self._chain is not None
+        fd = self._chain.fd()
+        f = _Frame(path, depth, node, self._parent_children(parent_tree), parent_tree)
+        if trie is not None:
+            for name in sorted(k for k in trie if k is not None):
+                child = os.path.join(path, name)
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as e:
+                    self._error(child, e.strerror or str(e))
+                    continue
+                prev = f.parent.get(name)
+                sub = trie[name]
+                if None not in sub:  # on the way: a directory, even through a symlink
+                    f.subdirs.append((name, st, None, prev, sub))
+                elif stat.S_ISDIR(st.st_mode):
+                    f.subdirs.append((name, st, None, prev, None))
+                else:
+                    xattrs = read_xattrs(entry_path(fd, name, child))
+                    f.nodes.append(self._entry(fd, name, child, st, xattrs, prev))
+            f.nodes = self._resolve(f.nodes)
+            return f
+        # This directory's files first (read in parallel), then its subdirectories, so
+        # the walk never runs far ahead of the readers; the subdirectories are listed
+        # ahead by lister threads meanwhile.
+        for name, est, xattrs in listing or []:
+            epath = os.path.join(path, name)
+            if isinstance(est, FileNotFoundError):
+                self._error(epath, "vanished during backup")
+                continue
+            if isinstance(est, OSError):
+                self._error(epath, est.strerror or str(est))
+                continue
+            if self.ex.excluded(epath, name, stat.S_ISDIR(est.st_mode)):
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                f.subdirs.append((name, est, xattrs, f.parent.get(name), None))
+                if self._lister is not None and len(epath) <= PREFETCH_PATH_MAX:
+                    self._listings[epath] = self._lister.submit(_list_path, epath)
+                continue
+            f.nodes.append(self._entry(fd, name, epath, est, xattrs, f.parent.get(name)))
+        f.nodes = self._resolve(f.nodes)
+        return f
+
+    def _descend(self, f: _Frame, name: bytes, st: os.stat_result, xattrs, prev: dict | None,
+                 trie: dict | None) -> _Frame | None:
+        """Open a subdirectory of f (making it the chain's current one) and start it."""
+        assert self._chain is not None
+        path = os.path.join(f.path, name)
+        ahead = self._listings.pop(path, None)
+        if f.depth + 1 > MAX_DEPTH:
+            self._error(path, f"nested more than {MAX_DEPTH} directories deep (the limit "
+                              "of a snapshot), not backed up")
+            return None
+        if trie is None and self.fileset.one_file_system and self._root_dev not in (
+                None, st.st_dev):
+            node = self._meta(name, st, "dir", self._xattrs(path, xattrs))
+            node["subtree"] = self._empty()
+            f.nodes.append(node)
+            return None
+        if trie is None and self._root_dev is None:
+            self._root_dev = st.st_dev
+        try:
+            fst = self._chain.push(name, follow=trie is not None)
+        except FileNotFoundError:
+            self._error(path, "vanished during backup")
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self._error(path, "replaced by a symlink during backup")
+                return None
+            if e.errno == errno.ENOTDIR:
+                self._error(path, "not a directory" if trie is not None
+                            else "replaced during backup")
+                return None
+            # could not be opened (permissions): kept as an empty directory
+            self._error(path, f"cannot list directory: {e.strerror}",
+                        stored="not read at all (an empty directory)")
+            node = self._meta(name, st, "dir", self._xattrs(path, xattrs))
+            node["subtree"] = self._empty()
+            f.nodes.append(node)
+            self.stats.dirs += 1
+            return None
+        fd = self._chain.fd()
+        if xattrs is None:
+            xattrs = read_xattrs(fd)
+        node = self._meta(name, fst, "dir", self._xattrs(path, xattrs))
+        self.stats.dirs += 1
+        prev_tree = prev.get("subtree") if prev and prev.get("type") == "dir" else None
+        if trie is not None:
+            return self._frame(path, f.depth + 1, node, prev_tree, trie)
+        return self._frame(path, f.depth + 1, node, prev_tree, None,
+                           self._listing(path, fd, fst, ahead))
+
+    def _listing(self, path: bytes, fd: int, st: os.stat_result | None,
+                 ahead: Future | None) -> Listing:
+        """The open directory's listing: the one made ahead if it is of this directory."""
+        if ahead is not None and st is not None:
+            try:
+                ident, listing = ahead.result()
+                if ident == (st.st_dev, st.st_ino):
+                    return listing
+            except OSError:
+                pass
+        try:
+            return list_dir(fd, path)
+        except FileNotFoundError:
+            self._error(path, "vanished during backup")
+        except OSError as e:
+            self._error(path, f"cannot list directory: {e.strerror}",
+                        stored="not read at all (an empty directory)")
+        return []
+
+    def _finish(self, f: _Frame) -> str:
+        nodes = sorted(f.nodes, key=node_name)
+        parent = f.parent
+        if f.parent_tree and self.repo.has_blob(f.parent_tree) and len(nodes) == len(
+                parent) and all(n == parent.get(node_name(n)) for n in nodes):
+            return f.parent_tree  # unchanged directory: its tree blob is already stored
+        return self.writer.save(TREE, encode_tree(nodes))
 
     @staticmethod
     def _resolve(nodes: list) -> list[dict]:
@@ -318,28 +676,19 @@ class FilesBackup:
                 out.append(n)
         return out
 
-    def _entry(
-        self, path: bytes, name: bytes, st: os.stat_result, prev: dict | None
-    ) -> dict | None:
+    def _entry(self, fd: int, name: bytes, path: bytes, st: os.stat_result, xattrs,
+               prev: dict | None) -> dict | Future | None:
+        """The node of a non-directory ``name`` in the open directory ``fd``."""
         typ = _type_of(st.st_mode)
         if typ is None:
             self._error(path, "unsupported file type, skipped")
             return None
-        node = self._meta(name, st, typ)
+        node = self._meta(name, st, typ, self._xattrs(path, xattrs))
         if typ == "file":
-            return self._file(path, node, st, prev)
-        if typ == "dir":
-            if self.fileset.one_file_system and self._root_dev not in (None, st.st_dev):
-                node["subtree"] = self.writer.save(TREE, encode_tree([]))
-                return node
-            if self._root_dev is None:
-                self._root_dev = st.st_dev
-            prev_tree = prev.get("subtree") if prev and prev.get("type") == "dir" else None
-            node["subtree"] = self._dir(path, st, prev_tree)
-            return node
+            return self._file(fd, name, path, node, st, prev)
         if typ == "symlink":
             try:
-                node.update(name_fields("target", os.readlink(path)))
+                node.update(name_fields("target", os.readlink(name, dir_fd=fd)))
             except OSError as e:
                 self._error(path, f"cannot read link: {e.strerror}")
                 return None
@@ -347,56 +696,10 @@ class FilesBackup:
             node["rdev"] = st.st_rdev
         return node
 
-    def _dir(self, path: bytes, st: os.stat_result, parent_tree: str | None) -> str:
-        self.cancel.check()
-        self.stats.dirs += 1
-        parent = self._parent_children(parent_tree)
-        prefetched = self._listings.pop(path, None)
-        try:
-            entries = prefetched.result() if prefetched is not None else _list_dir(path)
-        except FileNotFoundError:
-            self._error(path, "vanished during backup")
-            entries = []
-        except OSError as e:
-            self._error(path, f"cannot list directory: {e.strerror}")
-            entries = []
-        # This directory's files first (read in parallel), then its subdirectories, so
-        # the walk never runs far ahead of the readers; the subdirectories are listed
-        # ahead by lister threads meanwhile.
-        nodes: list = []
-        subdirs = []
-        for name, epath, est in entries:
-            if isinstance(est, FileNotFoundError):
-                self._error(epath, "vanished during backup")
-                continue
-            if isinstance(est, OSError):
-                self._error(epath, est.strerror or str(est))
-                continue
-            if self.ex.excluded(epath, name, stat.S_ISDIR(est.st_mode)):
-                continue
-            if stat.S_ISDIR(est.st_mode):
-                subdirs.append((name, epath, est))
-                if self._lister is not None:
-                    self._listings[epath] = self._lister.submit(_list_dir, epath)
-                continue
-            node = self._entry(epath, name, est, parent.get(name))
-            if node is not None:
-                nodes.append(node)
-        nodes = self._resolve(nodes)
-        for name, epath, est in subdirs:
-            node = self._entry(epath, name, est, parent.get(name))
-            if node is not None:
-                nodes.append(node)
-        nodes.sort(key=node_name)
-        if parent_tree and self.repo.has_blob(parent_tree) and len(nodes) == len(parent) and all(
-            n == parent.get(node_name(n)) for n in nodes
-        ):
-            return parent_tree  # unchanged directory: its tree blob is already stored
-        return self.writer.save(TREE, encode_tree(nodes))
-
     # ------------------------------------------------------------------- files
     def _file(
-        self, path: bytes, node: dict, st: os.stat_result, prev: dict | None
+        self, fd: int, name: bytes, path: bytes, node: dict, st: os.stat_result,
+        prev: dict | None
     ) -> dict | Future | None:
         """An unchanged file's node at once; a changed one is read by a reader thread."""
         with self._lock:
@@ -411,19 +714,22 @@ class FilesBackup:
             and all(self.repo.has_blob(b) for b in prev.get("content", []))
         ):
             node["content"] = prev["content"]
+            if prev.get("holes"):
+                node["holes"] = prev["holes"]
             with self._lock:
                 self.stats.unchanged_files += 1
                 self.stats.bytes += st.st_size
             self._tick(path)
             return node
         assert self._pool is not None
-        return self._pool.submit(self._read_file, path, node, st)
+        return self._pool.submit(self._read_file, fd, name, path, node, st)
 
-    def _read_file(self, path: bytes, node: dict, st: os.stat_result) -> dict | None:
+    def _read_file(self, fd: int, name: bytes, path: bytes, node: dict,
+                   st: os.stat_result) -> dict | None:
         self.cancel.check()
         me = threading.get_ident()
         try:
-            content, size = self._read(path, st)
+            content, size, holes = self._read(fd, name, path, st)
         except FileNotFoundError:
             self._error(path, "vanished during backup")
             return None
@@ -441,43 +747,95 @@ class FilesBackup:
                 self.stats.inflight.pop(me, None)
         node["content"] = content
         node["size"] = size
+        if holes:
+            node["holes"] = holes
         with self._lock:
             self.stats.bytes += size
         return node
 
-    def _read(self, path: bytes, st: os.stat_result) -> tuple[list[str], int]:
+    def _read(self, dir_fd: int, name: bytes, path: bytes,
+              st: os.stat_result) -> tuple[list[str], int, list[list[int]]]:
         try:
-            fd = os.open(path, _OPEN_FLAGS | os.O_NOATIME)
+            fd = os.open(name, _OPEN_FLAGS | os.O_NOATIME, dir_fd=dir_fd)
         except PermissionError:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
         with open(fd, "rb", buffering=0, closefd=True) as f:
             fst = os.fstat(fd)
             if not stat.S_ISREG(fst.st_mode) or fst.st_ino != st.st_ino:
                 raise FileNotFoundError(errno.ENOENT, "replaced during backup")
+            # fewer blocks than bytes: there may be holes (or compression); ask the fs
+            holes = find_holes(fd, fst.st_size) if fst.st_blocks * 512 < fst.st_size else []
             content: list[str] = []
-            size = 0
-            if fst.st_size <= self.min_chunk:
-                # FastCDC never cuts below min_size: a small file is one chunk.
-                data = f.read(self.min_chunk + 1)
-                if len(data) <= self.min_chunk:
-                    if data:
-                        content.append(self.writer.save(DATA, data))
-                    size = len(data)
-                    with self._lock:
-                        self.stats.bytes_read += size
-                    self._after_read(path, fd, st, size)
-                    return content, size
-                f.seek(0)
-            for chunk in self.cdc.cut_stream(f):
-                content.append(self.writer.save(DATA, chunk.data))
-                size += chunk.length
-                with self._lock:
-                    self.stats.bytes_read += chunk.length
-                    self.stats.inflight[threading.get_ident()] = size
-                self._tick(path)
-                self.cancel.check()
+            if not holes:
+                size = self._read_data(f, path, None, content, 0,
+                                       small=fst.st_size <= self.min_chunk)
+            else:
+                size = pos = 0
+                for start, length in [*holes, [fst.st_size, 0]]:
+                    if start > pos:  # the data up to this hole
+                        n = self._read_data(f, path, start - pos, content, size)
+                        size += n
+                        if n < start - pos:  # the file shrank: stop at its end
+                            break
+                    if length:  # a hole: zero blobs, never read
+                        content += self._zeros(length)
+                        size += length
+                        f.seek(start + length)
+                    pos = start + length
             self._after_read(path, fd, st, size)
-            return content, size
+            return content, size, [h for h in holes if h[0] + h[1] <= size]
+
+    def _read_data(self, f, path: bytes, length: int | None, content: list[str],
+                   done: int, small: bool = False) -> int:
+        """Cut ``length`` bytes from the file's position (None: all to its end; ``small``:
+        it looked no bigger than one chunk) into blobs appended to content; returns the
+        number of bytes read."""
+        me = threading.get_ident()
+        if small or (length is not None and length <= self.min_chunk):
+            # FastCDC never cuts below min_size: a small file (or range) is one chunk.
+            start = f.tell()
+            want = self.min_chunk + 1 if length is None else length
+            data = b""
+            while len(data) < want:
+                more = f.read(want - len(data))
+                if not more:
+                    break
+                data += more
+            if len(data) <= self.min_chunk:
+                if data:
+                    content.append(self.writer.save(DATA, data))
+                with self._lock:
+                    self.stats.bytes_read += len(data)
+                return len(data)
+            f.seek(start)  # a whole file bigger than one chunk
+        size = 0
+        for chunk in self.cdc.cut_stream(f if length is None else _Range(f, length)):
+            content.append(self.writer.save(DATA, chunk.data))
+            size += chunk.length
+            with self._lock:
+                self.stats.bytes_read += chunk.length
+                self.stats.inflight[me] = done + size
+            self._tick(path)
+            self.cancel.check()
+        return size
+
+    def _zeros(self, length: int) -> list[str]:
+        """Blob ids covering ``length`` zero bytes: chunk-maximum zero blobs and a tail,
+        so a hole costs at most two blobs in the repository and nothing is read."""
+        full, tail = divmod(length, self._max)
+        ids = [self._zero_blob(self._max)] * full
+        if tail:
+            ids.append(self._zero_blob(tail))
+        return ids
+
+    def _zero_blob(self, n: int) -> str:
+        with self._lock:
+            bid = self._zero_ids.get(n)
+        if bid is None:
+            bid = self.writer.save(DATA, bytes(n))
+            with self._lock:
+                self._zero_ids[n] = bid
+        return bid
 
     def _after_read(self, path: bytes, fd: int, st: os.stat_result, size: int) -> None:
         end = os.fstat(fd)
@@ -486,5 +844,6 @@ class FilesBackup:
                 path,
                 f"changed while being read (size {st.st_size} -> {end.st_size}); "
                 f"stored the {size} bytes read",
+                read=size,
             )
         self._tick(path)
