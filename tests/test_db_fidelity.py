@@ -104,7 +104,7 @@ def schema_dump(cluster, db: str) -> str:
 def row_hashes(cluster, db: str) -> dict[str, str]:
     tables = cluster.psql("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
                           "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
-                          "ORDER BY 1", db).split()
+                          "ORDER BY 1", db).splitlines()
     return {t: cluster.psql(f"SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, ',' "
                             f"ORDER BY x::text), '')) FROM {t} x", db).strip()
             for t in tables}
@@ -361,3 +361,93 @@ def test_snapshot_without_properties_still_restores(sandbox, pg_cluster):
     result = eng.restore(eng.plan_restore(snap, target_db=target))
     assert row_hashes(pg_cluster, target) == row_hashes(pg_cluster, shop.db)
     assert any("before database properties were saved" in n for n in result.notes)
+
+
+def test_odd_names_settings_and_grant_chains_round_trip(sandbox, pg_cluster):
+    """Quoted role names, list settings with quoted elements, a custom setting, a comment
+    with a quote, a connection limit, and an ACL entry granted by a role other than the
+    owner (WITH GRANT OPTION): all come back the same."""
+    sfx = uuid.uuid4().hex[:6]
+    db, owner, odd, app = f"fid_odd_{sfx}", f"fid_o_{sfx}", f"Fid Odd {sfx}", f"fid_a_{sfx}"
+    pg_cluster.psql(f'CREATE ROLE {owner}; CREATE ROLE "{odd}" LOGIN; CREATE ROLE {app} LOGIN')
+    pg_cluster.psql(f"CREATE DATABASE {db} OWNER {owner}")
+    pg_cluster.psql(f"""
+        COMMENT ON DATABASE {db} IS 'it''s the "odd" one';
+        ALTER DATABASE {db} CONNECTION LIMIT 17;
+        REVOKE ALL ON DATABASE {db} FROM PUBLIC;
+        GRANT CONNECT ON DATABASE {db} TO "{odd}" WITH GRANT OPTION;
+        SET ROLE "{odd}";
+        GRANT CONNECT ON DATABASE {db} TO {app};
+        RESET ROLE;
+        ALTER DATABASE {db} SET search_path = "Odd, Schema", "$user", public;
+        ALTER DATABASE {db} SET DateStyle = 'ISO, DMY';
+        ALTER DATABASE {db} SET myapp.tenant = 'a b';
+        ALTER ROLE "{odd}" IN DATABASE {db} SET search_path = public;
+    """)
+    pg_cluster.psql('CREATE SCHEMA "Odd, Schema"; CREATE TABLE "Odd, Schema"."t TO x" (a int); '
+                    f'GRANT SELECT ON "Odd, Schema"."t TO x" TO "{odd}"; '
+                    'INSERT INTO "Odd, Schema"."t TO x" VALUES (1), (2)', db)
+    configure(sandbox, pg_cluster, db)
+    eng = sandbox.engine(init=True)
+    res = eng.backup("db", "shop")
+    target = f"{db}_copy"
+    plan = eng.plan_restore(res.id, target_db=target)
+    assert plan.missing_roles == []
+    assert any(u.role == odd and "t TO x" in u.what for u in plan.uses)
+    result = eng.restore(plan)
+    assert database_row(pg_cluster, target) == database_row(pg_cluster, db)
+    assert "Fid Odd" in database_row(pg_cluster, target)  # the grantor chain is there
+    assert role_settings(pg_cluster, target) == role_settings(pg_cluster, db)
+    assert schema_dump(pg_cluster, target) == schema_dump(pg_cluster, db)
+    assert row_hashes(pg_cluster, target) == row_hashes(pg_cluster, db)
+    assert any("connection limit 17" in n for n in result.notes)
+    assert result.warnings == []
+
+
+def test_role_references_are_read_from_sql_not_guessed():
+    """Names inside quotes, strings and function bodies are never taken for roles."""
+    from engine.ops.restore_db import _guc_list
+    from engine.sources.postgres import archive_role_uses
+
+    text = '''
+--
+-- Name: f(); Type: FUNCTION; Schema: public; Owner: alice
+--
+
+CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $_$ SELECT 'GRANT x TO mallory' $_$;
+
+
+ALTER FUNCTION public.f() OWNER TO alice;
+
+--
+-- Name: TABLE "a TO b"; Type: ACL; Schema: public; Owner: alice
+--
+
+GRANT SELECT(c) ON TABLE public."a TO b" TO "Bob Smith", carol WITH GRANT OPTION;
+SET SESSION AUTHORIZATION "Bob Smith";
+GRANT SELECT ON TABLE public."a TO b" TO PUBLIC;
+RESET SESSION AUTHORIZATION;
+
+--
+-- Name: t p; Type: POLICY; Schema: public; Owner: alice
+--
+
+CREATE POLICY p ON public.t AS RESTRICTIVE FOR SELECT TO dave, CURRENT_USER
+  USING ((c = 'TO eve'::text));
+
+--
+-- Name: USER MAPPING frank SERVER s; Type: USER MAPPING; Schema: -; Owner: alice
+--
+
+CREATE USER MAPPING FOR frank SERVER s OPTIONS (password 'TO zed');
+'''
+    uses = {(u.role, u.what, u.skip_with) for u in archive_role_uses(text)}
+    assert uses == {
+        ("alice", "owner of FUNCTION public.f()", "owner"),
+        ("Bob Smith", 'privileges on TABLE "a TO b" in schema public', "acl"),
+        ("carol", 'privileges on TABLE "a TO b" in schema public', "acl"),
+        ("dave", "POLICY p ON public.t", ""),
+        ("frank", "USER MAPPING frank SERVER s", ""),
+    }
+    assert _guc_list('"Odd, Schema", "$user", public') == ["Odd, Schema", "$user", "public"]
+    assert _guc_list('""') == [""]

@@ -446,6 +446,8 @@ def _describe(entry_type: str, name: str, schema: str) -> str:
     where = "" if schema in ("-", "") else schema
     if entry_type == "BLOB":
         entry_type = "LARGE OBJECT"
+    if name.startswith(entry_type + " "):  # USER MAPPING's tag names its type already
+        return name
     if entry_type == "POLICY" and " " in name:
         table, policy = name.split(" ", 1)
         return f"POLICY {policy} ON {where + '.' if where else ''}{table}"
