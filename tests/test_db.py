@@ -128,7 +128,9 @@ def test_replace_needs_yes_and_existing_target_needs_replace(db_sandbox):
 
 
 def test_failed_replace_leaves_the_original_serving(db_sandbox, pg_cluster):
-    """A restore that fails half-way (a role the dump needs is missing) changes nothing."""
+    """A restore a missing role would break is refused before anything is written (the
+    roles are checked against the archive's table of contents first; a failure after the
+    data: tests/test_db_fidelity.py), and changes nothing."""
     role = f"owner_{uuid.uuid4().hex[:6]}"
     pg_cluster.psql(f"CREATE ROLE {role}; ALTER TABLE orders OWNER TO {role}", db_sandbox.db)
     eng = db_sandbox.engine(init=True)

@@ -451,3 +451,31 @@ CREATE USER MAPPING FOR frank SERVER s OPTIONS (password 'TO zed');
     }
     assert _guc_list('"Odd, Schema", "$user", public') == ["Odd, Schema", "$user", "public"]
     assert _guc_list('""') == [""]
+
+
+def test_replace_failing_after_the_data_leaves_the_original_serving(sandbox, pg_cluster,
+                                                                    tmp_path, monkeypatch):
+    """pg_restore fails after loading everything: the restore-aside database is dropped,
+    and the original keeps its data, its properties and its application."""
+    shop = make_shop(pg_cluster)
+    configure(sandbox, pg_cluster, shop.db)
+    eng = sandbox.engine(init=True)
+    res = eng.backup("db", "shop")
+    pg_cluster.psql("DELETE FROM app.orders WHERE id > 100", shop.db)
+    before = state(pg_cluster, shop.db, shop.app)
+    plan = eng.plan_restore(res.id, target_db=shop.db, replace=True)
+    real = pg_cluster.bin_dir / "pg_restore"
+    fake = tmp_path / "pg_restore"
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then exec {real} --version; fi\n'
+                    f'{real} "$@" || exit $?\necho "pg_restore: error: simulated" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("BACKUP_TUI_PG_RESTORE", str(fake))
+    with pytest.raises(EngineError, match="simulated") as e:
+        eng.restore(plan)
+    assert f"database {shop.db!r} was not changed" in str(e.value)
+    assert state(pg_cluster, shop.db, shop.app) == before
+    leftovers = pg_cluster.psql(f"SELECT datname FROM pg_database WHERE datname LIKE "
+                                f"'{shop.db}\\_\\_%'")
+    assert leftovers.strip() == ""
+    q = as_app(pg_cluster, shop.db, shop.app, "SELECT count(*) FROM orders")
+    assert q.returncode == 0 and q.stdout.strip() == "100"
