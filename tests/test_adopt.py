@@ -247,9 +247,11 @@ def test_adopt_fills_in_what_a_repository_of_the_same_id_lacks(dr_sandbox):
     os.unlink(sb.repo / "snapshots" / first.id)
     assert not sb.engine().verify(read_data=True).ok
 
-    res = sb.engine().adopt("use1")
-    assert res.ok and res.resumed
-    assert res.downloaded == 3 and res.replaced == 1
+    proc = sb.cli("repository", "adopt", "--from", "use1")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.decode().splitlines()[0]
+    assert f"adopted repository {eng.repo().id} from use1" in line
+    assert "3 object(s) downloaded" in line and "1 replaced" in line, line
     assert sb.engine().verify(read_data=True).ok
     assert [s.id for s in sb.engine().snapshots()] == [first.id]
 
