@@ -169,6 +169,10 @@ def plan_restore_db(
         except EngineError as e:
             plan.notes.append(f"the roles the archive needs could not be listed: {e}")
     plan.missing_roles = sorted({u.role for u in plan.uses} - roles)
+    blocking = blocking_uses(plan, set(plan.missing_roles))
+    if blocking and not (with_globals or create_missing_roles):
+        plan.notes.append("as planned, this restore will be refused: "
+                          + missing_roles_message(plan, blocking))
     if with_globals:
         plan.steps.append("apply the roles and tablespaces saved with the dump (existing roles "
                           "are changed to their state at backup time)")
@@ -395,6 +399,8 @@ def _with_words(toks) -> list[str]:
 
 def _first_line(e: Exception) -> str:
     return mask_passwords(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+
+
 def _exec(server: PgTarget, *statements) -> None:
     conn = _maintenance(server)
     try:
@@ -408,7 +414,6 @@ def _exec(server: PgTarget, *statements) -> None:
 def _drop(server: PgTarget, name: str) -> None:
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     _exec(server, (drop,))
-
 
 
 def _explain_restore_error(text: str, no_owner: bool) -> str:
@@ -456,7 +461,6 @@ def materialize(repo: Repository, snap: dict, folder: str, only: set[str] | None
                 written += len(data)
                 on_bytes(written)
     return written
-
 
 
 def restore_globals(repo: Repository, plan: DbRestorePlan, tool_major: int) -> list[str]:
