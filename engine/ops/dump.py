@@ -446,7 +446,7 @@ def dump_files(repo: Repository, snap: dict, out: BinaryIO, path: str | None = N
         sel, node = find(repo, snap["tree"], path)
         items: Iterable[tuple[bytes, dict]] = [(sel, node)]
         if node["type"] == "dir":
-            items = [(sel, node), *walk(repo, node["subtree"], sel)]
+            items = itertools.chain(items, walk(repo, node["subtree"], sel))
     else:
         items = walk(repo, snap["tree"])
     count = 0
