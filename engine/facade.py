@@ -217,8 +217,10 @@ class Engine:
     # --------------------------------------------------------------- restore
     def plan_restore(self, ref: str | dict, **options: Any) -> Any:
         """What restoring a snapshot would do, checked, before anything is written. The
-        options are the snapshot kind's: ``target``, ``paths``, ``force`` for files;
-        ``target_db``, ``replace``, ``drop_old``, ``no_owner``, ``with_globals`` for db."""
+        options are those of the snapshot kind's ``plan_restore`` (engine/sources/): for
+        files ``target``, ``paths``, ``force``; for a database ``target_db``, ``replace``,
+        ``drop_old``, ``no_owner``, ``no_acl``, ``create_missing_roles``,
+        ``with_globals``."""
         snap = ref if isinstance(ref, dict) else self.snapshot(ref)
         cls = registry.kind(snap.get("kind", ""))
         return cls.plan_restore(self.config, self.repo(), snap, **options)

@@ -2,7 +2,8 @@
 
 Read-only actions (list, show, status, verify, dump, audit) are open to anyone
 who can read the repository; mutating ones (init, backup, restore, cleanup,
-pin, replicate, catalog rebuild, schedule changes) need an admin.
+pin, replicate, catalog rebuild, repository adopt, schedule changes) need an
+admin.
 """
 
 from __future__ import annotations
