@@ -355,7 +355,8 @@ def cmd_dump(args, engine: Engine) -> int:
 
     out = Out()
     try:
-        engine.dump(ref, out, args.path)  # type: ignore[arg-type]
+        engine.dump(ref, out, args.path,  # type: ignore[arg-type]
+                    warn=lambda w: sys.stderr.write(f"  warning: {w}\n"))
         out.flush()
     except BrokenPipeError:
         if not gone:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, tzinfo
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
@@ -237,8 +237,11 @@ class Engine:
         return result
 
     # ------------------------------------------------------------------ dump
-    def dump(self, ref: str, out: BinaryIO, path: str | None = None) -> int:
-        return dump_op.dump(self.repo(), self.snapshot(ref), out, path)
+    def dump(self, ref: str, out: BinaryIO, path: str | None = None,
+             warn: Callable[[str], None] | None = None) -> int:
+        """The snapshot's native stream (pax tar, or the pg_dump archive) to ``out``;
+        what cannot be in it (sockets) goes to ``warn``."""
+        return dump_op.dump(self.repo(), self.snapshot(ref), out, path, warn)
 
     # --------------------------------------------------------------- cleanup
     def policy_for(self, kind: str, source: str) -> retention_op.Policy:
