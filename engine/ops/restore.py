@@ -139,10 +139,6 @@ def plan_restore(
     return plan
 
 
-def _parts(rel: bytes) -> list[bytes]:
-    return rel.split(b"/") if rel else []
-
-
 def _data_ranges(holes: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
     """[start, end) ranges of a file that are not holes."""
     out, pos = [], 0
@@ -322,7 +318,7 @@ class _Restorer:
     def _link(self, links: DirChain, first: bytes, pfd: int, name: bytes) -> None:
         """Another name of a file already made by this restore: a hard link to it."""
         fparent, _, fname = first.rpartition(b"/")
-        sfd = links.goto(_parts(fparent))
+        sfd = links.goto(fparent)
         os.link(fname, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
 
     # ---------------------------------------------------------------- run
@@ -349,7 +345,7 @@ class _Restorer:
                     for rel, node in plan.entries:
                         self.cancel.check()
                         parent, _, name = rel.rpartition(b"/")
-                        pfd = chain.goto(_parts(parent), make)
+                        pfd = chain.goto(parent, make)
                         typ = node["type"]
                         if typ == "dir":
                             self._make_dir(pfd, name)
@@ -399,7 +395,7 @@ class _Restorer:
             # its own descriptor
             for rel, node in reversed(dirs):
                 parent, _, name = rel.rpartition(b"/")
-                fd = os.open(name, _DIR, dir_fd=chain.goto(_parts(parent)))
+                fd = os.open(name, _DIR, dir_fd=chain.goto(parent))
                 try:
                     self._meta_fd(fd, rel, node)
                 finally:

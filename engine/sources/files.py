@@ -116,10 +116,9 @@ class DirChain:
     def __init__(self, base_fd: int, keep: int = 64):
         self.base_fd = base_fd
         self.keep = keep
-        self.names: list[bytes] = []
+        self.rel = b""  # the current directory's path below the base
         self.fds: list[int] = []  # -1: closed for now
         self.ids: list[tuple[int, int]] = []
-        self._parts: list[bytes] | None = []  # names as last given to goto()
 
     def fd(self) -> int:
         return self.fds[-1] if self.fds else self.base_fd
@@ -132,10 +131,9 @@ class DirChain:
         except OSError:
             os.close(fd)
             raise
-        self.names.append(name)
+        self.rel = self.rel + b"/" + name if self.fds else name
         self.fds.append(fd)
         self.ids.append((st.st_dev, st.st_ino))
-        self._parts = None
         i = len(self.fds) - 1 - self.keep
         if i >= 0 and self.fds[i] >= 0:
             os.close(self.fds[i])
@@ -144,9 +142,8 @@ class DirChain:
 
     def pop(self) -> None:
         fd = self.fds.pop()
-        self.names.pop()
         self.ids.pop()
-        self._parts = None
+        self.rel = self.rel.rpartition(b"/")[0] if self.fds else b""
         try:
             if self.fds and self.fds[-1] < 0:
                 up = os.open(b"..", _DIR_FLAGS, dir_fd=fd)
@@ -154,31 +151,27 @@ class DirChain:
                 if (st.st_dev, st.st_ino) != self.ids[-1]:
                     os.close(up)
                     raise OSError(errno.ESTALE, "directory moved during the walk",
-                                  os.fsdecode(b"/".join(self.names)))
+                                  os.fsdecode(self.rel))
                 self.fds[-1] = up
         finally:
             os.close(fd)
 
-    def goto(self, parts: list[bytes], make=None) -> int:
-        """Make ``parts`` (names below the base) the current directory; returns its fd.
-        A missing directory on the way is made by ``make(parent_fd, name)`` if given."""
-        if self._parts is not None and self._parts == parts:
-            return self.fd()
-        common = 0
-        while (common < len(self.names) and common < len(parts)
-               and self.names[common] == parts[common]):
-            common += 1
-        while len(self.names) > common:
+    def goto(self, rel: bytes, make=None) -> int:
+        """Make ``rel`` (a path of names below the base, b"" for the base) the current
+        directory; returns its fd. A missing directory on the way is made by
+        ``make(parent_fd, name)`` if given. Up to the common ancestor, then down: a walk
+        in tree order costs one push or pop per step, whatever the depth."""
+        while self.fds and rel != self.rel and not rel.startswith(self.rel + b"/"):
             self.pop()
-        for name in parts[common:]:
-            try:
-                self.push(name)
-            except FileNotFoundError:
-                if make is None:
-                    raise
-                make(self.fd(), name)
-                self.push(name)
-        self._parts = list(parts)
+        if rel != self.rel:
+            for name in (rel[len(self.rel) + 1:] if self.fds else rel).split(b"/"):
+                try:
+                    self.push(name)
+                except FileNotFoundError:
+                    if make is None:
+                        raise
+                    make(self.fd(), name)
+                    self.push(name)
         return self.fd()
 
     def close(self) -> None:
@@ -186,9 +179,8 @@ class DirChain:
             if fd >= 0:
                 os.close(fd)
         self.fds.clear()
-        self.names.clear()
         self.ids.clear()
-        self._parts = []
+        self.rel = b""
 
 
 class _Range:
