@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import shutil
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -449,19 +451,33 @@ def describe_tree(root: Path) -> dict[bytes, tuple]:
     return out
 
 
-def test_600_levels_round_trip(sandbox, engine, tmp_path):
+def cli_with_few_fds(sb, *args: str, fds: int = 128) -> subprocess.CompletedProcess:
+    """The real CLI with RLIMIT_NOFILE lowered: depth must not cost a descriptor a level."""
+    env = dict(os.environ)
+    env.pop("BACKUP_TUI_PASSWORD", None)
+    return subprocess.run(
+        [sys.executable, "-m", "backup_tui.cli", "--config", str(sb.config_path), *args],
+        capture_output=True, env=env, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds)))
+
+
+def test_600_levels_round_trip(sandbox, tmp_path):
     """A tree 600 directories deep (the old recursive walk died near 490; restore refused
-    past 512): backed up complete, restored the same (rsync)."""
+    past 512): backed up complete and restored the same (rsync), with at most 128 file
+    descriptors for the whole process."""
     def leaf(fd: int, depth: int) -> None:
         if depth % 100 == 0 or depth == 600:
             with open(os.open(b"f", os.O_WRONLY | os.O_CREAT, 0o640, dir_fd=fd), "wb") as f:
                 f.write(b"level %d\n" % depth)
     make_chain(sandbox.src, [b"d"] * 600, leaf)
     set_times_bottom_up(sandbox.src)
-    res = engine.backup("files", "src")
-    assert res.complete, res.errors
-    engine.restore(engine.plan_restore(res.id, target=str(tmp_path / "out")))
-    dst = restored_root(tmp_path / "out", sandbox.src)
+    sandbox.cli("init", check=True)
+    proc = cli_with_few_fds(sandbox, "backup", "files", "src")
+    assert proc.returncode == 0 and b"complete" in proc.stdout, proc.stderr
+    out = tmp_path / "out"
+    proc = cli_with_few_fds(sandbox, "restore", "files", "latest", "--target", str(out))
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    dst = restored_root(out, sandbox.src)
     assert (dst / "/".join(["d"] * 600) / "f").read_bytes() == b"level 600\n"
     assert rsync_diff(sandbox.src, dst) == ""
 
