@@ -324,3 +324,40 @@ class Catalog:
                 d["snapshots"] = json.loads(d["snapshots"])
                 out.append(d)
             return out
+
+    # ------------------------------------------------------- seen snapshots
+    # Which snapshots each repository held when this catalog last looked (verify), so
+    # one that vanishes without a forget or cleanup of this tool is reported. Keyed by
+    # a repository *and* its location: a replica may lag behind the local copy.
+    _SEEN = ("CREATE TABLE IF NOT EXISTS seen_snapshots (repo TEXT NOT NULL, snapshot TEXT "
+             "NOT NULL, kind TEXT, source TEXT, time TEXT, seen REAL NOT NULL, removed REAL, "
+             "PRIMARY KEY (repo, snapshot))")
+
+    def seen_snapshots(self, repo_id: str) -> dict[str, dict]:
+        """Snapshot id -> {kind, source, time} of those seen in repo_id and never removed
+        by this tool (forget, cleanup)."""
+        with self._conn() as db:
+            db.execute(self._SEEN)
+            rows = db.execute("SELECT snapshot, kind, source, time FROM seen_snapshots "
+                              "WHERE repo=? AND removed IS NULL", (repo_id,))
+            return {r["snapshot"]: {"kind": r["kind"], "source": r["source"],
+                                    "time": r["time"]} for r in rows}
+
+    def mark_seen(self, repo_id: str, snapshots: list[dict], removed: list[str] = ()) -> None:
+        """Record snapshot records (``id``, ``kind``, ``source``, ``time``) as seen in
+        repo_id, and the ids in ``removed`` as deleted by this tool (that sticks: a later
+        sighting does not make a removed one expected again)."""
+        now = time.time()
+        with self._conn() as db:
+            db.execute(self._SEEN)
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO seen_snapshots (repo, snapshot, kind, source, time, seen) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(repo, snapshot) DO NOTHING",
+                [(repo_id, s["id"], str(s.get("kind", "")), str(s.get("source", "")),
+                  str(s.get("time", "")), now) for s in snapshots])
+            db.executemany(
+                "INSERT INTO seen_snapshots (repo, snapshot, seen, removed) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(repo, snapshot) DO UPDATE SET removed=excluded.removed",
+                [(repo_id, sid, now, now) for sid in removed])
+            db.execute("COMMIT")
