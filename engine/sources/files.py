@@ -5,7 +5,17 @@ The snapshot's root tree mirrors the absolute paths (``/srv/app`` is stored as
 Unchanged files (same type, size, mtime, ctime and inode as in the parent
 snapshot) reuse the parent's content list without being read. Files that
 cannot be read, vanish, or change while read are listed in ``errors``; the
-backup goes on with the rest and the snapshot says it is incomplete.
+backup goes on with the rest and the snapshot says it is incomplete; each
+error entry says what was stored of its path (``stored``: "not read at all",
+"read up to N bytes", ...; ``read``: the bytes stored of a file read in part).
+
+Besides content and the usual metadata, a node keeps (docs/FORMAT.md, 5.1)
+hard links (``links``, ``dev``), extended attributes with POSIX ACLs
+(``xattrs``) and the holes of sparse files (``holes``: found with
+SEEK_DATA/SEEK_HOLE, stored as zero blobs, never read). The walk is iterative
+and works on directory descriptors (`DirChain`): every entry is listed, stat'ed,
+opened or read by name in its open parent, so neither depth (up to
+``MAX_DEPTH``, which restore accepts too) nor paths longer than PATH_MAX stop it.
 """
 
 from __future__ import annotations
