@@ -358,21 +358,24 @@ def test_malformed_additions_are_refused_before_writing(sandbox, engine, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_inherited_acls_are_not_added(sandbox, engine, tmp_path):
-    """A --force restore into a directory with a default ACL: entries get the ACLs of the
+@pytest.mark.parametrize("other", [False, True], ids=["empty-target", "force-non-empty"])
+def test_inherited_acls_are_not_added(sandbox, engine, tmp_path, other):
+    """A restore into a directory with a default ACL: entries get the ACLs of the
     snapshot (none here), not the ones the target would hand down."""
     need("setfacl", "getfacl")
     (sandbox.src / "f").write_text("f\n")
     (sandbox.src / "d").mkdir()
+    (sandbox.src / "d" / "g").write_text("g\n")
     res = engine.backup("files", "src")
     out = tmp_path / "out"
     out.mkdir()
     setfacl("-d", "-m", "u:1234:rwx", str(out))
-    (out / "other").write_text("x")
-    engine.restore(engine.plan_restore(res.id, target=str(out), force=True))
+    if other:
+        (out / "other").write_text("x")
+    engine.restore(engine.plan_restore(res.id, target=str(out), force=other))
     dst = restored_root(out, sandbox.src)
     assert rsync_diff(sandbox.src, dst) == ""
-    assert "1234" not in getfacl_r(dst)
+    assert "1234" not in getfacl_r(out / "tmp")
 
 
 # ------------------------------------------------------------------ depth and length
