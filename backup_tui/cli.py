@@ -92,6 +92,20 @@ def build_parser() -> ArgParser:
         if verb == "pin":
             pn.add_argument("--note", default="")
 
+    fg = sub.add_parser("forget", help="delete snapshots (their data goes with the next "
+                        "cleanup; admin; audited)")
+    fg.add_argument("snapshots", nargs="+", metavar="SNAPSHOT")
+    fg.add_argument("--source")
+    fg.add_argument("--yes", action="store_true", help="confirm: without it, only shows them")
+    fg.add_argument("--force", action="store_true", help="forget pinned snapshots too")
+    _json_flag(fg)
+    rr = sub.add_parser("repair", help="rebuild the index from the packs, fetch damaged or "
+                        "missing objects from a replica, prune, report what is lost (admin)")
+    rr.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+    rr.add_argument("--from", dest="from_replica", metavar="REPLICA",
+                    help="a [[replica]] to fetch damaged or missing objects from")
+    _json_flag(rr)
+
     rp = sub.add_parser("replicate", help="copy what each S3 replica lacks")
     rp.add_argument("--replica")
     rp.add_argument("--repair", action="store_true",
@@ -621,7 +635,91 @@ def cmd_pin(args, engine: Engine) -> int:
     return 0
 
 
+def cmd_forget(args, engine: Engine) -> int:
+    if not args.yes:
+        lines = []
+        for ref in args.snapshots:
+            try:
+                snap = engine.snapshot(ref, args.source)
+                lines.append(f"  {snap['id'][:12]} {snap.get('time', '')[:19]} "
+                             f"{snap.get('kind', '')} {snap.get('source', '')}")
+            except EngineError:
+                lines.append(f"  {ref}")
+        sys.stderr.write("would forget:\n" + "\n".join(lines) + "\n")
+        raise UsageError("forget deletes these snapshots (their data goes with the next "
+                         "cleanup): add --yes to confirm")
+    refs = [engine.snapshot(r, args.source)["id"] if args.source else r for r in args.snapshots]
+    out = engine.forget(refs, force=args.force)
+    if args.json:
+        out_json(out)
+    else:
+        for sid in out["forgotten"]:
+            print(f"forgot {sid[:12]}" + (" (was pinned)" if sid in out["unpinned"] else ""))
+        for sid in out["already_gone"]:
+            print(f"forgot {sid[:12]} (it had already vanished; the loss is recorded)")
+        for sk in out["skipped"]:
+            sys.stderr.write(f"  skipped: {sk}\n")
+        if out["forgotten"]:
+            print("their data is freed by the next 'backup-tui cleanup'")
+    return 1 if out["skipped"] else 0
+
+
+def cmd_repair(args, engine: Engine) -> int:
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        rep = engine.repair(dry_run=args.dry_run, from_replica=args.from_replica, on_event=prog)
+    finally:
+        prog.close()
+    if args.json:
+        out_json(rep.as_json())
+        return 0 if rep.ok else 1
+    title = "repair (dry run: nothing written)" if rep.dry_run else "repair"
+    print(f"{title}: {rep.packs_read} pack(s) read ({human_bytes(rep.bytes_read)})")
+    for line in rep.damaged_packs:
+        print(f"  damaged: {line}")
+    for line in rep.index_damaged:
+        print(f"  damaged: {line}")
+    would = "would " if rep.dry_run else ""
+    for name in rep.fetched:
+        print(f"  {would}fetch from {rep.replica}: {name}")
+    for line in rep.fetch_failed:
+        print(f"  not fetched: {line}")
+    if rep.salvaged_blobs:
+        print(f"  {would}copy {rep.salvaged_blobs} intact blob(s) of damaged packs into "
+              f"new packs")
+    if rep.index_rewritten:
+        print(f"  index {would}rebuilt from the packs"
+              + (f": {len(rep.index_written)} file(s) written, {len(rep.index_deleted)} "
+                 "old one(s) removed" if not rep.dry_run else ""))
+    else:
+        print("  index: matches the packs")
+    if rep.prune is not None:
+        print(f"  cleanup: {rep.prune['packs_deleted']} pack(s) deleted, "
+              f"{rep.prune['packs_repacked']} repacked, "
+              f"{rep.prune['packs_unreferenced']} unreferenced removed, "
+              f"{human_bytes(rep.prune['bytes_freed'])} freed")
+    elif rep.prune_skipped:
+        print(f"  cleanup: {rep.prune_skipped}")
+    for sk in rep.skipped:
+        print(f"  skipped: {sk}")
+    for line in rep.unreadable_snapshots:
+        print(f"  LOST: {line}")
+    for sid in rep.vanished:
+        print(f"  LOST: snapshot {sid} vanished and no replica given holds it")
+    for x in rep.lost:
+        print(f"  LOST: snapshot {x.snapshot[:12]} ({x.kind} {x.source}, {x.time[:19]}) "
+              f"needs {x.missing} missing blob(s): {', '.join(x.paths)}")
+    if rep.ok:
+        print("ok: every snapshot has all its data")
+    else:
+        print("what is LOST above cannot be restored in full: repair --from a replica that "
+              "holds it, or accept the loss with 'backup-tui forget SNAPSHOT --yes'")
+    return 0 if rep.ok else 1
+
+
 COMMANDS = {
+    "forget": cmd_forget,
+    "repair": cmd_repair,
     "cleanup": cmd_cleanup,
     "pin": cmd_pin,
     "unpin": cmd_pin,

@@ -35,6 +35,7 @@ from engine.ops import cleanup as cleanup_op
 from engine.ops import dump as dump_op
 from engine.ops import prune as prune_op
 from engine.ops import rebuild as rebuild_op
+from engine.ops import repair as repair_op
 from engine.ops import replicate as replicate_op
 from engine.ops import resolve as resolve_op
 from engine.ops import retention as retention_op
@@ -205,7 +206,8 @@ class Engine:
         ids = [self.snapshot(r)["id"] for r in refs] if refs else None
         target = ",".join(i[:8] for i in ids) if ids else "all"
         with self.job("verify", target, on_event) as job:
-            report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel)
+            report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel,
+                                      self.catalog)
             bad = {sid for p in report.problems for sid in p.snapshots}
             self.catalog.mark_verified([s for s in report.snapshots if s not in bad], read_data)
             job.audit_target = "read-data" if read_data else "quick"
@@ -269,6 +271,20 @@ class Engine:
             (prune_op.pin(self.repo(), sid, note) if pinned else prune_op.unpin(self.repo(), sid))
             job.objects, job.detail = [sid], note
         return sid
+
+    def forget(self, refs: list[str], force: bool = False) -> dict:
+        """Delete snapshot records (ids, prefixes, 'latest'); pinned ones only with force
+        (unpinned first). Their data goes with the next cleanup. Admin only, audited."""
+        self._admin("forget")
+        return repair_op.forget(self, refs, force)
+
+    def repair(self, dry_run: bool = False, from_replica: str | None = None,
+               on_event: EventCallback = ignore,
+               cancel: CancelToken | None = None) -> repair_op.RepairReport:
+        """Rebuild the index from the packs, fetch damaged or missing objects from a
+        replica, save intact blobs of damaged packs, prune, and report what is lost."""
+        self._admin("repair")
+        return repair_op.repair(self, dry_run, from_replica, on_event, cancel)
 
     # -------------------------------------------------------------- replicas
     def replica_names(self) -> list[str]:

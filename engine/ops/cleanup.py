@@ -16,6 +16,7 @@ from engine.errors import EngineError
 from engine.events import CancelToken, Event, EventCallback
 from engine.ops import prune as prune_op
 from engine.ops import retention as retention_op
+from engine.ops import verify as verify_op
 from engine.sources import registry
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def cleanup(engine: Engine, dry_run: bool, on_event: EventCallback,
                            message=f"forgetting {len(forget_ids)} snapshot(s)"))
             forgotten = prune_op.forget(repo, forget_ids, skipped=skipped,
                                         lock_wait=lock_wait)
+            verify_op.record_removed(repo, engine.catalog, forgotten)  # not 'vanished'
         report = prune_op.prune(repo, dry_run=dry_run, on_event=job.emit, job_id=job.id,
                                 lock_wait=lock_wait, cancel=cancel)
         out = {

@@ -10,16 +10,21 @@ hash each blob. Each problem names the object and the snapshots it affects.
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from engine.catalog import Catalog
 from engine.errors import EngineError, IntegrityError, NotFound
 from engine.events import CancelToken, Event, EventCallback
 from engine.repo.pack import pack_name, read_header
 from engine.repo.repository import Repository, sha256_hex
 from engine.repo.walk import walk
 from engine.sources import registry
+
+log = logging.getLogger("backup_tui.engine")
 
 
 @dataclass
@@ -67,7 +72,10 @@ def verify(
     job_id: str,
     on_event: EventCallback,
     cancel: CancelToken | None = None,
+    catalog: Catalog | None = None,
 ) -> VerifyReport:
+    """catalog: given, snapshots it saw here before that are gone are problems too
+    (`check_vanished`), and the ones read now are recorded as seen."""
     cancel = cancel or CancelToken()
     repo.drop_caches()
     report = VerifyReport(read_data=read_data)
@@ -86,6 +94,8 @@ def verify(
         except EngineError as e:
             report.problems.append(Problem(f"snapshots/{sid}", str(e), [sid]))
     report.snapshots = [s["id"] for s in snaps]
+    if catalog is not None:
+        report.problems += check_vanished(repo, catalog, all_snaps, snaps)
 
     # Which packs each snapshot needs.
     pack_users: dict[str, set[str]] = defaultdict(set)
@@ -126,6 +136,47 @@ def verify(
                    message="ok" if report.ok else f"{len(report.problems)} problem(s)",
                    final=True))
     return report
+
+
+def seen_key(repo: Repository) -> str:
+    """The catalog's key for what was seen in a repository: its id and where it is (a
+    replica shares the id and may lag behind)."""
+    return f"{repo.id} {repo.backend.location}"
+
+
+def check_vanished(repo: Repository, catalog: Catalog, present: list[str],
+                   loaded: list[dict]) -> list[Problem]:
+    """Snapshots the catalog saw in this repository that are gone, though no forget or
+    cleanup of this tool removed them; then record the ``loaded`` ones as seen."""
+    key = seen_key(repo)
+    here = set(present)
+    problems = []
+    for sid, was in sorted(catalog.seen_snapshots(key).items(), key=lambda kv: kv[1]["time"]):
+        if sid in here:
+            continue
+        problems.append(Problem(
+            f"snapshots/{sid}",
+            f"snapshot {sid} (source {was['source'] or '?'}, time {was['time'] or '?'}) "
+            "vanished: it was here and no forget or cleanup of this tool removed it; "
+            "'backup-tui repair --from REPLICA' brings it back where a replica holds it, "
+            f"'backup-tui forget {sid}' accepts the loss", [sid]))
+    try:
+        catalog.mark_seen(key, loaded)
+    except (sqlite3.Error, EngineError):  # a reader who may not write the catalog (or a
+        # full state disk): the check itself still ran
+        pass
+    return problems
+
+
+def record_removed(repo: Repository, catalog: Catalog, ids: list[str]) -> None:
+    """Snapshots this tool deleted on purpose (forget, cleanup): not 'vanished'."""
+    if not ids:
+        return
+    try:
+        catalog.mark_seen(seen_key(repo), [], removed=list(ids))
+    except (sqlite3.Error, EngineError) as e:  # the removal itself is done; say so
+        log.warning("cannot record the removal of %d snapshot(s) in the catalog (%s); "
+                    "verify will report them as vanished", len(ids), e)
 
 
 def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
