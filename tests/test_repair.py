@@ -155,6 +155,22 @@ def test_damaged_pack_and_deleted_snapshot_fetched_from_replica(replica_sb, tmp_
     restore_same(sb, second.id, tmp_path)
     assert (sb.repo / "snapshots" / first.id).exists()
 
+    # worse: every index file and the pack of the trees lost; the walk finds the trees
+    # in the replica's packs, then the blobs they name
+    repo = eng.repo()
+    repo.load_index()
+    tree_pack = repo.index[repo.load_snapshot(second.id)["tree"]].pack_id
+    pack_path(sb, tree_pack).unlink()
+    shutil.rmtree(sb.repo / "index")
+    (sb.repo / "index").mkdir()
+    out = cli_json(sb, "repair", "--from", "use1")
+    assert out["ok"], out
+    assert out["fetched"] == [f"data/{tree_pack[:2]}/{tree_pack}"]
+    assert out["index_rewritten"] and out["index_damaged"] == []
+    proc = sb.cli("verify", "--read-data")
+    assert proc.returncode == 0, proc.stdout
+    restore_same(sb, second.id, tmp_path, "again")
+
 
 def test_damaged_pack_without_replica_names_the_loss(files_sb, tmp_path):
     sb = files_sb
