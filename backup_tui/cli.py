@@ -125,6 +125,18 @@ def build_parser() -> ArgParser:
     ad.add_argument("--from", dest="from_replica", metavar="REPLICA", required=True)
     _json_flag(ad)
 
+    lk = sub.add_parser("lock", help="repository locks: list, break")
+    lsub = lk.add_subparsers(dest="what", required=True, parser_class=ArgParser)
+    ll = lsub.add_parser("list", help="every lock: owner, host, pid, age, stale or not and why")
+    ll.add_argument("--replica")
+    _json_flag(ll)
+    lb = lsub.add_parser("break", help="remove a lock whose owner is gone (admin; audited)")
+    lb.add_argument("lock_id", nargs="?", help="a lock id (or a unique prefix of it)")
+    lb.add_argument("--stale", action="store_true", help="every stale lock")
+    lb.add_argument("--yes", action="store_true", help="remove it even if it looks live")
+    lb.add_argument("--replica")
+    _json_flag(lb)
+
     d = sub.add_parser(
         "dump", help="write a snapshot's native stream (pax tar, pg_dump) to stdout",
         description="Write a snapshot to stdout in its native form: files (and a "
@@ -717,7 +729,54 @@ def cmd_repair(args, engine: Engine) -> int:
     return 0 if rep.ok else 1
 
 
+def _lock_line(r: dict) -> str:
+    from backup_tui.format import duration
+
+    if not r["readable"]:
+        return f"{r['id']}  unreadable record                     {r['why']}"
+    alive = {True: "alive", False: "gone", None: "?"}[r["alive"]]
+    age = "?" if r["age"] is None else (
+        duration(r["age"]) if r["age"] >= 0 else f"in {duration(-r['age'])} (future)")
+    state = f"STALE: {r['why']}" if r["stale"] else r["why"]
+    return (f"{r['id']}  {'excl' if r['exclusive'] else 'shrd'}  {str(r['purpose'])[:28]:28} "
+            f"{str(r['host'])[:20]:20} pid {r['pid']} ({alive})  age {age}  {state}")
+
+
+def cmd_lock(args, engine: Engine) -> int:
+    if args.replica:
+        engine = engine.for_replica(args.replica)
+    if args.what == "list":
+        rows = engine.locks()
+        if args.json:
+            out_json(rows)
+        elif not rows:
+            print("no locks")
+        else:
+            for r in rows:
+                print(_lock_line(r))
+        return 0
+    if bool(args.lock_id) == bool(args.stale):
+        raise UsageError("lock break: name one LOCK_ID, or --stale")
+    if args.lock_id and not args.yes:
+        want = args.lock_id.removeprefix("locks/").lower()
+        live = [r for r in engine.locks() if r["id"].startswith(want) and not r["stale"]]
+        if live:
+            raise UsageError(f"lock {live[0]['id']} looks live ({live[0]['why']}); breaking it "
+                             "lets a cleanup delete data its owner is using. Add --yes if you "
+                             "know its owner is gone")
+    removed = engine.break_lock(args.lock_id, args.stale)
+    if args.json:
+        out_json(removed)
+    else:
+        for r in removed:
+            print(f"removed {_lock_line(r)}")
+        if not removed:
+            print("no stale locks")
+    return 0
+
+
 COMMANDS = {
+    "lock": cmd_lock,
     "forget": cmd_forget,
     "repair": cmd_repair,
     "cleanup": cmd_cleanup,

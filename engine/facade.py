@@ -26,13 +26,14 @@ from zoneinfo import ZoneInfo
 from engine import metrics, notify, security
 from engine.catalog import Catalog
 from engine.config import Config
-from engine.errors import EngineError, RepositoryError, UsageError
+from engine.errors import EngineError, NotFound, RepositoryError, UsageError
 from engine.events import CancelToken, EventCallback, ignore
 from engine.jobs import Job, run_job
 from engine.ops import adopt as adopt_op
 from engine.ops import backup as backup_op
 from engine.ops import cleanup as cleanup_op
 from engine.ops import dump as dump_op
+from engine.ops import locks as locks_op
 from engine.ops import prune as prune_op
 from engine.ops import rebuild as rebuild_op
 from engine.ops import repair as repair_op
@@ -42,6 +43,7 @@ from engine.ops import retention as retention_op
 from engine.ops import status as status_op
 from engine.ops import verify as verify_op
 from engine.ops.resolve import SnapshotInfo
+from engine.repo import locks as repo_locks
 from engine.repo.repository import Repository
 from engine.sources import registry
 from engine.sources.base import SourceInfo
@@ -70,6 +72,8 @@ class Engine:
         self._repo: Repository | None = None
         self._catalog: Catalog | None = None
         self._open_lock = threading.RLock()
+        # stale-lock observations survive between runs (engine/repo/locks.py)
+        repo_locks.set_observation_file(config.state_dir / "lock-observations.json")
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -202,10 +206,9 @@ class Engine:
                on_event: EventCallback = ignore,
                cancel: CancelToken | None = None) -> verify_op.VerifyReport:
         repo = self.repo()
-        repo.load_index()
         ids = [self.snapshot(r)["id"] for r in refs] if refs else None
         target = ",".join(i[:8] for i in ids) if ids else "all"
-        with self.job("verify", target, on_event) as job:
+        with self.job("verify", target, on_event) as job, self._reading("verify"):
             report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel,
                                       self.catalog)
             bad = {sid for p in report.problems for sid in p.snapshots}
@@ -231,7 +234,8 @@ class Engine:
                 cancel: CancelToken | None = None) -> Any:
         """Execute a plan from ``plan_restore``."""
         cls = registry.kind(plan.snapshot["kind"])
-        with self.job("restore", plan.target_label, on_event, admin="restore") as job:
+        with self.job("restore", plan.target_label, on_event, admin="restore") as job, \
+                self._reading(f"restore {plan.snapshot['id'][:12]}", plan.snapshot["id"]):
             result = cls.restore(self.config, self.repo(), plan, job.id, job.emit, cancel)
             job.objects = [plan.snapshot["id"]]
             old = getattr(result, "old_db", None)
@@ -243,7 +247,21 @@ class Engine:
              warn: Callable[[str], None] | None = None) -> int:
         """The snapshot's native stream (pax tar, or the pg_dump archive) to ``out``;
         what cannot be in it (sockets) goes to ``warn``."""
-        return dump_op.dump(self.repo(), self.snapshot(ref), out, path, warn)
+        snap = self.snapshot(ref)
+        with self._reading(f"dump {snap['id'][:12]}", snap["id"]):
+            return dump_op.dump(self.repo(), snap, out, path, warn)
+
+    @contextlib.contextmanager
+    def _reading(self, purpose: str, snapshot_id: str | None = None) -> Iterator[None]:
+        """A shared repository lock for a reader (a prune waits for it), then the index
+        as it is now; the snapshot, if named, must still exist."""
+        with repo_locks.reading(self.backend, purpose, wait=locks_op.LOCK_WAIT):
+            repo = self.repo()
+            repo.load_index()
+            if snapshot_id and not self.backend.exists(f"snapshots/{snapshot_id}"):
+                raise NotFound(f"snapshot {snapshot_id} no longer exists (a cleanup "
+                               "removed it)")
+            yield
 
     # --------------------------------------------------------------- cleanup
     def policy_for(self, kind: str, source: str) -> retention_op.Policy:
@@ -311,7 +329,7 @@ class Engine:
             self.config.replica(replica)
         names = [replica] if replica else [r.name for r in self.config.replicas
                                            if r.replicate_after_backup or not only_auto]
-        return replicate_op.replicate(self, names, repair, on_event, cancel)
+        return locks_op.replicate(self, names, repair, on_event, cancel)
 
     def replica_states(self, check: bool = False) -> list[dict]:
         """Each replica: last success, last error, how far behind (check=True: measure now)."""
@@ -372,6 +390,20 @@ class Engine:
             rid = self.catalog.request_run(kind, security.current_user())
             job.outcome = "requested"
         return rid
+
+    # ----------------------------------------------------------------- locks
+    def locks(self) -> list[dict]:
+        """Every repository lock: owner, host, pid (alive?), age, stale and why."""
+        return locks_op.locks(self.backend)
+
+    def break_lock(self, lock_id: str | None = None, stale: bool = False) -> list[dict]:
+        """Remove one lock by id (prefix), or every stale one (admin; audited)."""
+        with self.job("lock break", lock_id or "stale", admin="lock break",
+                      record=False) as job:
+            removed = locks_op.break_lock(self.backend, lock_id, stale)
+            job.detail = "; ".join(f"{r['id']} {r['purpose']} pid {r['pid']} on {r['host']}"
+                                   for r in removed) or "none"
+        return removed
 
     def audit_log(self, limit: int = 200) -> list[dict]:
         return self.catalog.audit_log(limit)

@@ -28,15 +28,24 @@ Locked objects (S3 Object Lock): a delete that fails is recorded in
 be deleted still names its packs, so none of those packs is deleted either:
 every index file that remains names only packs that exist.
 
-Why unreferenced packs must also be old (``unreferenced_grace``, 1 hour): the
-exclusive lock is the real guard, since every backup holds a shared lock from
-before its first pack until after its snapshot, so while we hold the exclusive
-lock no live backup can have unindexed packs. But a lock is ignored once it is
-stale (not refreshed for 30 minutes, e.g. a backup host frozen or cut off from
-the repository), and such a backup may wake up and commit its index later. A
-pack written within the last hour is therefore left alone (and reported); an
-older one is garbage. The age comes from the backend where it can tell
-(local files: mtime; S3: LastModified); where it cannot, the lock alone decides.
+Unreferenced packs and the grace period (``unreferenced_grace``, 1 hour): the
+exclusive lock is the real guard, since every writer (backup, pin, adopt,
+replicate into a replica) holds a shared lock from before its first pack until
+after its snapshot, so while we hold the exclusive lock no live writer can have
+unindexed packs: the packs of a failed or killed backup are garbage at once. But
+a lock is ignored once it is stale, and a stale lock whose owner might still be
+running (on another host, unreadable, or a process of this host that stopped
+refreshing it) may belong to a backup that wakes up and commits its index later.
+When taking our lock removed such a lock, a pack written within the grace period
+is left alone (and reported); an older one is garbage. The age comes from the
+backend where it can tell (local files: mtime; S3: LastModified); where it
+cannot, the lock alone decides.
+
+Partial objects (``.tmp-*`` of a local repository, left by a writer killed
+mid-write) are removed once no lock could own them: older than the stale
+timeout, or, when no possibly-live lock was removed, older than TEMP_MIN_AGE (a
+lock being taken writes one for a moment). Removing one never loses data: a
+writer still busy with it fails its rename and reports it.
 
 Pins: ``pins/<snapshot id>`` (plain JSON, see docs/FORMAT.md) keep a snapshot
 regardless of the retention policy; `forget` refuses (skips) a pinned snapshot.
@@ -54,13 +63,14 @@ from datetime import UTC, datetime
 
 from engine.errors import EngineError, NotFound
 from engine.events import CancelToken, Event, EventCallback
-from engine.repo.locks import RepoLock
+from engine.repo.locks import STALE, RepoLock, list_locks
 from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name
 from engine.repo.repository import PACK_TARGET, Repository
 from engine.storage.base import Backend
 
 LOCK_WAIT = 60.0
 UNREFERENCED_GRACE = 3600.0
+TEMP_MIN_AGE = 120.0  # seconds: a partial object younger than this may be a live put
 MAX_INDEX_BLOBS = 500_000  # blob entries per index file (records are bounded at read)
 _PACK_NAME = re.compile(r"^data/([0-9a-f]{2})/([0-9a-f]{64})$")
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -88,6 +98,8 @@ class PruneReport:
     index_written: list[str] = field(default_factory=list)
     index_deleted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "<object>: <why>", e.g. "locked: ..."
+    temp_deleted: list[str] = field(default_factory=list)  # partial objects (.tmp-*) removed
+    temp_bytes: int = 0
 
     @property
     def bytes_freed(self) -> int:
@@ -110,6 +122,8 @@ class PruneReport:
             "index_written": list(self.index_written),
             "index_deleted": list(self.index_deleted),
             "skipped": list(self.skipped),
+            "temp_deleted": len(self.temp_deleted),
+            "temp_bytes": self.temp_bytes,
         }
 
 
@@ -243,7 +257,7 @@ def prune(
       blob; 1 never repacks).
     dry_run: compute and report, change nothing (takes a shared lock only).
     unreferenced_grace: seconds a pack in no index must have existed before it
-      is deleted.
+      is deleted, when a writer could still own it (see the module docstring).
     cancel: honoured until the first write; after that prune runs to the end.
     Raises `PruneRefused` (nothing changed) when what is in use cannot be known,
     `LockedError` when the repository stays locked for lock_wait seconds.
@@ -258,8 +272,15 @@ def prune(
     lock = RepoLock(repo.backend, exclusive=not dry_run,
                     purpose="cleanup (dry run)" if dry_run else "cleanup")
     with lock.acquire(wait=lock_wait):
+        # Could a live writer own unindexed packs or partial objects? Only one whose
+        # lock we just judged stale without knowing it is gone (another host, ...),
+        # or, in a dry run (shared lock), any other live lock.
+        owners = bool(lock.removed_maybe_live) or (dry_run and any(
+            not i.stale for i in list_locks(repo.backend, skip=lock.name)))
+        grace = unreferenced_grace if owners else 0.0
         try:
-            _prune(repo, report, repack_threshold, unreferenced_grace, job_id, emit, cancel)
+            _prune(repo, report, repack_threshold, grace, job_id, emit, cancel)
+            _reclaim_temp(repo.backend, report, STALE if owners else TEMP_MIN_AGE)
         finally:
             # still under the lock, so a backup of this process that waits for it
             # never sees the index of before the prune
@@ -272,7 +293,30 @@ def _summary(r: PruneReport) -> str:
     verb = "would free" if r.dry_run else "freed"
     return (f"{verb} {r.bytes_freed} bytes: {len(r.packs_deleted)} pack(s) deleted, "
             f"{len(r.packs_repacked)} repacked, {len(r.packs_unreferenced)} unreferenced"
+            + (f", {len(r.temp_deleted)} partial object(s) ({r.temp_bytes} bytes)"
+               if r.temp_deleted else "")
             + (f", {len(r.skipped)} skipped" if r.skipped else ""))
+
+
+def _reclaim_temp(backend: Backend, report: PruneReport, min_age: float) -> None:
+    """Partial objects (``.tmp-*``) older than min_age: removed (listed in a dry run)."""
+    listing = getattr(backend, "list_temp", None)
+    if not callable(listing):
+        return  # a backend without partial objects (S3 puts are atomic)
+    now = time.time()
+    for name, size, mtime in list(listing()):
+        if now - mtime < min_age:
+            report.skipped.append(f"{name}: partial object only {int(now - mtime)} s old; left "
+                                  "for a later cleanup (a write may be under way)")
+            continue
+        if not report.dry_run:
+            try:
+                backend.delete_temp(name)
+            except (OSError, EngineError) as e:
+                report.skipped.append(f"{name}: cannot remove partial object: {e}")
+                continue
+        report.temp_deleted.append(name)
+        report.temp_bytes += size
 
 
 def _prune(

@@ -93,7 +93,7 @@ class LocalBackend:
     def put(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
         folder = path.parent
-        tmp = folder / f".tmp-{secrets.token_hex(8)}"
+        tmp = folder / f"{_TEMP}{secrets.token_hex(8)}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -154,12 +154,44 @@ class LocalBackend:
                         continue
                     yield ObjectInfo(name, size)
 
+    def list_temp(self) -> Iterator[tuple[str, int, float]]:
+        """Partial objects (``.tmp-*``, see `put`) as (name, size, mtime): what a writer
+        killed mid-write left behind. Prune reclaims them (engine/ops/prune.py)."""
+        if not self.root.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for fn in filenames:
+                if not fn.startswith(_TEMP):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(dirpath, fn))
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield rel + fn, st.st_size, st.st_mtime
+
+    def delete_temp(self, name: str) -> None:
+        """Remove one partial object named by `list_temp` (nothing else)."""
+        folder, _, fn = name.rpartition("/")
+        if not fn.startswith(_TEMP):
+            raise RepositoryError(f"invalid temporary object name {name!r}")
+        path = (self._path(folder) if folder else self.root) / fn  # _path checks the folder
+        try:
+            path.unlink()
+        except _MISSING:
+            pass
+
     def delete(self, name: str) -> None:
         try:
             self._path(name).unlink()
         except _MISSING:
             pass
 
+
+_TEMP = ".tmp-"  # prefix of a partial object being written (put)
 
 # What the OS says for a name that is no object: absent, below a file, or a folder.
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
