@@ -163,9 +163,13 @@ def test_damaged_pack_and_deleted_snapshot_fetched_from_replica(replica_sb, tmp_
     pack_path(sb, tree_pack).unlink()
     shutil.rmtree(sb.repo / "index")
     (sb.repo / "index").mkdir()
+    flip(sb.repo / "snapshots" / second.id, 40)  # and a snapshot record damaged
+    proc = sb.cli("repair", "--from", "nowhere")
+    assert proc.returncode == 2 and b"nowhere" in proc.stderr
     out = cli_json(sb, "repair", "--from", "use1")
     assert out["ok"], out
-    assert out["fetched"] == [f"data/{tree_pack[:2]}/{tree_pack}"]
+    assert sorted(out["fetched"]) == sorted([f"data/{tree_pack[:2]}/{tree_pack}",
+                                             f"snapshots/{second.id}"])
     assert out["index_rewritten"] and out["index_damaged"] == []
     proc = sb.cli("verify", "--read-data")
     assert proc.returncode == 0, proc.stdout
