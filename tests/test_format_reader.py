@@ -183,7 +183,7 @@ class Reader:
                    key=lambda sr: sr[1]["time"])
 
     def restore(self, tree_id: str, dest: bytes, depth: int = 0, seen=frozenset()) -> None:
-        assert depth <= 512 and tree_id not in seen
+        assert depth <= 4096 and tree_id not in seen
         raw = self.blob(tree_id, "tree")
         nodes = json.loads(raw)["nodes"]
         assert canonical({"nodes": nodes}) == raw
