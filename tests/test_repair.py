@@ -281,3 +281,23 @@ def test_vanished_snapshot_is_a_verify_problem(files_sb):
     assert (sb.repo / "snapshots" / second).exists()
     shutil.rmtree(sb.state)  # a new catalog has seen nothing: nothing is reported
     assert sb.cli("verify").returncode == 0
+
+
+def test_lost_trees_are_named_by_directory(files_sb):
+    """Without a replica, a lost pack of trees: the snapshot that needs it is named with
+    the directory it cannot read; the older snapshot (its own trees) is whole."""
+    sb = files_sb
+    eng = sb.engine(init=True)
+    first = eng.backup("files", "src").id
+    (sb.src / "sub" / "two.bin").write_bytes(os.urandom(1 << 20))
+    second = eng.backup("files", "src").id
+    repo = eng.repo()
+    tree_pack = repo.index[repo.load_snapshot(second)["tree"]].pack_id
+    assert tree_pack != repo.index[repo.load_snapshot(first)["tree"]].pack_id
+    pack_path(sb, tree_pack).unlink()
+    report = eng.repair()
+    assert not report.ok
+    assert [(x.snapshot, x.paths) for x in report.lost] == [(second, ["/"])]
+    assert report.prune is None and "nothing removed" in report.prune_skipped
+    assert report.index_rewritten  # the lost pack is no longer named
+    assert eng.verify([first], read_data=True).ok

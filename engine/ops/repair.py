@@ -531,7 +531,7 @@ def _walk(view: Repository, snaps: dict[str, dict]) -> dict[str, tuple[dict, set
     """Snapshot id -> (record, missing blob ids, first paths affected) for each snapshot
     that needs a blob ``view`` cannot give."""
     out: dict[str, tuple[dict, set[str], list]] = {}
-    memo: dict[str, tuple[set[str], list[str]]] = {}
+    memo: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}
     for sid, snap in snaps.items():
         missing: set[str] = set()
         paths: list[str] = []
@@ -552,43 +552,50 @@ def _walk(view: Repository, snaps: dict[str, dict]) -> dict[str, tuple[dict, set
     return out
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def _tree_needs(view: Repository, root: str,
-                memo: dict[str, tuple[set[str], list[str]]]) -> tuple[set[str], list[str]]:
-    """Missing blobs below tree ``root`` (itself included) and where they are."""
-    if root in memo:
-        return memo[root]
-    missing: set[str] = set()
-    paths: list[str] = []
-    stack: list[tuple[str, str]] = [(root, "/")]
-    visited: set[str] = set()
+                memo: dict[str, tuple[frozenset[str], tuple[str, ...]]]
+                ) -> tuple[frozenset[str], list[str]]:
+    """Missing blobs below tree ``root`` (itself included) and the first paths they
+    belong to. Each tree is read once for all snapshots (``memo``: tree id -> its
+    missing blobs and paths relative to it), so shared subtrees cost nothing more; a
+    tree that contains itself is not followed into."""
+    pending: dict[str, list] = {}  # read, its subtrees not all done yet
+    stack: list[tuple[str, bool]] = [(root, False)]
     while stack:
-        tid, path = stack.pop()
-        if tid in visited:
-            continue
-        visited.add(tid)
-        try:
-            nodes = view.load_tree(tid)["nodes"]
-        except EngineError:
-            missing.add(tid)
-            if len(paths) < PATHS_SHOWN:
-                paths.append(path + " (directory)")
-            continue
-        for node in nodes:
-            if not isinstance(node, dict):
+        tid, expanded = stack.pop()
+        if not expanded:
+            if tid in memo or tid in pending:
                 continue
-            name = node.get("name") or node.get("name_b64") or "?"
-            here = f"{path.rstrip('/')}/{name}"
-            sub = node.get("subtree")
-            if isinstance(sub, str):
-                stack.append((sub, here))
+            try:
+                nodes = [n for n in view.load_tree(tid)["nodes"] if isinstance(n, dict)]
+            except EngineError:
+                memo[tid] = (frozenset({tid}), ("(directory)",))
+                continue
+            pending[tid] = nodes
+            stack.append((tid, True))
+            stack += [(n["subtree"], False) for n in nodes if isinstance(n.get("subtree"), str)]
+            continue
+        missing: set[str] = set()
+        paths: list[str] = []
+        for node in pending.pop(tid):
+            name = str(node.get("name") or node.get("name_b64") or "?")
             content = node.get("content") or []
-            for b in content if isinstance(content, list) else []:
-                if isinstance(b, str) and b not in view.index:
-                    missing.add(b)
-                    if len(paths) < PATHS_SHOWN and here not in paths:
-                        paths.append(here)
-    memo[root] = (missing, paths)
-    return missing, paths
+            lacking = [b for b in (content if isinstance(content, list) else [])
+                       if isinstance(b, str) and b not in view.index]
+            if lacking:
+                missing.update(lacking)
+                paths.append(name)
+            sub = memo.get(node.get("subtree")) if isinstance(node.get("subtree"), str) else None
+            if sub is not None and sub[0]:
+                missing |= sub[0]
+                paths += [f"{name}/" if p == "(directory)" else f"{name}/{p}"
+                          for p in sub[1][:PATHS_SHOWN]]
+        memo[tid] = (frozenset(missing) if missing else _NONE, tuple(paths[:PATHS_SHOWN]))
+    m, p = memo.get(root, (_NONE, ()))
+    return m, ["/" + x if x != "(directory)" else "/" for x in p]
 
 
 def _needed(view: Repository, snaps: dict[str, dict]) -> set[str]:
