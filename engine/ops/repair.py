@@ -578,7 +578,7 @@ def _tree_needs(view: Repository, root: str,
             stack.append((tid, True))
             stack += [(n["subtree"], False) for n in nodes if isinstance(n.get("subtree"), str)]
             continue
-        missing: set[str] = set()
+        parts: list[frozenset[str]] = []  # a chain of directories shares one set
         paths: list[str] = []
         for node in pending.pop(tid):
             name = str(node.get("name") or node.get("name_b64") or "?")
@@ -586,14 +586,15 @@ def _tree_needs(view: Repository, root: str,
             lacking = [b for b in (content if isinstance(content, list) else [])
                        if isinstance(b, str) and b not in view.index]
             if lacking:
-                missing.update(lacking)
+                parts.append(frozenset(lacking))
                 paths.append(name)
             sub = memo.get(node.get("subtree")) if isinstance(node.get("subtree"), str) else None
             if sub is not None and sub[0]:
-                missing |= sub[0]
+                parts.append(sub[0])
                 paths += [f"{name}/" if p == "(directory)" else f"{name}/{p}"
                           for p in sub[1][:PATHS_SHOWN]]
-        memo[tid] = (frozenset(missing) if missing else _NONE, tuple(paths[:PATHS_SHOWN]))
+        missing = parts[0] if len(parts) == 1 else frozenset().union(*parts) if parts else _NONE
+        memo[tid] = (missing, tuple(paths[:PATHS_SHOWN]))
     m, p = memo.get(root, (_NONE, ()))
     return m, ["/" + x if x != "(directory)" else "/" for x in p]
 
