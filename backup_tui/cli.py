@@ -824,6 +824,14 @@ def _tune_malloc() -> None:
         pass  # not glibc: defaults
 
 
+def _need_terminal(what: str) -> None:
+    """The console draws on a terminal and reads keys from one: from a script, a pipe or
+    cron it would write escape codes into the pipe and wait forever."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(f"{what} needs a terminal (stdin and stdout); "
+                         "run 'backup-tui --help' for the commands")
+
+
 def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
     parser = build_parser()
@@ -831,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     try:
         if args.demo:
+            _need_terminal("--demo starts the console, which")
             from backup_tui.demo import run_demo
 
             return run_demo()
@@ -839,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_daemon(_engine(args))
         if args.command is None:
+            _need_terminal("no command given, and the console")
             from backup_tui.app import run_console
 
             return run_console(_engine(args))

@@ -1,28 +1,49 @@
-"""The catalog: SQLite (WAL mode) in the state directory.
+"""The catalog: SQLite (WAL mode) in the state directory, in two stores.
 
-It holds jobs with their latest progress (so another process, the console or
-``status``, can watch a running job), and the append-only audit log. It is a
-cache of what the repository says plus local history: losing it loses no
-backup (docs/ARCHITECTURE.md, section 5). Secrets are never written here.
+``catalog.sqlite`` holds jobs with their latest progress (so another process,
+the console or ``status``, can watch a running job), verified times, replica
+and schedule state. It is a cache of what the repository says plus local
+history: losing it loses no backup (docs/ARCHITECTURE.md, section 5).
+
+``admin.sqlite`` holds the append-only audit log and the "run now" requests.
+Only root and the admin group may write either file (docs/SECURITY.md, "Local
+users"): both are created mode 0664 with the admin group as their group when
+it exists (else 0644), in a state directory created 0755 (02775 with the admin
+group). Other users open them read-only: their read-only commands (list,
+show, status, verify) work and skip their own bookkeeping.
+
+Every write goes through one error path: a full disk (ENOSPC, SQLITE_FULL)
+says "no space left on device in <state dir>"; a store that cannot be written
+raises ``StateDirError``. ``lenient()`` gives a view whose bookkeeping writes
+skip such errors (with one warning), for read-only commands. Text is stored
+with undecodable bytes (file names that are not UTF-8) escaped as ``\\xNN``.
+Secrets are never written here.
 """
 
 from __future__ import annotations
 
-import getpass
+import contextlib
+import errno
+import grp
 import json
+import logging
 import os
+import pwd
+import shutil
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from engine.errors import EngineError
 from engine.events import Event
-from engine.repo.locks import pid_alive
 
-SCHEMA = """
+log = logging.getLogger("backup_tui.catalog")
+
+CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -39,20 +60,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT DEFAULT '',
     result TEXT DEFAULT '',
     pid INTEGER,
-    updated REAL
+    updated REAL,
+    host TEXT,
+    pid_start TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_started ON jobs(started);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    user TEXT NOT NULL,
-    uid INTEGER NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    snapshots TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    detail TEXT DEFAULT ''
-);
 CREATE TABLE IF NOT EXISTS verified (
     snapshot TEXT PRIMARY KEY,
     time REAL NOT NULL,
@@ -81,6 +93,30 @@ CREATE TABLE IF NOT EXISTS schedule_state (
     last_error TEXT DEFAULT '',
     last_missed REAL
 );
+CREATE TABLE IF NOT EXISTS seen_snapshots (
+    repo TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    kind TEXT,
+    source TEXT,
+    time TEXT,
+    seen REAL NOT NULL,
+    removed REAL,
+    PRIMARY KEY (repo, snapshot)
+);
+"""
+
+ADMIN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    user TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    snapshots TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS run_requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -94,79 +130,322 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """
 
+SCHEMAS = {"catalog": CATALOG_SCHEMA, "admin": ADMIN_SCHEMA}
 PROGRESS_INTERVAL = 0.25
+FULL_BELOW = 256 * 1024  # an I/O error with less free space than this is a full disk
+
+# The methods that write; lenient() skips their StateDirError.
+WRITES = frozenset({
+    "start_job", "progress", "end_job", "mark_verified", "replica_done", "replica_failed",
+    "replica_lag", "set_paused", "schedule_ran", "request_run", "take_requests",
+    "mark_interrupted", "audit", "mark_seen",
+})
+
+
+class StateDirError(EngineError):
+    """The state directory cannot be written: full, read-only, or not ours to write."""
+
+    def __init__(self, message: str, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet  # expected (a non-admin's read-only run): skipped without a word
+
+
+def safe_text(text: Any) -> str:
+    """Text as SQLite (UTF-8) can store it: bytes that were not UTF-8 (surrogate escapes
+    in file names) become ``\\xNN``, any other lone surrogate ``\\udNNN``."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def process_start(pid: int) -> str:
+    """When the process started (clock ticks since boot), '' when unknown: a pid that was
+    reused by a newer process has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    fields = data[data.rfind(b")") + 2:].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return not start or process_start(pid) in ("", start)
+
+
+def _sqlite_code(e: BaseException) -> int:
+    return int(getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF
 
 
 class Catalog:
-    def __init__(self, state_dir: str | os.PathLike[str]):
+    def __init__(self, state_dir: str | os.PathLike[str], admin_group: str = "backup-admins"):
         self.dir = Path(state_dir)
         self.path = self.dir / "catalog.sqlite"
+        self.admin_path = self.dir / "admin.sqlite"
+        self.host = socket.gethostname()
+        self._group = _group_id(admin_group)
         self._local = threading.local()
         self._last_write: dict[str, float] = {}
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        except OSError as e:
-            why = "exists and is not a directory" if isinstance(e, FileExistsError) else (
-                f"cannot create it: {e.strerror}")
-            raise EngineError(f"state directory {self.dir}: {why}") from None
-        try:
-            with self._conn() as db:
-                db.executescript(SCHEMA)
-        except sqlite3.Error as e:
-            raise EngineError(
-                f"catalog {self.path}: cannot open it: {e} (it is a cache of local history: "
-                "move it aside to start a new one)"
-            ) from None
+        self._warned = False
+        self.read_only = ""  # why this process cannot write the stores ('' when it can)
+        self._make_dir()
+        self._open()
+        with contextlib.suppress(StateDirError):
+            gone = self.mark_interrupted()
+            if gone:
+                log.warning("%d job(s) left running by a process that ended were marked "
+                            "interrupted", gone)
 
-    @contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        db = getattr(self._local, "db", None)
+    # ------------------------------------------------------------- opening
+    def _make_dir(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, mode=0o700)
+        except FileExistsError:
+            if not self.dir.is_dir():
+                raise EngineError(
+                    f"state directory {self.dir}: exists and is not a directory") from None
+            return
+        except PermissionError:
+            if os.path.lexists(self.dir):
+                return
+            self.read_only = (f"state directory {self.dir} does not exist and "
+                              f"{_user()} may not create it")
+            return
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StateDirError(self._full_message()) from None
+            raise EngineError(f"state directory {self.dir}: cannot create it: "
+                              f"{e.strerror}") from None
+        # Ours: readable by everyone (read-only commands), written by root and admins.
+        self._set_mode(self.dir, 0o2775 if self._group is not None else 0o755)
+
+    def _open(self) -> None:
+        if not self.read_only and not self._can_write():
+            self.read_only = f"{_user()} may not write {self.dir} (only admins may)"
+        for store in SCHEMAS:
+            try:
+                self._prepare(store)
+            except sqlite3.Error as e:
+                kind = self._classify(e)
+                if kind == "full":
+                    self.read_only = self._full_message()
+                    continue
+                if kind == "readonly":
+                    self.read_only = f"{_user()} may not write {self._path(store)}"
+                    continue
+                raise EngineError(
+                    f"catalog {self._path(store)}: cannot open it: {e} (it is a cache of "
+                    "local history: move it aside to start a new one)"
+                    if store == "catalog" else
+                    f"audit store {self._path(store)}: cannot open it: {e} (move it aside "
+                    "to start a new audit log; keep the old file as the record)"
+                ) from None
+
+    def _can_write(self) -> bool:
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            return False
+        names = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm",
+                 "admin.sqlite", "admin.sqlite-wal", "admin.sqlite-shm")
+        return all(os.access(self.dir / n, os.W_OK) for n in names
+                   if os.path.lexists(self.dir / n))
+
+    def _prepare(self, store: str) -> None:
+        path = self._path(store)
+        if self.read_only:
+            return
+        new = not path.exists()
+        with self._conn(store) as db:
+            db.executescript(SCHEMAS[store])
+            if store == "catalog":
+                cols = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+                for col in ("host", "pid_start"):
+                    if col not in cols:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {col} TEXT")
+        if new:
+            self._set_mode(path, 0o664 if self._group is not None else 0o644)
+        if store == "admin" and new:
+            self._migrate_admin()
+
+    def _migrate_admin(self) -> None:
+        """An older catalog kept the audit log and run requests itself: move them here."""
+        with self._conn("catalog") as cat:
+            tables = {r[0] for r in cat.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type='table'")}
+            if "audit" not in tables and "run_requests" not in tables:
+                return
+            audit = ([tuple(r) for r in cat.execute(
+                "SELECT seq, time, user, uid, action, target, snapshots, outcome, detail "
+                "FROM audit ORDER BY seq")] if "audit" in tables else [])
+            runs = ([tuple(r) for r in cat.execute(
+                "SELECT id, kind, requested, user, taken FROM run_requests")]
+                if "run_requests" in tables else [])
+        with self._conn("admin") as adm:
+            adm.execute("BEGIN IMMEDIATE")
+            adm.executemany("INSERT OR IGNORE INTO audit (seq, time, user, uid, action, target,"
+                            " snapshots, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?)", audit)
+            adm.executemany("INSERT OR IGNORE INTO run_requests (id, kind, requested, user, "
+                            "taken) VALUES (?,?,?,?,?)", runs)
+            adm.execute("COMMIT")
+        with self._conn("catalog") as cat:
+            cat.executescript("DROP TRIGGER IF EXISTS audit_no_update; "
+                              "DROP TRIGGER IF EXISTS audit_no_delete; "
+                              "DROP TABLE IF EXISTS audit; DROP TABLE IF EXISTS run_requests;")
+
+    def _set_mode(self, path: Path, mode: int) -> None:
+        """Mode and group of a file or folder this process just created (never another's)."""
+        try:
+            if self._group is not None:
+                os.chown(path, -1, self._group)
+            os.chmod(path, mode)
+        except OSError as e:
+            log.warning("cannot set mode %o on %s: %s", mode, path, e.strerror)
+
+    def _path(self, store: str) -> Path:
+        return self.path if store == "catalog" else self.admin_path
+
+    @contextlib.contextmanager
+    def _conn(self, store: str = "catalog") -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            db = self._read_only_conn(store)
+            try:
+                yield db
+            finally:
+                db.close()
+            return
+        conns = getattr(self._local, "dbs", None)
+        if conns is None:
+            conns = self._local.dbs = {}
+        db = conns.get(store)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self._path(store), timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.row_factory = sqlite3.Row
-            self._local.db = db
+            conns[store] = db
         yield db
+
+    def _read_only_conn(self, store: str) -> sqlite3.Connection:
+        """A store opened read-only; an empty one when it does not exist. A WAL database
+        whose -shm file is gone (no writer has it open) cannot be opened read-only by
+        SQLite: then it is read as immutable (it is not being written at that moment)."""
+        path = self._path(store)
+        if path.exists():
+            for query in ("mode=ro", "mode=ro&immutable=1"):
+                db = sqlite3.connect(f"file:{path}?{query}", uri=True, timeout=30,
+                                     isolation_level=None)
+                db.row_factory = sqlite3.Row
+                try:
+                    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                    return db
+                except sqlite3.Error:
+                    db.close()
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.executescript(SCHEMAS[store])
+        return db
+
+    # ------------------------------------------------------------- writing
+    def _write(self, store: str, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run one write; every failure becomes a named, clean error."""
+        if self.read_only:
+            if self.read_only.startswith("no space"):
+                raise StateDirError(self.read_only)
+            raise StateDirError(f"cannot write {self._path(store)}: {self.read_only}",
+                                quiet=True)
+        try:
+            with self._conn(store) as db:
+                return fn(db)
+        except sqlite3.Error as e:
+            kind = self._classify(e)
+            if kind == "full":
+                raise StateDirError(self._full_message()) from None
+            if kind == "readonly":
+                raise StateDirError(f"cannot write {self._path(store)}: {e}") from None
+            if kind == "corrupt":
+                raise EngineError(
+                    f"catalog {self._path(store)}: damaged: {e} (move it aside to start a new "
+                    "one; 'backup-tui catalog rebuild' refills it from the repository)"
+                ) from None
+            raise EngineError(f"catalog {self._path(store)}: {e}") from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StateDirError(self._full_message()) from None
+            raise
+
+    def _classify(self, e: BaseException) -> str:
+        code = _sqlite_code(e)
+        text = str(e).lower()
+        if code == 13 or "database or disk is full" in text:  # SQLITE_FULL
+            return "full"
+        if code in (8, 3) or "readonly" in text or "read-only" in text:  # READONLY, PERM
+            return "readonly"
+        if code in (10, 14):  # SQLITE_IOERR, SQLITE_CANTOPEN: full disk or no permission
+            if self._free() < FULL_BELOW:
+                return "full"
+            if not self._can_write():
+                return "readonly"
+        if code in (11, 26):  # SQLITE_CORRUPT, SQLITE_NOTADB
+            return "corrupt"
+        return "other"
+
+    def _free(self) -> int:
+        try:
+            return shutil.disk_usage(self.dir).free
+        except OSError:
+            return 1 << 62
+
+    def _full_message(self) -> str:
+        return (f"no space left on device in {self.dir} (the state directory): the catalog "
+                "cannot record this; nothing is corrupt, free some space there")
+
+    def lenient(self) -> Catalog:
+        """This catalog for a read-only command: writes that cannot be done are skipped
+        (one warning when the disk is full, none for a user who may not write)."""
+        return _Lenient(self)  # type: ignore[return-value]
+
+    def warn_skipped(self, e: StateDirError) -> None:
+        if not e.quiet and not self._warned:
+            self._warned = True
+            log.warning("%s; carrying on without recording", e)
 
     # ------------------------------------------------------------------- jobs
     def start_job(self, job_id: str, kind: str, target: str) -> None:
         now = time.time()
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO jobs (id, kind, target, state, started, pid, updated) "
-                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
-                (job_id, kind, target, now, os.getpid(), now),
-            )
+        pid = os.getpid()
+        self._write("catalog", lambda db: db.execute(
+            "INSERT INTO jobs (id, kind, target, state, started, pid, updated, host, pid_start)"
+            " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+            (job_id, kind, safe_text(target), now, pid, now, self.host, process_start(pid)),
+        ))
 
     def progress(self, event: Event) -> None:
         now = time.monotonic()
         if not event.final and now - self._last_write.get(event.job_id, 0) < PROGRESS_INTERVAL:
             return
         self._last_write[event.job_id] = now
-        with self._conn() as db:
-            db.execute(
-                "UPDATE jobs SET phase=?, bytes_done=?, bytes_total=?, items_done=?, "
-                "items_total=?, message=?, updated=? WHERE id=?",
-                (
-                    event.phase,
-                    event.bytes_done,
-                    event.bytes_total,
-                    event.items_done,
-                    event.items_total,
-                    event.message[:500],
-                    time.time(),
-                    event.job_id,
-                ),
-            )
+        self._write("catalog", lambda db: db.execute(
+            "UPDATE jobs SET phase=?, bytes_done=?, bytes_total=?, items_done=?, "
+            "items_total=?, message=?, updated=? WHERE id=?",
+            (safe_text(event.phase), event.bytes_done, event.bytes_total, event.items_done,
+             event.items_total, safe_text(event.message)[:500], time.time(), event.job_id),
+        ))
 
     def end_job(self, job_id: str, state: str, error: str = "", result: dict | None = None) -> None:
         self._last_write.pop(job_id, None)
-        with self._conn() as db:
-            db.execute(
-                "UPDATE jobs SET state=?, ended=?, error=?, result=?, updated=? WHERE id=?",
-                (state, time.time(), error[:2000], json.dumps(result or {}), time.time(), job_id),
-            )
+        self._write("catalog", lambda db: db.execute(
+            "UPDATE jobs SET state=?, ended=?, error=?, result=?, updated=? WHERE id=?",
+            (state, time.time(), safe_text(error)[:2000], json.dumps(result or {}), time.time(),
+             job_id),
+        ))
 
     def jobs(self, limit: int = 50) -> list[dict]:
         with self._conn() as db:
@@ -178,16 +457,36 @@ class Catalog:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             return dict(row) if row else None
 
+    def mark_interrupted(self) -> int:
+        """Jobs left 'running' by a process of this host that is gone (killed, or its pid
+        reused by another process) become 'interrupted'. Run by whoever opens the catalog;
+        jobs of other hosts are theirs to judge."""
+        with self._conn() as db:
+            rows = [dict(r) for r in db.execute("SELECT * FROM jobs WHERE state='running'")]
+        gone = [r["id"] for r in rows
+                if (r.get("host") or self.host) == self.host
+                and (not r["pid"] or not process_alive(int(r["pid"]), r.get("pid_start")))]
+        if not gone:
+            return 0
+
+        def mark(db: sqlite3.Connection) -> None:
+            for jid in gone:
+                db.execute("UPDATE jobs SET state='interrupted', ended=?, error=? "
+                           "WHERE id=? AND state='running'",
+                           (time.time(), "the process running it ended", jid))
+
+        self._write("catalog", mark)
+        return len(gone)
+
     # --------------------------------------------------------------- verified
     def mark_verified(self, snapshot_ids: list[str], read_data: bool) -> None:
         now = time.time()
-        with self._conn() as db:
-            db.executemany(
-                "INSERT INTO verified (snapshot, time, read_data) VALUES (?, ?, ?) "
-                "ON CONFLICT(snapshot) DO UPDATE SET time=excluded.time, "
-                "read_data=excluded.read_data",
-                [(sid, now, int(read_data)) for sid in snapshot_ids],
-            )
+        self._write("catalog", lambda db: db.executemany(
+            "INSERT INTO verified (snapshot, time, read_data) VALUES (?, ?, ?) "
+            "ON CONFLICT(snapshot) DO UPDATE SET time=excluded.time, "
+            "read_data=excluded.read_data",
+            [(sid, now, int(read_data)) for sid in snapshot_ids],
+        ))
 
     def verified(self) -> dict[str, float]:
         """Snapshot id -> time of the last verify that found it sound."""
@@ -198,42 +497,48 @@ class Catalog:
     def replica_done(self, replica: str, snapshots: list[str]) -> None:
         """A replication run succeeded: these snapshots are complete in the replica."""
         now = time.time()
-        with self._conn() as db:
+
+        def write(db: sqlite3.Connection) -> None:
             db.execute("BEGIN")
-            db.execute("DELETE FROM replica_snapshots WHERE replica=?", (replica,))
-            db.executemany(
-                "INSERT INTO replica_snapshots (replica, snapshot, time) VALUES (?, ?, ?)",
-                [(replica, s, now) for s in snapshots],
-            )
-            db.execute(
-                "INSERT INTO replica_state (replica, last_success, objects_behind, bytes_behind,"
-                " checked) VALUES (?, ?, 0, 0, ?) ON CONFLICT(replica) DO UPDATE SET "
-                "last_success=excluded.last_success, objects_behind=0, bytes_behind=0, "
-                "checked=excluded.checked",
-                (replica, now, now),
-            )
-            db.execute("COMMIT")
+            try:
+                db.execute("DELETE FROM replica_snapshots WHERE replica=?", (replica,))
+                db.executemany(
+                    "INSERT INTO replica_snapshots (replica, snapshot, time) VALUES (?, ?, ?)",
+                    [(replica, s, now) for s in snapshots],
+                )
+                db.execute(
+                    "INSERT INTO replica_state (replica, last_success, objects_behind, "
+                    "bytes_behind, checked) VALUES (?, ?, 0, 0, ?) ON CONFLICT(replica) DO "
+                    "UPDATE SET last_success=excluded.last_success, objects_behind=0, "
+                    "bytes_behind=0, checked=excluded.checked",
+                    (replica, now, now),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        self._write("catalog", write)
 
     def replica_failed(self, replica: str, error: str) -> None:
         now = time.time()
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO replica_state (replica, last_error, last_error_time, checked) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT(replica) DO UPDATE SET "
-                "last_error=excluded.last_error, last_error_time=excluded.last_error_time, "
-                "checked=excluded.checked",
-                (replica, error[:2000], now, now),
-            )
+        self._write("catalog", lambda db: db.execute(
+            "INSERT INTO replica_state (replica, last_error, last_error_time, checked) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(replica) DO UPDATE SET "
+            "last_error=excluded.last_error, last_error_time=excluded.last_error_time, "
+            "checked=excluded.checked",
+            (replica, safe_text(error)[:2000], now, now),
+        ))
 
     def replica_lag(self, replica: str, objects: int, nbytes: int) -> None:
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO replica_state (replica, objects_behind, bytes_behind, checked) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT(replica) DO UPDATE SET "
-                "objects_behind=excluded.objects_behind, bytes_behind=excluded.bytes_behind, "
-                "checked=excluded.checked",
-                (replica, objects, nbytes, time.time()),
-            )
+        self._write("catalog", lambda db: db.execute(
+            "INSERT INTO replica_state (replica, objects_behind, bytes_behind, checked) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(replica) DO UPDATE SET "
+            "objects_behind=excluded.objects_behind, bytes_behind=excluded.bytes_behind, "
+            "checked=excluded.checked",
+            (replica, objects, nbytes, time.time()),
+        ))
 
     def replica_presence(self) -> dict[str, set[str]]:
         """Replica name -> ids of snapshots complete there (as of the last run)."""
@@ -253,70 +558,62 @@ class Catalog:
             return {r["kind"]: dict(r) for r in db.execute("SELECT * FROM schedule_state")}
 
     def set_paused(self, kind: str, paused: bool) -> None:
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO schedule_state (kind, paused) VALUES (?, ?) "
-                "ON CONFLICT(kind) DO UPDATE SET paused=excluded.paused",
-                (kind, int(paused)),
-            )
+        self._write("catalog", lambda db: db.execute(
+            "INSERT INTO schedule_state (kind, paused) VALUES (?, ?) "
+            "ON CONFLICT(kind) DO UPDATE SET paused=excluded.paused",
+            (kind, int(paused)),
+        ))
 
     def schedule_ran(self, kind: str, result: str, error: str = "",
                      missed: float | None = None) -> None:
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO schedule_state (kind, last_run, last_result, last_error, last_missed)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET "
-                "last_run=excluded.last_run, last_result=excluded.last_result, "
-                "last_error=excluded.last_error, last_missed=excluded.last_missed",
-                (kind, time.time(), result, error[:2000], missed),
-            )
+        self._write("catalog", lambda db: db.execute(
+            "INSERT INTO schedule_state (kind, last_run, last_result, last_error, last_missed)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET "
+            "last_run=excluded.last_run, last_result=excluded.last_result, "
+            "last_error=excluded.last_error, last_missed=excluded.last_missed",
+            (kind, time.time(), result, safe_text(error)[:2000], missed),
+        ))
 
     def request_run(self, kind: str, user: str) -> int:
-        with self._conn() as db:
-            cur = db.execute("INSERT INTO run_requests (kind, requested, user) VALUES (?, ?, ?)",
-                             (kind, time.time(), user))
-            return int(cur.lastrowid)
+        """Queue a "run now" in the admin store (only admins can write it)."""
+        return int(self._write("admin", lambda db: db.execute(
+            "INSERT INTO run_requests (kind, requested, user) VALUES (?, ?, ?)",
+            (kind, time.time(), safe_text(user))).lastrowid))
 
     def take_requests(self) -> list[dict]:
         """Claim pending run-now requests (atomically: one taker gets each)."""
-        with self._conn() as db:
+        def take(db: sqlite3.Connection) -> list[dict]:
             db.execute("BEGIN IMMEDIATE")
-            rows = [dict(r) for r in db.execute(
-                "SELECT * FROM run_requests WHERE taken IS NULL ORDER BY id")]
-            if rows:
-                db.execute("UPDATE run_requests SET taken=? WHERE taken IS NULL", (time.time(),))
-            db.execute("COMMIT")
+            try:
+                rows = [dict(r) for r in db.execute(
+                    "SELECT * FROM run_requests WHERE taken IS NULL ORDER BY id")]
+                if rows:
+                    db.execute("UPDATE run_requests SET taken=? WHERE taken IS NULL",
+                               (time.time(),))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
             return rows
 
-    def mark_interrupted(self) -> int:
-        """Jobs left 'running' by a process that is gone (killed) become 'interrupted'."""
-        with self._conn() as db:
-            rows = db.execute("SELECT id, pid FROM jobs WHERE state='running'").fetchall()
-            gone = [r["id"] for r in rows if not r["pid"] or not pid_alive(int(r["pid"]))]
-            for jid in gone:
-                db.execute("UPDATE jobs SET state='interrupted', ended=?, error=? WHERE id=?",
-                           (time.time(), "the process running it ended", jid))
-            return len(gone)
+        return self._write("admin", take)
 
     # ------------------------------------------------------------------ audit
     def audit(
         self, action: str, target: str, outcome: str, snapshots: list[str] = (), detail: str = ""
     ) -> None:
         uid = os.getuid()
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = str(uid)
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO audit (time, user, uid, action, target, snapshots, outcome, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), user, uid, action, target, json.dumps(list(snapshots)), outcome,
-                 detail[:2000]),
-            )
+        user = _user()
+        self._write("admin", lambda db: db.execute(
+            "INSERT INTO audit (time, user, uid, action, target, snapshots, outcome, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), safe_text(user), uid, safe_text(action), safe_text(target),
+             json.dumps(list(snapshots)), safe_text(outcome), safe_text(detail)[:2000]),
+        ))
 
     def audit_log(self, limit: int = 200) -> list[dict]:
-        with self._conn() as db:
+        with self._conn("admin") as db:
             rows = db.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,))
             out = []
             for r in rows:
@@ -336,28 +633,80 @@ class Catalog:
     def seen_snapshots(self, repo_id: str) -> dict[str, dict]:
         """Snapshot id -> {kind, source, time} of those seen in repo_id and never removed
         by this tool (forget, cleanup)."""
-        with self._conn() as db:
-            db.execute(self._SEEN)
-            rows = db.execute("SELECT snapshot, kind, source, time FROM seen_snapshots "
-                              "WHERE repo=? AND removed IS NULL", (repo_id,))
-            return {r["snapshot"]: {"kind": r["kind"], "source": r["source"],
-                                    "time": r["time"]} for r in rows}
+        try:
+            with self._conn() as db:
+                rows = db.execute("SELECT snapshot, kind, source, time FROM seen_snapshots "
+                                  "WHERE repo=? AND removed IS NULL", (repo_id,)).fetchall()
+        except sqlite3.OperationalError:  # no such table yet: nothing was seen
+            return {}
+        return {r["snapshot"]: {"kind": r["kind"], "source": r["source"], "time": r["time"]}
+                for r in rows}
 
     def mark_seen(self, repo_id: str, snapshots: list[dict], removed: list[str] = ()) -> None:
         """Record snapshot records (``id``, ``kind``, ``source``, ``time``) as seen in
         repo_id, and the ids in ``removed`` as deleted by this tool (that sticks: a later
         sighting does not make a removed one expected again)."""
         now = time.time()
-        with self._conn() as db:
+
+        def write(db: sqlite3.Connection) -> None:
             db.execute(self._SEEN)
             db.execute("BEGIN")
-            db.executemany(
-                "INSERT INTO seen_snapshots (repo, snapshot, kind, source, time, seen) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(repo, snapshot) DO NOTHING",
-                [(repo_id, s["id"], str(s.get("kind", "")), str(s.get("source", "")),
-                  str(s.get("time", "")), now) for s in snapshots])
-            db.executemany(
-                "INSERT INTO seen_snapshots (repo, snapshot, seen, removed) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(repo, snapshot) DO UPDATE SET removed=excluded.removed",
-                [(repo_id, sid, now, now) for sid in removed])
-            db.execute("COMMIT")
+            try:
+                db.executemany(
+                    "INSERT INTO seen_snapshots (repo, snapshot, kind, source, time, seen) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(repo, snapshot) DO NOTHING",
+                    [(repo_id, s["id"], safe_text(str(s.get("kind", ""))),
+                      safe_text(str(s.get("source", ""))), safe_text(str(s.get("time", ""))),
+                      now) for s in snapshots])
+                db.executemany(
+                    "INSERT INTO seen_snapshots (repo, snapshot, seen, removed) VALUES "
+                    "(?, ?, ?, ?) ON CONFLICT(repo, snapshot) DO UPDATE SET "
+                    "removed=excluded.removed", [(repo_id, sid, now, now) for sid in removed])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        self._write("catalog", write)
+
+class _Lenient:
+    """A Catalog whose writes skip StateDirError (see Catalog.lenient)."""
+
+    def __init__(self, catalog: Catalog):
+        self._catalog = catalog
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._catalog, name)
+        if name not in WRITES:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except StateDirError as e:
+                self._catalog.warn_skipped(e)
+                return None
+
+        return call
+
+    def lenient(self) -> _Lenient:
+        return self
+
+
+def _user() -> str:
+    """The real user (from the uid: $USER and $LOGNAME are the caller's to set)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+__all__ = ["Catalog", "StateDirError", "safe_text"]

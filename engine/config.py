@@ -191,6 +191,22 @@ class Config:
         return env if env else None
 
 
+_warned_unused: set[str] = set()
+
+
+def warn_password_unused(location: str) -> None:
+    """A password was given (password_file or $BACKUP_TUI_PASSWORD) for a repository that is
+    not encrypted: it protects nothing, said once per process and location."""
+    import logging
+
+    if location in _warned_unused:
+        return
+    _warned_unused.add(location)
+    logging.getLogger("backup_tui.config").warning(
+        "%s: the repository is NOT encrypted: the password given (repository.password_file "
+        "or $BACKUP_TUI_PASSWORD) is not used and protects nothing", location)
+
+
 def _warn_if_readable_by_others(path: str) -> None:
     """A secret readable by others is said loudly (not refused)."""
     import logging

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from engine import metrics, notify, security
 from engine.catalog import Catalog
-from engine.config import Config
+from engine.config import Config, warn_password_unused
 from engine.errors import EngineError, NotFound, RepositoryError, UsageError
 from engine.events import CancelToken, EventCallback, ignore
 from engine.jobs import Job, run_job
@@ -33,6 +33,7 @@ from engine.ops import adopt as adopt_op
 from engine.ops import backup as backup_op
 from engine.ops import cleanup as cleanup_op
 from engine.ops import dump as dump_op
+from engine.ops import init as init_op
 from engine.ops import locks as locks_op
 from engine.ops import prune as prune_op
 from engine.ops import rebuild as rebuild_op
@@ -80,7 +81,8 @@ class Engine:
     def catalog(self) -> Catalog:
         with self._open_lock:
             if self._catalog is None:
-                self._catalog = Catalog(self.config.state_dir)
+                self._catalog = Catalog(self.config.state_dir,
+                                        self.config.security.admin_group)
             return self._catalog
 
     def reopen_catalog(self) -> Catalog:
@@ -91,7 +93,14 @@ class Engine:
     def repo(self) -> Repository:
         with self._open_lock:
             if self._repo is None:
-                self._repo = Repository.open(self.backend, self.config.password())
+                password = self.config.password()
+                try:
+                    self._repo = Repository.open(self.backend, password)
+                except RepositoryError:
+                    init_op.explain_missing_config(self.backend, self.replica_names())
+                    raise
+                if password and not self._repo.keys.encrypted:
+                    warn_password_unused(self.backend.location)
             return self._repo
 
     def refresh(self) -> None:
@@ -105,12 +114,16 @@ class Engine:
 
     @contextlib.contextmanager
     def job(self, kind: str, target: str, on_event: EventCallback = ignore,
-            admin: str | None = None, record: bool = True) -> Iterator[Job]:
+            admin: str | None = None, record: bool = True,
+            read_only: bool = False) -> Iterator[Job]:
         """Run the body as a job (engine/jobs.py); ``admin`` names the action when only
-        an admin may do it; record=False for an instant action (audited, no job row)."""
+        an admin may do it; record=False for an instant action (audited, no job row);
+        read_only=True for a command anyone may run: its bookkeeping is skipped when the
+        catalog cannot be written (another user's, or a full disk)."""
         if admin:
             self._admin(admin)
-        with run_job(self.catalog, kind, target, on_event, self._after_job, record) as job:
+        catalog = self.catalog.lenient() if read_only else self.catalog
+        with run_job(catalog, kind, target, on_event, self._after_job, record) as job:
             yield job
 
     def _after_job(self, job_id: str) -> None:
@@ -136,6 +149,7 @@ class Engine:
         self._admin("init")
         password = self.config.password()
         catalog = self.catalog  # a broken state dir fails here, before a repository is made
+        init_op.refuse_existing(self.backend, self.replica_names())
         repo = Repository.init(self.backend, password, self.config.repository.compression,
                                self.kdf)
         self._repo = repo
@@ -208,11 +222,12 @@ class Engine:
         repo = self.repo()
         ids = [self.snapshot(r)["id"] for r in refs] if refs else None
         target = ",".join(i[:8] for i in ids) if ids else "all"
-        with self.job("verify", target, on_event) as job, self._reading("verify"):
-            report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel,
-                                      self.catalog)
+        catalog = self.catalog.lenient()  # a read-only command: bookkeeping if it can
+        with self.job("verify", target, on_event, read_only=True) as job, \
+                self._reading("verify"):
+            report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel, catalog)
             bad = {sid for p in report.problems for sid in p.snapshots}
-            self.catalog.mark_verified([s for s in report.snapshots if s not in bad], read_data)
+            catalog.mark_verified([s for s in report.snapshots if s not in bad], read_data)
             job.audit_target = "read-data" if read_data else "quick"
             job.outcome = "ok" if report.ok else "problems"
             job.objects = report.snapshots
