@@ -205,6 +205,24 @@ def test_a_live_foreign_lock_that_keeps_changing_is_never_stale(engine, clock):
         clock(300)
 
 
+def test_a_live_foreign_lock_with_a_clock_behind_is_kept_once_seen_changing(engine, clock):
+    repo = Path(engine.backend.root)
+    loc, name = engine.backend.location, f"locks/{'d' * 32}"
+    behind = time.time() - 2 * STALE  # its clock is an hour behind ours
+
+    def refresh(seq: int) -> bytes:
+        write_lock(repo, "d" * 32, host="behind", pid=8, seq=seq, time=behind + seq * 300)
+        return (repo / "locks" / ("d" * 32)).read_bytes()
+
+    first = judge(loc, name, refresh(1))
+    assert first.stale  # by its time; at first sight nothing else is known
+    clock(300)
+    second = judge(loc, name, refresh(2))  # but it was written again: its holder lives
+    assert not second.stale and "behind" in second.why
+    clock(STALE + 1)  # then silent for the stale timeout
+    assert judge(loc, name, (repo / "locks" / ("d" * 32)).read_bytes()).stale
+
+
 def test_a_garbage_lock_is_listed_blocks_and_goes_stale(sandbox, clock):
     eng = sandbox.engine(init=True)
     repo = sandbox.repo

@@ -12,8 +12,9 @@ the repository forever:
   ``pid``, a ``pid`` now running another program, or a record from before the
   last boot), or when it was not refreshed for STALE seconds (one clock);
 * taken on another host: stale when its ``time`` is more than STALE seconds in
-  the past, or when its content has not changed for STALE seconds *as observed
-  here* (this host's monotonic clock, kept across runs in an observation file
+  the past (unless this host saw it change within STALE: a live holder whose
+  clock is behind), or when its content has not changed for STALE seconds *as
+  observed here* (this host's monotonic clock, kept across runs in an observation file
   where the caller provides one, see `set_observation_file`). A holder rewrites
   its record (``time`` and the refresh counter ``seq``) every REFRESH seconds,
   so a live holder keeps changing it whatever its clock says; a lock dated in
@@ -107,8 +108,9 @@ class Observations:
         self.path: Path | None = None
         self.clock = time.monotonic  # this host's clock that no one can set (tests move it)
 
-    def unchanged_for(self, location: str, name: str, content: bytes) -> float:
-        """Seconds this content of the lock has been seen unchanged (0 when new)."""
+    def unchanged_for(self, location: str, name: str, content: bytes) -> tuple[float, bool]:
+        """Seconds this content of the lock has been seen unchanged (0 when new), and
+        whether this host saw the lock change (another content before this one)."""
         key = f"{location}\n{name}"
         digest = hashlib.sha256(content).hexdigest()
         now, boot = self.clock(), boot_id()
@@ -118,16 +120,11 @@ class Observations:
             if (isinstance(seen, dict) and seen.get("digest") == digest
                     and seen.get("boot") == boot and isinstance(seen.get("since"), int | float)
                     and seen["since"] <= now):
-                return now - float(seen["since"])
-            table[key] = {"digest": digest, "since": now, "boot": boot}
+                return now - float(seen["since"]), bool(seen.get("changed"))
+            changed = isinstance(seen, dict) and seen.get("boot") == boot
+            table[key] = {"digest": digest, "since": now, "boot": boot, "changed": changed}
             self._save(table)
-            return 0.0
-
-    def forget(self, location: str, name: str) -> None:
-        with self._lock:
-            table = self._load()
-            if table.pop(f"{location}\n{name}", None) is not None:
-                self._save(table)
+            return 0.0, changed
 
     def _load(self) -> dict[str, dict]:
         if self.path is None:
@@ -219,7 +216,7 @@ def judge(location: str, name: str, content: bytes, now: float | None = None,
     """Judge one lock record (see the module docstring for the rules)."""
     now = time.time() if now is None else now
     info = LockInfo(id=name.rpartition("/")[2], name=name, readable=False)
-    info.unchanged = OBSERVATIONS.unchanged_for(location, name, content)
+    info.unchanged, changed = OBSERVATIONS.unchanged_for(location, name, content)
     try:
         rec = json.loads(content)
     except (ValueError, RecursionError):
@@ -249,9 +246,12 @@ def judge(location: str, name: str, content: bytes, now: float | None = None,
         else:
             info.alive, info.why = True, f"process {pid} is running"
         return info
-    if info.age > stale_after:
+    if info.age > stale_after and not (changed and info.unchanged < stale_after):
         info.stale = True
         info.why = f"not refreshed for {int(info.age)} s (by its time)"
+    elif info.age > stale_after:
+        info.why = (f"dated {int(info.age)} s ago, but seen refreshed here "
+                    f"{int(info.unchanged)} s ago (its clock is behind?)")
     elif info.unchanged >= stale_after:
         info.stale = True
         dated = " dated in the future," if info.age < -FUTURE_SLACK else ""
@@ -322,8 +322,8 @@ class RepoLock:
             if info.stale:
                 log.info("%s: removing stale %s: %s", self.backend.location, info.describe(),
                          info.why)
-                self.backend.delete(info.name)
-                OBSERVATIONS.forget(self.backend.location, info.name)
+                self.backend.delete(info.name)  # its observation stays: if its holder
+                # is alive after all and writes it again, it is seen changing (judge)
                 if not info.dead_owner:
                     self.removed_maybe_live.append(info)
                 continue
@@ -336,7 +336,12 @@ class RepoLock:
         told = False
         while True:
             self.backend.put(self.name, self._record())
-            conflicts = self._conflicts()
+            try:
+                conflicts = self._conflicts()
+            except BaseException:  # listing failed: withdraw ours, say why
+                with contextlib.suppress(Exception):
+                    self.backend.delete(self.name)
+                raise
             if not conflicts:
                 break
             self.backend.delete(self.name)
