@@ -85,6 +85,9 @@ def test_lost_index_file_is_rebuilt_from_the_packs(files_sb, tmp_path):
     index_files[1].unlink()  # one backup's index file is lost
     proc = sb.cli("verify")
     assert proc.returncode == 1  # the snapshots' blobs are in no index
+    proc = sb.cli("cleanup")
+    assert proc.returncode == 1
+    assert b"'backup-tui repair' rebuilds the index from the packs" in proc.stderr
 
     # the dry run reports the rebuild and writes nothing
     before = repository_state(sb)
@@ -301,3 +304,23 @@ def test_lost_trees_are_named_by_directory(files_sb):
     assert report.prune is None and "nothing removed" in report.prune_skipped
     assert report.index_rewritten  # the lost pack is no longer named
     assert eng.verify([first], read_data=True).ok
+
+
+def test_unreadable_snapshot_forgotten_by_full_id(files_sb):
+    """cleanup refuses while a snapshot cannot be read and names the way out; forget
+    takes the full id of a snapshot that cannot be read; then cleanup runs."""
+    sb = files_sb
+    eng = sb.engine(init=True)
+    first = eng.backup("files", "src").id
+    (sb.src / "c.txt").write_text("gamma\n")
+    second = eng.backup("files", "src").id
+    flip(sb.repo / "snapshots" / first, 40)
+    proc = sb.cli("cleanup")
+    assert proc.returncode == 1 and f"backup-tui forget {first} --yes".encode() in proc.stderr
+    out = cli_json(sb, "repair", code=1)
+    assert [u.split(":")[0] for u in out["unreadable_snapshots"]] == [f"snapshots/{first}"]
+    out = cli_json(sb, "forget", first, "--yes")
+    assert out["forgotten"] == [first]
+    assert cli_json(sb, "cleanup")["prune"]["snapshots"] == 1
+    assert sb.cli("verify", "--read-data").returncode == 0
+    assert (sb.repo / "snapshots" / second).exists()

@@ -176,8 +176,8 @@ def used_blobs(repo: Repository) -> set[str]:
         names = ", ".join(f"index/{i}" for i in sorted(repo.index_errors))
         raise PruneRefused(
             f"cleanup refused: damaged index file(s) {names}: the blobs they name are "
-            "unknown and could be deleted while in use; run 'backup-tui verify' and repair "
-            "the index first"
+            "unknown and could be deleted while in use; 'backup-tui repair' rebuilds the "
+            "index from the packs"
         )
     used: set[str] = set()
     seen_trees: set[str] = set()
@@ -187,14 +187,15 @@ def used_blobs(repo: Repository) -> set[str]:
         except EngineError as e:
             raise PruneRefused(
                 f"cleanup refused: snapshots/{sid} cannot be read ({e}); the data it uses is "
-                "unknown. Repair it from a replica, or forget it explicitly, then clean up"
+                f"unknown. 'backup-tui repair --from REPLICA' fetches it again, or 'backup-tui "
+                f"forget {sid} --yes' drops it; then clean up"
             ) from None
         try:
             _snapshot_blobs(repo, snap, used, seen_trees)
         except EngineError as e:
             raise PruneRefused(
-                f"cleanup refused: the data of snapshot {sid} cannot be listed ({e}); run "
-                "'backup-tui verify'"
+                f"cleanup refused: the data of snapshot {sid} cannot be listed ({e}); "
+                "'backup-tui repair' rebuilds the index from the packs and names what is lost"
             ) from None
     return used
 
@@ -338,7 +339,8 @@ def _prune(
         raise PruneRefused(
             f"cleanup refused: {len(missing)} blob(s) used by snapshots are in no index "
             f"(e.g. {sorted(missing)[0]}); an index file may be lost, and the packs it named "
-            "would look like garbage. Run 'backup-tui verify'"
+            "would look like garbage. 'backup-tui repair' rebuilds the index from the packs "
+            "(and names what is lost)"
         )
     report.blobs_kept = len(used)
     cancel.check()

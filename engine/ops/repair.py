@@ -171,8 +171,9 @@ def repair(engine: Engine, dry_run: bool, from_replica: str | None,
 
 
 def forget(engine: Engine, refs: list[str], force: bool = False) -> dict:
-    """Delete the snapshot records ``refs`` name (ids, prefixes, 'latest'). A full id of
-    a snapshot that already vanished is accepted: its loss is recorded."""
+    """Delete the snapshot records ``refs`` name (ids, prefixes, 'latest'). A full id is
+    taken as it is: a snapshot that cannot be read can be forgotten, and one that already
+    vanished is accepted (its loss is recorded)."""
     repo = engine.repo()
     key = verify_op.seen_key(repo)
     seen = engine.catalog.seen_snapshots(key)
@@ -180,7 +181,9 @@ def forget(engine: Engine, refs: list[str], force: bool = False) -> dict:
     ids: list[str] = []
     gone: list[str] = []
     for ref in refs:
-        if _HEX64.match(ref) and ref not in present and ref in seen:
+        if _HEX64.match(ref) and ref in present:
+            ids.append(ref)  # also one that cannot be read any more
+        elif _HEX64.match(ref) and ref in seen:
             gone.append(ref)
         else:
             ids.append(engine.snapshot(ref)["id"])
