@@ -106,6 +106,12 @@ def build_parser() -> ArgParser:
                     help="a [[replica]] to fetch damaged or missing objects from")
     _json_flag(rr)
 
+    dr = sub.add_parser("doctor", help="find what interrupted runs left (temporary databases "
+                        "of killed restores); --fix cleans it up (admin)")
+    dr.add_argument("--fix", action="store_true",
+                    help="drop what this tool recorded as its own leftovers")
+    _json_flag(dr)
+
     rp = sub.add_parser("replicate", help="copy what each S3 replica lacks")
     rp.add_argument("--replica")
     rp.add_argument("--repair", action="store_true",
@@ -775,7 +781,30 @@ def cmd_lock(args, engine: Engine) -> int:
     return 0
 
 
+def cmd_doctor(args, engine: Engine) -> int:
+    rep = engine.doctor(fix=args.fix)
+    if args.json:
+        out_json(rep.as_json())
+        return 0 if rep.ok else 1
+    for line in rep.fixed:
+        print(f"fixed: {line}")
+    for line in rep.to_fix:
+        print(f"to fix: {line}")
+    for line in rep.running:
+        print(f"running: {line}")
+    for line in rep.notes:
+        print(f"note: {line}")
+    for line in rep.problems:
+        print(f"PROBLEM: {line}")
+    if rep.to_fix:
+        print("run 'backup-tui doctor --fix' to clean this up")
+    elif rep.ok:
+        print("ok: nothing left by interrupted runs")
+    return 0 if rep.ok else 1
+
+
 COMMANDS = {
+    "doctor": cmd_doctor,
     "lock": cmd_lock,
     "forget": cmd_forget,
     "repair": cmd_repair,

@@ -32,6 +32,7 @@ from engine.jobs import Job, run_job
 from engine.ops import adopt as adopt_op
 from engine.ops import backup as backup_op
 from engine.ops import cleanup as cleanup_op
+from engine.ops import doctor as doctor_op
 from engine.ops import dump as dump_op
 from engine.ops import init as init_op
 from engine.ops import locks as locks_op
@@ -419,6 +420,16 @@ class Engine:
             job.detail = "; ".join(f"{r['id']} {r['purpose']} pid {r['pid']} on {r['host']}"
                                    for r in removed) or "none"
         return removed
+
+    def doctor(self, fix: bool = False) -> doctor_op.DoctorReport:
+        """What interrupted runs left behind (temporary databases of killed restores, their
+        staged folders); fix=True (admin, audited) cleans up what this tool recorded."""
+        if not fix:
+            return doctor_op.doctor(self.config)
+        with self.job("doctor", "fix", admin="doctor --fix", record=False) as job:
+            report = doctor_op.doctor(self.config, fix=True)
+            job.detail = "; ".join(report.fixed)[:500] or "nothing to fix"
+        return report
 
     def audit_log(self, limit: int = 200) -> list[dict]:
         return self.catalog.audit_log(limit)

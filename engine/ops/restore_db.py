@@ -16,23 +16,46 @@ are never changed unless the saved globals are applied on purpose
 (``with_globals``); ``create_missing_roles`` only creates the roles the archive
 and those properties name and the server lacks. Which roles those are is read
 from the archive's table of contents before anything is written.
+
+Crash safety (a kill at any moment, SIGKILL included). Before the temporary
+database is created, a journal entry (``<state>/restore-db/<job>.json``, written
+atomically) records which temporary database this run is about to create, on
+which ``[[database]]``, by which process; its oid is added as soon as it exists.
+The swap is one transaction: ``ALTER DATABASE .. RENAME`` may run inside a
+transaction block, and the renames (and the owner handed over) commit together
+or not at all, so the original never loses its name and is never closed to
+connections (``datallowconn`` is not touched; the rename's exclusive lock on the
+database holds back new sessions until the commit). A run that dies leaves at
+most its temporary database and its journal entry: the next ``restore db`` on
+the same server, or ``backup-tui doctor --fix``, drops that database -- only
+when the journal names it and (once known) its oid still matches, never by its
+name alone -- and removes the entry. The entry goes when its run ends.
+
+Fault points for tests: ``BACKUP_TUI_FAULT_POINT=NAME`` makes the process
+SIGKILL itself when it reaches the point of that name (``_fault_point``; the
+names are in ``FAULT_POINTS``). Unset, the points cost one dict look-up.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 from engine.errors import EngineError, UsageError
 from engine.events import CancelToken, Event, EventCallback
+from engine.repo import locks as host
 from engine.repo.repository import Repository
 from engine.sources.pgconn import PgTarget, existing_roles, find_tool
 from engine.sources.postgres import (
@@ -411,9 +434,247 @@ def _exec(server: PgTarget, *statements) -> None:
         conn.close()
 
 
+def _oid(server: PgTarget, name: str) -> int | None:
+    conn = _maintenance(server)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT oid::bigint FROM pg_database WHERE datname = %s", (name,))
+            row = cur.fetchone()
+            return int(row[0]) if row else None
+    finally:
+        conn.close()
+
+
 def _drop(server: PgTarget, name: str) -> None:
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     _exec(server, (drop,))
+
+
+# ------------------------------------------------------------- crash safety
+FAULT_POINTS = (
+    "journal",         # the entry is written, the temporary database not yet created
+    "created",         # CREATE DATABASE done, its oid not yet in the journal
+    "pg_restore",      # pg_restore is running (after the first bytes of the stream)
+    "restored",        # pg_restore finished, properties not yet applied
+    "properties",      # the owner of the temporary database set, its ACL not yet
+    "applied",         # properties applied, swap not yet begun
+    "swap-begin",      # the swap transaction open, clients of the target terminated
+    "swap-renamed-old",  # inside it: the target renamed to its dated name
+    "swap-renamed-new",  # inside it: the temporary database renamed to the target's
+    "swapped",         # committed; the journal entry not yet removed
+)
+
+
+def _fault_point(name: str) -> None:
+    """Tests: die here, as a SIGKILL would, when BACKUP_TUI_FAULT_POINT names this point."""
+    if os.environ.get("BACKUP_TUI_FAULT_POINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def journal_dir(state_dir: str | os.PathLike[str]) -> str:
+    return os.path.join(os.fspath(state_dir), "restore-db")
+
+
+class SwapJournal:
+    """One run's entry: what it is about to create and where, durable before it acts."""
+
+    def __init__(self, folder: str, plan: DbRestorePlan, job_id: str, staged: str | None):
+        self.path = os.path.join(folder, f"{re.sub(r'[^A-Za-z0-9_.-]', '_', job_id)}.json")
+        self.entry = {
+            "version": 1, "job": job_id, "time": datetime.now(UTC).isoformat(),
+            "host": host.hostname(), "boot": host.boot_id(), "pid": os.getpid(),
+            "pid_start": host.pid_start(os.getpid()),
+            "kind": plan.snapshot.get("kind"), "source": plan.server.name,
+            "where": plan.server.where.rsplit("/", 1)[0],
+            "target_db": plan.target_db, "temp_db": plan.temp_db, "temp_oid": None,
+            "old_db": plan.old_db, "target_oid": None, "drop_old": plan.drop_old,
+            "staged": staged, "phase": "creating",
+        }
+
+    def write(self, **changes) -> None:
+        self.entry.update(changes)
+        folder = os.path.dirname(self.path)
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, json.dumps(self.entry, indent=1).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(folder)
+        except OSError as e:
+            raise EngineError(f"cannot record the database restore in {self.path}: "
+                              f"{e.strerror or e}; nothing was changed on the server") from None
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+            _fsync_dir(os.path.dirname(self.path))
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class JournalEntry:
+    path: str
+    entry: dict
+
+    @property
+    def source(self) -> str:
+        return str(self.entry.get("source", ""))
+
+    def alive(self) -> bool:
+        """Is the run that wrote it still running (this host, this boot, same process)?"""
+        e = self.entry
+        if e.get("host") != host.hostname():
+            return True  # another host's run: not ours to judge
+        if e.get("boot") and host.boot_id() and e["boot"] != host.boot_id():
+            return False
+        pid = e.get("pid")
+        if not isinstance(pid, int) or not host.pid_alive(pid):
+            return False
+        return e.get("pid_start") is None or host.pid_start(pid) == e.get("pid_start")
+
+    def describe(self) -> str:
+        e = self.entry
+        return (f"restore of {e.get('target_db')!r} on {e.get('source')!r} "
+                f"({e.get('where')}), job {e.get('job')}, pid {e.get('pid')}, "
+                f"started {str(e.get('time', ''))[:19]}")
+
+
+def journal_entries(state_dir: str | os.PathLike[str]) -> tuple[list[JournalEntry], list[str]]:
+    """Every entry of the journal, and the files in it that cannot be read (named)."""
+    folder = journal_dir(state_dir)
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return [], []
+    entries, bad = [], []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read(65536))
+            if not isinstance(data, dict) or not isinstance(data.get("temp_db"), str):
+                raise ValueError("not a journal entry")
+        except (OSError, ValueError) as e:
+            bad.append(f"{path}: unreadable ({e})")
+            continue
+        entries.append(JournalEntry(path, data))
+    return entries, bad
+
+
+@dataclass
+class Settled:
+    """What settling one dead run's entry found, did (or, without fix, would do)."""
+
+    entry: JournalEntry
+    actions: list[str] = field(default_factory=list)  # done, or to do with fix
+    notes: list[str] = field(default_factory=list)  # found, left alone on purpose
+    problems: list[str] = field(default_factory=list)  # could not be settled
+    done: bool = False  # the entry is (with fix: was) resolved and removed
+
+
+def settle(entry: JournalEntry, server: PgTarget, fix: bool = True) -> Settled:
+    """Undo what a dead run left on its server: its temporary database (by the journal's
+    name and, once recorded, oid), its staged dump folder; then remove its entry. The old
+    database of a run that committed its swap is kept (and named), even with --drop-old:
+    the run that asked for it never finished."""
+    e, out = entry.entry, Settled(entry)
+    temp, target, old = e.get("temp_db"), e.get("target_db"), e.get("old_db")
+    temp_oid = e.get("temp_oid")
+    verb = "" if fix else "would "
+    try:
+        conn = _maintenance(server)
+    except EngineError as err:
+        out.problems.append(f"cannot check: {err}")
+        return out
+    try:
+        with conn.cursor() as cur:
+            def name_of(oid) -> str | None:
+                cur.execute("SELECT datname FROM pg_database WHERE oid = %s", (oid,))
+                row = cur.fetchone()
+                return row[0] if row else None
+
+            def oid_of(name) -> int | None:
+                cur.execute("SELECT oid::bigint FROM pg_database WHERE datname = %s", (name,))
+                row = cur.fetchone()
+                return int(row[0]) if row else None
+
+            drop = None
+            if isinstance(temp_oid, int):
+                now = name_of(temp_oid)
+                if now == temp:
+                    drop = temp
+                elif now == target:
+                    out.notes.append(f"the swap had committed: {target} is the restored "
+                                     "database")
+                    if old and oid_of(old) is not None:
+                        out.notes.append(f"the previous database is kept as {old}"
+                                         + (" (--drop-old was asked, but its run did not "
+                                            "finish: drop it yourself once checked)"
+                                            if e.get("drop_old") else ""))
+                elif now is not None:
+                    out.notes.append(f"the temporary database (oid {temp_oid}) is now named "
+                                     f"{now}: renamed by someone else, left alone")
+            elif oid_of(temp) is not None:
+                # killed between CREATE DATABASE and recording its oid: the name was
+                # journaled before it was created, with a time stamp no one else uses
+                drop = temp
+            if drop:
+                out.actions.append(f"{verb}drop temporary database {drop} (left by a "
+                                   "killed restore)")
+                if fix:
+                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(drop)))
+            if target and oid_of(target) is None:
+                out.problems.append(f"database {target} does not exist"
+                                    + (f"; the previous one may be {old}"
+                                       if old and oid_of(old) is not None else ""))
+    except psycopg2.Error as err:
+        out.problems.append(f"could not settle: {_first_line(err)}")
+        return out
+    finally:
+        conn.close()
+    staged = e.get("staged")
+    if staged and os.path.isdir(staged):
+        out.actions.append(f"{verb}remove the staged dump folder {staged}")
+        if fix:
+            shutil.rmtree(staged, ignore_errors=True)
+    if fix and not out.problems:
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        out.done = True
+    return out
+
+
+def settle_dead_runs(state_dir: str | os.PathLike[str], server: PgTarget) -> list[str]:
+    """At the start of a restore: settle what dead runs left on the same server. Returns
+    warnings (what was cleaned up, or could not be)."""
+    out: list[str] = []
+    entries, _ = journal_entries(state_dir)
+    for entry in entries:
+        if entry.source != server.name or entry.alive():
+            continue
+        s = settle(entry, server, fix=True)
+        out += [f"an interrupted earlier restore ({entry.describe()}): {m}"
+                for m in s.actions + s.notes + s.problems]
+    return out
 
 
 def _explain_restore_error(text: str, no_owner: bool) -> str:
@@ -427,14 +688,19 @@ def _explain_restore_error(text: str, no_owner: bool) -> str:
     return (lines[0] if lines else text.strip()[-500:]) or "unknown error"
 
 
-def stream_into(repo: Repository, snap: dict, proc: subprocess.Popen, on_bytes) -> int:
-    """Feed the snapshot's stream to a process's stdin; returns bytes written."""
+def stream_into(repo: Repository, snap: dict, proc: subprocess.Popen, on_bytes,
+                after_first=None) -> int:
+    """Feed the snapshot's stream to a process's stdin; returns bytes written.
+    ``after_first`` is called once the first blob is written."""
     written = 0
     assert proc.stdin is not None
     try:
         for bid in snap.get("stream", []):
             data = repo.load_blob(bid, "data")
             proc.stdin.write(data)
+            if not written and after_first:
+                proc.stdin.flush()
+                after_first()
             written += len(data)
             on_bytes(written)
         proc.stdin.close()
@@ -484,9 +750,14 @@ def execute_restore_db(
     on_event: EventCallback,
     cancel: CancelToken | None = None,
     scratch: str = "/tmp",
+    state_dir: str | None = None,
 ) -> DbRestoreResult:
+    """Restore aside, then swap (see the module docstring). ``scratch`` is the state
+    directory's ``tmp``; the journal lives beside it (``state_dir``, by default the
+    parent of ``scratch``)."""
     cancel = cancel or CancelToken()
     server = plan.server
+    state = state_dir or os.path.dirname(os.path.abspath(scratch))
     major = int(plan.snapshot.get("postgres", {}).get("server_major", 0))
     facts_conn = _maintenance(server)
     try:
@@ -500,7 +771,7 @@ def execute_restore_db(
     server_major = server_num // 10000
     tool, _ = find_tool("pg_restore", max(major, server_major))
     total = int(plan.snapshot.get("stats", {}).get("size", 0))
-    warnings: list[str] = []
+    warnings: list[str] = settle_dead_runs(state, server)
     notes: list[str] = []
     if database_exists(server, plan.target_db) and not plan.replace:
         raise UsageError(f"database {plan.target_db!r} already exists (created meanwhile?)")
@@ -538,27 +809,36 @@ def execute_restore_db(
                         + (f"; and {len(whats) - 5} more" if len(whats) > 5 else ""))
     create, warned = create_statement(plan.temp_db, plan.properties, server_num, tablespaces)
     warnings += warned
+    directory = "tree" in plan.snapshot
+    folder = os.path.join(scratch, f"restore-{plan.temp_db}") if directory else None
+    journal = SwapJournal(journal_dir(state), plan, job_id, folder)
+    journal.write()  # before anything exists on the server
+    _fault_point("journal")
     try:
         _exec(server, (create,))
     except psycopg2.Error as e:
+        journal.remove()
         raise EngineError(f"could not create database {plan.temp_db} with the snapshot's "
                           f"encoding and locale: {_first_line(e)}; nothing was restored") from None
+    except BaseException:
+        journal.remove()
+        raise
+    _fault_point("created")
     try:
+        journal.write(temp_oid=_oid(server, plan.temp_db), phase="restoring",
+                      target_oid=_oid(server, plan.target_db) if plan.exists else None)
         args = [tool, "--exit-on-error", "--no-password", "-d", plan.temp_db]
         if plan.no_owner:
             args += ["--no-owner"]
         if plan.no_acl:
             args += ["--no-acl"]
-        folder = None
-        directory = "tree" in plan.snapshot
 
         def on_bytes(n: int) -> None:
             on_event(Event(job_id, "restore", bytes_done=n, bytes_total=total,
                            message=f"pg_restore into {plan.temp_db}"))
             cancel.check()
 
-        if directory:  # parallel restore reads a directory; staged only for this restore
-            folder = os.path.join(scratch, f"restore-{plan.temp_db}")
+        if folder:  # parallel restore reads a directory; staged only for this restore
             written = materialize(repo, plan.snapshot, folder, on_bytes=on_bytes)
             jobs = int(plan.snapshot.get("postgres", {}).get("jobs", 1))
             args += ["--format=directory", f"--jobs={max(1, jobs)}", folder]
@@ -568,7 +848,10 @@ def execute_restore_db(
                                     stderr=err, env=server.with_db(plan.temp_db).env())
             try:
                 if not directory:
-                    written = stream_into(repo, plan.snapshot, proc, on_bytes)
+                    written = stream_into(repo, plan.snapshot, proc, on_bytes,
+                                          lambda: _fault_point("pg_restore"))
+                else:
+                    _fault_point("pg_restore")
                 rc = proc.wait()
             except BaseException:
                 proc.kill()
@@ -585,6 +868,7 @@ def execute_restore_db(
                     f"{_explain_restore_error(text, plan.no_owner)}; "
                     f"database {plan.target_db!r} was not changed"
                 )
+        _fault_point("restored")
         if plan.properties:
             on_event(Event(job_id, "properties", bytes_done=written, bytes_total=total,
                            message=f"owner, ACL and settings of {plan.temp_db}"))
@@ -595,15 +879,20 @@ def execute_restore_db(
             notes.append(f"snapshot {plan.snapshot['id'][:8]} was taken before database "
                          "properties were saved: only its contents were restored (owner, "
                          "locale, ACL and settings are the server's defaults)")
+        _fault_point("applied")
         on_event(Event(job_id, "swap", bytes_done=written, bytes_total=total,
                        message=f"renaming {plan.temp_db} to {plan.target_db}"))
+        journal.write(phase="swapping")
         _swap(plan, keep_owner=not plan.properties or plan.no_owner)
     except BaseException:
         try:
             _drop(server, plan.temp_db)
-        except EngineError:
+            journal.remove()
+        except (EngineError, psycopg2.Error):
             warnings.append(f"could not drop temporary database {plan.temp_db}")
         raise
+    _fault_point("swapped")
+    journal.remove()
     if plan.old_db and plan.drop_old:
         _drop(server, plan.old_db)
     on_event(Event(job_id, "done", bytes_done=written, bytes_total=total,
@@ -612,45 +901,53 @@ def execute_restore_db(
                            None if plan.drop_old else plan.old_db, written, warnings, notes)
 
 
-def _swap(plan: DbRestorePlan, keep_owner: bool = True) -> None:
-    """Put the restored database in place; the old one (if any) keeps a dated name and,
-    with keep_owner (no saved owner applied), hands its owner to the new one."""
+def _swap(plan: DbRestorePlan, keep_owner: bool = True, attempts: int = 5) -> None:
+    """Put the restored database in place, in one transaction: the old one (if any) takes
+    its dated name and, with keep_owner (no saved owner applied), hands its owner to the
+    new one. A kill or error before the commit leaves everything as it was: the original
+    under its name, open to connections (its ``datallowconn`` is never changed).
+
+    The rename takes an exclusive lock on the database, which holds back new sessions
+    until the commit, and fails while other sessions are connected: they are terminated
+    first, in the same transaction; one that slips in before the lock makes the attempt
+    fail, and the swap is tried again (``attempts``)."""
     ident = sql.Identifier
+    rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
     conn = _maintenance(plan.server)
     try:
-        with conn.cursor() as cur:
-            if not (plan.exists and plan.old_db):
-                cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    ident(plan.temp_db), ident(plan.target_db)))
+        conn.autocommit = False
+        for attempt in range(attempts):
+            try:
+                with conn.cursor() as cur:
+                    if not (plan.exists and plan.old_db):
+                        cur.execute(rename.format(ident(plan.temp_db), ident(plan.target_db)))
+                        _fault_point("swap-renamed-new")
+                        conn.commit()
+                        return
+                    if keep_owner:
+                        cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                                    "WHERE datname = %s", (plan.target_db,))
+                        owner = cur.fetchone()[0]
+                        cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                            ident(plan.temp_db), ident(owner)))
+                    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                                (plan.target_db,))
+                    _fault_point("swap-begin")
+                    cur.execute(rename.format(ident(plan.target_db), ident(plan.old_db)))
+                    _fault_point("swap-renamed-old")
+                    cur.execute(rename.format(ident(plan.temp_db), ident(plan.target_db)))
+                    _fault_point("swap-renamed-new")
+                conn.commit()
                 return
-            if keep_owner:
-                cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
-                            "WHERE datname = %s", (plan.target_db,))
-                owner = cur.fetchone()[0]
-                cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                    ident(plan.temp_db), ident(owner)))
-            allow = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}")
-            cur.execute(allow.format(ident(plan.target_db), sql.SQL("false")))
-            try:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = %s AND pid <> pg_backend_pid()", (plan.target_db,))
-                cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    ident(plan.target_db), ident(plan.old_db)))
-            except Exception:
-                cur.execute(allow.format(ident(plan.target_db), sql.SQL("true")))
-                raise
-            try:
-                cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    ident(plan.temp_db), ident(plan.target_db)))
-            except Exception:
-                # never leave the application without its database: put the old one back
-                cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    ident(plan.old_db), ident(plan.target_db)))
-                cur.execute(allow.format(ident(plan.target_db), sql.SQL("true")))
-                raise
-            cur.execute(allow.format(ident(plan.old_db), sql.SQL("true")))
-    except Exception as e:  # psycopg2 errors: say what happened, in operator terms
-        raise EngineError(f"could not put the restored database in place: {e}".strip()) from None
+            except psycopg2.errors.ObjectInUse:
+                conn.rollback()  # a session came in before the lock: terminate it again
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+    except psycopg2.Error as e:  # say what happened, in operator terms
+        raise EngineError(f"could not put the restored database in place: "
+                          f"{_first_line(e)}; {plan.target_db!r} was not changed") from None
     finally:
         conn.close()
 
@@ -810,6 +1107,7 @@ def apply_properties(plan: DbRestorePlan) -> tuple[list[str], list[str]]:
                 notes.append(f"owner {owner}")
             else:
                 warnings.append(f"owner {owner} does not exist here: not restored")
+            _fault_point("properties")
             if props.get("comment") is not None:
                 cur.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                     db, sql.Literal(props["comment"])))

@@ -1,0 +1,220 @@
+"""``restore db --replace`` killed at any moment leaves the application its database.
+
+The CLI runs as a subprocess and dies by SIGKILL at each named point of
+engine/ops/restore_db.py (``BACKUP_TUI_FAULT_POINT``: before the temporary
+database exists, just after, during pg_restore, during the property phase,
+inside the swap transaction after each rename, after its commit) and at seeded
+moments from outside. After each kill: the application's role connects to its
+database under its name (``datallowconn`` never changed), and finds its rows --
+the ones it had, or, once the swap committed, the snapshot's. Then the next
+restore, or ``backup-tui doctor --fix``, leaves no ``__restoring_`` database
+of this tool behind; one the tool did not record is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from engine.ops.restore_db import FAULT_POINTS
+
+ROWS = "SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY id)) FROM {} t"
+
+
+@pytest.fixture
+def app_db(sandbox, pg_cluster):
+    """A database owned by the application's login role (password auth), with data; the
+    tool connects as the superuser."""
+    name = f"app_{uuid.uuid4().hex[:8]}"
+    pg_cluster.psql(f"CREATE DATABASE {name} OWNER {pg_cluster.app_user}")
+    app = f"postgresql://{pg_cluster.app_user}:{pg_cluster.app_password}@{pg_cluster.host}:" \
+          f"{pg_cluster.port}/{name}"
+    with psycopg2.connect(app) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE orders (id int PRIMARY KEY, note text); "
+                    "INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 3000) g")
+    conn.close()
+    sandbox.extra = f'[[database]]\nname = "app"\ndsn = "{pg_cluster.dsn(name)}"\n'
+    sandbox.write_config()
+    sandbox.db, sandbox.app_dsn = name, app
+    sandbox.engine(init=True)
+    return sandbox
+
+
+def app_rows(sb, timeout: float = 30.0) -> str:
+    """The application's view of its data, as its own role; raises if it cannot connect
+    (a rename's lock, held until a dead client's transaction is rolled back, may make a
+    connection wait a few seconds: that is not an outage)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = psycopg2.connect(sb.app_dsn, connect_timeout=10)
+            break
+        except psycopg2.OperationalError as e:
+            if "does not exist" in str(e) or time.monotonic() > deadline:
+                raise AssertionError(f"the application cannot connect to {sb.db}: {e}") \
+                    from None
+            time.sleep(0.3)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(ROWS.format("orders"))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def databases(cluster, like: str) -> list[str]:
+    out = cluster.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{like}' ORDER BY 1")
+    return [r for r in out.split() if r]
+
+
+def allow_conn(cluster, db: str) -> str:
+    return cluster.psql(f"SELECT datallowconn FROM pg_database WHERE datname = '{db}'").strip()
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop("BACKUP_TUI_FAULT_POINT", None)
+    env.update(extra)
+    return env
+
+
+def drop_old(cluster, db: str) -> None:
+    for old in databases(cluster, f"{db}\\_\\_old\\_%"):
+        cluster.psql(f'DROP DATABASE IF EXISTS "{old}"')
+
+
+def test_kill_at_every_point_of_restore_replace(app_db, pg_cluster):
+    sb = app_db
+    snap_rows = app_rows(sb)
+    sid = json.loads(sb.cli("backup", "db", "app", "--json", check=True).stdout)["id"]
+    args = ("restore", "db", sid, "--target-db", sb.db, "--replace", "--yes")
+    rng = random.Random(20261130)
+    # every named point, then seeded moments from outside (the duration of a full run is
+    # measured first)
+    t0 = time.monotonic()
+    proc = sb.cli(*args)
+    full = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr.decode()
+    drop_old(pg_cluster, sb.db)
+    rounds = [(p, None) for p in FAULT_POINTS] + \
+        [(None, rng.uniform(0.2, 1.0) * full) for _ in range(4)]
+    killed = 0
+    for n, (point, after) in enumerate(rounds):
+        pg_cluster.psql(f"DELETE FROM orders WHERE id % {n + 5} = 0", sb.db)  # the accident
+        before = app_rows(sb)
+        assert before != snap_rows
+        cmd = [sys.executable, "-m", "backup_tui.cli", "--config", str(sb.config_path), *args]
+        env = cli_env(**({"BACKUP_TUI_FAULT_POINT": point} if point else {}))
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if point:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == -signal.SIGKILL, (point, p.returncode, err.decode())
+            killed += 1
+        else:
+            try:
+                p.wait(timeout=after)
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                killed += 1
+            p.communicate()
+        what = point or f"SIGKILL after {after:.2f}s"
+        # the application's database: under its name, open, with its rows or the snapshot's
+        now = app_rows(sb)
+        assert allow_conn(pg_cluster, sb.db) == "t", what
+        if point == "swapped":
+            assert now == snap_rows, what
+        elif point:
+            assert now == before, what
+        else:
+            assert now in (before, snap_rows), what
+        # then alternately the next restore, or doctor --fix, cleans up
+        if n % 2:
+            doc = sb.cli("doctor", "--json")
+            report = json.loads(doc.stdout)
+            left = databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%")
+            if left:  # what doctor would drop is named, with the way to do it
+                assert any(left[0] in line for line in report["to_fix"]), (what, report)
+                assert doc.returncode == 1
+            fixed = sb.cli("doctor", "--fix", "--json")
+            assert json.loads(fixed.stdout)["ok"], (what, fixed.stdout.decode())
+            assert databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%") == [], what
+            assert app_rows(sb) == now, what
+            again = sb.cli("doctor", "--json")
+            assert again.returncode == 0 and json.loads(again.stdout)["to_fix"] == [], what
+        else:
+            proc = sb.cli(*args)
+            assert proc.returncode == 0, (what, proc.stderr.decode())
+            assert app_rows(sb) == snap_rows, what
+        assert databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%") == [], what
+        assert not os.listdir(sb.state / "restore-db"), what
+        drop_old(pg_cluster, sb.db)
+    assert killed >= 10
+
+
+def test_doctor_leaves_what_it_did_not_record(app_db, pg_cluster):
+    """A ``__restoring_`` database no journal entry names, and a database closed to
+    connections, are reported, never dropped or changed; a journal entry of a live run is
+    left alone."""
+    sb = app_db
+    foreign = f"{sb.db}__restoring_20990101000000"
+    closed = f"closed_{uuid.uuid4().hex[:6]}"
+    pg_cluster.psql(f'CREATE DATABASE "{foreign}"')
+    pg_cluster.psql(f"CREATE DATABASE {closed}")
+    pg_cluster.psql(f"ALTER DATABASE {closed} ALLOW_CONNECTIONS false")
+    live = sb.state / "restore-db"
+    live.mkdir(parents=True, exist_ok=True)
+    from engine.repo import locks as host
+
+    entry = {"version": 1, "job": "live", "host": host.hostname(), "boot": host.boot_id(),
+             "pid": os.getpid(), "pid_start": host.pid_start(os.getpid()), "kind": "db",
+             "source": "app", "where": "x", "target_db": sb.db,
+             "temp_db": f"{sb.db}__restoring_20990101000001", "temp_oid": None,
+             "old_db": None, "drop_old": False, "staged": None, "phase": "restoring"}
+    pg_cluster.psql(f'CREATE DATABASE "{entry["temp_db"]}"')
+    (live / "live.json").write_text(json.dumps(entry))
+    try:
+        doc = sb.cli("doctor", "--fix", "--json")
+        report = json.loads(doc.stdout)
+        assert doc.returncode == 0, doc.stderr.decode()
+        assert any(foreign in n and "left alone" in n for n in report["notes"])
+        assert any(closed in n and "ALLOW_CONNECTIONS true" in n for n in report["notes"])
+        assert any("still running" in r for r in report["running"])
+        assert databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%") == sorted(
+            [foreign, entry["temp_db"]])
+        assert allow_conn(pg_cluster, closed) == "f"
+        assert (live / "live.json").exists()
+        human = sb.cli("doctor")
+        assert human.returncode == 0 and b"still running" in human.stdout
+    finally:
+        for db in (foreign, entry["temp_db"], closed):
+            pg_cluster.psql(f'DROP DATABASE IF EXISTS "{db}"')
+
+
+def test_swap_terminates_sessions_and_commits_in_one_transaction(app_db, pg_cluster):
+    """An open application session does not stop the swap; afterwards the old database
+    is open under its dated name and the new one under the target's."""
+    sb = app_db
+    sid = json.loads(sb.cli("backup", "db", "app", "--json", check=True).stdout)["id"]
+    session = psycopg2.connect(sb.app_dsn)
+    session.autocommit = True
+    with session.cursor() as cur:
+        cur.execute("DELETE FROM orders WHERE id > 10")
+    out = sb.cli("restore", "db", sid, "--target-db", sb.db, "--replace", "--yes", "--json")
+    assert out.returncode == 0, out.stderr.decode()
+    old = json.loads(out.stdout)["old_db"]
+    assert allow_conn(pg_cluster, old) == "t" and allow_conn(pg_cluster, sb.db) == "t"
+    assert pg_cluster.psql("SELECT count(*) FROM orders", old).strip() == "10"
+    assert app_rows(sb).startswith("3000:")
+    with pytest.raises(psycopg2.Error):  # it was terminated
+        with session.cursor() as cur:
+            cur.execute("SELECT 1")
+    pg_cluster.psql(f'DROP DATABASE "{old}"')
