@@ -703,10 +703,10 @@ def cmd_repair(args, engine: Engine) -> int:
     for line in rep.fetch_failed:
         print(f"  not fetched: {line}")
     if rep.salvaged_blobs:
-        print(f"  {would}copy {rep.salvaged_blobs} intact blob(s) of damaged packs into "
-              f"new packs")
+        print(f"  {'would copy' if rep.dry_run else 'copied'} {rep.salvaged_blobs} intact "
+              "blob(s) of damaged packs into new packs")
     if rep.index_rewritten:
-        print(f"  index {would}rebuilt from the packs"
+        print(f"  index {'would be ' if rep.dry_run else ''}rebuilt from the packs"
               + (f": {len(rep.index_written)} file(s) written, {len(rep.index_deleted)} "
                  "old one(s) removed" if not rep.dry_run else ""))
     else:
