@@ -324,3 +324,28 @@ def test_unreadable_snapshot_forgotten_by_full_id(files_sb):
     assert cli_json(sb, "cleanup")["prune"]["snapshots"] == 1
     assert sb.cli("verify", "--read-data").returncode == 0
     assert (sb.repo / "snapshots" / second).exists()
+
+
+def test_database_snapshot_loss_is_named(sandbox, pg_cluster):
+    """A database snapshot whose archive lost a blob is named with what it lost (its
+    stream); a files snapshot beside it is untouched."""
+    from test_db import SCHEMA
+
+    db = f"shop_{os.urandom(4).hex()}"
+    pg_cluster.createdb(db)
+    pg_cluster.psql(SCHEMA, db)
+    sandbox.extra = f'[[database]]\nname = "shop"\ndsn = "{pg_cluster.dsn(db)}"\n'
+    sandbox.write_config()
+    (sandbox.src / "a.txt").write_text("alpha\n")
+    eng = sandbox.engine(init=True)
+    files_id = eng.backup("files", "src").id
+    db_id = eng.backup("db", "shop").id
+    repo = eng.repo()
+    repo.load_index()
+    bad = repo.index[repo.load_snapshot(db_id)["stream"][0]].pack_id
+    flip(pack_path(sandbox, bad))
+    out = cli_json(sandbox, "repair", code=1)
+    assert [(x["snapshot"], x["source"], x["paths"]) for x in out["lost"]] == [
+        (db_id, "shop", ["stream"])]
+    assert out["prune"] is None
+    assert eng.verify([files_id], read_data=True).ok
