@@ -397,3 +397,20 @@ def test_packs_of_a_killed_backup_go_at_once_when_its_process_is_gone(engine):
     report = prune_op.prune(repo)
     assert report.packs_unreferenced == [orphan]
     assert lock_files(Path(engine.backend.root)) == []
+
+
+def test_release_never_fails_the_operation_it_ends(engine, caplog):
+    class Unreachable(LocalBackend):
+        down = False
+
+        def delete(self, name):
+            if self.down:
+                raise EngineError(f"delete {name}: connection failed")
+            super().delete(name)
+
+    backend = Unreachable(engine.backend.root)
+    lock = RepoLock(backend, exclusive=False, purpose="replicate to use1").acquire()
+    backend.down = True
+    lock.release()  # no exception: the replication's own result stands
+    assert f"lock break {lock.id}" in caplog.text
+    assert lock_files(Path(engine.backend.root)) == [lock.id]

@@ -374,8 +374,16 @@ class RepoLock:
                 pass
 
     def release(self) -> None:
+        """Remove our record. Never raises: an operation that ended must not fail over
+        its lock (an unreachable replica); a record left behind goes stale (its process
+        is gone; elsewhere, unchanged for STALE) and `lock break` removes it."""
         self._stop.set()
-        self.backend.delete(self.name)
+        try:
+            self.backend.delete(self.name)
+        except EngineError as e:
+            log.warning("%s: cannot remove our lock %s (%s); it goes stale once this "
+                        "process ends, or remove it with 'backup-tui lock break %s'",
+                        self.backend.location, self.name, e, self.id)
 
     def __enter__(self) -> RepoLock:
         return self
