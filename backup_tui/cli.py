@@ -164,6 +164,11 @@ def build_parser() -> ArgParser:
     rf.add_argument("--target", required=True)
     rf.add_argument("--path", action="append", default=[])
     rf.add_argument("--force", action="store_true", help="restore into a non-empty directory")
+    rf.add_argument("--allow-devices", action="store_true",
+                    help="as root from an unencrypted repository: restore device nodes too")
+    rf.add_argument("--allow-setid", action="store_true",
+                    help="as root from an unencrypted repository: restore setuid/setgid bits "
+                    "and file capabilities too")
     rf.add_argument("--source")
     rf.add_argument("--replica")
     _json_flag(rf)
@@ -409,7 +414,8 @@ def cmd_restore(args, engine: Engine) -> int:
 
 def _restore_files(args, engine: Engine) -> int:
     ref = engine.snapshot(args.snapshot, args.source)["id"]
-    plan = engine.plan_restore(ref, target=args.target, paths=args.path, force=args.force)
+    plan = engine.plan_restore(ref, target=args.target, paths=args.path, force=args.force,
+                               allow_devices=args.allow_devices, allow_setid=args.allow_setid)
     prog = TermProgress(sys.stderr.isatty() and not args.json)
     try:
         result = engine.restore(plan, prog)

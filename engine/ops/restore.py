@@ -14,7 +14,15 @@ existing entry in the way (with --force) is removed, not written through.
 
 Per entry: content (holes skipped, so a sparse file stays sparse), then owner
 (as root), mode, extended attributes (POSIX ACLs among them; one the target
-refuses is a warning), then times. Hard links: the first name of a file is
+refuses is a warning), then times.
+
+As root from an unencrypted repository, whose content nobody authenticates, a
+crafted snapshot must not hand out privileges: device nodes are skipped and
+setuid/setgid bits (and ``security.capability``, file capabilities) are left
+off regular files, each with a warning naming the path, unless the plan allows
+them (``allow_devices``, ``allow_setid``). A directory keeps its setgid bit
+(group inheritance, no privilege). Encrypted repositories (authenticated
+content) and restores as another user are unchanged. Hard links: the first name of a file is
 written, the others linked to it. Directory metadata is set last, deepest
 first, so their mtimes stay as stored.
 """
@@ -39,6 +47,8 @@ from engine.sources.files import DirChain, entry_path
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CAPS = b"security.capability"
+_UNTRUSTED = "the repository is not encrypted, so nothing authenticates its content"
 
 
 @dataclass
@@ -50,6 +60,10 @@ class RestorePlan:
     dirs: int = 0
     bytes: int = 0
     force: bool = False
+    # as root from an unencrypted repository: device nodes, setuid/setgid bits and file
+    # capabilities only when allowed
+    allow_devices: bool = False
+    allow_setid: bool = False
     entries: list[tuple[bytes, dict]] = field(default_factory=list, repr=False)
     # hard links: path -> the first path of the same file in this restore
     links: dict[bytes, bytes] = field(default_factory=dict, repr=False)
@@ -92,7 +106,8 @@ def _check_target(target: Path, force: bool) -> None:
 
 
 def plan_restore(
-    repo: Repository, snap: dict, target: str | os.PathLike[str], paths=(), force=False
+    repo: Repository, snap: dict, target: str | os.PathLike[str], paths=(), force=False,
+    allow_devices: bool = False, allow_setid: bool = False,
 ) -> RestorePlan:
     if not os.fspath(target):  # e.g. an unset shell variable: never the current directory
         raise UsageError("restore target is empty: give the directory to restore into")
@@ -101,7 +116,8 @@ def plan_restore(
     selections = [find(repo, snap["tree"], p) for p in paths] if paths else [
         (b"", {"type": "dir", "subtree": snap["tree"]})
     ]
-    plan = RestorePlan(snap, tgt, selections, force=force)
+    plan = RestorePlan(snap, tgt, selections, force=force, allow_devices=allow_devices,
+                       allow_setid=allow_setid)
     seen: set[bytes] = set()
     firsts: dict[tuple, bytes] = {}  # hard link key -> its first path
 
@@ -160,6 +176,11 @@ class _Restorer:
         self.on_event = on_event
         self.cancel = cancel
         self.is_root = os.geteuid() == 0
+        # nobody vouches for an unencrypted repository's content: as root, no privileges
+        # from it unless allowed (module docstring)
+        untrusted = self.is_root and not repo.keys.encrypted
+        self.no_devices = untrusted and not plan.allow_devices
+        self.no_setid = untrusted and not plan.allow_setid
         self.bytes_done = 0
         self.files_done = 0
         self.warnings: list[str] = []
@@ -211,6 +232,10 @@ class _Restorer:
         """The node's extended attributes (ACLs among them); a refused one is a warning."""
         kw = {} if isinstance(target, int) else {"follow_symlinks": False}
         pairs = node_xattrs(node)
+        if self.no_setid and any(n == _CAPS for n, _ in pairs):
+            pairs = [(n, v) for n, v in pairs if n != _CAPS]
+            self._warn(f"{os.fsdecode(rel)}: file capabilities (security.capability) not "
+                       f"restored: {_UNTRUSTED}; --allow-setid restores them")
         failed: list[tuple[bytes, OSError]] = []
         for name, value in pairs:
             try:
@@ -231,12 +256,21 @@ class _Restorer:
             self._warn(f"{os.fsdecode(rel)}: extended attribute(s) not restored ({why}): "
                        f"{names}")
 
+    def _mode(self, rel: bytes, node: dict) -> int:
+        mode = int(node.get("mode", 0o644)) & 0o7777
+        if self.no_setid and node["type"] != "dir" and mode & 0o6000:
+            self._warn(f"{os.fsdecode(rel)}: setuid/setgid bit(s) not restored (mode "
+                       f"{mode & ~0o6000:04o} instead of {mode:04o}): {_UNTRUSTED}; "
+                       "--allow-setid restores them")
+            mode &= ~0o6000
+        return mode
+
     def _meta_fd(self, fd: int, rel: bytes, node: dict) -> None:
         """Owner, mode, xattrs and times through the open file: no path look-ups."""
         try:
             if self.is_root:
                 os.fchown(fd, int(node.get("uid", 0)), int(node.get("gid", 0)))
-            os.fchmod(fd, int(node.get("mode", 0o644)) & 0o7777)
+            os.fchmod(fd, self._mode(rel, node))
         except OSError as e:
             self._warn(f"{os.fsdecode(rel)}: cannot set metadata: {e.strerror}")
         self._set_xattrs(fd, rel, node)
@@ -254,7 +288,7 @@ class _Restorer:
                 os.chown(name, int(node.get("uid", 0)), int(node.get("gid", 0)),
                          dir_fd=pfd, follow_symlinks=False)
             if node["type"] != "symlink":  # made just now by this restore: not a link
-                os.chmod(name, int(node.get("mode", 0o644)) & 0o7777, dir_fd=pfd)
+                os.chmod(name, self._mode(rel, node), dir_fd=pfd)
         except OSError as e:
             self._warn(f"{os.fsdecode(rel)}: cannot set metadata: {e.strerror}")
         if node.get("xattrs") or self.inherit:
@@ -373,6 +407,10 @@ class _Restorer:
                         elif typ == "fifo":
                             os.mkfifo(name, 0o600, dir_fd=pfd)
                             self._meta_at(pfd, name, rel, node)
+                        elif typ in ("chardev", "blockdev") and self.no_devices:
+                            self._warn(f"device {os.fsdecode(rel)}: skipped: {_UNTRUSTED}; "
+                                       "--allow-devices restores device nodes")
+                            continue
                         elif typ in ("chardev", "blockdev") and self.is_root:
                             kind = stat.S_IFCHR if typ == "chardev" else stat.S_IFBLK
                             os.mknod(name, kind | 0o600, int(node.get("rdev", 0)), dir_fd=pfd)

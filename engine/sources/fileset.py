@@ -113,11 +113,15 @@ class FilesSource(Source):
     @classmethod
     def plan_restore(cls, config, repo, snap: dict, target: str = "",
                      paths: list[str] | tuple[str, ...] = (), force: bool = False,
+                     allow_devices: bool = False, allow_setid: bool = False,
                      **unknown: Any):
+        """Options: ``target``, ``paths``, ``force``; as root from an unencrypted
+        repository, ``allow_devices`` / ``allow_setid`` (device nodes, setuid/setgid bits
+        and file capabilities are otherwise left out, with a warning per path)."""
         from engine.ops.restore import plan_restore
 
         cls.reject_options(unknown)
-        return plan_restore(repo, snap, target, paths, force)
+        return plan_restore(repo, snap, target, paths, force, allow_devices, allow_setid)
 
     @classmethod
     def restore(cls, config, repo, plan, job_id, on_event, cancel):
