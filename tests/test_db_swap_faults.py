@@ -218,3 +218,32 @@ def test_swap_terminates_sessions_and_commits_in_one_transaction(app_db, pg_clus
         with session.cursor() as cur:
             cur.execute("SELECT 1")
     pg_cluster.psql(f'DROP DATABASE "{old}"')
+
+
+def test_doctor_names_what_it_cannot_settle(app_db, pg_cluster):
+    """A dead run's entry whose [[database]] left the config, and an unreadable entry, are
+    problems (exit 1) that name the file to remove once checked; nothing is dropped."""
+    sb = app_db
+    folder = sb.state / "restore-db"
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = f"{sb.db}__restoring_20990101000002"
+    pg_cluster.psql(f'CREATE DATABASE "{temp}"')
+    entry = {"version": 1, "job": "gone", "host": "h", "boot": None, "pid": 0,
+             "kind": "db", "source": "removed", "where": "x", "target_db": sb.db,
+             "temp_db": temp, "temp_oid": None, "old_db": None, "drop_old": False,
+             "staged": None, "phase": "restoring"}
+    import socket
+
+    entry["host"] = socket.gethostname()
+    (folder / "gone.json").write_text(json.dumps(entry))
+    (folder / "junk.json").write_text("{not json")
+    try:
+        doc = sb.cli("doctor", "--fix", "--json")
+        assert doc.returncode == 1, doc.stderr.decode()
+        problems = json.loads(doc.stdout)["problems"]
+        assert any("'removed' is no longer in the config" in p and "gone.json" in p
+                   for p in problems), problems
+        assert any("junk.json" in p for p in problems), problems
+        assert temp in databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%")
+    finally:
+        pg_cluster.psql(f'DROP DATABASE IF EXISTS "{temp}"')

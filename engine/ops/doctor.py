@@ -26,6 +26,7 @@ import psycopg2
 from engine.config import Config
 from engine.errors import EngineError
 from engine.ops.restore_db import JournalEntry, _maintenance, journal_entries, settle
+from engine.repo import locks as host
 from engine.sources import registry
 from engine.sources.pgconn import PgTarget
 
@@ -82,7 +83,10 @@ def doctor(config: Config, fix: bool = False) -> DoctorReport:
     for entry in entries:
         recorded.add((entry.source, str(entry.entry.get("temp_db"))))
         if entry.alive():
-            rep.running.append(f"{entry.describe()}: still running, left alone")
+            other = entry.entry.get("host") != host.hostname()
+            rep.running.append(f"{entry.describe()}: "
+                               + (f"recorded on host {entry.entry.get('host')}, left alone"
+                                  if other else "still running, left alone"))
             continue
         try:
             server = _server_of(config, entry)

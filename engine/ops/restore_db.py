@@ -560,6 +560,8 @@ def journal_entries(state_dir: str | os.PathLike[str]) -> tuple[list[JournalEntr
         names = sorted(os.listdir(folder))
     except FileNotFoundError:
         return [], []
+    except OSError as e:
+        return [], [f"{folder}: cannot be read ({e.strerror or e})"]
     entries, bad = [], []
     for name in names:
         path = os.path.join(folder, name)
