@@ -247,3 +247,27 @@ def test_doctor_names_what_it_cannot_settle(app_db, pg_cluster):
         assert temp in databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%")
     finally:
         pg_cluster.psql(f'DROP DATABASE IF EXISTS "{temp}"')
+
+
+def test_directory_format_kill_during_pg_restore_leaves_nothing_after_doctor(app_db, pg_cluster):
+    """A directory-format dump is staged in the state dir for a parallel pg_restore; a kill
+    then leaves the folder, a temporary database and possibly a pg_restore still running:
+    doctor --fix drops the database (ending that session) and removes the folder."""
+    sb = app_db
+    sb.extra = sb.extra.replace('dsn = ', 'format = "directory"\njobs = 2\ndsn = ')
+    sb.write_config()
+    sid = json.loads(sb.cli("backup", "db", "app", "--json", check=True).stdout)["id"]
+    before = app_rows(sb)
+    cmd = [sys.executable, "-m", "backup_tui.cli", "--config", str(sb.config_path), "restore",
+           "db", sid, "--target-db", sb.db, "--replace", "--yes"]
+    p = subprocess.run(cmd, env=cli_env(BACKUP_TUI_FAULT_POINT="pg_restore"),
+                       capture_output=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    assert app_rows(sb) == before and allow_conn(pg_cluster, sb.db) == "t"
+    staged = [d for d in os.listdir(sb.state / "tmp") if d.startswith("restore-")]
+    assert staged and databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%")
+    fixed = sb.cli("doctor", "--fix", "--json")
+    assert json.loads(fixed.stdout)["ok"], fixed.stdout.decode()
+    assert databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%") == []
+    assert not [d for d in os.listdir(sb.state / "tmp") if d.startswith("restore-")]
+    assert app_rows(sb) == before
