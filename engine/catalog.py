@@ -199,11 +199,12 @@ class Catalog:
         self.read_only = ""  # why this process cannot write the stores ('' when it can)
         self._make_dir()
         self._open()
+        self.interrupted_on_open = 0  # jobs of dead processes this open marked interrupted
         with contextlib.suppress(StateDirError):
-            gone = self.mark_interrupted()
-            if gone:
-                log.warning("%d job(s) left running by a process that ended were marked "
-                            "interrupted", gone)
+            self.interrupted_on_open = self.mark_interrupted()
+            if self.interrupted_on_open:
+                log.info("%d job(s) left running by a process that ended were marked "
+                         "interrupted", self.interrupted_on_open)
 
     # ------------------------------------------------------------- opening
     def _make_dir(self) -> None:

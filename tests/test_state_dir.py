@@ -142,6 +142,17 @@ def test_init_refuses_keys_alone(sandbox):
     assert "init refused" in line and "keys/" in line
 
 
+def test_unfinished_adoption_names_the_resume_not_init(sandbox):
+    (sandbox.repo / "keys").mkdir(parents=True)
+    (sandbox.repo / "keys" / "k1").write_text("{}")
+    (sandbox.repo / ".adopting").write_text('{"replica": "offsite"}')
+    for args in (["list"], ["init"]):
+        line = one_line(sandbox.cli(*args), 1)
+        assert "adoption from offsite is unfinished" in line, line
+        assert "backup-tui repository adopt --from offsite" in line
+    assert not (sandbox.repo / "config").exists()
+
+
 def test_init_in_an_empty_folder_still_works(sandbox):
     sandbox.repo.mkdir()
     (sandbox.repo / "data").mkdir()  # empty folders are no data

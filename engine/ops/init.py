@@ -10,6 +10,9 @@ back (a replica holds the same config and keys: ``repository adopt``).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from engine.errors import RepositoryError
 from engine.storage.base import Backend
 
@@ -39,6 +42,11 @@ def way_back(replicas: list[str]) -> str:
 def refuse_existing(backend: Backend, replicas: list[str]) -> None:
     """Raise unless the location holds no repository data at all."""
     parts = repository_parts(backend)
+    unfinished = _adopting(backend)
+    if unfinished is not None and "config" not in parts:
+        raise RepositoryError(
+            f"{backend.location}: init refused: an adoption from {unfinished} is unfinished "
+            f"here; run 'backup-tui repository adopt --from {unfinished}' again to finish it")
     if not parts:
         return
     if "config" in parts:
@@ -55,6 +63,12 @@ def explain_missing_config(backend: Backend, replicas: list[str]) -> None:
     of a repository is there (else return, and the caller's 'no repository here' stands)."""
     if backend.exists("config"):
         return
+    unfinished = _adopting(backend)
+    if unfinished is not None:
+        raise RepositoryError(
+            f"{backend.location}: no repository here yet: an adoption from {unfinished} is "
+            "unfinished (the config lands last); run 'backup-tui repository adopt --from "
+            f"{unfinished}' again to finish it")
     parts = [p for p in repository_parts(backend) if p != "config"]
     if parts:
         raise RepositoryError(
@@ -62,3 +76,17 @@ def explain_missing_config(backend: Backend, replicas: list[str]) -> None:
             f"({', '.join(parts)}); do not run init (a new key would make every snapshot "
             f"unreadable): {way_back(replicas)}"
         )
+
+
+def _adopting(backend: Backend) -> str | None:
+    """The replica an unfinished ``repository adopt`` into this local folder copies from
+    (its hidden marker, engine/ops/adopt.py), or None."""
+    root = getattr(backend, "root", None)
+    if root is None:
+        return None
+    try:
+        marker = json.loads((Path(root) / ".adopting").read_text())
+    except (OSError, ValueError):
+        return None
+    replica = marker.get("replica") if isinstance(marker, dict) else None
+    return replica if isinstance(replica, str) and replica else "REPLICA"
