@@ -349,3 +349,25 @@ def test_database_snapshot_loss_is_named(sandbox, pg_cluster):
         (db_id, "shop", ["stream"])]
     assert out["prune"] is None
     assert eng.verify([files_id], read_data=True).ok
+
+
+def test_damaged_replica_copy_is_never_fetched(replica_sb, s3_server, s3_buckets):
+    """The replica's copy of the damaged pack is damaged too: it is checked, refused and
+    named; nothing of it lands here, and the loss is reported."""
+    from test_adopt import flip_a_byte
+
+    sb = replica_sb
+    sb.s3 = s3_server.client()
+    eng = sb.engine(init=True)
+    (sb.src / "sub" / "two.bin").write_bytes(os.urandom(2 << 20))
+    sid = eng.backup("files", "src").id
+    bad = pack_holding(eng, sid, "two.bin")
+    flip(pack_path(sb, bad))
+    flip_a_byte(sb, s3_buckets.use1, f"data/{bad[:2]}/{bad}")
+    damaged_here = pack_path(sb, bad).read_bytes()
+    out = cli_json(sb, "repair", "--from", "use1", code=1)
+    assert out["fetched"] == []
+    assert [f.split(":")[0] for f in out["fetch_failed"]] == [f"data/{bad[:2]}/{bad}"]
+    assert "damaged" in out["fetch_failed"][0]
+    assert [x["snapshot"] for x in out["lost"]] == [sid]
+    assert pack_path(sb, bad).read_bytes() == damaged_here

@@ -314,16 +314,17 @@ def _repair(repo: Repository, rrepo: Repository | None, seen: dict[str, dict],
     cancel.check()
 
     # Damaged packs the replica holds under the same name: fetched again in place.
+    tried: set[str] = set()  # replica packs fetched or refused: each is read once
     if rrepo is not None:
         for pid in sorted(scan.damaged):
             if pack_name(pid) in remote_packs:
+                tried.add(pid)
                 got = _fetch_pack(repo, rrepo, pid, None, overlay, report)
                 if got is not None:
                     del scan.damaged[pid]
                     scan.sound[pid] = got
 
     # What the snapshots need that no sound pack holds; fetch it, walk again.
-    tried: set[str] = set()
     while True:
         cancel.check()
         view = _view(repo, overlay, scan)
