@@ -1,4 +1,4 @@
-"""repair and forget: fixing a repository by hand (README, "Disaster recovery").
+"""repair and forget: fixing a repository by hand (README.md, "Use it").
 
 ``repair`` works from the objects themselves, never from the index it replaces:
 
@@ -9,7 +9,8 @@
 2. read every snapshot. One that cannot be read, or that *vanished* (the catalog
    saw it here and no forget or cleanup of this tool removed it), is fetched again
    from the replica given with ``--from`` when it holds an intact copy (SHA-256 = its
-   name, the record opens; the checks of ``repository adopt``);
+   name, the record opens; the checks of ``repository adopt``). The replica must hold
+   this repository: its config opens with the password and names the same id;
 3. walk every snapshot against what the packs hold (trees included) and collect the
    blobs it needs that no sound pack holds. With a replica: a damaged pack that the
    replica holds under the same name is fetched again, and every pack of the replica
@@ -25,8 +26,9 @@
    that no old index named and no snapshot needs is left out: it may belong to a
    backup still writing (its lock gone stale), and prune removes it after its grace;
 6. the lock is released and prune removes what no snapshot references (the
-   damaged packs among it) -- only when nothing was lost: while a snapshot still
-   names missing data, what it needs cannot be known exactly, and nothing is removed;
+   damaged packs among it, once older than prune's grace for packs in no index) --
+   only when nothing was lost: while a snapshot still names missing data, prune
+   refuses anyway, and nothing is removed;
 7. what could not be saved is reported: each snapshot that still needs missing
    blobs, with their number and the first paths they belong to; unreadable
    snapshots; damaged packs. ``forget`` them to accept the loss.
@@ -36,7 +38,8 @@ nothing, not even a lock.
 
 ``forget`` deletes snapshot records (``ops/prune.forget``, exclusive lock): pinned
 ones only with ``force`` (they are unpinned first). The data goes with the next
-cleanup. Both record the removal in the catalog, so verify does not call it vanished.
+cleanup. forget and cleanup record the removal in the catalog, so verify does not call
+the snapshot vanished.
 """
 
 from __future__ import annotations
