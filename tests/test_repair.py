@@ -371,3 +371,19 @@ def test_damaged_replica_copy_is_never_fetched(replica_sb, s3_server, s3_buckets
     assert "damaged" in out["fetch_failed"][0]
     assert [x["snapshot"] for x in out["lost"]] == [sid]
     assert pack_path(sb, bad).read_bytes() == damaged_here
+
+
+def test_damaged_index_file_is_replaced(files_sb):
+    sb = files_sb
+    eng = sb.engine(init=True)
+    sid = eng.backup("files", "src").id
+    (index_file,) = (sb.repo / "index").iterdir()
+    flip(index_file, 20)
+    proc = sb.cli("cleanup")
+    assert proc.returncode == 1 and b"'backup-tui repair' rebuilds the index" in proc.stderr
+    out = cli_json(sb, "repair")
+    assert out["ok"] and out["index_rewritten"]
+    assert [d.split(":")[0] for d in out["index_damaged"]] == [f"index/{index_file.name}"]
+    assert out["index_deleted"] == [index_file.name] and not index_file.exists()
+    assert eng.verify([sid], read_data=True).ok
+    assert sb.cli("cleanup").returncode == 0
