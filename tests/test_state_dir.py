@@ -467,3 +467,24 @@ def test_password_for_an_unencrypted_repository_is_warned_once(sandbox_factory):
     json.loads(proc.stdout)
     proc = sb.cli("backup", "files", "src", env={"BACKUP_TUI_PASSWORD": "unused-secret"})
     assert proc.returncode == 0 and proc.stderr.decode().count("NOT encrypted") == 1
+
+
+# ---------------------------------------- small: advice names commands that exist
+def test_every_command_a_message_recommends_exists():
+    """'backup-tui forget SNAPSHOT', 'backup-tui repair', ...: each command word any
+    message of the engine or the CLI recommends is a subcommand of the parser."""
+    import re
+
+    from backup_tui.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    commands = set(sub.choices)
+    root = Path(__file__).resolve().parent.parent
+    named: dict[str, str] = {}
+    for path in [*(root / "engine").rglob("*.py"), *(root / "backup_tui").rglob("*.py")]:
+        for m in re.finditer(r"['`]backup-tui ([a-z][a-z-]+)", path.read_text()):
+            named.setdefault(m.group(1), str(path.relative_to(root)))
+    assert {"forget", "repair"} <= set(named)
+    missing = {c: where for c, where in named.items() if c not in commands}
+    assert not missing, missing
