@@ -886,17 +886,31 @@ def execute_restore_db(
                        message=f"renaming {plan.temp_db} to {plan.target_db}"))
         journal.write(phase="swapping")
         _swap(plan, keep_owner=not plan.properties or plan.no_owner)
-    except BaseException:
+    except BaseException as e:
+        left = ""
         try:
             _drop(server, plan.temp_db)
             journal.remove()
-        except (EngineError, psycopg2.Error):
-            warnings.append(f"could not drop temporary database {plan.temp_db}")
+        except (EngineError, psycopg2.Error) as why:
+            left = (f"; the temporary database {plan.temp_db} could not be dropped "
+                    f"({_first_line(why)}): the next restore on this server or 'backup-tui "
+                    "doctor --fix' drops it")
+        if isinstance(e, psycopg2.Error):  # a statement of ours the server refused
+            raise EngineError(f"restore of snapshot {plan.snapshot['id'][:8]} failed: "
+                              f"{_first_line(e)}; database {plan.target_db!r} was not "
+                              f"changed{left}") from None
+        if left and isinstance(e, EngineError):
+            e.args = (f"{e}{left}",)
         raise
     _fault_point("swapped")
     journal.remove()
     if plan.old_db and plan.drop_old:
-        _drop(server, plan.old_db)
+        try:
+            _drop(server, plan.old_db)
+        except (EngineError, psycopg2.Error) as e:
+            warnings.append(f"the restore is in place, but the old database {plan.old_db} "
+                            f"could not be dropped ({_first_line(e)}): it is kept")
+            plan.drop_old = False
     on_event(Event(job_id, "done", bytes_done=written, bytes_total=total,
                    message=f"restored into {plan.target_db}", final=True))
     return DbRestoreResult(plan.snapshot["id"], plan.target_db,
@@ -929,7 +943,11 @@ def _swap(plan: DbRestorePlan, keep_owner: bool = True, attempts: int = 5) -> No
                     if keep_owner:
                         cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
                                     "WHERE datname = %s", (plan.target_db,))
-                        owner = cur.fetchone()[0]
+                        row = cur.fetchone()
+                        if row is None:
+                            raise EngineError(f"database {plan.target_db!r} vanished during "
+                                              f"the restore; the restored one is dropped")
+                        owner = row[0]
                         cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                             ident(plan.temp_db), ident(owner)))
                     cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
