@@ -49,7 +49,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.errors import EngineError, IntegrityError, NotFound, RepositoryError, UsageError
+from engine.errors import (
+    EngineError,
+    IntegrityError,
+    LockedError,
+    NotFound,
+    RepositoryError,
+    UsageError,
+)
 from engine.events import CancelToken, Event, EventCallback
 from engine.ops import prune as prune_op
 from engine.ops import verify as verify_op
@@ -240,6 +247,9 @@ def run_repair(repo: Repository, remote: Backend | None, replica: str | None,
     rrepo = _open_remote(repo, remote, password) if remote is not None else None
     if dry_run:
         _repair(repo, rrepo, seen, report, job_id, on_event, cancel)
+        report.prune_skipped = (
+            "a real run then removes what no snapshot references (prune)" if report.ok else
+            "a real run removes nothing: snapshots still need missing data")
     else:
         with RepoLock(repo.backend, exclusive=True, purpose="repair").acquire(wait=lock_wait):
             try:
@@ -273,8 +283,8 @@ def _prune(repo: Repository, report: RepairReport, job_id: str, on_event: EventC
     try:
         report.prune = prune_op.prune(repo, on_event=on_event, job_id=job_id,
                                       lock_wait=lock_wait).as_json()
-    except prune_op.PruneRefused as e:
-        report.prune_skipped = str(e)
+    except (prune_op.PruneRefused, LockedError) as e:  # the repair itself is done
+        report.prune_skipped = f"not cleaned up: {e}"
 
 
 class _Scan:
