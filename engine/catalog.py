@@ -131,6 +131,7 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """
 
 SCHEMAS = {"catalog": CATALOG_SCHEMA, "admin": ADMIN_SCHEMA}
+PROBE = {"catalog": "jobs", "admin": "audit"}  # a table each store has
 PROGRESS_INTERVAL = 0.25
 FULL_BELOW = 256 * 1024  # an I/O error with less free space than this is a full disk
 
@@ -222,8 +223,9 @@ class Catalog:
                               f"{_user()} may not create it")
             return
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise StateDirError(self._full_message()) from None
+            if e.errno == errno.ENOSPC:  # reads go on, from empty stores; writes say why
+                self.read_only = self._full_message()
+                return
             raise EngineError(f"state directory {self.dir}: cannot create it: "
                               f"{e.strerror}") from None
         # Ours: readable by everyone (read-only commands), written by root and admins.
@@ -344,8 +346,8 @@ class Catalog:
                 db = sqlite3.connect(f"file:{path}?{query}", uri=True, timeout=30,
                                      isolation_level=None)
                 db.row_factory = sqlite3.Row
-                try:
-                    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                try:  # readable, and made by us (a file begun on a full disk may be empty)
+                    db.execute(f"SELECT 1 FROM {PROBE[store]} LIMIT 1").fetchall()
                     return db
                 except sqlite3.Error:
                     db.close()

@@ -214,6 +214,15 @@ def test_full_state_dir_says_so_and_reads_still_work(sandbox, small_mount):
         assert b"Traceback" not in proc.stderr
     assert b"no space left" in sandbox.cli("verify").stderr  # said, once
 
+    sandbox.state = small_mount / "fresh-state"  # a state directory begun on a full disk
+    sandbox.write_config()
+    proc = sandbox.cli("list", "--json")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 1, proc.stderr
+    line = one_line(sandbox.cli("backup", "files", "src"), 1)
+    assert "no space left on device in" in line and "fresh-state" in line, line
+    sandbox.state = small_mount / "state"
+    sandbox.write_config()
+
     for filler in small_mount.glob("filler*"):  # space again: everything as before
         filler.unlink()
     assert sandbox.cli("backup", "files", "src").returncode == 0
