@@ -233,7 +233,10 @@ class Catalog:
 
     def _open(self) -> None:
         if not self.read_only and not self._can_write():
-            self.read_only = f"{_user()} may not write {self.dir} (only admins may)"
+            self.read_only = (
+                f"the file system of {self.dir} is mounted read-only" if _read_only_fs(self.dir)
+                else f"{_user()} may not write {self.dir} or its stores (root and the admin "
+                "group write them; docs/SECURITY.md, 'Local users')")
         for store in SCHEMAS:
             try:
                 self._prepare(store)
@@ -703,6 +706,13 @@ def _user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _group_id(name: str) -> int | None:

@@ -229,6 +229,21 @@ def test_full_state_dir_says_so_and_reads_still_work(sandbox, small_mount):
     assert len(json.loads(sandbox.cli("list", "--json").stdout)) == 2
 
 
+def test_read_only_state_dir_says_so_and_reads_still_work(sandbox, small_mount):
+    sandbox.state = small_mount / "state"
+    sandbox.write_config()
+    (sandbox.src / "a").write_text("a")
+    assert sandbox.cli("init").returncode == 0
+    assert sandbox.cli("backup", "files", "src").returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    line = one_line(sandbox.cli("backup", "files", "src"), 1)
+    assert f"the file system of {sandbox.state} is mounted read-only" in line, line
+    for args in (["list", "--json"], ["status", "--json"], ["verify", "--json"]):
+        proc = sandbox.cli(*args)
+        assert proc.returncode == 0 and proc.stderr == b"", (args, proc.stderr)
+    subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
+
+
 def test_catalog_layer_full_disk_is_named(tmp_path, monkeypatch):
     """The classification itself, for SQLITE_FULL raised by any write."""
     from engine.catalog import StateDirError
