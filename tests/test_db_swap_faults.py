@@ -271,3 +271,39 @@ def test_directory_format_kill_during_pg_restore_leaves_nothing_after_doctor(app
     assert databases(pg_cluster, f"{sb.db}\\_\\_restoring\\_%") == []
     assert not [d for d in os.listdir(sb.state / "tmp") if d.startswith("restore-")]
     assert app_rows(sb) == before
+
+
+@pytest.mark.parametrize("setgid", [False, True])
+def test_journal_is_durable_and_shared_with_admins_when_the_state_dir_is(tmp_path, setgid):
+    """The entry is complete on disk before the server is touched (atomic replace); in a
+    setgid state directory (an admin group) the folder and entries are the group's, so
+    another admin's next run or doctor can settle them."""
+    from engine.ops.restore_db import DbRestorePlan, SwapJournal, journal_dir, journal_entries
+    from engine.sources.pgconn import PgTarget
+
+    state = tmp_path / "state"
+    state.mkdir()
+    if setgid:
+        os.chmod(state, 0o2775)
+    plan = DbRestorePlan({"id": "x" * 64, "kind": "db", "source": "app"},
+                         PgTarget("app", {"host": "127.0.0.1"}, "config"), "app", True, True,
+                         "app__restoring_1", "app__old_1")
+    j = SwapJournal(journal_dir(state), plan, "job-1", None)
+    j.write()
+    j.write(temp_oid=42)
+    entries, bad = journal_entries(state)
+    assert not bad and [e.entry["temp_oid"] for e in entries] == [42]
+    assert entries[0].alive()  # this very process
+    folder = os.stat(journal_dir(state)).st_mode
+    entry = os.stat(j.path).st_mode
+    assert stat_mode(folder) == (0o2770 if setgid else 0o700)
+    assert stat_mode(entry) == (0o660 if setgid else 0o600)
+    assert os.listdir(journal_dir(state)) == ["job-1.json"]  # no temporary file left
+    j.remove()
+    assert journal_entries(state) == ([], [])
+
+
+def stat_mode(mode: int) -> int:
+    import stat
+
+    return stat.S_IMODE(mode)

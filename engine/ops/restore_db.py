@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -495,10 +496,12 @@ class SwapJournal:
         self.entry.update(changes)
         folder = os.path.dirname(self.path)
         try:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
+            shared = _make_journal_dir(folder)
             tmp = f"{self.path}.{os.getpid()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
+                if shared:  # other admins settle what this run leaves
+                    os.fchmod(fd, 0o660)
                 os.write(fd, json.dumps(self.entry, indent=1).encode())
                 os.fsync(fd)
             finally:
@@ -515,6 +518,19 @@ class SwapJournal:
             _fsync_dir(os.path.dirname(self.path))
         except FileNotFoundError:
             pass
+
+
+def _make_journal_dir(folder: str) -> bool:
+    """The journal folder: shared with the admin group when the state directory is (it is
+    setgid, engine/catalog.py), else the owner's alone. True when shared."""
+    shared = bool(os.stat(os.path.dirname(folder)).st_mode & stat.S_ISGID)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return shared
+    if shared:  # made just now, by us
+        os.chmod(folder, 0o2770)
+    return shared
 
 
 def _fsync_dir(folder: str) -> None:
