@@ -217,8 +217,9 @@ def plan_restore_db(
         plan.notes.append(f"snapshot {snap['id'][:8]} was taken before database properties "
                           "were saved: its owner, locale, ACL and settings are not restored")
     if exists:
-        plan.steps.append(f"disconnect clients of {target_db}, rename it to {old_db}")
-        plan.steps.append(f"rename {temp_db} to {target_db}")
+        plan.steps.append(f"in one transaction: disconnect clients of {target_db}, rename it "
+                          f"to {old_db} and {temp_db} to {target_db} (until it commits, "
+                          f"{target_db} stays as it is, open to connections)")
         if drop_old:
             plan.steps.append(f"drop {old_db}")
     else:
