@@ -307,3 +307,27 @@ def stat_mode(mode: int) -> int:
     import stat
 
     return stat.S_IMODE(mode)
+
+
+def test_dated_names_already_taken_are_not_reused(app_db, pg_cluster):
+    """Two replaces within one second (a retry right after a kill that came after the
+    commit) must not collide on the dated names: a taken one gets a suffix."""
+    from datetime import UTC, datetime, timedelta
+
+    sb = app_db
+    sid = json.loads(sb.cli("backup", "db", "app", "--json", check=True).stdout)["id"]
+    now = datetime.now(UTC)
+    taken = [f"{sb.db}__old_{(now + timedelta(seconds=k)).strftime('%Y%m%d%H%M%S')}"
+             for k in range(4)]
+    for name in taken:
+        pg_cluster.psql(f'CREATE DATABASE "{name}"')
+    try:
+        out = sb.cli("restore", "db", sid, "--target-db", sb.db, "--replace", "--yes",
+                     "--json")
+        assert out.returncode == 0, out.stderr.decode()
+        old = json.loads(out.stdout)["old_db"]
+        assert old not in taken and old.endswith("_1")
+        assert app_rows(sb).startswith("3000:")
+    finally:
+        for name in databases(pg_cluster, f"{sb.db}\\_\\_old\\_%"):
+            pg_cluster.psql(f'DROP DATABASE IF EXISTS "{name}"')

@@ -173,8 +173,13 @@ def plan_restore_db(
             "under a dated name)"
         )
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    temp_db = _ident(target_db, f"__restoring_{stamp}")
-    old_db = _ident(target_db, f"__old_{stamp}") if exists else None
+    for n in range(100):  # a name no database has (two restores within one second)
+        tail = f"{stamp}_{n}" if n else stamp
+        temp_db = _ident(target_db, f"__restoring_{tail}")
+        old_db = _ident(target_db, f"__old_{tail}") if exists else None
+        if not database_exists(server, temp_db) and not (
+                old_db and database_exists(server, old_db)):
+            break
     plan = DbRestorePlan(snap, server, target_db, exists, replace, temp_db, old_db,
                          drop_old, no_owner, with_globals, no_acl, create_missing_roles)
     plan.properties = snap.get("postgres", {}).get("database")
