@@ -652,8 +652,9 @@ def settle(entry: JournalEntry, server: PgTarget, fix: bool = True) -> Settled:
                                             "finish: drop it yourself once checked)"
                                             if e.get("drop_old") else ""))
                 elif now is not None:
-                    out.notes.append(f"the temporary database (oid {temp_oid}) is now named "
-                                     f"{now}: renamed by someone else, left alone")
+                    out.notes.append(f"its temporary database (oid {temp_oid}) is now named "
+                                     f"{now} (renamed since, by a later restore or by hand): "
+                                     "left alone")
             elif oid_of(temp) is not None:
                 # killed between CREATE DATABASE and recording its oid: the name was
                 # journaled before it was created, with a time stamp no one else uses
