@@ -244,7 +244,8 @@ class Engine:
         ``with_globals``."""
         snap = ref if isinstance(ref, dict) else self.snapshot(ref)
         cls = registry.kind(snap.get("kind", ""))
-        return cls.plan_restore(self.config, self.repo(), snap, **options)
+        with self._reading(f"plan restore {snap['id'][:12]}", snap["id"]):
+            return cls.plan_restore(self.config, self.repo(), snap, **options)
 
     def restore(self, plan: Any, on_event: EventCallback = ignore,
                 cancel: CancelToken | None = None) -> Any:
