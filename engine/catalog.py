@@ -278,11 +278,15 @@ class Catalog:
                         db.execute(f"ALTER TABLE jobs ADD COLUMN {col} TEXT")
         if new:
             self._set_mode(path, 0o664 if self._group is not None else 0o644)
-        if store == "admin" and new:
-            self._migrate_admin()
+        if store == "admin":
+            try:
+                self._migrate_admin()
+            except sqlite3.OperationalError:  # another process is moving them: its turn
+                pass
 
     def _migrate_admin(self) -> None:
-        """An older catalog kept the audit log and run requests itself: move them here."""
+        """An older catalog kept the audit log and run requests itself: move them to the
+        admin store (again at the next open if it was interrupted: rows keep their ids)."""
         with self._conn("catalog") as cat:
             tables = {r[0] for r in cat.execute("SELECT name FROM sqlite_master "
                                                 "WHERE type='table'")}
