@@ -460,12 +460,25 @@ class Catalog:
     def jobs(self, limit: int = 50) -> list[dict]:
         with self._conn() as db:
             rows = db.execute("SELECT * FROM jobs ORDER BY started DESC LIMIT ?", (limit,))
-            return [dict(r) for r in rows]
+            return [self._seen_as(dict(r)) for r in rows]
 
     def job(self, job_id: str) -> dict | None:
         with self._conn() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-            return dict(row) if row else None
+            return self._seen_as(dict(row)) if row else None
+
+    def _seen_as(self, job: dict) -> dict:
+        """A reader who may not write the catalog still sees a dead process's job as
+        interrupted (an admin's next open records it)."""
+        if self.read_only and job.get("state") == "running" and self._dead(job):
+            job.update(state="interrupted", error="the process running it ended")
+        return job
+
+    def _dead(self, job: dict) -> bool:
+        """The job's process, on this host, is gone (or its pid now names another)."""
+        return ((job.get("host") or self.host) == self.host
+                and (not job.get("pid")
+                     or not process_alive(int(job["pid"]), job.get("pid_start"))))
 
     def mark_interrupted(self) -> int:
         """Jobs left 'running' by a process of this host that is gone (killed, or its pid
@@ -473,9 +486,7 @@ class Catalog:
         jobs of other hosts are theirs to judge."""
         with self._conn() as db:
             rows = [dict(r) for r in db.execute("SELECT * FROM jobs WHERE state='running'")]
-        gone = [r["id"] for r in rows
-                if (r.get("host") or self.host) == self.host
-                and (not r["pid"] or not process_alive(int(r["pid"]), r.get("pid_start")))]
+        gone = [r["id"] for r in rows if self._dead(r)]
         if not gone:
             return 0
 

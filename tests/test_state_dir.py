@@ -262,7 +262,7 @@ def test_catalog_layer_full_disk_is_named(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------- finding 9: dead jobs
-def test_jobs_of_dead_processes_are_marked_interrupted_on_open(tmp_path):
+def test_jobs_of_dead_processes_are_marked_interrupted_on_open(tmp_path, monkeypatch):
     state = tmp_path / "state"
     Catalog(state)
     dead = subprocess.Popen(["true"])
@@ -277,10 +277,18 @@ def test_jobs_of_dead_processes_are_marked_interrupted_on_open(tmp_path):
             db.execute("INSERT INTO jobs (id, kind, target, state, started, pid, host, "
                        "pid_start) VALUES (?, 'backup', 't', 'running', ?, ?, ?, ?)",
                        (jid, time.time(), pid, h, start))
-    cat = Catalog(state)  # whoever opens it next
-    states = {j["id"]: j["state"] for j in cat.jobs()}
-    assert states == {"dead": "interrupted", "reused": "interrupted", "mine": "running",
-                      "elsewhere": "running", "legacy": "interrupted"}
+    expected = {"dead": "interrupted", "reused": "interrupted", "mine": "running",
+                "elsewhere": "running", "legacy": "interrupted"}
+    with monkeypatch.context() as m:  # a reader who may not write sees them so too
+        m.setattr(Catalog, "_can_write", lambda self: False)
+        reader = Catalog(state)
+        assert reader.read_only
+        assert {j["id"]: j["state"] for j in reader.jobs()} == expected
+        assert reader.job("dead")["state"] == "interrupted"
+    assert {r["state"] for r in jobs_of(state)} == {"running"}  # it changed nothing
+    cat = Catalog(state)  # whoever opens it next records it
+    assert {j["id"]: j["state"] for j in cat.jobs()} == expected
+    assert {r["id"]: r["state"] for r in jobs_of(state)} == expected
 
 
 def test_killed_backup_shows_interrupted_in_status(sandbox):
