@@ -240,6 +240,15 @@ class Catalog:
         for store in SCHEMAS:
             try:
                 self._prepare(store)
+            except OSError as e:  # creating the store file
+                if e.errno == errno.ENOSPC:
+                    self.read_only = self._full_message()
+                    continue
+                if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    self.read_only = f"{_user()} may not write {self._path(store)}"
+                    continue
+                raise EngineError(f"{self._path(store)}: cannot create it: "
+                                  f"{e.strerror}") from None
             except sqlite3.Error as e:
                 kind = self._classify(e)
                 if kind == "full":
@@ -268,7 +277,8 @@ class Catalog:
         path = self._path(store)
         if self.read_only:
             return
-        new = not path.exists()
+        if not path.exists():
+            self._create(path)
         with self._conn(store) as db:
             db.executescript(SCHEMAS[store])
             if store == "catalog":
@@ -276,8 +286,6 @@ class Catalog:
                 for col in ("host", "pid_start"):
                     if col not in cols:
                         db.execute(f"ALTER TABLE jobs ADD COLUMN {col} TEXT")
-        if new:
-            self._set_mode(path, 0o664 if self._group is not None else 0o644)
         if store == "admin":
             try:
                 self._migrate_admin()
@@ -300,15 +308,36 @@ class Catalog:
                 if "run_requests" in tables else [])
         with self._conn("admin") as adm:
             adm.execute("BEGIN IMMEDIATE")
-            adm.executemany("INSERT OR IGNORE INTO audit (seq, time, user, uid, action, target,"
-                            " snapshots, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?)", audit)
-            adm.executemany("INSERT OR IGNORE INTO run_requests (id, kind, requested, user, "
-                            "taken) VALUES (?,?,?,?,?)", runs)
-            adm.execute("COMMIT")
+            try:
+                adm.executemany("INSERT OR IGNORE INTO audit (seq, time, user, uid, action, "
+                                "target, snapshots, outcome, detail) VALUES "
+                                "(?,?,?,?,?,?,?,?,?)", audit)
+                adm.executemany("INSERT OR IGNORE INTO run_requests (id, kind, requested, "
+                                "user, taken) VALUES (?,?,?,?,?)", runs)
+                adm.execute("COMMIT")
+            except BaseException:
+                if adm.in_transaction:
+                    adm.execute("ROLLBACK")
+                raise
         with self._conn("catalog") as cat:
             cat.executescript("DROP TRIGGER IF EXISTS audit_no_update; "
                               "DROP TRIGGER IF EXISTS audit_no_delete; "
                               "DROP TABLE IF EXISTS audit; DROP TABLE IF EXISTS run_requests;")
+
+    def _create(self, path: Path) -> None:
+        """A new store file with its mode and group from the start, before SQLite makes its
+        -wal and -shm files (they take the database file's mode and owner)."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # another process made it just now
+            return
+        try:
+            if self._group is not None:
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, -1, self._group)
+            os.fchmod(fd, 0o664 if self._group is not None else 0o644)
+        finally:
+            os.close(fd)
 
     def _set_mode(self, path: Path, mode: int) -> None:
         """Mode and group of a file or folder this process just created (never another's)."""

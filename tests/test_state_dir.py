@@ -443,6 +443,64 @@ print(len(fails))
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_admin_group_member_writes_with_default_modes(other_user):
+    """With [security] admin_group existing: the state directory and both stores (and their
+    -wal and -shm) are the group's to write from the start; a member who is not root
+    changes a schedule and is audited under their own name; the same user without the
+    group is refused."""
+    import grp
+    import stat
+
+    python = _python_for_others()
+    if python is None:
+        pytest.skip("no Python interpreter, checkout and packages other users can run")
+    group = f"btg{uuid.uuid4().hex[:8]}"
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    base = Path(tempfile.mkdtemp(prefix="btag-"))
+    os.chmod(base, 0o755)  # ours: mkdtemp made it 0700
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        sandbox = Sandbox(base)
+        sandbox.extra = f'[security]\nadmin_group = "{group}"\n'
+        sandbox.write_config()
+        eng = sandbox.engine(init=True)
+        eng.pause("files")  # an open writer: -wal and -shm exist now
+        st = os.stat(sandbox.state)
+        assert st.st_gid == gid and stat.S_IMODE(st.st_mode) == 0o2775, oct(st.st_mode)
+        for name in ("catalog.sqlite", "admin.sqlite"):
+            for suffix in ("", "-wal", "-shm"):
+                path = sandbox.state / (name + suffix)
+                if suffix and not path.exists():
+                    continue
+                st = os.stat(path)
+                assert st.st_gid == gid and stat.S_IMODE(st.st_mode) == 0o664, (
+                    path.name, oct(st.st_mode))
+        their_config = base / "their-config.toml"
+        their_config.write_text("\n".join(
+            line for line in sandbox.config_path.read_text().splitlines()
+            if not line.startswith("password_file")) + "\n")
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": ":".join(
+            [str(Path(__file__).resolve().parent.parent), *python[1:]])}
+
+        def cli(groups: list[str], *args):
+            return subprocess.run(
+                ["setpriv", "--reuid", str(other_user.pw_uid), "--regid",
+                 str(other_user.pw_gid), *groups, python[0], "-m", "backup_tui.cli",
+                 "--config", str(their_config), *args],
+                capture_output=True, timeout=120, cwd="/", env=env)
+
+        member = cli(["--groups", str(gid)], "schedule", "resume", "files")
+        assert member.returncode == 0, member.stderr.decode()
+        outsider = cli(["--clear-groups"], "schedule", "pause", "files")
+        assert outsider.returncode == 1 and b"permission denied" in outsider.stderr
+        lines = eng.audit_log()
+        assert (lines[0]["action"], lines[0]["user"]) == ("resume", other_user.pw_name)
+        assert not eng.catalog.schedule_states()["files"]["paused"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(["groupdel", group], check=False, capture_output=True)
+
+
 def test_old_catalog_moves_its_audit_log_to_the_admin_store(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
