@@ -28,7 +28,6 @@ from campaign import (
     fill,
     manifest,
     popen_cli,
-    run_cli,
 )
 
 from engine.repo.crypto import wrap_master
@@ -158,9 +157,9 @@ def damage(sb, t: dict, obj: str, how: str, rng) -> tuple[str, str]:
     return name, ((path.name, s1) if how == "missing" else (path.name,))
 
 
-def restore_check(sb, sid: str, want: dict, src: str, target: Path) -> tuple[bool, str]:
+def restore_check(proc, want: dict, src: str, target: Path) -> tuple[bool, str]:
     """(restored ok, problem): a failure must be clean; a success must be identical."""
-    proc = run_cli(sb, "restore", "files", sid, "--target", str(target))
+    sid = proc.args[proc.args.index("files") + 1]
     if proc.returncode != 0:
         return False, clean_error(proc) or ""
     bad = diff_manifests(want, manifest(target / src.lstrip("/")))
@@ -189,16 +188,18 @@ def test_damaged_object(obj, how, sandbox_factory, tmp_path, fault_budget, fault
     if fault_budget.long:
         commands += [("verify",), ("status",), ("dump", t["s1"])]
     outputs = {}
-    running = [(args, popen_cli(sb, *args)) for args in commands]  # read-only: at once
+    restores = [("restore", "files", sid, "--target", str(tmp_path / sid))
+                for sid in (t["s1"], t["s2"])]
+    running = [(args, popen_cli(sb, *args)) for args in commands + restores]  # all at once
     for args, p in running:
         out, err = p.communicate(timeout=300)
         proc = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-        outputs[args[0] + " ".join(args[1:])] = proc
+        outputs[" ".join(args)] = proc
         if proc.returncode != 0 or b"Traceback" in proc.stderr:
             bad = clean_error(proc)
             if bad:
                 problems.append(f"{' '.join(args)}: {bad}")
-    v = outputs["verify--read-data"]
+    v = outputs["verify --read-data"]
     text = (v.stdout + v.stderr).decode(errors="replace")
     if v.returncode == 0:
         problems.append(f"verify --read-data says ok about a {how} {obj} ({name})")
@@ -207,16 +208,15 @@ def test_damaged_object(obj, how, sandbox_factory, tmp_path, fault_budget, fault
                         f"{text[-600:]}")
     elif whole and not any(w in text for w in (obj, "password", "authentication failed")):
         problems.append(f"the error names neither the {obj} nor what failed: {text[-600:]}")
-    ok1, bad = restore_check(sb, t["s1"], t["m1"], str(t["sb"].src), tmp_path / "s1")
+    r1, r2 = (outputs[" ".join(a)] for a in restores)
+    ok1, bad = restore_check(r1, t["m1"], str(t["sb"].src), tmp_path / t["s1"])
     if bad:
         problems.append(bad)
-    ok2, bad = restore_check(sb, t["s2"], t["m2"], t["sb"].filesets["other"][0],
-                             tmp_path / "s2")
+    ok2, bad = restore_check(r2, t["m2"], t["sb"].filesets["other"][0], tmp_path / t["s2"])
     if bad:
         problems.append(bad)
     if not whole and not ok2:
-        proc = run_cli(sb, "restore", "files", t["s2"], "--target", str(tmp_path / "s2b"))
-        lost = f"S2 (untouched by the damage) no longer restores: {describe(proc)}"
+        lost = f"S2 (untouched by the damage) no longer restores: {describe(r2)}"
     what = f"{how} {obj} ({name})"
     if lost:
         fault_report.record(CLS, "lost", f"{what}: {lost}")

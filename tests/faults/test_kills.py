@@ -134,9 +134,10 @@ def test_sigkill_files_backup(sandbox, tmp_path, fault_budget, fault_report):
     assert rounds.hits >= fault_budget.pick(8, 40), "too few kills landed"
 
 
-def files_sandbox_with_snapshots(sb, rng, count: int) -> dict[str, dict]:
+def files_sandbox_with_snapshots(sb, rng, count: int, size: int = 512 * KIB
+                                 ) -> dict[str, dict]:
     """An initialised sandbox with ``count`` files snapshots of a changing tree."""
-    fill(sb.src, rng, 12, 512 * KIB)
+    fill(sb.src, rng, 12, size)
     eng = sb.engine(init=True)
     expected = {}
     for n in range(count):
@@ -410,13 +411,13 @@ def test_sigkill_replicate(sandbox, s3_server, s3_buckets, tmp_path, fault_budge
     sandbox.extra = replica_toml("use1", s3_buckets.use1, "us-east-1", s3_server.endpoint_url,
                                  replicate_after_backup=False)
     sandbox.write_config()
-    expected = files_sandbox_with_snapshots(sandbox, rng, 1)
+    expected = files_sandbox_with_snapshots(sandbox, rng, 1, size=128 * KIB)
     rounds = Rounds(fault_report, "replicate")
     proc, dur = timed_cli(sandbox, "replicate")
     assert proc.returncode == 0, describe(proc)
     for n in range(fault_budget.pick(6, 30)):
         eng = sandbox.engine()
-        mutate(sandbox.src, rng, n, files=10, size=1024 * KIB)
+        mutate(sandbox.src, rng, n, files=6, size=512 * KIB)
         m = manifest(sandbox.src)
         sid = eng.backup("files", "src", replicate=False).id
         expected[sid] = m
