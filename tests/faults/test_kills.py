@@ -107,12 +107,12 @@ def test_sigkill_files_backup(sandbox, tmp_path, fault_budget, fault_report):
     sid, err, dur = backup_json(sandbox, "files", "src")
     assert sid, err
     remember(sid, m)
-    for n in range(fault_budget.pick(12, 60)):
+    for n in range(fault_budget.pick(14, 60)):
         mutate(sandbox.src, rng, n)
         m = manifest(sandbox.src)
         before = set(snapshot_ids(sandbox))
         proc = popen_cli(sandbox, "backup", "files", "src", "--json")
-        hit = kill_after(proc, rng.uniform(0.1, 1.0) * dur)
+        hit = kill_after(proc, rng.uniform(0.05, 0.9) * dur)
         new = set(snapshot_ids(sandbox)) - before
         for s in new:  # the kill came after the commit point
             remember(s, m)
@@ -161,7 +161,7 @@ def test_sigkill_files_restore(sandbox, tmp_path, fault_budget, fault_report):
         sid = rng.choice(sorted(expected))
         target = tmp_path / f"target{n}"
         proc = popen_cli(sandbox, "restore", "files", sid, "--target", str(target))
-        hit = kill_after(proc, rng.uniform(0.1, 1.0) * dur)
+        hit = kill_after(proc, rng.uniform(0.05, 0.9) * dur)
         lost = check_files_repo(sandbox, expected, tmp_path, only=[])
         failed = ""
         if not lost:
@@ -192,7 +192,7 @@ def test_sigkill_dump(sandbox, tmp_path, fault_budget, fault_report):
         sid = rng.choice(sorted(expected))
         with open(tmp_path / f"killed{n}.tar", "wb") as out:
             proc = popen_cli(sandbox, "dump", sid, stdout=out)
-            hit = kill_after(proc, rng.uniform(0.1, 1.0) * dur)
+            hit = kill_after(proc, rng.uniform(0.05, 0.9) * dur)
         lost = check_files_repo(sandbox, expected, tmp_path, only=[])
         failed = ""
         if not lost:
@@ -242,7 +242,7 @@ def test_sigkill_cleanup(sandbox, tmp_path, fault_budget, fault_report):
             order.append(sid)
         keep = [s for s in order if s in expected][-2:]
         proc = popen_cli(sandbox, "cleanup")
-        hit = kill_after(proc, rng.uniform(0.1, 1.0) * dur)
+        hit = kill_after(proc, rng.uniform(0.05, 0.9) * dur)
         present = set(snapshot_ids(sandbox))
         lost = "" if set(keep) <= present else f"kept snapshots deleted: {set(keep) - present}"
         expected = {s: m for s, m in expected.items() if s in present}
@@ -325,7 +325,7 @@ def test_sigkill_db_backup(shop_sandbox, pg_cluster, fault_budget, fault_report)
         fp = db_print(pg_cluster, sb.db)
         before = set(snapshot_ids(sb))
         proc = popen_cli(sb, "backup", "db", "shop", "--json")
-        hit = kill_after(proc, rng.uniform(0.1, 1.0) * dur)
+        hit = kill_after(proc, rng.uniform(0.05, 0.9) * dur)
         new = set(snapshot_ids(sb)) - before
         for s in new:
             expected[s] = fp
@@ -375,7 +375,7 @@ def test_sigkill_db_restore_replace(shop_sandbox, pg_cluster, fault_budget, faul
         pg_cluster.psql(f"DELETE FROM orders WHERE id % {n + 7} = 0", sb.db)  # the accident
         fp_before = db_print(pg_cluster, sb.db)
         proc = popen_cli(sb, *args)
-        hit = kill_after(proc, rng.uniform(0.1, 1.0) * dur)
+        hit = kill_after(proc, rng.uniform(0.05, 0.9) * dur)
         lost = accepts_connections(pg_cluster, sb.db)
         if not lost:
             now = db_print(pg_cluster, sb.db)
@@ -422,7 +422,7 @@ def test_sigkill_replicate(sandbox, s3_server, s3_buckets, tmp_path, fault_budge
         sid = eng.backup("files", "src", replicate=False).id
         expected[sid] = m
         proc = popen_cli(sandbox, "replicate")
-        hit = kill_after(proc, rng.uniform(0.1, 1.0) * dur)
+        hit = kill_after(proc, rng.uniform(0.05, 0.9) * dur)
         remote = sandbox.engine().for_replica("use1")
         there = {s.id for s in remote.snapshots()}
         lost = check_files_repo(sandbox, {s: expected[s] for s in there}, tmp_path,
