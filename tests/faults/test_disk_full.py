@@ -197,7 +197,17 @@ def test_restore_target_disk_full(sandbox, tmp_path, fault_budget, fault_report)
                 failed = failed or (f"restore after space was freed differs: {bad}"
                                     if bad else "")
             eps.record(f"restore target with {free} bytes free", lost, failed)
-        # dump into a full disk: a clear error too
+    shutil.rmtree(tmp_path / "restored", ignore_errors=True)
+    eps.assert_survived()
+
+
+def test_dump_output_disk_full(sandbox, tmp_path, fault_budget, fault_report):
+    """``dump > file`` onto a full disk: a clear error, not a traceback."""
+    eps = Episodes(fault_report)
+    rng = fault_budget.rng()
+    fill(sandbox.src, rng, 6, 2 * MIB)
+    sid = sandbox.engine(init=True).backup("files", "src", replicate=False).id
+    for n, free in enumerate(free_amounts(rng, fault_budget)):
         with small_fs(tmp_path / f"dfs{n}", 8) as fs:
             ballast = leave_free(fs, free)
             with open(fs / "out.tar", "wb") as out:
@@ -208,5 +218,4 @@ def test_restore_target_disk_full(sandbox, tmp_path, fault_budget, fault_report)
             (fs / "out.tar").unlink()
             ballast.unlink()
             eps.record(f"dump onto a disk with {free} bytes free", "", failed)
-    shutil.rmtree(tmp_path / "restored", ignore_errors=True)
     eps.assert_survived()
