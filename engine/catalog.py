@@ -32,6 +32,7 @@ import pwd
 import shutil
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -237,6 +238,7 @@ class Catalog:
                 f"the file system of {self.dir} is mounted read-only" if _read_only_fs(self.dir)
                 else f"{_user()} may not write {self.dir} or its stores (root and the admin "
                 "group write them; docs/SECURITY.md, 'Local users')")
+        self._warn_if_open_to_all()
         for store in SCHEMAS:
             try:
                 self._prepare(store)
@@ -264,6 +266,20 @@ class Catalog:
                     f"audit store {self._path(store)}: cannot open it: {e} (move it aside "
                     "to start a new audit log; keep the old file as the record)"
                 ) from None
+
+    def _warn_if_open_to_all(self) -> None:
+        """A state directory or store any local user may write lets them forge the audit
+        log and run requests: said, not refused (the admin chose the modes)."""
+        for path in (self.dir, self.admin_path, self.path):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_mode & stat.S_IWOTH:
+                log.warning("%s is writable by every local user (mode %o): anyone can forge "
+                            "the audit log and run requests; chmod o-w it (docs/SECURITY.md, "
+                            "'Local users')", path, stat.S_IMODE(st.st_mode))
+                return
 
     def _can_write(self) -> bool:
         if not os.access(self.dir, os.W_OK | os.X_OK):

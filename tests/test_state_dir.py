@@ -501,6 +501,15 @@ def test_admin_group_member_writes_with_default_modes(other_user):
         subprocess.run(["groupdel", group], check=False, capture_output=True)
 
 
+def test_a_state_dir_open_to_all_is_warned(sandbox):
+    sandbox.state.mkdir()
+    os.chmod(sandbox.state, 0o777)  # ours (made just above): an admin loosening it
+    (sandbox.src / "a").write_text("a")
+    assert sandbox.cli("init").returncode == 0
+    err = sandbox.cli("list").stderr.decode()
+    assert "writable by every local user" in err and "forge the audit log" in err, err
+
+
 def test_old_catalog_moves_its_audit_log_to_the_admin_store(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
