@@ -346,7 +346,7 @@ class RepoLock:
                 break
             self.backend.delete(self.name)
             c = conflicts[0]
-            how = (f"if its process is gone, remove it with 'backup-tui lock break {c.id}' "
+            how = (f"if its owner is gone, remove it with 'backup-tui lock break {c.id}' "
                    "('backup-tui lock list' shows every lock)")
             if time.monotonic() >= deadline:
                 raise LockedError(
