@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from engine.catalog import Catalog
 from engine.errors import EngineError, IntegrityError, NotFound
 from engine.events import CancelToken, Event, EventCallback
-from engine.repo.pack import pack_name, read_header
-from engine.repo.repository import Repository, sha256_hex
+from engine.repo.pack import MAX_PACK, pack_name, read_header
+from engine.repo.repository import Repository, parse_index, sha256_hex
 from engine.repo.walk import walk
 from engine.sources import registry
 
@@ -82,7 +82,7 @@ def verify(
     # Index files and snapshots: each must decode and match its name.
     for iid in repo.list_ids("index"):
         try:
-            repo.load_record("index", iid)
+            parse_index(repo.load_record("index", iid), f"index/{iid}")
         except EngineError as e:
             report.problems.append(Problem(f"index/{iid}", str(e)))
     all_snaps = repo.list_ids("snapshots")
@@ -179,22 +179,34 @@ def record_removed(repo: Repository, catalog: Catalog, ids: list[str]) -> None:
                     "verify will report them as vanished", len(ids), e)
 
 
+def _ids(value: object, where: str) -> list[str]:
+    """A list of blob ids from a node or snapshot; IntegrityError when it is not one."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(b, str) for b in value):
+        raise IntegrityError(f"{where}: malformed list of blob ids", where)
+    return value
+
+
 def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
     sid = snap["id"]
     root = snap.get("tree")
-    blob_ids: list[tuple[str, str]] = []
+    # each blob once, with the first place that names it: memory grows with the
+    # distinct blobs, not with how often a shared subtree is reached
+    blob_ids: dict[str, str] = {}
     try:
         if root:
-            blob_ids.append((root, "tree"))
+            if not isinstance(root, str):
+                raise IntegrityError(f"snapshots/{sid}: malformed tree id", f"snapshots/{sid}")
+            blob_ids.setdefault(root, "tree")
             for path, node in walk(repo, root):
                 if node["type"] == "dir":
-                    blob_ids.append((node["subtree"], "tree"))
-                for b in node.get("content", []) or []:
-                    blob_ids.append((b, os.fsdecode(path)))
-        for b in snap.get("stream", []) or []:
-            blob_ids.append((b, "stream"))
-        for b in snap.get("globals", []) or []:
-            blob_ids.append((b, "globals"))
+                    blob_ids.setdefault(node["subtree"], "tree")
+                for b in _ids(node.get("content"), os.fsdecode(path)):
+                    blob_ids.setdefault(b, os.fsdecode(path))
+        for key in ("stream", "globals"):
+            for b in _ids(snap.get(key), f"snapshots/{sid}"):
+                blob_ids.setdefault(b, key)
     except EngineError as e:
         obj = getattr(e, "object_name", "") or f"snapshots/{sid}"
         entry = repo.index.get(obj)
@@ -202,7 +214,7 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
             obj = pack_name(entry.pack_id)
         report.problems.append(Problem(obj, str(e), [sid]))
     missing = 0
-    for b, where in blob_ids:
+    for b, where in blob_ids.items():
         entry = repo.index.get(b)
         if entry is None:
             missing += 1
@@ -238,6 +250,9 @@ def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Probl
     name = pack_name(pid)
     if name not in present:
         return 0, 0, []  # already reported as missing
+    if present[name] > MAX_PACK:  # never read it whole
+        return 0, 0, [Problem(name, f"{name}: {present[name]} bytes, larger than any pack",
+                              users)]
     try:
         data = repo.backend.get(name)
     except NotFound:
@@ -257,7 +272,11 @@ def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Probl
     for bid in sorted(needed):
         idx = repo.index[bid]
         try:
-            repo.decode_blob(data[idx.offset : idx.offset + idx.length], bid, name)
+            sealed = data[idx.offset : idx.offset + idx.length]
+            if len(sealed) != idx.length:
+                raise IntegrityError(f"{name}: blob {bid[:16]}: the pack ends before offset "
+                                     f"{idx.offset}+{idx.length} (truncated?)", name)
+            repo.decode_blob(sealed, bid, name, idx.raw_length)
             checked += 1
         except IntegrityError as e:
             problems.append(Problem(name, str(e), users))

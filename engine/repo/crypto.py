@@ -34,21 +34,66 @@ def b64d(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-def derive_kek(password: str, kdf: dict) -> bytes:
+SCRYPT_MAXMEM = 256 * 1024 * 1024
+WRAPPED_LEN = NONCE + 64 + TAG
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _b64_field(record: dict, field: str, what: str, key: str) -> bytes:
+    v = record.get(field)
+    try:
+        if not isinstance(v, str):
+            raise ValueError
+        return b64d(v)
+    except (ValueError, UnicodeEncodeError):
+        raise IntegrityError(f"{what}: {key}.{field} is not base64", what) from None
+
+
+def check_kdf(kdf: object, what: str = "config", key: str = "encryption.kdf") -> dict:
+    """The key derivation parameters, checked; IntegrityError naming the object (``what``)
+    and the key for anything malformed, unsupported or out of range."""
+    if not isinstance(kdf, dict):
+        raise IntegrityError(f"{what}: {key} is missing or not an object", what)
     if kdf.get("name") != "scrypt":
-        raise IntegrityError(f"unsupported key derivation {kdf.get('name')!r}", "config")
-    n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-    if not (2 <= n <= 2**22 and 1 <= r <= 32 and 1 <= p <= 16):
-        raise IntegrityError("key derivation parameters out of range", "config")
-    return hashlib.scrypt(
-        password.encode("utf-8"),
-        salt=b64d(kdf["salt"]),
-        n=n,
-        r=r,
-        p=p,
-        maxmem=256 * 1024 * 1024,
-        dklen=32,
-    )
+        raise IntegrityError(f"{what}: {key}.name: unsupported key derivation "
+                             f"{kdf.get('name')!r}", what)
+    for field in ("n", "r", "p"):
+        if not _whole(kdf.get(field)):
+            raise IntegrityError(f"{what}: {key}.{field} is not a whole number "
+                                 f"({kdf.get(field)!r})"[:300], what)
+    n, r, p = kdf["n"], kdf["r"], kdf["p"]
+    if not (2 <= n <= 2**22 and n & (n - 1) == 0):
+        raise IntegrityError(f"{what}: {key}.n out of range (a power of two, 2 to 2^22)", what)
+    if not 1 <= r <= 32:
+        raise IntegrityError(f"{what}: {key}.r out of range (1 to 32)", what)
+    if not 1 <= p <= 16:
+        raise IntegrityError(f"{what}: {key}.p out of range (1 to 16)", what)
+    if 128 * r * (n + p + 2) > SCRYPT_MAXMEM:
+        raise IntegrityError(f"{what}: {key}: n and r need more than 256 MiB of memory", what)
+    salt = _b64_field(kdf, "salt", what, key)
+    if not 8 <= len(salt) <= 64:
+        raise IntegrityError(f"{what}: {key}.salt has {len(salt)} bytes (8 to 64)", what)
+    return kdf
+
+
+def derive_kek(password: str, kdf: dict, what: str = "config",
+               key: str = "encryption.kdf") -> bytes:
+    check_kdf(kdf, what, key)
+    try:
+        return hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=b64d(kdf["salt"]),
+            n=kdf["n"],
+            r=kdf["r"],
+            p=kdf["p"],
+            maxmem=SCRYPT_MAXMEM + 1024 * 1024,
+            dklen=32,
+        )
+    except (ValueError, MemoryError) as e:
+        raise IntegrityError(f"{what}: {key}: key derivation failed ({e})", what) from None
 
 
 def wrap_master(password: str, master: bytes, kdf_params: dict | None = None) -> dict:
@@ -61,9 +106,20 @@ def wrap_master(password: str, master: bytes, kdf_params: dict | None = None) ->
     return {"kdf": kdf, "wrapped_key": b64e(wrapped)}
 
 
-def unwrap_master(password: str, record: dict) -> bytes:
-    kek = derive_kek(password, record["kdf"])
-    wrapped = b64d(record["wrapped_key"])
+def unwrap_master(password: str, record: object, what: str = "config",
+                  key: str = "encryption") -> bytes:
+    """The master key from a key record (``config.encryption`` or a ``keys/`` object).
+    WrongPassword when the password does not open it; IntegrityError naming the object
+    and key when the record is malformed."""
+    if not isinstance(record, dict):
+        raise IntegrityError(f"{what}: {key} is not an object", what)
+    kdf_key = f"{key}.kdf" if key else "kdf"
+    check_kdf(record.get("kdf"), what, kdf_key)
+    wrapped = _b64_field(record, "wrapped_key", what, key or "record")
+    if len(wrapped) != WRAPPED_LEN:
+        raise IntegrityError(f"{what}: {key or 'record'}.wrapped_key has {len(wrapped)} bytes, "
+                             f"not {WRAPPED_LEN}", what)
+    kek = derive_kek(password, record["kdf"], what, kdf_key)
     try:
         return AESGCM(kek).decrypt(wrapped[:NONCE], wrapped[NONCE:], b"backup-tui master key")
     except InvalidTag:
@@ -94,6 +150,11 @@ class Keys:
         if not self.encrypted:
             return ""
         return hmac.new(self._mac, b"record:" + data, hashlib.sha256).hexdigest()
+
+    def mac_matches(self, data: bytes, stored: object) -> bool:
+        """Whether ``stored`` is the authenticator of data (compared in constant time)."""
+        return isinstance(stored, str) and hmac.compare_digest(
+            self.mac(data).encode("ascii"), stored.encode("utf-8", "surrogateescape"))
 
     def chunker_seed(self) -> int:
         """Secret gear-table seed so chunk boundaries do not reveal content."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass
 
@@ -20,7 +21,13 @@ from engine.repo.crypto import Keys
 DATA = "data"
 TREE = "tree"
 BLOB_TYPES = (DATA, TREE)
-MAX_HEADER = 16 * 1024 * 1024
+MAX_HEADER = 16 * 1024 * 1024  # sealed header bytes
+SEAL_OVERHEAD = 28  # nonce and tag (crypto.NONCE + crypto.TAG)
+MAX_SEALED_BLOB = 1 + codec.MAX_RAW + SEAL_OVERHEAD  # the largest stored blob a reader accepts
+# The largest pack a reader accepts: a pack is closed once it reaches 16 MiB, so it is
+# at most that, one more blob, and its header.
+MAX_PACK = 128 * 1024 * 1024
+_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -63,22 +70,52 @@ class PackBuilder:
         return hashlib.sha256(data).hexdigest(), data
 
 
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def header_span(size: int, tail: bytes, what: str) -> tuple[int, int]:
+    """Where a pack of ``size`` bytes whose last 4 bytes are ``tail`` keeps its sealed
+    header: (offset, length), checked against the size before anything is read."""
+    if size < 4 or len(tail) != 4:
+        raise IntegrityError(f"{what}: truncated (no header length)", what)
+    if size > MAX_PACK:
+        raise IntegrityError(f"{what}: {size} bytes, larger than any pack", what)
+    (hlen,) = struct.unpack("<I", tail)
+    if hlen == 0 or hlen > MAX_HEADER or hlen + 4 > size:
+        raise IntegrityError(f"{what}: truncated or bad header length {hlen} "
+                             f"(pack of {size} bytes)", what)
+    return size - 4 - hlen, hlen
+
+
+def parse_header(raw: bytes, end: int, what: str) -> list[BlobEntry]:
+    """A decoded header's rows, each checked: a known type, a 64-hex id, the sealed blob
+    inside [0, end) and no larger than any blob, a raw length up to the blob cap."""
+    rows = codec.parse_json(raw, what)
+    if not isinstance(rows, list):
+        raise IntegrityError(f"{what}: malformed header: not a list", what)
+    entries = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 5):
+            raise IntegrityError(f"{what}: malformed header: bad row", what)
+        t, i, o, n, r = row
+        if t not in BLOB_TYPES or not (isinstance(i, str) and _ID.fullmatch(i)):
+            raise IntegrityError(f"{what}: malformed header: bad type or blob id", what)
+        if not (_whole(o) and _whole(n) and _whole(r)):
+            raise IntegrityError(f"{what}: malformed header: blob {i[:16]}: offset, length "
+                                 "or raw length is not a whole number", what)
+        if o < 0 or n <= 0 or n > MAX_SEALED_BLOB or o + n > end:
+            raise IntegrityError(f"{what}: header entry for blob {i} out of bounds", what)
+        if not 0 <= r <= codec.MAX_RAW:
+            raise IntegrityError(f"{what}: header entry for blob {i}: raw length {r} "
+                                 "out of range", what)
+        entries.append(BlobEntry(t, i, o, n, r))
+    return entries
+
+
 def read_header(keys: Keys, pack: bytes, pack_id: str) -> list[BlobEntry]:
     """Parse and check a whole pack's header. Raises IntegrityError naming the pack."""
     what = pack_name(pack_id)
-    if len(pack) < 4:
-        raise IntegrityError(f"{what}: truncated (no header length)", what)
-    (hlen,) = struct.unpack("<I", pack[-4:])
-    if hlen > MAX_HEADER or hlen + 4 > len(pack):
-        raise IntegrityError(f"{what}: truncated or bad header length", what)
-    raw = codec.decode(keys.open(pack[-4 - hlen : -4], what), what)
-    try:
-        rows = json.loads(raw)
-        entries = [BlobEntry(str(t), str(i), int(o), int(n), int(r)) for t, i, o, n, r in rows]
-    except (ValueError, TypeError) as e:
-        raise IntegrityError(f"{what}: malformed header: {e}", what) from None
-    end = len(pack) - 4 - hlen
-    for e in entries:
-        if e.offset < 0 or e.length <= 0 or e.offset + e.length > end:
-            raise IntegrityError(f"{what}: header entry for blob {e.id} out of bounds", what)
-    return entries
+    start, hlen = header_span(len(pack), bytes(pack[-4:]), what)
+    raw = codec.decode(keys.open(pack[start : start + hlen], what), what)
+    return parse_header(raw, start, what)

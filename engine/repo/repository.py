@@ -13,7 +13,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -25,14 +27,69 @@ from typing import Any
 from engine.errors import EngineError, IntegrityError, NotFound, RepositoryError, WrongPassword
 from engine.repo import codec
 from engine.repo.crypto import Keys, b64e, unwrap_master, wrap_master
-from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name
+from engine.repo.pack import (
+    BLOB_TYPES,
+    DATA,
+    MAX_PACK,
+    MAX_SEALED_BLOB,
+    TREE,
+    BlobEntry,
+    PackBuilder,
+    pack_name,
+)
 from engine.storage.base import Backend
 
 FORMAT_VERSION = 1
 PACK_TARGET = 16 * 1024 * 1024
 CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 256 * 1024, 1024 * 1024, 4 * 1024 * 1024
-MAX_RECORD = 256 * 1024 * 1024
-TREE_PACK_CACHE_MAX = 24 * 1024 * 1024  # bound on any snapshot or index object read
+MAX_RECORD = 256 * 1024 * 1024  # no record (index, snapshot) decompresses to more
+MAX_INDEX_BLOBS = 500_000  # blob rows per index file a backup writes (~55 MB of JSON)
+MAX_KEY_RECORD = 64 * 1024  # a keys/ object larger than this is skipped unread
+TREE_PACK_CACHE_MAX = 24 * 1024 * 1024  # tree packs up to this size are read whole
+
+log = logging.getLogger("backup_tui.engine")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_config(config: dict, where: str) -> None:
+    """The config members a reader relies on, checked: IntegrityError naming the
+    config and the key (``where`` is the config's location) for anything malformed."""
+    name = f"{where}/config"
+
+    def bad(key: str, why: str) -> IntegrityError:
+        return IntegrityError(f"{name}: {key} {why}", "config")
+
+    chunker = config.get("chunker")
+    if not isinstance(chunker, dict):
+        raise bad("chunker", "is missing or not an object")
+    bounds = {"min": (64, 1024 * 1024), "avg": (256, 4 * 1024 * 1024),
+              "max": (1024, 16 * 1024 * 1024)}
+    for key, (lo, hi) in bounds.items():
+        v = chunker.get(key)
+        if not _whole(v):
+            raise bad(f"chunker.{key}", f"is not a whole number ({v!r})"[:200])
+        if not lo <= v <= hi:
+            raise bad(f"chunker.{key}", f"is {v}, outside {lo}..{hi}")
+    if not chunker["min"] <= chunker["avg"] <= chunker["max"]:
+        raise bad("chunker", "sizes are not min <= avg <= max")
+    seed = chunker.get("seed", 0)
+    if seed != "derived" and not (_whole(seed) and 0 <= seed < 2**32):
+        raise bad("chunker.seed", f"is neither \"derived\" nor 0..2^32-1 ({seed!r})"[:200])
+    comp = config.get("compression", "zstd:3")
+    try:
+        level = codec.parse_level(comp) if isinstance(comp, str) else 0.5
+        if level is not None and not (_whole(level) and -7 <= level <= 22):
+            raise ValueError
+    except ValueError:
+        raise bad("compression", f"is not none, zstd or zstd:<level -7..22> ({comp!r})"[:200]
+                  ) from None
+    enc = config.get("encryption")
+    if enc is not None and not isinstance(enc, dict):
+        raise bad("encryption", "is not an object or null")
 
 
 @dataclass(frozen=True)
@@ -50,6 +107,51 @@ def sha256_hex(data: bytes | memoryview) -> str:
 
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_index(doc: object, name: str) -> list[tuple[str, int, list[IndexEntry], list[str]]]:
+    """An index record's packs as (pack id, size, entries, blob ids), every row checked:
+    a pack id of 64 hex digits, a size up to MAX_PACK, rows inside the pack (before its
+    header length) with a length up to MAX_SEALED_BLOB. IntegrityError naming the index
+    file, the pack and the blob otherwise."""
+    def bad(why: str) -> IntegrityError:
+        return IntegrityError(f"{name}: {why}"[:500], name)
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("packs", []), list):
+        raise bad("malformed (no list of packs)")
+    out = []
+    for p in doc.get("packs", []):
+        if not isinstance(p, dict):
+            raise bad("malformed pack entry")
+        pid, size, rows = p.get("id"), p.get("size"), p.get("blobs")
+        if not (isinstance(pid, str) and _HEX64.fullmatch(pid)):
+            raise bad(f"malformed pack id {pid!r}")
+        if not (_whole(size) and 4 < size <= MAX_PACK):
+            raise bad(f"pack {pid[:16]}: size {size!r} is not 5..{MAX_PACK}")
+        if not isinstance(rows, list):
+            raise bad(f"pack {pid[:16]}: no list of blobs")
+        entries, ids = [], []
+        end = size - 4
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 5):
+                raise bad(f"pack {pid[:16]}: malformed row")
+            t, bid, o, n, r = row
+            if not (isinstance(bid, str) and len(bid) == 64):
+                raise bad(f"pack {pid[:16]}: malformed blob id {bid!r}")
+            if t not in BLOB_TYPES:
+                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: unknown type {t!r}")
+            if not (_whole(o) and _whole(n) and _whole(r)):
+                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: offset, length or raw length "
+                          "is not a whole number")
+            if not (0 <= o and 0 < n <= MAX_SEALED_BLOB and o + n <= end):
+                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: offset {o} and length {n} "
+                          f"are outside the pack's {size} bytes")
+            if not 0 <= r <= codec.MAX_RAW:
+                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: raw length {r} out of range")
+            entries.append(IndexEntry(pid, t, o, n, r))
+            ids.append(bid)
+        out.append((pid, size, entries, ids))
+    return out
 
 
 class Repository:
@@ -117,18 +219,19 @@ class Repository:
                 "brings it back)"
             ) from None
         try:
-            config = json.loads(raw)
+            config = codec.parse_json(raw, "config")
             if not isinstance(config, dict) or config.get("format") != "backup-tui":
                 raise ValueError("not a backup-tui repository")
             if not isinstance(config.get("id"), str) or not isinstance(config.get("chunker"), dict):
                 raise ValueError("id or chunker parameters missing")
-        except ValueError as e:
+        except (ValueError, IntegrityError) as e:
             raise IntegrityError(f"{backend.location}/config: unreadable: {e}", "config") from None
         if config.get("version") != FORMAT_VERSION:
             raise RepositoryError(
                 f"{backend.location}: repository format {config.get('version')} "
                 f"is not supported (this program reads {FORMAT_VERSION})"
             )
+        check_config(config, backend.location)
         enc = config.get("encryption")
         if enc:
             if not password:
@@ -139,7 +242,7 @@ class Repository:
             master = cls._unwrap_any(backend, password, enc)
             keys = Keys(master)
             body = _canonical({k: v for k, v in config.items() if k != "mac"})
-            if keys.mac(body) != config.get("mac"):
+            if not keys.mac_matches(body, config.get("mac")):
                 raise IntegrityError(f"{backend.location}/config: authenticator mismatch", "config")
         else:
             keys = Keys(None)
@@ -149,17 +252,33 @@ class Repository:
 
     @staticmethod
     def _unwrap_any(backend: Backend, password: str, enc: dict) -> bytes:
+        """The master key from config.encryption or, when the password does not open
+        it, the first ``keys/`` record that it opens; an unusable key record is skipped
+        and named (a warning when a later one opens, else in the error)."""
         try:
-            return unwrap_master(password, enc)
+            return unwrap_master(password, enc, f"{backend.location}/config", "encryption")
         except WrongPassword:
-            for info in backend.list("keys/"):
-                try:
-                    return unwrap_master(password, json.loads(backend.get(info.name)))
-                except (WrongPassword, ValueError, KeyError):
-                    continue
-            raise WrongPassword(
-                f"{backend.location}: wrong password: no key of this repository opens with it"
-            ) from None
+            pass
+        skipped: list[str] = []
+        for info in backend.list("keys/"):
+            try:
+                if info.size > MAX_KEY_RECORD:
+                    raise IntegrityError(f"{info.name}: {info.size} bytes, not a key record")
+                record = codec.parse_json(backend.get(info.name), info.name)
+                master = unwrap_master(password, record, info.name, "")
+            except WrongPassword:
+                continue
+            except EngineError as e:  # malformed, unsupported, unreadable: the next one
+                skipped.append(str(e))
+                continue
+            for why in skipped:
+                log.warning("skipped unusable key record %s", why)
+            return master
+        extra = f" (skipped unusable key records: {'; '.join(skipped)})" if skipped else ""
+        raise WrongPassword(
+            f"{backend.location}: wrong password: no key of this repository opens with it"
+            + extra
+        )
 
     # --------------------------------------------------------------- properties
     @property
@@ -174,7 +293,11 @@ class Repository:
     # -------------------------------------------------------- sealed records
     def save_record(self, folder: str, obj: Any) -> str:
         """Store a JSON record (index, snapshot) content-addressed under folder/."""
-        stored = self.keys.seal(codec.encode(_canonical(obj), 3))
+        body = _canonical(obj)
+        if len(body) > MAX_RECORD:  # a reader would refuse it: never write one
+            raise RepositoryError(f"{folder} record of {len(body)} bytes is larger than the "
+                                  f"{MAX_RECORD} bytes a reader accepts")
+        stored = self.keys.seal(codec.encode(body, 3))
         rid = sha256_hex(stored)
         self.backend.put(f"{folder}/{rid}", stored)
         return rid
@@ -185,10 +308,7 @@ class Repository:
         if sha256_hex(stored) != rid:
             raise IntegrityError(f"{name}: content does not match its name (corrupt)", name)
         raw = codec.decode(self.keys.open(stored, name), name, MAX_RECORD)
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise IntegrityError(f"{name}: not valid JSON: {e}", name) from None
+        return codec.parse_json(raw, name)
 
     def list_ids(self, folder: str) -> list[str]:
         return sorted(info.name.rsplit("/", 1)[1] for info in self.backend.list(folder + "/"))
@@ -201,13 +321,7 @@ class Repository:
         errors: dict[str, str] = {}
         for iid in sorted(files):
             try:
-                doc = self.load_record("index", iid)
-                packs = [
-                    (p["id"], int(p["size"]), [IndexEntry(p["id"], t, o, n, r)
-                                               for t, bid, o, n, r in p["blobs"]],
-                     [bid for _t, bid, _o, _n, _r in p["blobs"]])
-                    for p in doc.get("packs", [])
-                ]
+                packs = parse_index(self.load_record("index", iid), f"index/{iid}")
             except (EngineError, KeyError, TypeError, ValueError) as e:
                 # A damaged index file must not make the repository unreadable:
                 # verify reports it, and the packs it names are still on disk.
@@ -223,6 +337,22 @@ class Repository:
 
     def has_blob(self, blob_id: str) -> bool:
         return blob_id in self.index
+
+    def write_indexes(self, packs: list[tuple[str, int, list[BlobEntry]]]) -> list[str]:
+        """Index files naming packs, each at most MAX_INDEX_BLOBS rows (a pack's rows are
+        never split), so no index record passes the record cap."""
+        out: list[str] = []
+        chunk: list[tuple[str, int, list[BlobEntry]]] = []
+        count = 0
+        for p in packs:
+            if chunk and count + len(p[2]) > MAX_INDEX_BLOBS:
+                out.append(self.write_index(chunk) or "")
+                chunk, count = [], 0
+            chunk.append(p)
+            count += len(p[2])
+        if chunk:
+            out.append(self.write_index(chunk) or "")
+        return [i for i in out if i]
 
     def write_index(self, packs: list[tuple[str, int, list[BlobEntry]]]) -> str | None:
         if not packs:
@@ -250,11 +380,17 @@ class Repository:
             if cached is not None:
                 return cached
         name = pack_name(entry.pack_id)
+        if entry.length > MAX_SEALED_BLOB:  # load_index refuses these; never allocate them
+            raise IntegrityError(f"{name}: blob {blob_id[:16]}: length {entry.length} is "
+                                 "larger than any blob", name)
         if entry.type == TREE:
             sealed = self._tree_pack_slice(entry, name)
         else:
             sealed = self.backend.get_range(name, entry.offset, entry.length)
-        data = self.decode_blob(sealed, blob_id, name)
+        if len(sealed) != entry.length:
+            raise IntegrityError(f"{name}: blob {blob_id[:16]}: the pack ends before "
+                                 f"offset {entry.offset}+{entry.length} (truncated?)", name)
+        data = self.decode_blob(sealed, blob_id, name, entry.raw_length)
         if entry.type == TREE:
             with self._lock:
                 self._tree_cache[blob_id] = data
@@ -279,31 +415,35 @@ class Repository:
             if pack is not None:
                 self._tree_packs.move_to_end(entry.pack_id)
         if pack is None:
-            pack = self.backend.get(name)
+            pack = self.backend.get_range(name, 0, size)  # never more than the index says
             with self._lock:
                 self._tree_packs[entry.pack_id] = pack
                 while len(self._tree_packs) > 2:
                     self._tree_packs.popitem(last=False)
         return pack[entry.offset : entry.offset + entry.length]
 
-    def decode_blob(self, sealed: bytes, blob_id: str, where: str) -> bytes:
+    def decode_blob(self, sealed: bytes, blob_id: str, where: str,
+                    raw_length: int | None = None) -> bytes:
+        """Open, decode (at most raw_length bytes when given, and exactly that many) and
+        check a blob against its id."""
         what = f"{where} (blob {blob_id[:16]})"
         if len(sealed) == 0:
             raise IntegrityError(f"{what}: truncated", where)
+        cap = codec.MAX_RAW if raw_length is None else min(codec.MAX_RAW, raw_length)
         try:
-            data = codec.decode(self.keys.open(sealed, where), where)
+            data = codec.decode(self.keys.open(sealed, where), where, cap)
         except IntegrityError as e:
             raise IntegrityError(f"{what}: {e}", where) from None
+        if raw_length is not None and len(data) != raw_length:
+            raise IntegrityError(f"{what}: decodes to {len(data)} bytes, the index says "
+                                 f"{raw_length}", where)
         if self.keys.blob_id(data) != blob_id:
             raise IntegrityError(f"{what}: content does not match blob id (corrupt)", where)
         return data
 
     def load_tree(self, tree_id: str) -> dict:
         raw = self.load_blob(tree_id, TREE)
-        try:
-            tree = json.loads(raw)
-        except ValueError as e:
-            raise IntegrityError(f"tree {tree_id}: not valid JSON: {e}", tree_id) from None
+        tree = codec.parse_json(raw, f"tree {tree_id}")
         if not isinstance(tree, dict) or not isinstance(tree.get("nodes"), list):
             raise IntegrityError(f"tree {tree_id}: malformed", tree_id)
         return tree
@@ -359,6 +499,9 @@ class BlobWriter:
 
     def save(self, blob_type: str, data: bytes | memoryview, blob_id: str | None = None) -> str:
         """Store data as a blob unless it already exists; returns its id. Copies data."""
+        if len(data) > codec.MAX_RAW:  # a reader would refuse it: never write one
+            raise RepositoryError(f"a {blob_type} blob of {len(data)} bytes is larger than the "
+                                  f"{codec.MAX_RAW} bytes a reader accepts")
         if blob_id is None:
             blob_id = self.repo.keys.blob_id(data)  # outside the lock: hashing runs in parallel
         with self._lock:
@@ -412,7 +555,7 @@ class BlobWriter:
     def commit(self) -> str | None:
         """Write remaining packs, then the index naming them; make blobs visible."""
         self.flush()
-        iid = self.repo.write_index(self.written)
+        ids = self.repo.write_indexes(self.written)
         with self.repo._lock:
             for pid, size, entries in self.written:
                 self.repo.pack_sizes[pid] = size
@@ -422,7 +565,7 @@ class BlobWriter:
                     )
         self.written = []
         self.pending.clear()
-        return iid
+        return ids[-1] if ids else None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

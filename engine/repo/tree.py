@@ -37,23 +37,39 @@ def name_fields(key: str, raw: bytes) -> dict:
         return {key + "_b64": base64.b64encode(raw).decode("ascii")}
 
 
+def _b64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
 def node_name(node: dict, where: str = "") -> bytes:
     """The entry's name as bytes, checked to be one safe path component."""
-    if "name" in node and isinstance(node["name"], str):
-        raw = node["name"].encode("utf-8", "surrogateescape")
-    elif "name_b64" in node and isinstance(node["name_b64"], str):
-        raw = base64.b64decode(node["name_b64"])
-    else:
-        raise UnsafeEntry(f"{where}: entry without a name")
+    try:
+        if "name" in node and isinstance(node["name"], str):
+            raw = _utf8(node["name"])
+        elif "name_b64" in node and isinstance(node["name_b64"], str):
+            raw = _b64(node["name_b64"])
+        else:
+            raise UnsafeEntry(f"{where}: entry without a name")
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        raise UnsafeEntry(f"{where}: entry with a malformed name") from None
     if raw in (b"", b".", b"..") or b"/" in raw or b"\x00" in raw:
         raise UnsafeEntry(f"{where}: unsafe entry name {raw!r} (would escape the target)")
     return raw
 
 
-def link_target(node: dict) -> bytes:
-    if "target_b64" in node:
-        return base64.b64decode(node["target_b64"])
-    return str(node.get("target", "")).encode("utf-8", "surrogateescape")
+def link_target(node: dict, where: str = "") -> bytes:
+    try:
+        if "target_b64" in node:
+            return _b64(node["target_b64"])
+        return _utf8(str(node.get("target", "")))
+    except (ValueError, UnicodeError):
+        raise UnsafeEntry(f"{where}: symlink with a malformed target") from None
 
 
 def encode_tree(nodes: list[dict]) -> bytes:

@@ -6,6 +6,14 @@ path is the entry's relative path as bytes (``srv/app/x``). It raises
 two entries of one name in a directory, for a tree that refers to itself, and
 for nesting deeper than `MAX_DEPTH` (the limit the backup keeps to). The walk is
 iterative: depth costs memory, never Python stack.
+
+Budget: trees are content addressed, so two directories may share one subtree, and a
+hostile repository can make a DAG of a few trees whose walk never ends (each of 40
+levels listing the next twice: 2^40 entries). Before yielding anything, a walk
+measures what it would reach, counting a shared subtree at every place it is reached
+(each distinct tree is read once, and the total of a large one remembered), and
+refuses with an IntegrityError naming the tree when that passes `MAX_WALK_NODES`
+entries or `MAX_WALK_TREE_BYTES` bytes of tree blobs (docs/FORMAT.md, reader limits).
 """
 
 from __future__ import annotations
@@ -13,11 +21,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from engine.errors import IntegrityError, NotFound, UnsafeEntry
+from engine.errors import EngineError, IntegrityError, NotFound, UnsafeEntry
 from engine.repo.repository import Repository
 from engine.repo.tree import MAX_DEPTH, NODE_TYPES, node_name
 
-__all__ = ["MAX_DEPTH", "children", "find", "walk"]
+__all__ = ["MAX_DEPTH", "MAX_WALK_NODES", "MAX_WALK_TREE_BYTES", "children", "find",
+           "measure", "walk"]
+
+MAX_WALK_NODES = 50_000_000  # entries one walk may reach, shared subtrees counted each time
+MAX_WALK_TREE_BYTES = 32 * 1024**3  # decoded tree bytes one walk may read, the same way
+_REMEMBER = 32  # totals of subtrees reaching at least this many entries are remembered
 
 
 def children(repo: Repository, tree_id: str, where: str) -> list[tuple[bytes, dict]]:
@@ -39,8 +52,80 @@ def children(repo: Repository, tree_id: str, where: str) -> list[tuple[bytes, di
     return out
 
 
+def _over(tree_id: str, nodes: int, size: int) -> IntegrityError | None:
+    if nodes > MAX_WALK_NODES:
+        return IntegrityError(
+            f"tree {tree_id}: a walk would reach more than {MAX_WALK_NODES} entries "
+            "(directories that share subtrees?); refused", tree_id)
+    if size > MAX_WALK_TREE_BYTES:
+        return IntegrityError(
+            f"tree {tree_id}: a walk would read more than {MAX_WALK_TREE_BYTES} bytes of "
+            "trees (directories that share subtrees?); refused", tree_id)
+    return None
+
+
+def measure(repo: Repository, tree_id: str) -> tuple[int, int]:
+    """(entries, tree bytes) a walk from tree_id reaches, a shared subtree counted at
+    every reach; IntegrityError as soon as either passes its limit. Each distinct tree
+    is loaded once (totals of big subtrees are remembered, small ones counted again),
+    so a DAG bomb is refused after reading its few trees. Cycles and nesting past
+    MAX_DEPTH are not followed here, nor trees that cannot be read: the walk refuses
+    them where it meets them, with the path."""
+    def size_of(tid: str) -> int:
+        entry = repo.index.get(tid)
+        return entry.raw_length if entry is not None else 0
+
+    def subtrees(tid: str) -> tuple[int, list[str]]:
+        try:
+            nodes = repo.load_tree(tid)["nodes"]
+        except EngineError:  # missing or damaged: the walk reports it where it is
+            return 0, []
+        subs = [n["subtree"] for n in nodes if isinstance(n, dict) and n.get("type") == "dir"
+                and isinstance(n.get("subtree"), str)]
+        return len(nodes), subs
+
+    known: dict[str, tuple[int, int]] = {}
+    n0, subs0 = subtrees(tree_id)
+    # frames: [tree id, its subtrees left, its entries so far, its bytes so far]
+    stack: list[list] = [[tree_id, iter(subs0), n0, size_of(tree_id)]]
+    on_path = {tree_id}
+    nodes, size = n0, stack[0][3]  # everything reached so far
+    while stack:
+        frame = stack[-1]
+        sub = next(frame[1], None)
+        if sub is None:
+            stack.pop()
+            on_path.discard(frame[0])
+            if frame[2] >= _REMEMBER:
+                known[frame[0]] = (frame[2], frame[3])
+            if stack:
+                stack[-1][2] += frame[2]
+                stack[-1][3] += frame[3]
+            continue
+        if sub in known:
+            add_n, add_b = known[sub]
+            frame[2] += add_n
+            frame[3] += add_b
+        elif sub not in on_path and len(stack) <= MAX_DEPTH:
+            add_n, subs = subtrees(sub)
+            add_b = size_of(sub)
+            stack.append([sub, iter(subs), add_n, add_b])
+            on_path.add(sub)
+        else:
+            continue
+        nodes += add_n
+        size += add_b
+        err = _over(tree_id, nodes, size)
+        if err is not None:
+            raise err
+    return nodes, size
+
+
 def walk(repo: Repository, tree_id: str, prefix: bytes = b"") -> Iterator[tuple[bytes, dict]]:
-    """Every entry below tree_id, parents first; tree_id itself is at depth 0."""
+    """Every entry below tree_id, parents first; tree_id itself is at depth 0. Refused
+    up front when it would pass the walk budget (see `measure`)."""
+    measure(repo, tree_id)
+    reached = 0
     # one frame per directory on the current path: (tree id, its path, its entries left)
     stack = [(tree_id, prefix, iter(children(repo, tree_id, os.fsdecode(prefix))))]
     on_path = {tree_id}  # a tree met again on its own path is a cycle
@@ -61,7 +146,11 @@ def walk(repo: Repository, tree_id: str, prefix: bytes = b"") -> Iterator[tuple[
             raise IntegrityError(f"{os.fsdecode(path)}: directory without a subtree", tid)
         if len(stack) > MAX_DEPTH or sub in on_path:
             raise UnsafeEntry(f"{os.fsdecode(path)}: tree nesting too deep or cyclic (refused)")
-        stack.append((sub, path, iter(children(repo, sub, os.fsdecode(path)))))
+        entries = children(repo, sub, os.fsdecode(path))
+        reached += len(entries)
+        if reached > MAX_WALK_NODES:  # measured before; kept as the walk's own bound
+            raise _over(tree_id, reached, 0) or IntegrityError("walk budget", tree_id)
+        stack.append((sub, path, iter(entries)))
         on_path.add(sub)
 
 
