@@ -12,14 +12,17 @@ message, audited, and is raised on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from engine.catalog import Catalog
-from engine.errors import Cancelled
+from engine.errors import Cancelled, EngineError
 from engine.events import Event, EventCallback
+
+log = logging.getLogger("backup_tui.engine")
 
 
 def new_job_id(kind: str) -> str:
@@ -78,13 +81,26 @@ def run_job(catalog: Catalog, kind: str, target: str, on_event: EventCallback,
         msg = str(e) or type(e).__name__
         interrupted = isinstance(e, KeyboardInterrupt | Cancelled)
         state = "interrupted" if interrupted else "failed"
-        catalog.end_job(job_id, state, error=msg)
-        catalog.audit(kind, target, state, detail=msg)
+        with _bookkeeping(job):  # the job's own error is the one to raise
+            catalog.end_job(job_id, state, error=msg)
+            catalog.audit(kind, target, state, detail=msg)
         on_event(Event(job_id, state, message=msg, final=True))
         after(job_id)
         raise
-    catalog.end_job(job_id, job.state, error=job.error)
-    if job.audited:
-        catalog.audit(kind, job.audit_target or target, job.outcome, job.objects[:100],
-                      detail=job.detail)
+    with _bookkeeping(job):  # the work is done (a snapshot committed): a full state
+        catalog.end_job(job_id, job.state, error=job.error)  # dir must not undo that
+        if job.audited:
+            catalog.audit(kind, job.audit_target or target, job.outcome, job.objects[:100],
+                          detail=job.detail)
     after(job_id)
+
+
+@contextlib.contextmanager
+def _bookkeeping(job: Job) -> Iterator[None]:
+    """Writing a job's end to the catalog: a failure (a full state directory) is logged,
+    never raised over the job's own outcome."""
+    try:
+        yield
+    except EngineError as e:
+        log.warning("%s %s: %s, but its end could not be recorded in the catalog: %s",
+                    job.kind, job.target, job.state, e)

@@ -587,3 +587,20 @@ def test_every_command_a_message_recommends_exists():
     assert {"forget", "repair"} <= set(named)
     missing = {c: where for c, where in named.items() if c not in commands}
     assert not missing, missing
+
+
+def test_a_backup_whose_end_cannot_be_recorded_still_succeeds(sandbox, monkeypatch, caplog):
+    """The snapshot is committed before the job's end is written: a state directory that
+    fills at that moment is logged, and the backup's result is not undone."""
+    from engine.catalog import Catalog, StateDirError
+
+    eng = sandbox.engine(init=True)
+    (sandbox.src / "f").write_text("data")
+
+    def full(self, *args, **kwargs):
+        raise StateDirError("no space left on device in the state directory")
+
+    monkeypatch.setattr(Catalog, "end_job", full)
+    res = eng.backup("files", "src", replicate=False)
+    assert res.complete and [s.id for s in eng.snapshots()] == [res.id]
+    assert "could not be recorded in the catalog" in caplog.text
