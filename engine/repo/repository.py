@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 PACK_TARGET = 16 * 1024 * 1024
 CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 256 * 1024, 1024 * 1024, 4 * 1024 * 1024
 MAX_RECORD = 256 * 1024 * 1024  # no record (index, snapshot) decompresses to more
+MAX_STORED_RECORD = MAX_RECORD + 1 + 28  # raw marker, nonce and tag
 MAX_INDEX_BLOBS = 500_000  # blob rows per index file a backup writes (~55 MB of JSON)
 MAX_KEY_RECORD = 64 * 1024  # a keys/ object larger than this is skipped unread
 TREE_PACK_CACHE_MAX = 24 * 1024 * 1024  # tree packs up to this size are read whole
@@ -170,6 +171,7 @@ class Repository:
         self._tree_cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._tree_packs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._listed: dict[str, int] = {}  # record name -> size, from the last listing
 
     # ----------------------------------------------------------------- init/open
     @classmethod
@@ -304,6 +306,9 @@ class Repository:
 
     def load_record(self, folder: str, rid: str) -> Any:
         name = f"{folder}/{rid}"
+        listed = self._listed.get(name)
+        if listed is not None and listed > MAX_STORED_RECORD:  # never read it into memory
+            raise IntegrityError(f"{name}: {listed} bytes stored, larger than any record", name)
         stored = self.backend.get(name)
         if sha256_hex(stored) != rid:
             raise IntegrityError(f"{name}: content does not match its name (corrupt)", name)
@@ -311,7 +316,13 @@ class Repository:
         return codec.parse_json(raw, name)
 
     def list_ids(self, folder: str) -> list[str]:
-        return sorted(info.name.rsplit("/", 1)[1] for info in self.backend.list(folder + "/"))
+        """The names under folder/, sorted; their sizes are kept so that load_record
+        refuses an oversized object before reading it."""
+        ids = []
+        for info in self.backend.list(folder + "/"):
+            self._listed[info.name] = info.size
+            ids.append(info.name.rsplit("/", 1)[1])
+        return sorted(ids)
 
     # -------------------------------------------------------------------- index
     def load_index(self) -> None:

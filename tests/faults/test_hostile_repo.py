@@ -10,7 +10,8 @@ crafted object named where the command had to read it, and the process's peak RS
 (ru_maxrss from wait4) under ``RSS_LIMIT``. The good snapshot must still restore.
 
 Crafts: a tree DAG whose 40 levels each list the next twice (2^40 entries); a zstd
-frame declaring 1 GiB (a few KiB stored); an index row of length 2^40; a snapshot,
+frame declaring 1 GiB (a few KiB stored); an index row of length 2^40; a 1 GiB object
+under snapshots/; a snapshot,
 an index file and a tree nested 100 000 deep; a truncated pack; two snapshot objects
 swapped; malformed ``keys/`` records and ``encryption.kdf``; a non-numeric chunker.
 """
@@ -229,6 +230,14 @@ def craft_swapped_snapshots(sb, good):
     return good, f"snapshots/{good}"
 
 
+def craft_huge_snapshot_file(sb, good):
+    """A 1 GiB (sparse) object under snapshots/: refused from its listed size, unread."""
+    name = "f" * 64
+    with open(sb.repo / "snapshots" / name, "wb") as f:
+        f.truncate(1024 * MIB)
+    return name, f"snapshots/{name}"
+
+
 CRAFTS = {
     "dag-bomb": craft_dag_bomb,
     "zstd-bomb": craft_zstd_bomb,
@@ -238,6 +247,7 @@ CRAFTS = {
     "deep-tree": craft_deep_tree,
     "truncated-pack": craft_truncated_pack,
     "swapped-snapshots": craft_swapped_snapshots,
+    "huge-snapshot-file": craft_huge_snapshot_file,
 }
 # the crafted snapshot must be refused by these (the others may pass over it)
 MUST_FAIL = {
@@ -249,6 +259,7 @@ MUST_FAIL = {
     "deep-tree": ("verify", "restore", "dump"),
     "truncated-pack": ("verify", "restore", "dump"),
     "swapped-snapshots": ("verify",),
+    "huge-snapshot-file": ("verify", "restore", "dump"),
 }
 
 
