@@ -414,3 +414,24 @@ def test_release_never_fails_the_operation_it_ends(engine, caplog):
     lock.release()  # no exception: the replication's own result stands
     assert f"lock break {lock.id}" in caplog.text
     assert lock_files(Path(engine.backend.root)) == [lock.id]
+
+
+def test_a_backup_whose_lock_was_broken_commits_nothing(sandbox, monkeypatch):
+    """If another process judged our lock stale (or an admin broke it) while the backup
+    ran, a prune may have deleted packs it counts on: no index, no snapshot."""
+    from engine.sources.fileset import FilesSource
+
+    eng = sandbox.engine(init=True)
+    (sandbox.src / "f").write_bytes(os.urandom(1 << 20))
+    real = FilesSource.backup
+
+    def backup_then_lose_the_lock(self, ctx):
+        out = real(self, ctx)
+        for obj in ctx.repo.backend.list("locks/"):
+            ctx.repo.backend.delete(obj.name)  # what 'lock break' or a stale judgement does
+        return out
+
+    monkeypatch.setattr(FilesSource, "backup", backup_then_lose_the_lock)
+    with pytest.raises(EngineError, match="lock was removed while it ran"):
+        eng.backup("files", "src", replicate=False)
+    assert eng.snapshots() == [] and list(eng.backend.list("index/")) == []

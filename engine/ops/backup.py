@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import __version__
+from engine.errors import EngineError
 from engine.events import CancelToken, Event, EventCallback
 from engine.jobs import Job
 from engine.repo.locks import RepoLock
@@ -102,6 +103,15 @@ def latest_snapshot(repo: Repository, kind: str, source: str) -> dict | None:
     return best
 
 
+def _still_held(lock: RepoLock, purpose: str) -> None:
+    """A lock removed while we ran (judged stale elsewhere, or broken by hand) may have let
+    a prune delete packs this backup counts on: commit nothing then."""
+    if lock.lost or not lock.backend.exists(lock.name):
+        raise EngineError(
+            f"{purpose}: its repository lock was removed while it ran (judged stale by "
+            "another process, or broken by hand); nothing was committed: run it again")
+
+
 def run_backup(
     repo: Repository,
     source: Source,
@@ -116,7 +126,8 @@ def run_backup(
     start = time.monotonic()
     source.check()
     purpose = f"backup {source.kind} {source.name}"
-    with RepoLock(repo.backend, exclusive=False, purpose=purpose).acquire(wait=60):
+    lock = RepoLock(repo.backend, exclusive=False, purpose=purpose)
+    with lock.acquire(wait=60):
         repo.load_index()  # after the lock: a prune that held it may have rewritten the index
         parent = latest_snapshot(repo, source.kind, source.name)
         if parent is not None and not source.usable_parent(parent):
@@ -128,6 +139,7 @@ def run_backup(
             cancel.check()
             on_event(Event(job_id, "commit", bytes_done=out.size, bytes_total=out.size,
                            message="writing index and snapshot"))
+            _still_held(lock, purpose)
             writer.commit()
             snap = _snapshot_record(
                 source.kind, source.name, parent, writer, start,
@@ -135,6 +147,7 @@ def run_backup(
                 **out.fields,
                 incomplete=bool(out.errors),
             )
+            _still_held(lock, purpose)
             sid = repo.save_snapshot(snap)
     return BackupResult(
         id=sid,
