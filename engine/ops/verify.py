@@ -200,8 +200,8 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
                 raise IntegrityError(f"snapshots/{sid}: malformed tree id", f"snapshots/{sid}")
             blob_ids.setdefault(root, "tree")
             for path, node in walk(repo, root):
-                if node["type"] == "dir":
-                    blob_ids.setdefault(node["subtree"], "tree")
+                if node["type"] == "dir" and isinstance(node.get("subtree"), str):
+                    blob_ids.setdefault(node["subtree"], "tree")  # else the walk refuses it
                 for b in _ids(node.get("content"), os.fsdecode(path)):
                     blob_ids.setdefault(b, os.fsdecode(path))
         for key in ("stream", "globals"):

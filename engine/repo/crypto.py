@@ -154,7 +154,7 @@ class Keys:
     def mac_matches(self, data: bytes, stored: object) -> bool:
         """Whether ``stored`` is the authenticator of data (compared in constant time)."""
         return isinstance(stored, str) and hmac.compare_digest(
-            self.mac(data).encode("ascii"), stored.encode("utf-8", "surrogateescape"))
+            self.mac(data).encode("ascii"), stored.encode("utf-8", "surrogatepass"))
 
     def chunker_seed(self) -> int:
         """Secret gear-table seed so chunk boundaries do not reveal content."""

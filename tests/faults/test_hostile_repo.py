@@ -411,7 +411,7 @@ def test_unusable_key_records_are_skipped_and_named(encrypted):
 
 def test_config_mac_compared_in_constant_time(encrypted):
     """A wrong MAC, a MAC of another type: refused by name, never a TypeError."""
-    for mac in ("0" * 64, 12345, None, ["x"]):
+    for mac in ("0" * 64, 12345, None, ["x"], "\ud800"):
         cfg = _config(encrypted)
         cfg["mac"] = mac
         _write_config(encrypted, cfg)
@@ -444,3 +444,30 @@ def test_backup_splits_big_index_files(world, monkeypatch):
         assert rows <= 3 or packs == 1
     rc, out, err, _ = run(sb, "verify", "--read-data")
     assert rc == 0, out + err
+
+
+@pytest.mark.parametrize("node", [
+    {"name": "d", "type": "dir"},
+    {"name": "d", "type": "dir", "subtree": [1]},
+    {"name": "d", "type": "dir", "subtree": {"a": 1}},
+    {"name": "f", "type": "file", "content": 7},
+    {"name": "f", "type": "file", "content": [[1]]},
+    {"name_b64": "0", "type": "file"},
+    {"name": "\udfff\ud800", "type": "file"},
+    {"name": "l", "type": "symlink", "target_b64": 5},
+])
+def test_malformed_nodes_are_named_problems(world, node):
+    """verify (in process): a malformed node is a problem naming the snapshot or tree,
+    never a KeyError or TypeError."""
+    sb, eng, good = world
+    repo = open_repo(sb)
+    tid, raw = tree_blob([{**NODE, **node}])
+    put_blobs(repo, [(TREE, tid, codec.encode(raw, 3), len(raw))])
+    sid = put_snapshot(repo, good, tree=tid)
+    report = sb.engine().verify([sid])
+    if node.get("type") == "symlink":  # a malformed target is the restore's business
+        rc, _, err, _ = run(sb, "restore", "files", sid, "--target", str(sb.root / "o"))
+        assert rc == 1 and "malformed target" in err and "Traceback" not in err, err
+        return
+    assert not report.ok
+    assert any(sid in p.snapshots for p in report.problems), report.as_json()
