@@ -11,8 +11,9 @@ Report: a test records each injected fault with ``fault_report.record(cls, outco
 detail)`` where outcome is ``survived`` (every check held), ``failed`` (a check other
 than data integrity failed: a traceback, a stuck lock, a retry that did not
 complete) or ``lost`` (a complete snapshot no longer verifies or restores
-identical). At the end of the session a table per class is printed and written to
-``fault-report.json`` in pytest's base temporary directory (its path is printed).
+identical). At the end of the session a table per class is printed and written, with
+the figures per test and every problem, to ``fault-report.json`` in pytest's base
+temporary directory (its path is printed).
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ class Report:
 
     def record(self, cls: str, outcome: str, detail: str = "") -> None:
         assert outcome in OUTCOMES, outcome
-        row = self._store["classes"].setdefault(cls, dict.fromkeys(("injected", *OUTCOMES), 0))
-        row["injected"] += 1
-        row[outcome] += 1
+        per_test = self._store["tests"].setdefault(self._nodeid, {})
+        for row in (self._store["classes"].setdefault(cls, dict.fromkeys(("injected",
+                                                                          *OUTCOMES), 0)),
+                    per_test.setdefault(cls, dict.fromkeys(("injected", *OUTCOMES), 0))):
+            row["injected"] += 1
+            row[outcome] += 1
         if outcome != "survived":
             self._store["problems"].append(
                 {"class": cls, "outcome": outcome, "test": self._nodeid, "detail": detail[:2000]})
@@ -85,7 +89,7 @@ def fault_report(request) -> Report:
 
 
 def pytest_configure(config):
-    config.stash[_KEY] = {"classes": {}, "problems": [], "started": time.time(),
+    config.stash[_KEY] = {"classes": {}, "tests": {}, "problems": [], "started": time.time(),
                           "budget": config.getoption("--fault-budget"),
                           "seed": config.getoption("--fault-seed")}
 
