@@ -10,9 +10,10 @@ a tree node's fields (node_name, link_target, node_xattrs, node_holes,
 hardlink_key), Repository.open over a fuzzed config and keys/ records, and
 engine.config.parse_config over TOML-like documents.
 
-Bounded: a fixed number of examples per property (more with --fault-budget=long),
-a deadline per example, sizes capped, derandomized so CI repeats a run, and no
-example database written into the working tree.
+Bounded: a fixed number of examples per property (20 times more with
+--fault-budget=long, or FUZZ_EXAMPLES=N), a deadline per example, sizes capped,
+seeded with --fault-seed so a run repeats, and no example database written into
+the working tree.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, given, seed, settings
 from hypothesis import strategies as st
 
 from engine.errors import EngineError
@@ -52,12 +53,16 @@ CHEAP_KDF = {"name": "scrypt", "n": 2**4, "r": 1, "p": 1}
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None
 
 
-def fuzz(examples: int = 150):
-    """Bounded settings; --fault-budget=long (or FUZZ_EXAMPLES) runs more."""
-    return settings(max_examples=EXAMPLES or examples, deadline=datetime.timedelta(seconds=5),
-                    derandomize=True, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture])
+def run_property(budget, examples: int, prop, *strategies) -> None:
+    """Check ``prop`` over ``strategies``: ``examples`` inputs in the bounded campaign
+    (20 times as many with --fault-budget=long, or FUZZ_EXAMPLES), seeded with
+    --fault-seed, a deadline per example, no example database in the working tree."""
+    n = EXAMPLES or budget.pick(examples, examples * 20)
+    test = given(*strategies)(prop)
+    test = seed(budget.seed)(test)
+    settings(max_examples=n, deadline=datetime.timedelta(seconds=5), database=None,
+             print_blob=True,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])(test)()
 
 
 def named_or_ok(fn, *args, **kwargs):
@@ -114,29 +119,33 @@ def mutated(draw, base: bytes) -> bytes:
 # ---------------------------------------------------------------- codec / JSON
 
 
-@fuzz(300)
-@given(st.one_of(
-    st.binary(max_size=300),
-    st.binary(max_size=200).map(lambda b: b"\x01" + b"\x28\xb5\x2f\xfd" + b),
-    st.binary(max_size=3000).flatmap(lambda b: mutated(b"\x01" + _frame(b * 3))),
-    st.binary(max_size=3000).flatmap(lambda b: mutated(b"\x01" + _frame(b * 3, False))),
-), st.integers(0, 1 << 20))
-def test_codec_decode(payload, cap):
+def _codec_decode(payload, cap):
     out = named_or_ok(codec.decode, payload, "fuzz", cap)
     assert out is None or len(out) <= cap
 
 
-@fuzz(300)
-@given(st.one_of(
-    st.binary(max_size=300),
-    json_value.map(lambda v: json.dumps(v).encode()),
-    json_value.flatmap(lambda v: mutated(json.dumps(v).encode())),
-    st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),
-    st.integers(1, 5000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
-    st.integers(1, 3000).map(lambda n: b'["' * n),
-))
-def test_parse_json(raw):
+def test_codec_decode(fault_budget):
+    run_property(fault_budget, 300, _codec_decode, st.one_of(
+        st.binary(max_size=300),
+        st.binary(max_size=200).map(lambda b: b"\x01" + b"\x28\xb5\x2f\xfd" + b),
+        st.binary(max_size=3000).flatmap(lambda b: mutated(b"\x01" + _frame(b * 3))),
+        st.binary(max_size=3000).flatmap(lambda b: mutated(b"\x01" + _frame(b * 3, False))),
+    ), st.integers(0, 1 << 20))
+
+
+def _parse_json(raw):
     named_or_ok(codec.parse_json, raw, "snapshots/fuzz")
+
+
+def test_parse_json(fault_budget):
+    run_property(fault_budget, 300, _parse_json, st.one_of(
+        st.binary(max_size=300),
+        json_value.map(lambda v: json.dumps(v).encode()),
+        json_value.flatmap(lambda v: mutated(json.dumps(v).encode())),
+        st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),
+        st.integers(1, 5000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+        st.integers(1, 3000).map(lambda n: b'["' * n),
+    ))
 
 
 def test_parse_json_depth_error_names_the_object():
@@ -161,9 +170,7 @@ _SEALED = Keys(os.urandom(64))
 _PACKS = [(_PLAIN, *_pack(_PLAIN, 3)), (_SEALED, *_pack(_SEALED, 3))]
 
 
-@fuzz(300)
-@given(st.integers(0, 1), st.data())
-def test_read_header(which, data):
+def _read_header(which, data):
     keys, pid, pack = _PACKS[which]
     fuzzed = data.draw(st.one_of(mutated(pack), st.binary(max_size=200),
                                  st.binary(max_size=64).map(lambda b: pack[:-4] + b[:4])))
@@ -172,13 +179,11 @@ def test_read_header(which, data):
         assert 0 <= e.offset and 0 < e.length and e.offset + e.length <= len(fuzzed)
 
 
-@fuzz(300)
-@given(st.one_of(
-    json_value,
-    st.lists(st.lists(st.one_of(st.sampled_from([DATA, TREE, "x"]), st.integers(-5, 2**45),
-                                st.just("a" * 64), json_leaf), max_size=6), max_size=5),
-), st.integers(0, 2**41))
-def test_parse_header_and_index(value, end):
+def test_read_header(fault_budget):
+    run_property(fault_budget, 300, _read_header, st.integers(0, 1), st.data())
+
+
+def _parse_header_and_index(value, end):
     raw = json.dumps(value).encode()
     named_or_ok(parse_header, raw, end, "data/fuzz")
     doc = {"packs": [{"id": "a" * 64, "size": end, "blobs": value}]}
@@ -189,6 +194,14 @@ def test_parse_header_and_index(value, end):
             assert 0 <= e.offset and e.offset + e.length <= size - 4
 
 
+def test_parse_header_and_index(fault_budget):
+    run_property(fault_budget, 300, _parse_header_and_index, st.one_of(
+        json_value,
+        st.lists(st.lists(st.one_of(st.sampled_from([DATA, TREE, "x"]), st.integers(-5, 2**45),
+                                st.just("a" * 64), json_leaf), max_size=6), max_size=5),
+    ), st.integers(0, 2**41))
+
+
 # ---------------------------------------------------------------- records, trees
 
 
@@ -197,13 +210,7 @@ def _repo(keys: Keys | None = None) -> Repository:
     return Repository.init(backend, None)
 
 
-@fuzz(200)
-@given(st.one_of(st.binary(max_size=300),
-                 json_value.map(lambda v: b"\x00" + json.dumps(v).encode()),
-                 json_value.map(lambda v: b"\x01" + _frame(json.dumps(v).encode() * 3)),
-                 json_value.flatmap(lambda v: mutated(b"\x01" + _frame(
-                     json.dumps(v).encode() * 3)))))
-def test_load_record_and_snapshot(stored):
+def _load_record_and_snapshot(stored):
     repo = _repo()
     rid = hashlib.sha256(stored).hexdigest()
     repo.backend.put(f"snapshots/{rid}", stored)
@@ -212,6 +219,14 @@ def test_load_record_and_snapshot(stored):
     named_or_ok(repo.load_snapshot, rid)
     list(repo.snapshots())
     repo.load_index()  # a bad index file is skipped and named, never raised
+
+
+def test_load_record_and_snapshot(fault_budget):
+    run_property(fault_budget, 200, _load_record_and_snapshot, st.one_of(st.binary(max_size=300),
+                 json_value.map(lambda v: b"\x00" + json.dumps(v).encode()),
+                 json_value.map(lambda v: b"\x01" + _frame(json.dumps(v).encode() * 3)),
+                 json_value.flatmap(lambda v: mutated(b"\x01" + _frame(
+                     json.dumps(v).encode() * 3)))))
 
 
 node_value = st.fixed_dictionaries(
@@ -229,11 +244,7 @@ node_value = st.fixed_dictionaries(
     })
 
 
-@fuzz(200)
-@given(st.one_of(st.dictionaries(st.text(max_size=5), json_value, max_size=3),
-                 st.lists(node_value, max_size=6).map(lambda ns: {"nodes": ns}),
-                 json_value))
-def test_tree_blob_walk(doc):
+def _tree_blob_walk(doc):
     repo = _repo()
     other_raw = encode_tree([{"name": "leaf", "type": "file", "content": []}])
     with repo.writer() as w:
@@ -248,14 +259,23 @@ def test_tree_blob_walk(doc):
     named_or_ok(lambda: list(walk(repo, tid)))
 
 
-@fuzz(400)
-@given(node_value)
-def test_node_fields(node):
+def test_tree_blob_walk(fault_budget):
+    run_property(fault_budget, 200, _tree_blob_walk, st.one_of(
+        st.dictionaries(st.text(max_size=5), json_value, max_size=3),
+        st.lists(node_value, max_size=6).map(lambda ns: {"nodes": ns}),
+        json_value))
+
+
+def _node_fields(node):
     named_or_ok(node_name, node, "fuzz")
     named_or_ok(node_xattrs, node, "fuzz")
     named_or_ok(node_holes, node, "fuzz")
     named_or_ok(link_target, node)
     named_or_ok(hardlink_key, node)
+
+
+def test_node_fields(fault_budget):
+    run_property(fault_budget, 400, _node_fields, node_value)
 
 
 # ---------------------------------------------------------------- config and keys
@@ -277,11 +297,7 @@ _CONFIG_PATHS = [("chunker", "min"), ("chunker", "avg"), ("chunker", "max"), ("c
                  ("mac",), ("id",), ("version",), ("chunker",), ("format",)]
 
 
-@fuzz(150)
-@given(st.lists(st.tuples(st.sampled_from(_CONFIG_PATHS), json_value), max_size=3),
-       st.lists(st.one_of(st.binary(max_size=100), json_value.map(lambda v: json.dumps(
-           v).encode())), max_size=3), st.booleans(), st.data())
-def test_open_config_and_keys(edits, key_records, raw_config, data):
+def _open_config_and_keys(edits, key_records, raw_config, data):
     backend, cfg, raw = _BASE
     be = MemoryBackend()
     cfg = copy.deepcopy(cfg)
@@ -299,6 +315,13 @@ def test_open_config_and_keys(edits, key_records, raw_config, data):
     named_or_ok(Repository.open, be, "pw")
     named_or_ok(Repository.open, be, "wrong")
     named_or_ok(Repository.open, be, None)
+
+
+def test_open_config_and_keys(fault_budget):
+    records = st.one_of(st.binary(max_size=100), json_value.map(lambda v: json.dumps(v).encode()))
+    run_property(fault_budget, 150, _open_config_and_keys,
+                 st.lists(st.tuples(st.sampled_from(_CONFIG_PATHS), json_value), max_size=3),
+                 st.lists(records, max_size=3), st.booleans(), st.data())
 
 
 def test_open_falls_back_to_a_good_key_record():
@@ -341,11 +364,7 @@ def _paths(obj, prefix=()):
 _EXAMPLE_PATHS = list(_paths(_EXAMPLE))
 
 
-@fuzz(300)
-@given(st.lists(st.tuples(st.sampled_from(_EXAMPLE_PATHS), st.one_of(toml_value, st.just(
-    "__delete__"))), max_size=4), st.dictionaries(st.text(max_size=10), toml_value,
-                                                  max_size=2))
-def test_parse_config(edits, extra):
+def _parse_config(edits, extra):
     from engine.config import parse_config
 
     doc = copy.deepcopy(_EXAMPLE)
@@ -362,3 +381,11 @@ def test_parse_config(edits, extra):
             assume(False)
     doc.update(extra)
     named_or_ok(parse_config, doc)
+
+
+
+def test_parse_config(fault_budget):
+    edits = st.lists(st.tuples(st.sampled_from(_EXAMPLE_PATHS),
+                               st.one_of(toml_value, st.just("__delete__"))), max_size=4)
+    run_property(fault_budget, 300, _parse_config, edits,
+                 st.dictionaries(st.text(max_size=10), toml_value, max_size=2))
