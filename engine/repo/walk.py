@@ -3,9 +3,10 @@
 ``walk`` yields ``(path, node)`` depth first, parents before children, where
 path is the entry's relative path as bytes (``srv/app/x``). It raises
 `UnsafeEntry` for a name that is empty, ``.``, ``..``, holds ``/`` or NUL, for
-two entries of one name in a directory, for a tree that refers to itself, and
-for nesting deeper than `MAX_DEPTH` (the limit the backup keeps to). The walk is
-iterative: depth costs memory, never Python stack.
+two entries of one name in a directory, for a malformed whole-number field (mode,
+uid, gid, size, times, inode, dev, rdev, links) or content list, for a tree that
+refers to itself, and for nesting deeper than `MAX_DEPTH` (the limit the backup
+keeps to). The walk is iterative: depth costs memory, never Python stack.
 
 Budget: trees are content addressed, so two directories may share one subtree, and a
 hostile repository can make a DAG of a few trees whose walk never ends (each of 40
@@ -33,6 +34,29 @@ MAX_WALK_TREE_BYTES = 32 * 1024**3  # decoded tree bytes one walk may read, the 
 _REMEMBER = 32  # totals of subtrees reaching at least this many entries are remembered
 
 
+_I64 = (-(2**63), 2**63 - 1)
+_U32 = (0, 2**32 - 1)
+_U64 = (0, 2**64 - 1)
+# whole-number node fields, each optional, and the range a reader accepts
+_INT_FIELDS = {"mode": (0, 0o7777), "uid": _U32, "gid": _U32, "size": (0, 2**63 - 1),
+               "mtime_ns": _I64, "ctime_ns": _I64, "inode": _U64, "dev": _U64,
+               "rdev": _U64, "links": _U32}
+
+
+def check_node(node: dict, path: str) -> None:
+    """The fields every reader of a node takes as given: whole numbers in range where
+    present, a list of blob ids as content. UnsafeEntry naming the path and the key."""
+    for key, (lo, hi) in _INT_FIELDS.items():
+        if key in node:
+            v = node[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise UnsafeEntry(f"{path}: malformed {key} {v!r} in the snapshot"[:300])
+    content = node.get("content")
+    if content is not None and not (isinstance(content, list)
+                                    and all(isinstance(b, str) for b in content)):
+        raise UnsafeEntry(f"{path}: malformed content list in the snapshot")
+
+
 def children(repo: Repository, tree_id: str, where: str) -> list[tuple[bytes, dict]]:
     tree = repo.load_tree(tree_id)
     seen: set[bytes] = set()
@@ -48,6 +72,7 @@ def children(repo: Repository, tree_id: str, where: str) -> list[tuple[bytes, di
             raise UnsafeEntry(
                 f"{where or '/'}: entry {name!r} has unknown type {node.get('type')!r}"
             )
+        check_node(node, os.path.join(where, os.fsdecode(name)) if where else os.fsdecode(name))
         out.append((name, node))
     return out
 

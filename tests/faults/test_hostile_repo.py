@@ -455,6 +455,11 @@ def test_backup_splits_big_index_files(world, monkeypatch):
     {"name_b64": "0", "type": "file"},
     {"name": "\udfff\ud800", "type": "file"},
     {"name": "l", "type": "symlink", "target_b64": 5},
+    {"name": "f", "type": "file", "size": "abc"},
+    {"name": "f", "type": "file", "size": -5},
+    {"name": "f", "type": "file", "mode": [1]},
+    {"name": "f", "type": "file", "uid": "root"},
+    {"name": "f", "type": "file", "mtime_ns": 2**70},
 ])
 def test_malformed_nodes_are_named_problems(world, node):
     """verify (in process): a malformed node is a problem naming the snapshot or tree,
@@ -471,3 +476,6 @@ def test_malformed_nodes_are_named_problems(world, node):
         return
     assert not report.ok
     assert any(sid in p.snapshots for p in report.problems), report.as_json()
+    for args in (["restore", "files", sid, "--target", str(sb.root / "o")], ["dump", sid]):
+        rc, _, err, _ = run(sb, *args)
+        assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
