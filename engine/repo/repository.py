@@ -381,6 +381,8 @@ class Repository:
 
     # -------------------------------------------------------------------- blobs
     def load_blob(self, blob_id: str, expect_type: str | None = None) -> bytes:
+        if not isinstance(blob_id, str):  # from a crafted tree or snapshot
+            raise IntegrityError(f"malformed blob id {blob_id!r}"[:200], "")
         entry = self.index.get(blob_id)
         if entry is None:
             raise IntegrityError(f"blob {blob_id} is not in the index (missing data)", blob_id)

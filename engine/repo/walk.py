@@ -89,6 +89,12 @@ def _over(tree_id: str, nodes: int, size: int) -> IntegrityError | None:
     return None
 
 
+def _tree_id(tree_id: object) -> str:
+    if not isinstance(tree_id, str):  # from a crafted snapshot
+        raise IntegrityError(f"malformed tree id {tree_id!r}"[:200], "")
+    return tree_id
+
+
 def measure(repo: Repository, tree_id: str) -> tuple[int, int]:
     """(entries, tree bytes) a walk from tree_id reaches, a shared subtree counted at
     every reach; IntegrityError as soon as either passes its limit. Each distinct tree
@@ -96,6 +102,8 @@ def measure(repo: Repository, tree_id: str) -> tuple[int, int]:
     so a DAG bomb is refused after reading its few trees. Cycles and nesting past
     MAX_DEPTH are not followed here, nor trees that cannot be read: the walk refuses
     them where it meets them, with the path."""
+    _tree_id(tree_id)
+
     def size_of(tid: str) -> int:
         entry = repo.index.get(tid)
         return entry.raw_length if entry is not None else 0
@@ -182,7 +190,7 @@ def walk(repo: Repository, tree_id: str, prefix: bytes = b"") -> Iterator[tuple[
 def find(repo: Repository, root: str, path: str) -> tuple[bytes, dict]:
     """Locate an entry by its path in the snapshot (``/srv/app/x`` or ``srv/app/x``)."""
     parts = [p for p in os.fsencode(path).split(b"/") if p and p != b"."]
-    tree_id: str | None = root
+    tree_id: str | None = _tree_id(root)
     node: dict = {"type": "dir", "subtree": root}
     where = b""
     for part in parts:

@@ -479,3 +479,13 @@ def test_malformed_nodes_are_named_problems(world, node):
     for args in (["restore", "files", sid, "--target", str(sb.root / "o")], ["dump", sid]):
         rc, _, err, _ = run(sb, *args)
         assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("changes", [{"tree": [1]}, {"tree": {"a": 1}}, {"tree": 5}])
+def test_malformed_snapshot_tree_id(world, changes):
+    sb, _eng, good = world
+    sid = put_snapshot(open_repo(sb), good, **changes)
+    for args in (["restore", "files", sid, "--target", str(sb.root / "o")], ["dump", sid],
+                 ["verify", sid]):
+        rc, _, err, _ = run(sb, *args)
+        assert rc == 1 and "Traceback" not in err, err
