@@ -5,7 +5,8 @@ Options:
 * ``--fault-budget=bounded|long`` (default bounded: what CI runs, a few minutes);
   tests read ``fault_budget.pick(bounded, long)`` to size their loops;
 * ``--fault-seed=N`` (default 10): every random choice comes from
-  ``fault_budget.rng(...)``, seeded with N and the test's id, so a run repeats.
+  ``fault_budget.rng(...)``, seeded with N and the test's id, so a run repeats;
+* ``--fault-report=PATH``: where the JSON report goes (default below).
 
 Report: a test records each injected fault with ``fault_report.record(cls, outcome,
 detail)`` where outcome is ``survived`` (every check held), ``failed`` (a check other
@@ -36,6 +37,8 @@ def pytest_addoption(parser):
     g.addoption("--fault-budget", choices=("bounded", "long"), default="bounded",
                 help="bounded (CI, default) or long (the long campaign)")
     g.addoption("--fault-seed", type=int, default=10, help="seed of every random choice")
+    g.addoption("--fault-report", default="", metavar="PATH",
+                help="write the JSON report here (default: pytest's base temporary directory)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -114,10 +117,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for p in store["problems"][:30]:
         tr.write_line(f"  {p['outcome']}: {p['class']} {p['test']}: "
                       f"{p['detail'].splitlines()[0] if p['detail'] else ''}"[:200])
-    try:
-        base = config._tmp_path_factory.getbasetemp()
-    except Exception:  # no tmp dir in this session: print only
-        return
-    path = Path(base) / "fault-report.json"
+    path = config.getoption("--fault-report")
+    if not path:
+        try:
+            path = Path(config._tmp_path_factory.getbasetemp()) / "fault-report.json"
+        except Exception:  # no tmp dir in this session: print only
+            return
+    path = Path(path)
     path.write_text(json.dumps(store, indent=2))
     tr.write_line(f"report: {path}")

@@ -39,7 +39,7 @@ def proxied(sandbox, s3_server, s3_buckets, fault_budget):
 
     proxy = FaultProxy(s3_server.port)
     proxy.slow_bps = 2 << 20
-    proxy.latency_s = 0.3
+    proxy.latency_s = 0.2
     proxy.burst = 2
     sandbox.extra = replica_toml("use1", s3_buckets.use1, "us-east-1", proxy.endpoint_url,
                                  replicate_after_backup=False)
@@ -79,8 +79,9 @@ def test_s3_faults(proxied, tmp_path, fault_budget, fault_report):
     expected[eng.backup("files", "src", replicate=False).id] = manifest(sb.src)
     assert run_cli(sb, "replicate").returncode == 0
     problems: list[str] = []
-    phases = ("replicate", "verify", "restore")  # 15 episodes: each phase under each fault
-    episodes = [(phases[i % 3], FAULTS[i % 5]) for i in range(fault_budget.pick(15, 75))]
+    # bounded: 10 episodes, each fault twice and each phase 3-4 times; long: every pairing 5x
+    phases = ("replicate", "verify", "restore")
+    episodes = [(phases[i % 3], FAULTS[i % 5]) for i in range(fault_budget.pick(10, 75))]
     for n, (phase, main) in enumerate(episodes):
         sid = rng.choice(sorted(expected))
         if phase == "replicate":
