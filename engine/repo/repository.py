@@ -444,9 +444,9 @@ class Repository:
             raise IntegrityError(f"{what}: truncated", where)
         cap = codec.MAX_RAW if raw_length is None else min(codec.MAX_RAW, raw_length)
         try:
-            data = codec.decode(self.keys.open(sealed, where), where, cap)
-        except IntegrityError as e:
-            raise IntegrityError(f"{what}: {e}", where) from None
+            data = codec.decode(self.keys.open(sealed, what), what, cap)
+        except IntegrityError as e:  # named by the blob; object_name stays the pack
+            raise IntegrityError(str(e), where) from None
         if raw_length is not None and len(data) != raw_length:
             raise IntegrityError(f"{what}: decodes to {len(data)} bytes, the index says "
                                  f"{raw_length}", where)
