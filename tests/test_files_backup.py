@@ -408,3 +408,26 @@ def test_file_grows_and_another_vanishes_during_backup(sandbox, engine, monkeypa
     assert find(repo, engine.snapshot(res2.id)["tree"], str(big))[1]["size"] == (
         48 * MIB + 5000
     )
+
+
+def test_a_directory_too_big_for_one_tree_blob_is_named(sandbox, engine, monkeypatch):
+    """A directory whose tree would pass the tree-blob cap is named in the errors and stored
+    empty; the rest of the backup is kept (the snapshot says it is incomplete)."""
+    from engine.repo import codec
+
+    big = sandbox.src / "big"
+    big.mkdir()
+    for i in range(50):
+        (big / f"entry-{i:04d}").write_text("x")
+    (sandbox.src / "small.txt").write_text("kept")
+    monkeypatch.setattr(codec, "MAX_RAW", 4000)  # a 50-entry tree is ~10 KB of JSON
+    res = engine.backup("files", "src", replicate=False)
+    assert not res.complete
+    [err] = res.errors
+    assert err["path"] == str(big) and "larger than the 4000 bytes" in err["error"]
+    assert err["stored"].startswith("not stored")
+    monkeypatch.undo()
+    out = sandbox.root / "out"
+    engine.restore(engine.plan_restore(res.id, target=str(out)))
+    root = out / str(sandbox.src).lstrip("/")
+    assert (root / "small.txt").read_text() == "kept" and list((root / "big").iterdir()) == []

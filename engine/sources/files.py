@@ -38,6 +38,7 @@ import pyfastcdc
 
 from engine.errors import EngineError
 from engine.events import CancelToken
+from engine.repo import codec
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
 
@@ -665,7 +666,14 @@ class FilesBackup:
         if f.parent_tree and self.repo.has_blob(f.parent_tree) and len(nodes) == len(
                 parent) and all(n == parent.get(node_name(n)) for n in nodes):
             return f.parent_tree  # unchanged directory: its tree blob is already stored
-        return self.writer.save(TREE, encode_tree(nodes))
+        body = encode_tree(nodes)
+        if len(body) > codec.MAX_RAW:  # no reader would accept it (docs/FORMAT.md 11.1)
+            self._error(f.path, f"directory of {len(nodes)} entries: its tree ({len(body)} "
+                        f"bytes) is larger than the {codec.MAX_RAW} bytes a tree blob may "
+                        "hold in this format version",
+                        stored="not stored (an empty directory); split it or exclude it")
+            body = encode_tree([])
+        return self.writer.save(TREE, body)
 
     @staticmethod
     def _resolve(nodes: list) -> list[dict]:
