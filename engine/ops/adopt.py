@@ -137,7 +137,7 @@ def check_object(keys: Keys, name: str, data: bytes) -> str | None:
             return None
         try:
             raw = codec.decode(keys.open(data, name), name, MAX_RECORD)
-            if not isinstance(json.loads(raw), dict):
+            if not isinstance(codec.parse_json(raw, name), dict):
                 return "not a record"
         except IntegrityError as e:
             return str(e).removeprefix(f"{name}: ")
@@ -146,8 +146,8 @@ def check_object(keys: Keys, name: str, data: bytes) -> str | None:
         return None
     if cls in ("keys/", "pins/"):
         try:
-            doc = json.loads(data)
-        except ValueError as e:
+            doc = codec.parse_json(data, name)
+        except (ValueError, IntegrityError) as e:
             return f"not valid JSON: {e}"
         if not isinstance(doc, dict) or (cls == "keys/" and not {"kdf", "wrapped_key"} <= set(doc)):
             return "not a key record" if cls == "keys/" else "not a pin record"
@@ -205,8 +205,8 @@ def inspect_local(local: LocalBackend) -> tuple[str | None, str | None]:
         raw = None
     if raw is not None:
         try:
-            rid = json.loads(raw).get("id")
-        except (ValueError, AttributeError):
+            rid = codec.parse_json(raw, "config").get("id")
+        except (ValueError, AttributeError, IntegrityError):
             rid = None
         if not isinstance(rid, str):
             raise RepositoryError(f"{root}: holds an unreadable config; not adopting into it")

@@ -63,6 +63,7 @@ from datetime import UTC, datetime
 
 from engine.errors import EngineError, NotFound
 from engine.events import CancelToken, Event, EventCallback
+from engine.repo import codec
 from engine.repo.locks import STALE, RepoLock, list_locks
 from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name
 from engine.repo.repository import PACK_TARGET, Repository
@@ -615,7 +616,7 @@ def pins(repo: Repository) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for sid in sorted(pinned(repo)):
         try:
-            rec = json.loads(repo.backend.get(f"pins/{sid}"))
+            rec = codec.parse_json(repo.backend.get(f"pins/{sid}"), f"pins/{sid}")
             out[sid] = rec if isinstance(rec, dict) else {}
         except (EngineError, ValueError):
             out[sid] = {}

@@ -14,16 +14,16 @@ replica whose ``config`` names another repository is refused.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.errors import EngineError, NotFound, RepositoryError
+from engine.errors import EngineError, IntegrityError, NotFound, RepositoryError
 from engine.events import CancelToken, Event, EventCallback
 from engine.ops.resolve import iso
+from engine.repo import codec
 from engine.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -64,12 +64,12 @@ class ReplicaResult:
 
 def check_identity(local: Backend, remote: Backend) -> bool:
     """True if the replica already holds this repository; raises if it holds another."""
-    mine = json.loads(local.get("config"))
+    mine = codec.parse_json(local.get("config"), "config")
     try:
-        theirs = json.loads(remote.get("config"))
+        theirs = codec.parse_json(remote.get("config"), f"{remote.location}: config")
     except NotFound:
         return False
-    except ValueError:
+    except (ValueError, IntegrityError):
         raise RepositoryError(f"{remote.location}: holds an unreadable config; refusing to "
                               "replicate over it") from None
     if theirs.get("id") != mine.get("id"):
