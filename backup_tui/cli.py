@@ -389,6 +389,10 @@ def cmd_dump(args, engine: Engine) -> int:
             except BrokenPipeError:
                 gone.append(True)
                 raise
+            except OSError as e:  # a full disk, a quota: one line, no traceback
+                _silence(stdout)
+                raise EngineError(f"dump: cannot write the output: {e.strerror or e}; the "
+                                  "output is incomplete") from None
 
     out = Out()
     try:
@@ -399,11 +403,16 @@ def cmd_dump(args, engine: Engine) -> int:
         if not gone:
             raise
         # The reader stopped early (head, pg_restore -l): a normal end, exit 0 with no
-        # message. stdout becomes /dev/null so the flush at exit cannot fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stdout.fileno())
-        os.close(devnull)
+        # message.
+        _silence(stdout)
     return 0
+
+
+def _silence(stdout) -> None:
+    """stdout becomes /dev/null, so the flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stdout.fileno())
+    os.close(devnull)
 
 
 def cmd_restore(args, engine: Engine) -> int:
@@ -659,6 +668,52 @@ def cmd_pin(args, engine: Engine) -> int:
     return 0
 
 
+def _lock_line(r: dict) -> str:
+    from backup_tui.format import duration
+
+    if not r["readable"]:
+        return f"{r['id']}  unreadable record                     {r['why']}"
+    alive = {True: "alive", False: "gone", None: "?"}[r["alive"]]
+    age = "?" if r["age"] is None else (
+        duration(r["age"]) if r["age"] >= 0 else f"in {duration(-r['age'])} (future)")
+    state = f"STALE: {r['why']}" if r["stale"] else r["why"]
+    return (f"{r['id']}  {'excl' if r['exclusive'] else 'shrd'}  {str(r['purpose'])[:28]:28} "
+            f"{str(r['host'])[:20]:20} pid {r['pid']} ({alive})  age {age}  {state}")
+
+
+def cmd_lock(args, engine: Engine) -> int:
+    if args.replica:
+        engine = engine.for_replica(args.replica)
+    if args.what == "list":
+        rows = engine.locks()
+        if args.json:
+            out_json(rows)
+        elif not rows:
+            print("no locks")
+        else:
+            for r in rows:
+                print(_lock_line(r))
+        return 0
+    if bool(args.lock_id) == bool(args.stale):
+        raise UsageError("lock break: name one LOCK_ID, or --stale")
+    if args.lock_id and not args.yes:
+        want = args.lock_id.removeprefix("locks/").lower()
+        live = [r for r in engine.locks() if r["id"].startswith(want) and not r["stale"]]
+        if live:
+            raise UsageError(f"lock {live[0]['id']} looks live ({live[0]['why']}); breaking it "
+                             "lets a cleanup delete data its owner is using. Add --yes if you "
+                             "know its owner is gone")
+    removed = engine.break_lock(args.lock_id, args.stale)
+    if args.json:
+        out_json(removed)
+    else:
+        for r in removed:
+            print(f"removed {_lock_line(r)}")
+        if not removed:
+            print("no stale locks")
+    return 0
+
+
 def cmd_forget(args, engine: Engine) -> int:
     if not args.yes:
         lines = []
@@ -741,52 +796,6 @@ def cmd_repair(args, engine: Engine) -> int:
     return 0 if rep.ok else 1
 
 
-def _lock_line(r: dict) -> str:
-    from backup_tui.format import duration
-
-    if not r["readable"]:
-        return f"{r['id']}  unreadable record                     {r['why']}"
-    alive = {True: "alive", False: "gone", None: "?"}[r["alive"]]
-    age = "?" if r["age"] is None else (
-        duration(r["age"]) if r["age"] >= 0 else f"in {duration(-r['age'])} (future)")
-    state = f"STALE: {r['why']}" if r["stale"] else r["why"]
-    return (f"{r['id']}  {'excl' if r['exclusive'] else 'shrd'}  {str(r['purpose'])[:28]:28} "
-            f"{str(r['host'])[:20]:20} pid {r['pid']} ({alive})  age {age}  {state}")
-
-
-def cmd_lock(args, engine: Engine) -> int:
-    if args.replica:
-        engine = engine.for_replica(args.replica)
-    if args.what == "list":
-        rows = engine.locks()
-        if args.json:
-            out_json(rows)
-        elif not rows:
-            print("no locks")
-        else:
-            for r in rows:
-                print(_lock_line(r))
-        return 0
-    if bool(args.lock_id) == bool(args.stale):
-        raise UsageError("lock break: name one LOCK_ID, or --stale")
-    if args.lock_id and not args.yes:
-        want = args.lock_id.removeprefix("locks/").lower()
-        live = [r for r in engine.locks() if r["id"].startswith(want) and not r["stale"]]
-        if live:
-            raise UsageError(f"lock {live[0]['id']} looks live ({live[0]['why']}); breaking it "
-                             "lets a cleanup delete data its owner is using. Add --yes if you "
-                             "know its owner is gone")
-    removed = engine.break_lock(args.lock_id, args.stale)
-    if args.json:
-        out_json(removed)
-    else:
-        for r in removed:
-            print(f"removed {_lock_line(r)}")
-        if not removed:
-            print("no stale locks")
-    return 0
-
-
 def cmd_doctor(args, engine: Engine) -> int:
     rep = engine.doctor(fix=args.fix)
     if args.json:
@@ -811,9 +820,9 @@ def cmd_doctor(args, engine: Engine) -> int:
 
 COMMANDS = {
     "doctor": cmd_doctor,
-    "lock": cmd_lock,
     "forget": cmd_forget,
     "repair": cmd_repair,
+    "lock": cmd_lock,
     "cleanup": cmd_cleanup,
     "pin": cmd_pin,
     "unpin": cmd_pin,

@@ -201,10 +201,6 @@ def test_restore_target_disk_full(sandbox, tmp_path, fault_budget, fault_report)
     eps.assert_survived()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 7 (out-of-space errors say so), still open at the campaign's deadline: dump "
-    "into a file on a full disk ends in an OSError traceback from the CLI's stdout writer "
-    "(backup_tui/cli.py cmd_dump), not a clean 'no space left' error"))
 def test_dump_output_disk_full(sandbox, tmp_path, fault_budget, fault_report):
     """``dump > file`` onto a full disk: a clear error, not a traceback."""
     eps = Episodes(fault_report)
