@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import CHEAP_KDF
+from support import CHEAP_KDF
 
 from engine.config import load_config
 from engine.errors import NotFound, UsageError
@@ -130,7 +130,7 @@ def test_password_from_environment(inited):
 
 
 def test_unencrypted_init_warns_loudly(tmp_path):
-    from conftest import Sandbox
+    from support import Sandbox
 
     sb = Sandbox(tmp_path, password=None)
     proc = sb.cli("init")
@@ -142,7 +142,7 @@ def test_unencrypted_init_warns_loudly(tmp_path):
 
 def test_unencrypted_init_warns_also_with_json(tmp_path):
     """--json keeps stdout pure JSON, but the warning still goes to stderr."""
-    from conftest import Sandbox
+    from support import Sandbox
 
     sb = Sandbox(tmp_path, password=None)
     proc = sb.cli("--json", "init")

@@ -387,7 +387,7 @@ def test_non_admin_is_read_only():
     import tempfile
     from pathlib import Path
 
-    from conftest import Sandbox
+    from support import Sandbox
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the CLI as another user")

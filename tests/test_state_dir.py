@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox
+from support import Sandbox
 
 from engine.catalog import Catalog, process_start, safe_text
 from engine.events import Event
