@@ -425,7 +425,7 @@ def _prune(
             raise EngineError(f"prune: internal error: {len(used - covered)} used blob(s) would "
                               "lose their index entry; nothing was deleted")
         emit(Event(job_id, "index", message="writing the new index"))
-        report.index_written = _write_index(repo, final)
+        report.index_written = repo.write_indexes(final)
         live_packs = {pid for pid, _s, _e in final}
         # 5. Old index files. One that cannot be deleted keeps its packs alive.
         for iid in old_files:
@@ -534,21 +534,6 @@ def _repack(
     for t in (DATA, TREE):
         flush(t)
     return written
-
-
-def _write_index(repo: Repository, packs: list[tuple[str, int, list[BlobEntry]]]) -> list[str]:
-    out: list[str] = []
-    chunk: list[tuple[str, int, list[BlobEntry]]] = []
-    count = 0
-    for p in packs:
-        if chunk and count + len(p[2]) > MAX_INDEX_BLOBS:
-            out.append(repo.write_index(chunk) or "")
-            chunk, count = [], 0
-        chunk.append(p)
-        count += len(p[2])
-    if chunk:
-        out.append(repo.write_index(chunk) or "")
-    return [i for i in out if i]
 
 
 def _delete(backend: Backend, name: str, skipped: list[str]) -> bool:

@@ -381,7 +381,7 @@ def _repair(repo: Repository, rrepo: Repository | None, seen: dict[str, dict],
             order = [(pid, s, rows) for pid, (s, rows) in final.items()
                      if pid not in scan.extra]
             order += [(pid, s, rows) for pid, (s, rows) in scan.extra.items()]
-            written = prune_op._write_index(repo, order)
+            written = repo.write_indexes(order)
             report.index_written = written
             for iid in sorted(repo.list_ids("index")):  # only now that the new one is stored
                 if iid not in written and prune_op._delete(backend, f"index/{iid}",
