@@ -126,6 +126,46 @@ def test_no_change_replicate_makes_no_puts(s3_sandbox):
     assert remote.requests["get"] - before["get"] == 1
 
 
+class _BackupAfterList:
+    """The local backend, with a whole backup completing right after its k-th LIST."""
+
+    def __init__(self, eng, src, k):
+        self._eng, self._src, self._k, self._calls = eng, src, k, 0
+        self.ran = None
+
+    def __getattr__(self, name):
+        return getattr(self._eng.backend, name)
+
+    def list(self, prefix=""):
+        out = list(self._eng.backend.list(prefix))
+        self._calls += 1
+        if self._calls == self._k:
+            (self._src / f"new{self._k}.bin").write_bytes(
+                os.urandom(1 << 20))
+            self.ran = self._eng.backup("files", "src", replicate=False).id
+        return out
+
+
+@pytest.mark.parametrize("k", range(1, 7))
+def test_replicate_beside_a_finishing_backup_sends_only_whole_snapshots(s3_sandbox, k):
+    """A backup may finish between replicate's listings (both hold shared locks): the
+    replica must never receive a snapshot without its index or packs, whichever
+    listing the backup slips in after."""
+    eng = s3_sandbox.engine(init=True)
+    first = eng.backup("files", "src", replicate=False).id
+    local = _BackupAfterList(eng, s3_sandbox.src, k)
+    res = replicate_one(local, eng.replica_backend("use1"), "use1", "job", lambda e: None)
+    assert res.ok and local.ran
+    assert first in res.snapshots
+    replica = eng.for_replica("use1")
+    report = replica.verify(read_data=False)
+    assert report.ok, [p.message for p in report.problems]
+    again = replicate_one(eng.backend, eng.replica_backend("use1"), "use1", "job",
+                          lambda e: None)
+    assert sorted(again.snapshots) == sorted([first, local.ran])
+    assert replica.verify(read_data=True).ok
+
+
 def test_backup_replicates_automatically(s3_sandbox):
     proc = s3_sandbox.cli("init")
     assert proc.returncode == 0, proc.stderr

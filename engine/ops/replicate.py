@@ -97,10 +97,18 @@ def replicate_one(
     if hasattr(remote, "check_bucket"):
         remote.check_bucket()
     has_config = check_identity(local, remote)
+    # The local side is listed in the reverse of the write order (wal/ ... data/,
+    # keys/): a backup running beside us (both hold shared locks) writes packs, then
+    # its index, then its snapshot, so a snapshot seen here has its index and packs
+    # in the listings that follow. Listed in write order, a backup finishing between
+    # two listings would send its snapshot without its index.
+    listed: dict[str, list] = {}
+    for cls in reversed(CLASSES):
+        listed[cls] = sorted(local.list(cls), key=lambda o: o.name)
     todo: list[tuple[str, int]] = []
     for cls in CLASSES:
         theirs = {o.name: o.size for o in remote.list(cls)}
-        for obj in sorted(local.list(cls), key=lambda o: o.name):
+        for obj in listed[cls]:
             again = bool(repair) and obj.name in repair
             if theirs.get(obj.name) != obj.size or again:
                 todo.append((obj.name, obj.size))
@@ -108,7 +116,7 @@ def replicate_one(
             else:
                 res.present += 1
         if cls == "snapshots/":
-            local_snaps = {o.name for o in local.list(cls)}
+            local_snaps = {o.name for o in listed[cls]}
             res.snapshots = sorted(n.split("/", 1)[1] for n in theirs if n in local_snaps)
     total = sum(s for _, s in todo)
     lock = threading.Lock()
