@@ -195,7 +195,41 @@ def build_parser() -> ArgParser:
                     "existing roles (shows what would change; needs --yes)")
     rd.add_argument("--replica")
     _json_flag(rd)
+    rp = rsub.add_parser("pitr", help="recover a [[cluster]] to a point in time into a data "
+                         "directory (base backup + archived WAL)")
+    rp.set_defaults(restore=_restore_pitr)
+    _pitr_args(rp)
+    rp.add_argument("--pgdata", required=True, help="the data directory to create (absent "
+                    "or empty; the cluster's own only with --replace, server stopped)")
+    rp.add_argument("--port", type=int, help="the restored server's port (written into its "
+                    "settings; with --start a free one when not given)")
+    rp.add_argument("--start", action="store_true", help="start it, wait for the target "
+                    "and promotion, report")
+    rp.add_argument("--replace", action="store_true", help="restore over the cluster's own "
+                    "data directory (server stopped): the old one is moved aside, not deleted")
+    rp.add_argument("--wait", type=float, default=3600.0, metavar="SECONDS",
+                    help="with --start: how long recovery may take (default 3600)")
+    pp = sub.add_parser("pitr-plan", help="which base backup and WAL reach a point in time, "
+                        "and whether all of it is there")
+    _pitr_args(pp)
     return p
+
+
+def _pitr_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", required=True, help="a [[cluster]] name")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-time", metavar="TIME", help="ISO 8601; without an offset in "
+                   "the [schedule] time zone")
+    g.add_argument("--target-lsn", metavar="LSN", help="a WAL position, e.g. 0/3000028")
+    g.add_argument("--target-xid", metavar="XID", help="a transaction id")
+    g.add_argument("--target-name", metavar="NAME", help="a restore point "
+                   "(pg_create_restore_point)")
+    g.add_argument("--target", choices=["immediate"], help="immediate: the end of the base "
+                   "backup")
+    p.add_argument("--exclusive", action="store_true", help="stop just before the target "
+                   "(recovery_target_inclusive = off)")
+    p.add_argument("--replica", help="read the base backup and WAL from this replica alone")
+    _json_flag(p)
 
 
 class TermProgress:
@@ -484,6 +518,86 @@ def _restore_db(args, engine: Engine) -> int:
             print(f"  {n}")
         for w in result.warnings:
             sys.stderr.write(f"  warning: {w}\n")
+    return 0
+
+
+def _pitr_target(args, engine: Engine):
+    for kind in ("time", "lsn", "xid", "name"):
+        value = getattr(args, f"target_{kind}")
+        if value is not None:
+            return engine.pitr_target(kind, value, not args.exclusive)
+    return engine.pitr_target("immediate", None, not args.exclusive)
+
+
+def _print_pitr_plan(plan, out=sys.stdout) -> None:
+    j = plan.as_json()
+    base, wal = j["base_backup"], j["wal"]
+    w = out.write
+    w(f"cluster {j['source']}: recover to {plan.target.describe()}"
+      + (f" from replica {j['replica']}" if j["replica"] else "") + "\n")
+    w(f"  base backup  {base['id'][:8]}  taken {base['time']}, consistent at "
+      f"{base['stop_time']} (LSN {base['stop_lsn']}, timeline {base['timeline']})\n")
+    w(f"  WAL needed   {wal['first']} .. {wal['last']} ({wal['segments']} segment(s))\n")
+    for sw in j["timeline_switches"]:
+        w(f"  timeline     {sw['parent']} -> {sw['timeline']} at LSN {sw['switch_lsn']}\n")
+    for p in j["places"]:
+        state = (f"ERROR {p['error']}" if p["error"] else
+                 "all present" if p["complete"] else
+                 f"{p['missing_count']} missing: {', '.join(p['missing'][:5])}")
+        w(f"  {p['name']:12} {p['present']}/{wal['segments']}  {state}"
+          + ("" if p["reads"] else "  (not read)") + "\n")
+    if j["gaps"]:
+        w(f"  gaps         {', '.join(j['gaps'][:10])}\n")
+    r = j["newest_reachable"]
+    w(f"  reachable    up to {r['time'] or 'nothing'}"
+      + (f" (LSN {r['lsn']}, WAL {r['wal']})" if r["wal"] else "") + "\n")
+    est = j["estimate_seconds"]
+    w(f"  estimate     {_span(est) + ' (' + j['estimate_basis'] + ')' if est else 'unknown'}\n")
+    for n in j["notes"]:
+        w(f"  note: {n}\n")
+    w(("  feasible\n" if plan.feasible else f"  NOT feasible: {j['problems'][0]}\n"))
+
+
+def cmd_pitr_plan(args, engine: Engine) -> int:
+    plan = engine.pitr_plan(args.cluster, _pitr_target(args, engine), args.replica)
+    if args.json:
+        out_json(plan.as_json())
+    else:
+        _print_pitr_plan(plan)
+    if not plan.feasible:
+        sys.stderr.write(f"backup-tui: {plan.problems[0]}\n")
+        return 1
+    return 0
+
+
+def _restore_pitr(args, engine: Engine) -> int:
+    target = _pitr_target(args, engine)
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        res = engine.restore_pitr(args.cluster, target, args.pgdata, args.port, args.start,
+                                  args.replace, args.replica, prog, wait_seconds=args.wait)
+    finally:
+        prog.close()
+    if args.json:
+        out_json(res)
+        return 0
+    print(f"restored base backup {res['snapshot'][:8]} of cluster {res['source']} into "
+          f"{res['pgdata']} ({res['files']} files, {human_bytes(res['bytes'])}), recovery "
+          f"target {target.describe()}")
+    if res.get("moved_aside"):
+        print(f"  the old data directory is kept as {res['moved_aside']}")
+    if res["promoted"]:
+        srv = res["server"]
+        print(f"  promoted after {_span(res['seconds_to_promotion'])} of recovery: replayed to "
+              f"LSN {res['replay_lsn']}, last transaction {res.get('replay_time') or 'none'}"
+              + (f", new timeline {res['timeline']}" if res.get("timeline") else ""))
+        if res.get("stopped"):
+            print(f"  recovery stopped {res['stopped']}")
+        print(f"  running on port {res['port']} (socket {srv['socket_dir']}, log {srv['log']}); "
+              f"stop it with: pg_ctl -D {res['pgdata']} stop")
+    else:
+        print(f"  start it with: pg_ctl -D {res['pgdata']} start; it replays WAL through "
+              "wal-fetch up to the target and promotes")
     return 0
 
 
@@ -840,6 +954,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "dump": cmd_dump,
     "restore": cmd_restore,
+    "pitr-plan": cmd_pitr_plan,
 }
 
 

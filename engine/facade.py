@@ -35,6 +35,7 @@ from engine.ops import cleanup as cleanup_op
 from engine.ops import doctor as doctor_op
 from engine.ops import dump as dump_op
 from engine.ops import init as init_op
+from engine.ops import pitr as pitr_op
 from engine.ops import locks as locks_op
 from engine.ops import prune as prune_op
 from engine.ops import rebuild as rebuild_op
@@ -257,6 +258,41 @@ class Engine:
             job.objects = [plan.snapshot["id"]]
             old = getattr(result, "old_db", None)
             job.detail = f"old database kept as {old}" if old else ""
+        return result
+
+    # ---------------------------------------------------------- point in time
+    def pitr_target(self, kind: str, value: str | None, inclusive: bool = True) -> Any:
+        """A recovery target (engine/ops/pitr.py): kind time|lsn|xid|name|immediate; a
+        time without an offset is read in the schedule's time zone."""
+        return pitr_op.Target.parse(kind, value, self.timezone, inclusive)
+
+    def pitr_plan(self, cluster: str, target: Any, replica: str | None = None) -> Any:
+        """Which base backup and WAL recover ``cluster`` to ``target``, whether every
+        segment is there (locally, in each replica), gaps, the newest reachable point."""
+        with self.job("pitr-plan", pitr_op.JOB_TARGET + cluster, read_only=True) as job:
+            result = pitr_op.plan(self, cluster, target, replica)
+            job.audited = False  # a plan changes nothing
+            job.outcome = "ok" if result.feasible else "refused"
+        return result
+
+    def restore_pitr(self, cluster: str, target: Any, pgdata: str, port: int | None = None,
+                     start: bool = False, replace: bool = False, replica: str | None = None,
+                     on_event: EventCallback = ignore, cancel: CancelToken | None = None,
+                     wait_seconds: float = 3600.0) -> dict:
+        """Recover ``cluster`` to ``target`` into data directory ``pgdata`` (absent or
+        empty; the cluster's own, stopped, with replace), optionally start it and wait
+        for promotion. From ``replica`` alone when named (no local repository needed)."""
+        self._admin("restore")
+        src = self.for_replica(replica) if replica and self.replica_name != replica else self
+        with self.job("restore", pitr_op.JOB_TARGET + cluster, on_event) as job:
+            plan = pitr_op.plan(src, cluster, target, replica)
+            with src._reading(f"restore pitr {cluster}", plan.snapshot["id"]):
+                result = pitr_op.restore(src, plan, pgdata, port, start, replace, job.id,
+                                         job.emit, cancel, wait_seconds)
+            job.objects = [plan.snapshot["id"]]
+            job.detail = f"{target.describe()} into {result['pgdata']}" + (
+                f"; old data directory kept as {result['moved_aside']}"
+                if result.get("moved_aside") else "")
         return result
 
     # ------------------------------------------------------------------ dump
