@@ -19,10 +19,11 @@ if TYPE_CHECKING:
 
 def kinds() -> tuple[type[Source], ...]:
     """Every source kind, in the order 'backup all' runs them."""
+    from engine.sources.cluster import ClusterSource
     from engine.sources.database import DatabaseSource
     from engine.sources.fileset import FilesSource
 
-    return (DatabaseSource, FilesSource)
+    return (DatabaseSource, ClusterSource, FilesSource)
 
 
 def kind(name: str) -> type[Source]:
