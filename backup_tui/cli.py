@@ -15,6 +15,9 @@ import sys
 import time
 from typing import Any
 
+# First: wal-push and wal-fetch (PostgreSQL's archive/restore commands) run and exit
+# inside this import when they are the command, before the heavy imports below.
+from backup_tui import cli_wal
 from backup_tui.format import human_bytes
 from engine.config import find_config, load_config
 from engine.errors import EngineError, UsageError
@@ -212,6 +215,16 @@ def build_parser() -> ArgParser:
     pp = sub.add_parser("pitr-plan", help="which base backup and WAL reach a point in time, "
                         "and whether all of it is there")
     _pitr_args(pp)
+    wp = sub.add_parser("wal-push", help="archive one WAL file (archive_command: "
+                        "'backup-tui wal-push %%p')")
+    wp.add_argument("path", help="the WAL file (%%p)")
+    wp.add_argument("--cluster", help="a [[cluster]] name (needed when more than one)")
+    wf = sub.add_parser("wal-fetch", help="fetch one archived WAL file from the local "
+                        "repository or a replica (restore_command: "
+                        "'backup-tui wal-fetch %%f %%p')")
+    wf.add_argument("name", help="the WAL file name (%%f)")
+    wf.add_argument("dest", help="where to write it (%%p)")
+    wf.add_argument("--cluster", help="a [[cluster]] name (needed when more than one)")
     return p
 
 
@@ -932,7 +945,14 @@ def cmd_doctor(args, engine: Engine) -> int:
     return 0 if rep.ok else 1
 
 
+def cmd_wal(args, engine: Engine) -> int:
+    pos = [args.path] if args.command == "wal-push" else [args.name, args.dest]
+    return cli_wal.execute(args.config, args.command, pos, args.cluster)
+
+
 COMMANDS = {
+    "wal-push": cmd_wal,
+    "wal-fetch": cmd_wal,
     "doctor": cmd_doctor,
     "forget": cmd_forget,
     "repair": cmd_repair,
@@ -992,6 +1012,9 @@ def _need_terminal(what: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    wal_rc = cli_wal.run(sys.argv[1:] if argv is None else list(argv))
+    if wal_rc is not None:  # wal-push / wal-fetch: nothing else is needed
+        return wal_rc
     _tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -46,6 +46,7 @@ from engine.ops import retention as retention_op
 from engine.ops import status as status_op
 from engine.ops import verify as verify_op
 from engine.ops.resolve import SnapshotInfo
+from engine.repo import keycache
 from engine.repo import locks as repo_locks
 from engine.repo.repository import Repository
 from engine.sources import registry
@@ -103,6 +104,11 @@ class Engine:
                     raise
                 if password and not self._repo.keys.encrypted:
                     warn_password_unused(self.backend.location)
+                if password and self._repo.keys.encrypted and self.replica_name is None:
+                    # wal-push then skips the key derivation (engine/repo/keycache.py)
+                    keycache.store(self.config.state_dir, self._repo.config,
+                                   self._repo.keys.master_key() or b"", password,
+                                   self.config.repository.password_file)
             return self._repo
 
     def refresh(self) -> None:

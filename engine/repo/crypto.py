@@ -131,6 +131,7 @@ class Keys:
 
     def __init__(self, master: bytes | None):
         self.encrypted = master is not None
+        self._master = master  # for the key cache (engine/repo/keycache.py) only
         if master is not None:
             if len(master) != 64:
                 raise IntegrityError("master key has the wrong length", "config")
@@ -139,6 +140,10 @@ class Keys:
         else:
             self._aead = None
             self._mac = b""
+
+    def master_key(self) -> bytes | None:
+        """The 64-byte master key (None when unencrypted): for the key cache only."""
+        return self._master
 
     def blob_id(self, data: bytes | memoryview) -> str:
         if self.encrypted:

@@ -25,6 +25,35 @@ class LocalBackend:
         self.root = Path(root)
         self.location = str(self.root)
         self._fds = threading.local()  # per thread: a few open pack files (see get_range)
+        self._shared: bool | None = None
+
+    def shared(self) -> bool:
+        """The shared layout (README, "WAL archiving"): the repository folder has the
+        setgid bit, so its group (say ``backup``, holding ``postgres`` for wal-push) owns
+        what is written in it. Then files are written 0660 and the folders made here
+        02770 whatever the umask; otherwise files are 0600 and folders follow the umask."""
+        if self._shared is None:
+            try:
+                self._shared = bool(os.stat(self.root).st_mode & stat.S_ISGID)
+            except OSError:
+                self._shared = False
+        return self._shared
+
+    def _make_folder(self, folder: Path) -> None:
+        if not self.shared() or folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            return
+        missing = []
+        p = folder
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(mode=0o770)
+            except FileExistsError:
+                continue
+            os.chmod(d, 0o2770)  # made here: group-writable for the other writers
 
     def _path(self, name: str) -> Path:
         parts = name.split("/")
@@ -95,7 +124,7 @@ class LocalBackend:
         folder = path.parent
         tmp = folder / f"{_TEMP}{secrets.token_hex(8)}"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            self._make_folder(folder)
         except (FileExistsError, NotADirectoryError):
             raise RepositoryError(f"cannot write {path}: {folder} is not a directory") from None
         except OSError as e:
@@ -103,6 +132,8 @@ class LocalBackend:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
+                if self.shared():
+                    os.fchmod(fd, 0o660)
                 view = memoryview(data)
                 while view:
                     n = os.write(fd, view)

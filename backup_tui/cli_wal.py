@@ -1,0 +1,124 @@
+"""The fast path of ``backup-tui wal-push PATH`` and ``backup-tui wal-fetch NAME DEST``.
+
+PostgreSQL runs these once per WAL segment (archive_command, restore_command), so they
+must not pay for the rest of the CLI: backup_tui/cli.py imports this module first, and
+when the process is the CLI itself (the ``backup-tui`` script or ``python -m
+backup_tui.cli``) and its command is wal-push or wal-fetch, the command runs here and
+the process exits before cli.py imports anything else (the engine facade, the source
+registry, psycopg2, apscheduler). ``cli.main(argv)`` calls `run` first too, for callers
+in the same process. Only the standard library is imported until the command runs
+engine.wal (which adds zstandard, cryptography and, for a replica, boto3).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+COMMANDS = ("wal-push", "wal-fetch")
+USAGE = {
+    "wal-push": "backup-tui [--config PATH] wal-push PATH [--cluster NAME]",
+    "wal-fetch": "backup-tui [--config PATH] wal-fetch NAME DEST [--cluster NAME]",
+}
+
+
+def _parse(argv: list[str]) -> tuple[str | None, str, list[str], str | None] | None:
+    """(config, command, positional arguments, cluster) when argv is a wal command this
+    fast parser understands; None to leave it to the full parser (help, other flags)."""
+    config = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" and i + 1 < len(argv):
+            config, i = argv[i + 1], i + 2
+        elif a.startswith("--config="):
+            config, i = a.partition("=")[2], i + 1
+        elif a == "--json":
+            i += 1
+        else:
+            break
+    if i >= len(argv) or argv[i] not in COMMANDS:
+        return None
+    command, rest = argv[i], argv[i + 1:]
+    cluster = None
+    pos: list[str] = []
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--cluster" and j + 1 < len(rest):
+            cluster, j = rest[j + 1], j + 2
+        elif a.startswith("--cluster="):
+            cluster, j = a.partition("=")[2], j + 1
+        elif a == "--":
+            pos += rest[j + 1:]
+            break
+        elif a.startswith("-") and a != "-":
+            return None  # --help and anything unknown: the full parser says it
+        else:
+            pos.append(a)
+            j += 1
+    return config, command, pos, cluster
+
+
+def run(argv: list[str]) -> int | None:
+    """Run a wal-push / wal-fetch command line; None when argv is not one."""
+    parsed = _parse(argv)
+    if parsed is None:
+        return None
+    config, command, pos, cluster = parsed
+    want = 1 if command == "wal-push" else 2
+    if len(pos) != want:
+        sys.stderr.write(f"backup-tui: usage: {USAGE[command]}\n")
+        return 2
+    return execute(config, command, pos, cluster)
+
+
+def execute(config: str | None, command: str, pos: list[str], cluster: str | None) -> int:
+    from engine.errors import EngineError
+
+    try:
+        from engine import wal
+
+        settings = wal.WalSettings.load(_find_config(config))
+        if command == "wal-push":
+            wal.push(settings, pos[0], cluster)
+        else:
+            wal.fetch(settings, pos[0], pos[1], cluster)
+        return 0
+    except EngineError as e:
+        line = " ".join(str(e).split())
+        sys.stderr.write(f"backup-tui: {line}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"backup-tui: {command}: interrupted\n")
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for PostgreSQL's log, exit 1: it retries
+        sys.stderr.write(f"backup-tui: {command}: unexpected {type(e).__name__}: {e}\n")
+        return 1
+
+
+def _find_config(explicit: str | None) -> str:
+    """As engine.config.find_config (without importing it)."""
+    if explicit:
+        return explicit
+    env = os.environ.get("BACKUP_TUI_CONFIG")
+    if env:
+        return env
+    if os.path.exists("config.toml"):
+        return "config.toml"
+    return "/etc/backup-tui/config.toml"
+
+
+def _is_cli_process() -> bool:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None) == "backup_tui.cli":
+        return True  # python -m backup_tui.cli
+    return os.path.basename(getattr(main, "__file__", None) or "") == "backup-tui"
+
+
+if _is_cli_process() and len(sys.argv) > 1 and any(a in COMMANDS for a in sys.argv[1:4]):
+    _rc = run(sys.argv[1:])
+    if _rc is not None:
+        sys.stdout.flush()
+        sys.exit(_rc)
