@@ -351,7 +351,11 @@ class _Archive:
         place = self.where(name)
         if place is None:
             raise NotFound(f"WAL {name} of cluster {self.cluster!r} is not archived")
-        return _wal().read_wal(self.engine.repo(), self.backends[place], self.cluster, name)
+        wal = _wal()
+        obj = wal.object_name(self.cluster, name)
+        _header, body = wal.read_object(self.engine.repo().keys,
+                                        self.backends[place].get(obj), obj, name)
+        return body
 
     def segments_of(self, timeline: int) -> list[int]:
         out = set()
@@ -551,8 +555,8 @@ def estimate_seconds(engine: Engine, cluster: str) -> tuple[float | None, str]:
     drills = getattr(catalog, "drills", None)
     if drills is not None:
         try:
-            rows = [d for d in (drills(limit=20) or [])
-                    if d.get("source") == cluster and d.get("ok") and d.get("rto_seconds")]
+            rows = [d for d in (drills(kind=_cluster_kind(), source=cluster, limit=20) or [])
+                    if d.get("ok") and d.get("rto_seconds")]
         except Exception:  # noqa: BLE001 - an estimate never fails a plan
             rows = []
         if rows:
@@ -578,20 +582,58 @@ def _quote_conf(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def restore_command(engine: Engine, cluster: str, replica: str | None) -> str:
-    """The restore_command: this python, this config, wal-fetch."""
+def command_python(owner: str | None) -> list[str]:
+    """The argv prefix that runs this project's python as the server's OS user (who runs
+    restore_command): this interpreter, else (when the owner cannot reach it, say a venv
+    under /root) the system python of the same version with this interpreter's packages
+    and the project on PYTHONPATH. EngineError when the owner can run neither."""
+    import sysconfig
+
+    root = str(Path(__file__).resolve().parents[2])
+    choices = [[sys.executable]]
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if os.path.exists(system) and os.path.realpath(system) != os.path.realpath(sys.executable):
+        paths = sysconfig.get_paths()
+        pypath = os.pathsep.join(dict.fromkeys([root, paths["purelib"], paths["platlib"]]))
+        choices.append(["env", f"PYTHONPATH={pypath}", system])
+    if not owner or os.geteuid() != 0:
+        return choices[0]
+    for argv in choices:
+        probe = _as_owner([*argv, "-c", "import backup_tui.cli, engine.wal"], owner)
+        try:
+            if subprocess.run(probe, capture_output=True, timeout=60, cwd="/",
+                              env=_env()).returncode == 0:
+                return argv
+        except (OSError, subprocess.SubprocessError):
+            continue
+    raise EngineError(f"OS user {owner!r} (who runs the restored server's restore_command) "
+                      f"cannot run {sys.executable} with backup-tui: install backup-tui where "
+                      "that user can run it")
+
+
+def restore_command(engine: Engine, cluster: str, replica: str | None,
+                    python: list[str] | None = None) -> str:
+    """The restore_command: this python, this config, wal-fetch (from ``replica`` alone
+    when wal-fetch takes --replica)."""
     config = engine.config.path
     if config is None:
         raise UsageError("restore pitr needs a config file (wal-fetch reads it)")
-    cmd = [sys.executable, "-m", "backup_tui.cli", "--config", str(Path(config).absolute()),
-           "wal-fetch", "%f", "%p", "--cluster", cluster]
-    if replica:
+    cmd = [*(python or [sys.executable]), "-m", "backup_tui.cli", "--config",
+           str(Path(config).absolute()), "wal-fetch", "%f", "%p", "--cluster", cluster]
+    if replica and _fetch_takes_replica():
         cmd += ["--replica", replica]
     return " ".join(c if c in ("%f", "%p") else shlex.quote(c) for c in cmd)
 
 
-def recovery_settings(engine: Engine, plan: PitrPlan, port: int | None) -> list[tuple[str, str]]:
-    out = [("restore_command", restore_command(engine, plan.source, plan.replica))]
+def _fetch_takes_replica() -> bool:
+    import inspect
+
+    return "replica" in inspect.signature(_wal().fetch).parameters
+
+
+def recovery_settings(engine: Engine, plan: PitrPlan, port: int | None,
+                      python: list[str] | None = None) -> list[tuple[str, str]]:
+    out = [("restore_command", restore_command(engine, plan.source, plan.replica, python))]
     out += plan.target.settings()
     out += [("recovery_target_timeline", "latest"),
             ("recovery_target_action", "promote"),
@@ -649,7 +691,7 @@ def _cluster_config(engine: Engine, cluster: str) -> Any | None:
 
 def prepare_target(engine: Engine, cluster: str, pgdata: Path, replace: bool) -> dict:
     """Check the data directory (absent or empty; the cluster's own only with replace and
-    the server stopped, then moved aside). Returns {owner, moved_aside, created}."""
+    the server stopped, then moved aside). Returns {owner, moved_aside, existed, python}."""
     pgdata = Path(os.path.abspath(pgdata))
     cfg = _cluster_config(engine, cluster)
     own = Path(os.path.abspath(cfg.pgdata)) if cfg is not None and getattr(cfg, "pgdata", "") \
@@ -672,6 +714,7 @@ def prepare_target(engine: Engine, cluster: str, pgdata: Path, replace: bool) ->
         raise EngineError(f"{pgdata} exists and is not a directory")
     non_empty = pgdata.is_dir() and any(pgdata.iterdir())
     moved = None
+    python = command_python(owner)  # before anything moves: fails when the owner cannot
     if replace and not is_own:
         raise UsageError(f"--replace only restores over the data directory of cluster "
                          f"{cluster!r} ({own or 'no pgdata configured'}); {pgdata} is not it")
@@ -691,7 +734,7 @@ def prepare_target(engine: Engine, cluster: str, pgdata: Path, replace: bool) ->
             raise EngineError(f"{moved} exists already: try again in a second")
         os.rename(pgdata, moved)
     return {"owner": owner, "moved_aside": str(moved) if moved else None,
-            "existed": pgdata.is_dir()}
+            "existed": pgdata.is_dir(), "python": python}
 
 
 def _free_port() -> int:
@@ -865,12 +908,13 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
     owner = prep["owner"]
     if start and port is None:
         port = _free_port()
+    python = prep["python"]
     on_event(Event(job_id, "restore", message=f"base backup {plan.snapshot['id'][:8]} "
                    f"into {pgdata}"))
     try:
         counts = restore_base(engine.repo(), plan.snapshot, pgdata, job_id, on_event, cancel,
                               owner=owner)
-        settings = recovery_settings(engine, plan, port)
+        settings = recovery_settings(engine, plan, port, python)
         write_recovery(pgdata, settings, owner)
     except BaseException:
         if not prep["existed"]:
