@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 
 import pyfastcdc
 
-from engine.errors import EngineError
+from engine.errors import Cancelled, EngineError
 from engine.events import CancelToken
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, name_fields
@@ -492,10 +492,23 @@ def stream_basebackup(
                     raise EngineError("pg_basebackup wrote data after the end of its archive")
                 rest = proc.stdout.read(READ)
             rc = proc.wait()
-        except BaseException:
+        except Cancelled:
             proc.kill()
             proc.wait()
             raise
+        except BaseException as e:
+            # a stream that broke off is pg_basebackup's failure when it failed: say that
+            rc = proc.poll()
+            if rc is None and isinstance(e, EngineError):
+                try:
+                    rc = proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    rc = None
+            if rc is None:
+                proc.kill()
+                proc.wait()
+            if not rc or not isinstance(e, EngineError):
+                raise
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
     if rc != 0:
