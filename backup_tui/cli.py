@@ -115,6 +115,16 @@ def build_parser() -> ArgParser:
                     help="drop what this tool recorded as its own leftovers")
     _json_flag(dr)
 
+    dl = sub.add_parser("drill", help="restore drill: restore the newest backup into a "
+                        "throwaway server, validate it, time it (RTO), tear down (admin)")
+    dlsub = dl.add_subparsers(dest="what", required=True, parser_class=ArgParser)
+    for cls in registry.kinds():
+        if callable(getattr(cls, "drill", None)):
+            dp = dlsub.add_parser(cls.kind, help=f"drill one {cls.label}")
+            dp.add_argument("name", help=f"a [[{cls.section()}]] name")
+            _json_flag(dp)
+    _json_flag(dlsub.add_parser("all", help="drill every source that has drills"))
+
     rp = sub.add_parser("replicate", help="copy what each S3 replica lacks")
     rp.add_argument("--replica")
     rp.add_argument("--repair", action="store_true",
@@ -637,6 +647,12 @@ def cmd_status(args, engine: Engine) -> int:
         if s["details"]:
             line += "; " + ", ".join(f"{k} {v}" for k, v in s["details"].items())
         print(line)
+        last = (s.get("drill") or {}).get("last")
+        if last:
+            trend = ", ".join(f"{x:.0f}" for x in s["drill"]["rto_trend"])
+            print(f"        last drill {last['finished'] or last['started']} "
+                  + ("ok" if last["ok"] else f"FAILED: {last['error']}")
+                  + (f"; RTO trend (s): {trend}" if trend else ""))
     for j in st["running"]:
         print(f"  running: {j['kind']} {j['target']} {j['phase']} {j['message'][:60]}")
     return 0
@@ -945,6 +961,40 @@ def cmd_doctor(args, engine: Engine) -> int:
     return 0 if rep.ok else 1
 
 
+def _print_drill(r) -> None:
+    rto = f"RTO {r.rto_seconds:.1f} s" if r.rto_seconds is not None else "no RTO"
+    snap = r.snapshot[:8] if r.snapshot else "no snapshot"
+    print(f"drill {r.kind}:{r.source} of {snap}: {'ok' if r.ok else 'FAILED'}, {rto}")
+    for c in r.checks:
+        flag = "skipped" if c.get("skipped") else ("ok" if c["ok"] else "FAILED")
+        print(f"  {c['name']:9} {flag:7} {c['detail']}")
+    for note in [r.details.get("scratch_note"), *r.details.get("warnings", [])[:5]]:
+        if note:
+            sys.stderr.write(f"  note: {note}\n")
+    if not r.ok:
+        sys.stderr.write(f"backup-tui: drill {r.kind}:{r.source} failed: {r.error}\n")
+
+
+def cmd_drill(args, engine: Engine) -> int:
+    prog = TermProgress(sys.stderr.isatty() and not args.json)
+    try:
+        if args.what == "all":
+            results = engine.drill_all(prog)
+        else:
+            results = [engine.drill(args.what, args.name, prog)]
+    finally:
+        prog.close()
+    if args.json:
+        data = [r.as_json() for r in results]
+        out_json(data if args.what == "all" else data[0])
+    else:
+        for r in results:
+            _print_drill(r)
+        if not results:
+            print("no source has restore drills")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_wal(args, engine: Engine) -> int:
     pos = [args.path] if args.command == "wal-push" else [args.name, args.dest]
     return cli_wal.execute(args.config, args.command, pos, args.cluster)
@@ -953,6 +1003,7 @@ def cmd_wal(args, engine: Engine) -> int:
 COMMANDS = {
     "wal-push": cmd_wal,
     "wal-fetch": cmd_wal,
+    "drill": cmd_drill,
     "doctor": cmd_doctor,
     "forget": cmd_forget,
     "repair": cmd_repair,

@@ -140,7 +140,7 @@ FULL_BELOW = 256 * 1024  # an I/O error with less free space than this is a full
 WRITES = frozenset({
     "start_job", "progress", "end_job", "mark_verified", "replica_done", "replica_failed",
     "replica_lag", "set_paused", "schedule_ran", "request_run", "take_requests",
-    "mark_interrupted", "audit", "mark_seen",
+    "mark_interrupted", "audit", "mark_seen", "record_drill",
 })
 
 
@@ -735,6 +735,62 @@ class Catalog:
                 raise
 
         self._write("catalog", write)
+
+    # ---------------------------------------------------------- restore drills
+    # One row per drill (engine/ops/drill.py): local history, like jobs (a catalog
+    # rebuild starts it afresh). The table is made by the first drill.
+    _DRILLS = ("CREATE TABLE IF NOT EXISTS drills (id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+               "source TEXT NOT NULL, snapshot TEXT, started REAL NOT NULL, finished REAL, "
+               "ok INTEGER NOT NULL, rto_seconds REAL, error TEXT DEFAULT '', "
+               "checks TEXT DEFAULT '[]', rows TEXT DEFAULT '{}', details TEXT DEFAULT '{}')")
+    _DRILLS_INDEX = "CREATE INDEX IF NOT EXISTS drills_started ON drills(started)"
+
+    def record_drill(self, drill: dict) -> None:
+        """Record one drill: ``id``, ``kind``, ``source``, ``snapshot``, ``started``,
+        ``finished`` (unix times), ``ok``, ``rto_seconds``, ``error``, ``checks`` (list),
+        ``rows`` and ``details`` (dicts)."""
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(self._DRILLS)
+            db.execute(self._DRILLS_INDEX)
+            db.execute(
+                "INSERT OR REPLACE INTO drills (id, kind, source, snapshot, started, finished, "
+                "ok, rto_seconds, error, checks, rows, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (drill["id"], safe_text(drill["kind"]), safe_text(drill["source"]),
+                 drill.get("snapshot"), float(drill["started"]), drill.get("finished"),
+                 int(bool(drill["ok"])), drill.get("rto_seconds"),
+                 safe_text(drill.get("error", ""))[:2000],
+                 json.dumps(drill.get("checks", []), default=str),
+                 json.dumps(drill.get("rows", {}), default=str),
+                 json.dumps(drill.get("details", {}), default=str)))
+
+        self._write("catalog", write)
+
+    def drills(self, kind: str | None = None, source: str | None = None,
+               limit: int = 50) -> list[dict]:
+        """Recorded drills, newest first (optionally of one kind and source)."""
+        query, args = "SELECT * FROM drills", []
+        if kind is not None:
+            query += " WHERE kind = ?"
+            args.append(kind)
+        if source is not None:
+            query += (" AND" if args else " WHERE") + " source = ?"
+            args.append(source)
+        query += " ORDER BY started DESC LIMIT ?"
+        try:
+            with self._conn() as db:
+                rows = [dict(r) for r in db.execute(query, (*args, limit))]
+        except sqlite3.OperationalError:  # no drill yet: no table
+            return []
+        for r in rows:
+            r["ok"] = bool(r["ok"])
+            for key, empty in (("checks", []), ("rows", {}), ("details", {})):
+                try:
+                    r[key] = json.loads(r[key] or "null") or empty
+                except ValueError:
+                    r[key] = empty
+        return rows
+
 
 class _Lenient:
     """A Catalog whose writes skip StateDirError (see Catalog.lenient)."""

@@ -28,6 +28,7 @@ OPERATION_SCHEDULES = {
     "cleanup": ("0 4 * * sun", "apply retention and prune"),
     "verify": ("0 */6 * * *", "verify the repository"),
     "replicate": ("*/5 * * * *", "copy to every replica"),
+    "drill": ("0 5 * * sat", "restore drills"),
 }
 
 

@@ -238,6 +238,11 @@ class Scheduler:
         }
         if kind == "replicate" and not self.config.replicas:
             return []
+        if kind == "drill":  # one job per source whose kind has drills (engine/ops/drill.py)
+            from engine.ops.drill import drillable
+
+            return [(f"drill {s.info().target}", lambda c, s=s: self._drill(s, c))
+                    for s in registry.sources(self.config) if drillable(s)]
         return [(kind, operations[kind])] if kind in operations else []
 
     def run_kind(self, kind: str, reason: str = "schedule", missed: datetime | None = None) -> str:
@@ -301,6 +306,13 @@ class Scheduler:
         cat.schedule_ran(kind, outcome, "; ".join(errors),
                          missed.timestamp() if missed else None)
         return outcome
+
+    def _drill(self, source, cancel: CancelToken):
+        """A scheduled drill: a failed one is a failed job of the schedule."""
+        result = self.engine.drill(source.kind, source.name, cancel=cancel)
+        if not result.ok:
+            raise EngineError(f"drill failed: {result.error}")
+        return result
 
     @staticmethod
     def _problems(result) -> str:

@@ -414,6 +414,37 @@ class Engine:
         self._repo = None  # open the adopted repository afresh
         return result
 
+    # ----------------------------------------------------------------- drill
+    def drill(self, kind: str, name: str, on_event: EventCallback = ignore,
+              cancel: CancelToken | None = None) -> Any:
+        """Restore drill of one source (engine/ops/drill.py): its newest backup restored
+        into scratch space on a throwaway server, validated, timed (RTO), torn down and
+        recorded. Returns the DrillResult; a failed drill is a failed job, not raised."""
+        from engine.ops import drill as drill_op
+
+        self._admin("drill")
+        source = registry.source(self.config, kind, name)
+        with self.job("drill", source.info().target, on_event) as job:
+            result = drill_op.run_drill(self, source, job.id, job.emit, cancel)
+            job.objects = [result.snapshot] if result.snapshot else []
+            job.detail = (f"RTO {result.rto_seconds} s" if result.ok else result.error)[:500]
+            if not result.ok:
+                job.fail(result.error)
+        return result
+
+    def drill_all(self, on_event: EventCallback = ignore,
+                  cancel: CancelToken | None = None) -> list[Any]:
+        """A drill of every source whose kind has drills, one after the other."""
+        from engine.ops import drill as drill_op
+
+        return [self.drill(s.kind, s.name, on_event, cancel)
+                for s in registry.sources(self.config) if drill_op.drillable(s)]
+
+    def drills(self, kind: str | None = None, source: str | None = None,
+               limit: int = 50) -> list[dict]:
+        """Recorded drills, newest first."""
+        return self.catalog.drills(kind, source, limit)
+
     # ---------------------------------------------------------------- status
     def jobs(self, limit: int = 50) -> list[dict]:
         return self.catalog.jobs(limit)

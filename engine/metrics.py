@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from datetime import datetime
 
 
 def _label(value: str) -> str:
@@ -38,6 +39,23 @@ def render(engine) -> str:
     metric("last_success_timestamp_seconds", "Time of the newest complete backup.", "gauge",
            last)
     metric("last_success_age_seconds", "Age of the newest complete backup.", "gauge", ages)
+    drill_ok, drill_rto, drill_time = [], [], []
+    for s in status["sources"]:
+        last = (s.get("drill") or {}).get("last")
+        if not last:
+            continue
+        labels = {"kind": s["kind"], "source": s["name"]}
+        drill_ok.append((labels, 1 if last["ok"] else 0))
+        if s["drill"]["rto_trend"]:
+            drill_rto.append((labels, s["drill"]["rto_trend"][-1]))
+        if last["finished"]:
+            drill_time.append((labels, datetime.fromisoformat(last["finished"]).timestamp()))
+    metric("drill_ok", "1 when the last restore drill of the source passed.", "gauge",
+           drill_ok)
+    metric("drill_rto_seconds", "Seconds to a validated database in the newest passed drill.",
+           "gauge", drill_rto)
+    metric("drill_timestamp_seconds", "When the last restore drill ended.", "gauge",
+           drill_time)
     reps = engine.replica_states()
     metric("replica_objects_behind", "Objects the replica lacks (last check).", "gauge",
            [({"replica": r["name"]}, r["objects_behind"] or 0) for r in reps])

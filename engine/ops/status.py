@@ -4,7 +4,8 @@
 failure, next scheduled run, the source's own details such as where its
 connection comes from), per replica and per schedule. ``health`` reduces it to
 ok or a list of reasons: a source without a complete backup younger than its
-limit, or a replica without a recent successful run.
+limit, a replica without a recent successful run, or a source whose last
+restore drill failed or is older than its drill limit (engine/ops/drill.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from engine.ops import drill as drill_op
 from engine.ops.resolve import iso
 from engine.schedule import next_run
 from engine.sources import registry
@@ -35,6 +37,7 @@ def status(engine: Engine) -> dict:
     recent = engine.catalog.jobs(500)
     next_runs = engine.next_runs(now)
     sources = []
+    drills = drill_op.newest_drills(engine)
     for src in registry.sources(engine.config):
         info = src.info()
         mine = [i for i in infos if i.kind == src.kind and i.source == src.name]
@@ -59,6 +62,8 @@ def status(engine: Engine) -> dict:
             "next_run": _iso_dt(next_runs.get(src.schedule)),
             **src.status_fields(),
         }
+        if drill_op.drillable(src):  # last drill, RTO trend (engine/ops/drill.py)
+            entry["drill"] = drill_op.summary(drills.get((src.kind, src.name), []), src)
         sources.append(entry)
     running = [j for j in recent if j["state"] == "running"]
     stored = sum(engine.repo().pack_sizes.values())
@@ -89,6 +94,11 @@ def health(engine: Engine) -> dict:
             age = (now - good[-1].time).total_seconds() / 3600
             reasons.append(f"{src.kind} {src.name}: newest complete backup is {age:.1f} h old "
                            f"(limit {limit} h)")
+    drills = drill_op.newest_drills(engine)
+    for src in registry.sources(engine.config):
+        if drill_op.drillable(src):  # the last drill failed, or is too old
+            reasons += drill_op.health_reasons(drills.get((src.kind, src.name), []), src,
+                                               now.timestamp())
     limit = engine.config.health.replica_max_age_hours
     for r in engine.replica_states():
         last = r["last_success"]

@@ -28,6 +28,8 @@ class DatabaseConfig(SourceConfig):
     dsn: str = ""  # empty: $DATABASE_URL, else libpq's defaults (PG* variables, ~/.pgpass)
     format: str = "custom"  # or "directory" (pg_dump -Fd, with jobs > 1)
     jobs: int = 1
+    drill_tables: tuple[str, ...] = ()  # tables whose row count a restore drill reports
+    drill_max_age_hours: int = 0  # health: drills older fail it; 0: 192 h once drilled
 
     def validate(self, where: str, prefix: str) -> None:
         if self.format not in ("custom", "directory"):
@@ -95,6 +97,13 @@ class DatabaseSource(Source):
         return BackupOutput(fields=fields, size=dumped.bytes,
                             stats={"files": 0, "bytes_read": dumped.bytes},
                             warnings=dumped.warnings)
+
+    # ------------------------------------------------------------- drill
+    def drill(self, run) -> None:
+        """Restore drill (engine/ops/drill.py): the newest dump into a throwaway server."""
+        from engine.ops.drill import logical
+
+        logical(run, self)
 
     # ------------------------------------------------------------ restore
     @classmethod
