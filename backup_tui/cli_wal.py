@@ -74,8 +74,12 @@ def run(argv: list[str]) -> int | None:
 
 
 def execute(config: str | None, command: str, pos: list[str], cluster: str | None) -> int:
+    import logging
+
     from engine.errors import EngineError
 
+    # the outcome is the one line below (PostgreSQL logs it); no "waiting for a lock" note
+    logging.getLogger("backup_tui").addHandler(logging.NullHandler())
     try:
         from engine import wal
 

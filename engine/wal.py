@@ -31,7 +31,6 @@ import re
 import secrets
 import socket
 import struct
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -702,7 +701,6 @@ def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
     obj = object_name(cluster, name)
     password = settings.password()
     att = _Attempts()
-    master: list[bytes | None] = []  # the key found for one copy serves the next ones
 
     def from_backend(label: str, backend: Any) -> bytes | None:
         att.tried.append(label)
@@ -714,7 +712,8 @@ def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
             att.errors.append(f"{label}: {e}")
             return None
         try:
-            keys = _keys_for(backend, password, settings, master)
+            keys, _config = open_keys(backend, password, settings.state_dir,
+                                      settings.password_file)
             _header, body = read_object(keys, data, obj, name)
             return body
         except EngineError as e:
@@ -744,14 +743,3 @@ def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
                           f"(tried {where}; " + "; ".join(att.errors) + ")")
     raise WalNotFound(f"wal-fetch: {name} of cluster {cluster!r} is not archived "
                       f"(looked in {where})")
-
-
-def _keys_for(backend: Any, password: str | None, settings: WalSettings,
-              found: list[bytes | None]) -> Keys:
-    keys, config = open_keys(backend, password, settings.state_dir, settings.password_file)
-    found[:] = [keys.master_key()]
-    return keys
-
-
-def stderr_line(message: str) -> None:
-    sys.stderr.write(f"backup-tui: {message}\n")
