@@ -675,23 +675,22 @@ def summary(drills: list[dict], source: Source) -> dict:
             "rows": last.get("rows") or {}},
         "rto_trend": list(reversed(trend[:RTO_TREND])),  # oldest first
         "max_age_hours": max_age_hours(source),
-        "required": bool(getattr(source.config, "drill_max_age_hours", 0)),
     }
 
 
 def health_reasons(drills: list[dict], source: Source, now: float) -> list[str]:
     """Why a source's drills make it unhealthy: the last one failed, or it is older than
-    its limit. A source never drilled counts only when drill_max_age_hours is set on it."""
+    the source's drill_max_age_hours (default 192 h). A source never drilled does not
+    fail health (status shows no last drill): once the drill schedule (or anyone) has
+    drilled it, a drill is recorded for it, ok or failed, and it is checked from then on."""
+    if not drills:
+        return []
     title = f"{source.kind} {source.name}"
     limit = max_age_hours(source)
-    if not drills:
-        if getattr(source.config, "drill_max_age_hours", 0):
-            return [f"{title}: never drilled (drill_max_age_hours = {limit})"]
-        return []
     last = drills[0]
     if not last["ok"]:
-        return [f"{title}: last restore drill failed at {_iso(last['finished'] or last['started'])}:"
-                f" {last['error']}"]
+        when = _iso(last["finished"] or last["started"])
+        return [f"{title}: last restore drill failed at {when}: {last['error']}"]
     age = (now - (last["finished"] or last["started"])) / 3600
     if age > limit:
         return [f"{title}: last restore drill is {age:.1f} h old (limit {limit} h)"]

@@ -251,6 +251,14 @@ class ClusterSource(Source):
                             stats={"dirs": res.dirs, "bytes_read": res.bytes},
                             items=res.files)
 
+    # ------------------------------------------------------------- drill
+    def drill(self, run) -> None:
+        """Restore drill (engine/ops/drill.py): point-in-time recovery to now minus
+        drill_delay_minutes into scratch space, started, validated."""
+        from engine.ops.drill import physical
+
+        physical(run, self)
+
     # ------------------------------------------------------------ restore
     @classmethod
     def _not_here(cls, snap: dict) -> UsageError:

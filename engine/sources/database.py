@@ -29,7 +29,7 @@ class DatabaseConfig(SourceConfig):
     format: str = "custom"  # or "directory" (pg_dump -Fd, with jobs > 1)
     jobs: int = 1
     drill_tables: tuple[str, ...] = ()  # tables whose row count a restore drill reports
-    drill_max_age_hours: int = 0  # health: drills older fail it; 0: 192 h once drilled
+    drill_max_age_hours: int = 0  # health: a last drill older fails it; 0: 192 h
 
     def validate(self, where: str, prefix: str) -> None:
         if self.format not in ("custom", "directory"):
