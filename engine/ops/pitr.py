@@ -496,14 +496,17 @@ def plan(engine: Engine, cluster: str, target: Target, replica: str | None = Non
             end_seg = max(reach + 1, stop_seg)
             problems.append(f"target {target.text} is past the newest reachable point "
                             f"{point}{gap_words}")
-    else:
+    else:  # where the xid or name is, only replay finds out: all the WAL there is
+        end_seg = newest
         notes.append(f"a {target.kind} target: recovery replays all the WAL there is, from "
                      f"base backup {snap['id'][:8]} (consistent at "
                      f"{_stop_time(snap).isoformat()}); the target must come after that")
     end_seg = max(end_seg, stop_seg)
     if not problems and end_seg > reach:
         problems.append(f"target {target.describe()} is past the newest reachable point "
-                        f"{point}{gap_words}")
+                        f"{point}{gap_words}" if target.kind in ("time", "lsn", "immediate")
+                        else f"target {target.describe()} cannot be reached safely: the "
+                        f"WAL reaches {point} without a gap{gap_words}")
 
     segments = [name_of(s) for s in range(start_seg, end_seg + 1)]
     gaps = [n for n in segments if archive.where(n) is None]

@@ -1,0 +1,408 @@
+"""Point-in-time recovery: ``pitr-plan`` and ``restore pitr`` (engine/ops/pitr.py).
+
+Real parts only: a PostgreSQL cluster archiving through the CLI's ``wal-push``, base
+backups through ``backup cluster``, recovery through ``wal-fetch`` as the
+restore_command of a server started by ``restore pitr --start``; the replica is a
+moto_server bucket. THE test of the issue's "done when" is
+``test_recover_to_a_time_locally_and_from_a_replica_alone``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from support import CHEAP_KDF
+
+from engine.errors import EngineError, UsageError
+from engine.ops import pitr
+from engine.sandbox import PgCluster
+from engine.sandbox.common import reachable_tempdir
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = "main"
+
+
+# ------------------------------------------------------------------- pure parts
+def test_targets_parse_and_become_recovery_settings():
+    berlin = ZoneInfo("Europe/Berlin")
+    t = pitr.Target.parse("time", "2026-11-30T07:00:00", berlin)
+    assert t.value == datetime(2026, 11, 30, 6, 0, tzinfo=UTC)  # read in the schedule's zone
+    assert t.settings() == [("recovery_target_time", "2026-11-30 06:00:00.000000+00"),
+                            ("recovery_target_inclusive", "true")]
+    t = pitr.Target.parse("time", "2026-11-30T07:00:00+00:00", berlin, inclusive=False)
+    assert t.value.hour == 7 and ("recovery_target_inclusive", "false") in t.settings()
+    assert pitr.Target.parse("lsn", "1/3000028", berlin).value == (1 << 32) | 0x3000028
+    assert pitr.Target.parse("lsn", "1/3000028", berlin).settings()[0] == \
+        ("recovery_target_lsn", "1/3000028")
+    assert pitr.Target.parse("xid", "1234", berlin).settings()[0] == ("recovery_target_xid",
+                                                                        "1234")
+    assert pitr.Target.parse("name", "before-migration", berlin).settings()[0] == \
+        ("recovery_target_name", "before-migration")
+    assert pitr.Target.parse("immediate", None, berlin).settings() == \
+        [("recovery_target", "immediate")]
+    for kind, bad in [("time", "yesterday"), ("lsn", "3000028"), ("lsn", "0/xyz"),
+                      ("xid", "-5"), ("xid", "12a"), ("name", "x" * 64), ("name", ""),
+                      ("when", "now")]:
+        with pytest.raises(UsageError):
+            pitr.Target.parse(kind, bad, berlin)
+
+
+def test_segment_names_and_history_files():
+    assert pitr.segment_name(1, 3) == "000000010000000000000003"
+    assert pitr.segment_name(2, 256 + 5) == "000000020000000100000005"
+    assert pitr.parse_segment("000000020000000100000005") == (2, 261)
+    assert pitr.parse_segment("00000002.history") is None
+    assert pitr.parse_segment("000000010000000000000002.00000028.backup") is None
+    assert pitr.format_lsn(pitr.parse_lsn("a/FF000028")) == "A/FF000028"
+    text = "1\t0/5000098\tno recovery target specified\n\n2\t0/7000000\tbefore 2026\n"
+    assert pitr.parse_history(text) == [(1, 0x5000098), (2, 0x7000000)]
+    with pytest.raises(EngineError):
+        pitr.parse_history("1 nonsense\n")
+    # the timeline each segment is read from: the newest whose switch is at or before it
+    chain = [(1, 0), (2, 5), (3, 7)]
+    assert [pitr._timeline_for(chain, s) for s in (2, 4, 5, 6, 7, 9)] == [1, 1, 2, 2, 3, 3]
+
+
+def test_recovery_settings_are_quoted_for_postgresql(tmp_path):
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "postgresql.auto.conf").write_text("archive_command = 'old'\n")
+    (pgdata / "standby.signal").touch()
+    settings = [("restore_command", "python -m x --config '/a b/c' wal-fetch %f %p"),
+                ("recovery_target_name", "it's \\ here"), ("archive_mode", "off")]
+    pitr.write_recovery(pgdata, settings, None)
+    text = (pgdata / "postgresql.auto.conf").read_text()
+    assert text.startswith("archive_command = 'old'\n")  # kept; the later lines win
+    assert "restore_command = 'python -m x --config ''/a b/c'' wal-fetch %f %p'" in text
+    assert "recovery_target_name = 'it''s \\\\ here'" in text
+    assert (pgdata / "recovery.signal").exists()
+    assert not (pgdata / "standby.signal").exists()
+    assert oct((pgdata / "postgresql.auto.conf").stat().st_mode & 0o777) == "0o600"
+
+
+# ----------------------------------------------------------------- a real setup
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+class Setup:
+    """A config, repository and state readable and writable by the postgres OS user (who
+    runs wal-push and wal-fetch), and a PostgreSQL cluster archiving into it."""
+
+    def __init__(self, root: Path, extra: str = ""):
+        self.root = root
+        self.repo = root / "repo"
+        self.state = root / "state"
+        self.pwfile = root / "repo.pass"
+        self.config_path = root / "config.toml"
+        self.pwfile.write_text("test-password")
+        os.chmod(self.pwfile, 0o600)
+        self.extra = extra
+        self.pg: PgCluster | None = None
+
+    def write_config(self) -> None:
+        assert self.pg is not None
+        self.config_path.write_text(
+            f'[repository]\npath = "{self.repo}"\npassword_file = "{self.pwfile}"\n'
+            f'[state]\ndir = "{self.state}"\n[schedule]\ntimezone = "UTC"\n'
+            f'[[cluster]]\nname = "{CLUSTER}"\ndsn = "{self.pg.dsn()}"\n'
+            f'pgdata = "{self.pg.data_dir}"\n' + self.extra)
+
+    def engine(self):
+        from engine.config import load_config
+        from engine.facade import Engine
+
+        return Engine(load_config(self.config_path), kdf=CHEAP_KDF)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300):
+        cmd = [sys.executable, "-m", "backup_tui.cli", "--config", str(self.config_path),
+               *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout,
+                             cwd=str(ROOT))
+        if check and res.returncode != 0:
+            raise AssertionError(f"{' '.join(args)}: exit {res.returncode}\n{res.stdout}\n"
+                                 f"{res.stderr}")
+        return res
+
+    def share(self) -> None:
+        """The shared layout (README, WAL archiving): the repository and state folders
+        setgid to a group holding the postgres user (here its own group), the password
+        file readable by that group; made before init, so every later write follows."""
+        gid = pwd.getpwnam("postgres").pw_gid
+        for d in (self.repo, self.state):
+            d.mkdir(exist_ok=True)
+            os.chown(d, -1, gid)
+            os.chmod(d, 0o2770)
+        os.chown(self.pwfile, -1, gid)
+        os.chmod(self.pwfile, 0o640)
+
+    def archived(self) -> set[str]:
+        from engine import wal
+
+        return {o.name for o in wal.list_wal(self.engine().backend, CLUSTER)}
+
+    def switch_and_wait(self, timeout: float = 60) -> str:
+        """pg_switch_wal and wait until the segment it closed is archived."""
+        assert self.pg is not None
+        seg = self.pg.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.pg.psql("SELECT last_archived_wal, last_failed_wal FROM "
+                               "pg_stat_archiver").strip()
+            last = row.split("|")[0]
+            if last and last >= seg and seg in self.archived():
+                return seg
+            time.sleep(0.2)
+        raise AssertionError(f"{seg} not archived in {timeout}s: pg_stat_archiver {row!r}\n"
+                             f"{self.pg.log_tail()}")
+
+
+@pytest.fixture
+def setup(request):
+    if os.geteuid() != 0:
+        pytest.fail("these tests run as root (PostgreSQL runs as the postgres OS user)")
+    root = reachable_tempdir("pitr-test-")
+    s = Setup(root, getattr(request, "param", ""))
+    s.pg = PgCluster.create(root / "pg")
+    try:
+        s.write_config()
+        s.share()
+        s.engine().init()
+        # the python restore pitr gives wal-fetch serves wal-push too (the postgres user
+        # may not reach this venv's interpreter)
+        python = " ".join(pitr.command_python("postgres"))
+        push = (f"{python} -m backup_tui.cli --config {s.config_path} wal-push %p "
+                f"--cluster {CLUSTER}")
+        s.pg.psql("ALTER SYSTEM SET archive_mode = on")
+        s.pg.psql(f"ALTER SYSTEM SET archive_command = '{push}'")
+        s.pg.psql("ALTER SYSTEM SET wal_level = replica")
+        s.pg.restart()
+        s.pg.psql("CREATE TABLE t (id int primary key, note text)")
+        s.pg.psql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g")
+        yield s
+    finally:
+        s.pg.destroy()
+        for extra in root.glob("*"):
+            if extra.name != "pg":
+                shutil.rmtree(extra, ignore_errors=True) if extra.is_dir() else extra.unlink()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _restored(port: int, sql: str) -> str:
+    res = subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql",
+                          "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                          "-d", "postgres", "-c", sql], capture_output=True, text=True,
+                         env=_env(), cwd="/", timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def _stop(out: dict) -> None:
+    if out.get("server"):
+        pitr.Server(pgdata=out["pgdata"], **{k: out["server"][k] for k in (
+            "port", "socket_dir", "log", "bin_dir", "owner", "user")}).stop()
+        shutil.rmtree(Path(out["server"]["log"]).parent, ignore_errors=True)
+
+
+def _mark_time(s: Setup) -> str:
+    """Archive what exists, then a time T with a second of quiet on each side."""
+    s.switch_and_wait()
+    time.sleep(1.1)
+    when = datetime.now(UTC).isoformat()
+    time.sleep(1.1)
+    return when
+
+
+# --------------------------------------------------------------- THE done-when
+@pytest.mark.parametrize("setup", [""], indirect=True)
+def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s3_server):
+    s = setup
+    s.extra = (f'[[replica]]\nname = "r1"\nbucket = "{s3_buckets.use1}"\n'
+               f'region = "us-east-1"\nendpoint_url = "{s3_server.endpoint_url}"\n')
+    s.write_config()
+    s.cli("backup", "cluster", CLUSTER)
+    s.pg.psql("INSERT INTO t SELECT g, 'after backup' FROM generate_series(1001, 1500) g")
+    when = _mark_time(s)
+    s.pg.psql("UPDATE t SET note = 'CHANGED' WHERE id <= 10")
+    s.pg.psql("CREATE TABLE later (x int)")
+    s.switch_and_wait()
+
+    plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
+                            "--json").stdout)
+    assert plan["feasible"] and plan["gaps"] == []
+    assert plan["places"][0]["name"] == "local" and plan["places"][0]["complete"]
+    assert plan["newest_reachable"]["time"] >= when
+
+    out: dict = {}
+    try:
+        res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-time", when,
+                    "--pgdata", str(s.root / "restored"), "--start", "--json")
+        out = json.loads(res.stdout)
+        assert out["promoted"] is True and out["seconds_to_promotion"] > 0
+        port = out["port"]
+        assert _restored(port, "SELECT count(*) FROM t") == "1500"
+        assert _restored(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
+        assert _restored(port, "SELECT to_regclass('later') IS NULL") == "t"
+        assert _restored(port, "SELECT pg_is_in_recovery()") == "f"
+        assert _restored(port, "SHOW archive_mode") == "off"
+    finally:
+        _stop(out)
+
+    # the same from the S3 replica alone: the local repository and state are gone
+    s.cli("replicate")
+    s.pg.stop()  # nothing archives into the repository any more
+    shutil.rmtree(s.repo)
+    shutil.rmtree(s.state)
+    assert not s.repo.exists()
+    plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
+                            "--replica", "r1", "--json").stdout)
+    assert plan["feasible"], plan
+    out = {}
+    try:
+        res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-time", when,
+                    "--pgdata", str(s.root / "from-replica"), "--start", "--replica", "r1",
+                    "--json")
+        out = json.loads(res.stdout)
+        port = out["port"]
+        assert out["promoted"] and out["replica"] == "r1"
+        assert _restored(port, "SELECT count(*) FROM t") == "1500"
+        assert _restored(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
+        assert _restored(port, "SELECT to_regclass('later') IS NULL") == "t"
+    finally:
+        _stop(out)
+    assert not s.repo.exists()  # wal-fetch read the replica, never made a local repository
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("setup", [""], indirect=True)
+def test_bad_targets_missing_wal_and_bad_data_directories(setup):
+    s = setup
+    eng = s.engine()
+    too_early = datetime.now(UTC).isoformat()
+    time.sleep(1.1)
+    s.cli("backup", "cluster", CLUSTER)
+    s.pg.psql("INSERT INTO t VALUES (5001, 'x')")
+    for _ in range(3):
+        s.pg.psql("INSERT INTO t VALUES ((SELECT max(id) + 1 FROM t), 'y')")
+        newest = s.switch_and_wait()
+
+    # a target before the oldest base backup
+    res = s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", too_early, check=False)
+    assert res.returncode == 1 and "before the oldest base backup" in res.stderr
+
+    # a target after the newest archived WAL: refused, the point named
+    future = "2099-01-01T00:00:00+00:00"
+    res = s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", future, check=False)
+    assert res.returncode == 1
+    assert "past the newest reachable point" in res.stderr and newest in res.stderr
+    res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-time", future,
+                "--pgdata", str(s.root / "never"), check=False)
+    assert res.returncode == 1 and "past the newest reachable point" in res.stderr
+    assert not (s.root / "never").exists()
+    res = s.cli("pitr-plan", "--cluster", CLUSTER, "--target-lsn", "FF/0", check=False)
+    assert res.returncode == 1 and "past the newest reachable point" in res.stderr
+
+    # a target reachable now: immediate and the newest time
+    plan = eng.pitr_plan(CLUSTER, eng.pitr_target("immediate", None))
+    assert plan.feasible and plan.segments[0] == plan.postgres["start_wal"]
+    now = datetime.now(UTC).isoformat()
+    plan = eng.pitr_plan(CLUSTER, eng.pitr_target("time", now))
+    assert not plan.feasible  # nothing archived at or after now
+    middle_plan = eng.pitr_plan(CLUSTER, eng.pitr_target("name", "anything"))
+    assert middle_plan.feasible and middle_plan.segments[-1] == newest
+
+    # a segment missing in the middle: the plan names it, restore refuses
+    segs = middle_plan.segments
+    assert len(segs) >= 3
+    gone = segs[len(segs) // 2]
+    eng.backend.delete(f"wal/{CLUSTER}/{gone[:8]}/{gone}")
+    res = s.cli("pitr-plan", "--cluster", CLUSTER, "--target-name", "x", "--json",
+                check=False)
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert gone in doc["gaps"] and not doc["feasible"]
+    assert gone in doc["places"][0]["missing"]
+    assert doc["newest_reachable"]["wal"] == segs[segs.index(gone) - 1]
+    assert gone in res.stderr
+    res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-name", "x",
+                "--pgdata", str(s.root / "gap"), check=False)
+    assert res.returncode == 1 and gone in res.stderr and not (s.root / "gap").exists()
+
+    # data directories: not empty; in use; the cluster's own without --replace
+    full = s.root / "full"
+    full.mkdir()
+    (full / "somefile").write_text("x")
+    res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target", "immediate",
+                "--pgdata", str(full), check=False)
+    assert res.returncode == 1 and "not empty" in res.stderr
+    assert (full / "somefile").read_text() == "x"
+    res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target", "immediate",
+                "--pgdata", str(s.pg.data_dir), check=False)
+    assert res.returncode == 1 and "in use" in res.stderr
+    res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target", "immediate",
+                "--pgdata", str(s.pg.data_dir), "--replace", check=False)
+    assert res.returncode == 1 and "in use" in res.stderr
+    assert s.pg.answers()
+    res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target", "immediate",
+                "--pgdata", str(full), "--replace", check=False)
+    assert res.returncode == 2 and "--replace only" in res.stderr
+
+
+@pytest.mark.parametrize("setup", [""], indirect=True)
+def test_replace_moves_the_stopped_cluster_aside_and_recovers_in_place(setup):
+    s = setup
+    s.cli("backup", "cluster", CLUSTER)
+    s.pg.psql("INSERT INTO t VALUES (7001, 'kept')")
+    s.pg.psql("SELECT pg_create_restore_point('before-drop')")
+    s.pg.psql("DROP TABLE t")
+    s.switch_and_wait()
+    s.pg.stop()
+    res = s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-name", "before-drop",
+                "--pgdata", str(s.pg.data_dir), check=False)
+    assert res.returncode == 1 and "--replace" in res.stderr
+    out: dict = {}
+    try:
+        out = json.loads(s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-name",
+                               "before-drop", "--pgdata", str(s.pg.data_dir), "--replace",
+                               "--start", "--json").stdout)
+        aside = Path(out["moved_aside"])
+        assert aside.name.startswith("data.before-pitr-") and (aside / "PG_VERSION").exists()
+        assert pwd.getpwuid(s.pg.data_dir.stat().st_uid).pw_name == "postgres"
+        assert oct(s.pg.data_dir.stat().st_mode & 0o777) == "0o700"
+        assert _restored(out["port"], "SELECT count(*) FROM t WHERE id = 7001") == "1"
+        assert "before-drop" in out.get("stopped", "")
+    finally:
+        _stop(out)
+
+
+@pytest.mark.parametrize("setup", [""], indirect=True)
+def test_wal_of_another_cluster_is_refused(setup):
+    """A base backup whose system identifier differs from the archive's WAL."""
+    s = setup
+    s.cli("backup", "cluster", CLUSTER)
+    s.switch_and_wait()
+    other = PgCluster.create(s.root / "other")
+    try:
+        s.pg.stop()
+        # the same [[cluster]] name now points at another server: its base backup does
+        # not belong to the WAL archived so far
+        first = s.pg
+        s.pg = other
+        s.write_config()
+        s.cli("backup", "cluster", CLUSTER)
+        s.pg = first
+        res = s.cli("pitr-plan", "--cluster", CLUSTER, "--target", "immediate", check=False)
+        assert res.returncode == 1
+        assert "different clusters" in res.stderr and "database system" in res.stderr
+    finally:
+        other.destroy()
