@@ -57,7 +57,7 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from engine.catalog import process_alive, process_start
-from engine.errors import Cancelled, EngineError, NotFound
+from engine.errors import Cancelled, EngineError
 from engine.events import CancelToken, Event, EventCallback
 from engine.sources.pgconn import PgTarget, find_tool
 
@@ -240,7 +240,8 @@ class DrillRun:
         pg_restore -l shows them) are present, else count the tables; row counts of
         ``drill_tables`` ("table", "schema.table" or, for several databases,
         "db.schema.table"); amcheck where installed."""
-        self.event("validate", f"validating {', '.join(databases)} on {target.where.rsplit('/', 1)[0]}"
+        where = target.where.rsplit("/", 1)[0]
+        self.event("validate", f"validating {', '.join(databases)} on {where}"
                    + (f" (scratch data directory {server.data_dir})" if server else ""))
         try:
             self._validate(target, databases, expected_tables, drill_tables)
