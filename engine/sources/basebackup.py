@@ -49,6 +49,7 @@ MAX_META = 1024 * 1024  # a GNU long name or a pax header larger than this is re
 MAX_MANIFEST = 64 * 1024 * 1024  # a manifest larger than this is stored, not parsed
 READ = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
+INFLIGHT_BYTES = 4 * 1024 * 1024  # blocks of relation files sealing at once (not files')
 
 _RELATION = re.compile(rb"\d+(?:_(?:fsm|vm|init))?(?:\.\d+)?")
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
@@ -430,6 +431,7 @@ def stream_basebackup(
     used_sizes: dict[str, int] = {}
     buffers: dict[int, bytearray] = {}
     last = 0.0
+    inflight = writer.max_inflight  # counted in blobs: sized for ~1 MiB chunks
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, bufsize=READ)
@@ -453,6 +455,8 @@ def stream_basebackup(
                     if size != block_for(b""):
                         used_sizes[relation_dir(m.name).decode(errors="replace")] = size
                     buf = buffers.setdefault(size, bytearray(size))
+                    # small blocks: more of them in flight, the same bytes
+                    writer.max_inflight = max(inflight, INFLIGHT_BYTES // size)
                     while True:
                         block = tar.read_block(buf)
                         if not block:
@@ -464,6 +468,7 @@ def stream_basebackup(
                             progress(tar.bytes, m.name.decode(errors="replace"))
                             cancel.check()
                 else:
+                    writer.max_inflight = inflight
                     keep = m.name in (b"backup_label", b"backup_manifest")
                     for chunk in cdc.cut_stream(tar):
                         content.append(writer.save(DATA, chunk.data))
@@ -492,7 +497,9 @@ def stream_basebackup(
                     raise EngineError("pg_basebackup wrote data after the end of its archive")
                 rest = proc.stdout.read(READ)
             rc = proc.wait()
+            writer.max_inflight = inflight
         except Cancelled:
+            writer.max_inflight = inflight
             proc.kill()
             proc.wait()
             raise
