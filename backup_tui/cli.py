@@ -798,6 +798,11 @@ def cmd_cleanup(args, engine: Engine) -> int:
         pr = part["prune"]
         print(f"  prune {title}: delete {pr['packs_deleted']} pack(s), repack "
               f"{pr['packs_repacked']}, free {human_bytes(pr['bytes_freed'])}")
+        for w in part.get("wal", []):
+            gone = (f"{w['expired']} file(s), {human_bytes(w['bytes'])} "
+                    f"(before {w['horizon']})" if w["expired"] else "nothing")
+            print(f"  wal {w['cluster']}: {'would expire' if part['dry_run'] else 'expired'} "
+                  f"{gone}; {w['kept']} kept" + (f"; {w['note']}" if w["note"] else ""))
         for sk in part["skipped"]:
             print(f"  skipped: {sk}")
     return 0 if ok else 1

@@ -209,7 +209,9 @@ def warn_password_unused(location: str) -> None:
 
 
 def _warn_if_readable_by_others(path: str) -> None:
-    """A secret readable by others is said loudly (not refused)."""
+    """A secret readable by every user is said loudly (not refused). Readable by its
+    group is the shared layout of WAL archiving (docs/WAL.md: the postgres user reads it
+    through the backup group), so that stays quiet."""
     import logging
     import stat
 
@@ -217,10 +219,10 @@ def _warn_if_readable_by_others(path: str) -> None:
         mode = os.stat(path).st_mode
     except OSError:
         return
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if mode & stat.S_IROTH:
         logging.getLogger("backup_tui.config").warning(
-            "%s holds the repository password and is readable by other users "
-            "(mode %o); chmod 600 it", path, stat.S_IMODE(mode))
+            "%s holds the repository password and is readable by every user "
+            "(mode %o); chmod 600 it (or 640 with a backup group)", path, stat.S_IMODE(mode))
 
 
 # ------------------------------------------------------------------ schema

@@ -1,7 +1,9 @@
 """cleanup: apply the retention policy (forget) and prune, here and on every replica.
 
 The policy is ``[retention]`` with each source's own ``retention`` keys over it
-(engine/ops/retention.py plans; engine/ops/prune.py forgets and prunes). Each
+(engine/ops/retention.py plans; engine/ops/prune.py forgets and prunes; archived WAL
+older than the oldest kept base backup of its cluster expires, engine/ops/wal_retention.py).
+Each
 replica is cleaned as a repository of its own, so a region that was offline is
 cleaned on the next run. Objects a replica keeps under Object Lock are skipped
 and reported, never a failure.
@@ -17,6 +19,7 @@ from engine.events import CancelToken, Event, EventCallback
 from engine.ops import prune as prune_op
 from engine.ops import retention as retention_op
 from engine.ops import verify as verify_op
+from engine.ops import wal_retention
 from engine.sources import registry
 
 if TYPE_CHECKING:
@@ -55,6 +58,11 @@ def cleanup(engine: Engine, dry_run: bool, on_event: EventCallback,
             verify_op.record_removed(repo, engine.catalog, forgotten)  # not 'vanished'
         report = prune_op.prune(repo, dry_run=dry_run, on_event=job.emit, job_id=job.id,
                                 lock_wait=lock_wait, cancel=cancel)
+        gone = set(forget_ids if dry_run else forgotten)
+        remaining = [s for s in repo.snapshots() if s.get("id") not in gone]
+        wal = wal_retention.expire_wal(repo, remaining, dry_run, lock_wait,
+                                       unreadable=len(repo.snapshot_errors))
+        wal_bytes = sum(w.bytes for w in wal)
         out = {
             "where": where,
             "dry_run": dry_run,
@@ -62,11 +70,14 @@ def cleanup(engine: Engine, dry_run: bool, on_event: EventCallback,
             "forgotten": forgotten,
             "prune": report.as_json(),
             "skipped": skipped + list(report.skipped),
+            "wal": [w.as_json() for w in wal],
             "replicas": [],
         }
         job.audited = not dry_run
         job.objects = forgotten
-        job.detail = f"freed {report.bytes_freed} bytes; {len(out['skipped'])} skipped"
+        job.detail = (f"freed {report.bytes_freed} bytes"
+                      + (f" and {wal_bytes} bytes of WAL" if wal_bytes else "")
+                      + f"; {len(out['skipped'])} skipped")
     if replicas and not engine.replica_name:
         for r in engine.config.replicas:
             try:

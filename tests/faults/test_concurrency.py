@@ -217,7 +217,8 @@ def test_parallel_loops_stay_consistent(sandbox, s3_server, s3_buckets, fault_bu
     assert proc.returncode == 0, proc.stderr
     proc = sandbox.cli("verify", "--read-data", "--replica", "use1")
     assert proc.returncode == 0, proc.stderr
-    assert sandbox.cli("lock", "list", "--replica", "use1").stdout.strip() == b"no locks"
+    proc = sandbox.cli("lock", "list", "--replica", "use1")
+    assert proc.stdout.strip() == b"no locks", (proc.stdout, proc.stderr)
     present = [p.name for p in (sandbox.repo / "snapshots").iterdir()]
     assert present and set(present) <= set(lp.expected)
     for sid in present:
