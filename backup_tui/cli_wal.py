@@ -81,11 +81,16 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
     # the outcome is the one line below (PostgreSQL logs it); no "waiting for a lock" note
     logging.getLogger("backup_tui").addHandler(logging.NullHandler())
     try:
+        prepared = None
+        if command == "wal-push":  # read and compress the file while the rest is imported
+            from engine.walfile import Prepared
+
+            prepared = Prepared(pos[0])
         from engine import wal
 
         settings = wal.WalSettings.load(_find_config(config))
         if command == "wal-push":
-            wal.push(settings, pos[0], cluster)
+            wal.push(settings, pos[0], cluster, prepared)
         else:
             wal.fetch(settings, pos[0], pos[1], cluster)
         return 0

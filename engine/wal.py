@@ -33,10 +33,10 @@ import socket
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import walfile
 from engine.errors import (
     ConfigError,
     EngineError,
@@ -50,17 +50,17 @@ from engine.repo import codec, keycache
 from engine.repo.crypto import Keys
 
 SEG_SIZE = 16 * 1024 * 1024  # PostgreSQL's default wal_segment_size
-MAX_WAL_FILE = 1024 * 1024 * 1024  # the largest wal_segment_size PostgreSQL allows
+MAX_WAL_FILE = walfile.MAX_WAL_FILE
 MAGIC = b"BTUIWAL1"
 MAX_HEADER = 64 * 1024
 LOCK_WAIT = 2.0  # seconds wal-push waits for an exclusive lock (cleanup) before failing
 FORMAT = 1
 
+# one pattern for every WAL file name (one compile: wal-push starts often)
+_NAME = re.compile(r"[0-9A-F]{8}(?:\.(history)"
+                   r"|[0-9A-F]{16}(?:\.(partial)|\.[0-9A-F]{8}\.(backup))?)")
 _SEGMENT = re.compile(r"[0-9A-F]{24}")
-_PARTIAL = re.compile(r"[0-9A-F]{24}\.partial")
-_BACKUP = re.compile(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup")
-_HISTORY = re.compile(r"[0-9A-F]{8}\.history")
-_CLUSTER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
+_CLUSTER = r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}"
 
 XLP_LONG_HEADER = 0x0002
 LONG_HEADER = struct.Struct("<HHIQIIQII")  # magic info tli pageaddr rem_len pad sysid seg blk
@@ -122,14 +122,9 @@ def segment_number(name: str, seg_size: int = SEG_SIZE) -> int:
 
 def wal_kind(name: str) -> str:
     """"segment", "partial", "history" or "backup"; UsageError for anything else."""
-    if _SEGMENT.fullmatch(name):
-        return "segment"
-    if _HISTORY.fullmatch(name):
-        return "history"
-    if _BACKUP.fullmatch(name):
-        return "backup"
-    if _PARTIAL.fullmatch(name):
-        return "partial"
+    m = _NAME.fullmatch(name)
+    if m:
+        return m.group(1) or m.group(2) or m.group(3) or "segment"
     raise UsageError(f"{name!r} is not a WAL file name (a segment like "
                      "000000010000000000000003, 00000002.history, a .backup or .partial file)")
 
@@ -145,15 +140,49 @@ def identity_name(cluster: str) -> str:
     return f"wal/{cluster}/identity"
 
 
-@dataclass(frozen=True)
-class WalObject:
-    """One archived file as listed (no object read)."""
+class _Record:
+    """A small immutable record (plain class: wal-push does not pay for dataclasses)."""
 
-    name: str  # PostgreSQL's file name
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        defaults = getattr(type(self), "_defaults", {})
+        values = dict(zip(self.__slots__, args, strict=False))
+        values.update(kwargs)
+        for key in self.__slots__:
+            if key not in values and key not in defaults:
+                raise TypeError(f"{type(self).__name__}: missing {key}")
+            object.__setattr__(self, key, values.get(key, defaults.get(key)))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._tuple() == other._tuple()  # type: ignore
+
+    def __hash__(self) -> int:
+        return hash(self._tuple())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+
+class WalObject(_Record):
+    """One archived file as listed (no object read): ``name`` (PostgreSQL's file name),
+    ``timeline``, ``size`` (stored bytes, compressed and sealed), ``segno`` (segment
+    number of a segment or .partial file, else None), ``kind`` ("segment", "history",
+    "backup" or "partial")."""
+
+    __slots__ = ("name", "timeline", "size", "segno", "kind")
+    name: str
     timeline: int
-    size: int  # stored bytes (compressed and sealed)
-    segno: int | None  # segment number for segments and .partial files, else None
-    kind: str  # "segment" | "history" | "backup" | "partial"
+    size: int
+    segno: int | None
+    kind: str
 
     @property
     def object(self) -> str:
@@ -194,23 +223,11 @@ def _keys_of(repo_or_keys: Any) -> Keys:
     return repo_or_keys if isinstance(repo_or_keys, Keys) else repo_or_keys.keys
 
 
-def _compress(raw: bytes, level: int | None) -> bytes:
-    """codec.encode, with zstd on two threads for a whole segment."""
-    if level is None or len(raw) <= 64:
-        return codec.encode(raw, level)
-    import zstandard
-
-    packed = zstandard.ZstdCompressor(level=level, write_content_size=True,
-                                      threads=2 if len(raw) >= 4 * 1024 * 1024 else 0
-                                      ).compress(raw)
-    if len(packed) + 1 < len(raw):
-        return b"\x01" + packed
-    return b"\x00" + raw
-
-
-def build_object(keys: Keys, header: dict, raw: bytes, level: int | None) -> bytes:
+def build_object(keys: Keys, header: dict, raw: bytes, level: int | None,
+                 encoded: bytes | None = None) -> bytes:
+    """The stored object; ``encoded`` is the body already encoded at ``level``."""
     sealed_header = keys.seal(codec.encode(_canonical(header), 3))
-    body = keys.seal(_compress(raw, level))
+    body = keys.seal(encoded if encoded is not None else walfile.encode(raw, level))
     return MAGIC + struct.pack("<I", len(sealed_header)) + sealed_header + body
 
 
@@ -269,26 +286,33 @@ def read_object(keys: Keys, data: bytes, obj: str, name: str) -> tuple[dict, byt
 # ------------------------------------------------------------------- settings
 
 
-@dataclass(frozen=True)
-class Replica:
+class Replica(_Record):
+    """One [[replica]]: what wal-fetch needs to read it."""
+
+    __slots__ = ("name", "bucket", "region", "prefix", "endpoint_url", "profile")
+    _defaults = {"prefix": "", "endpoint_url": "", "profile": ""}
     name: str
     bucket: str
     region: str
-    prefix: str = ""
-    endpoint_url: str = ""
-    profile: str = ""
+    prefix: str
+    endpoint_url: str
+    profile: str
 
 
-@dataclass(frozen=True)
-class WalSettings:
-    """What wal-push and wal-fetch need from the configuration."""
+class WalSettings(_Record):
+    """What wal-push and wal-fetch need from the configuration: ``repo_path``,
+    ``password_file``, ``state_dir``, ``clusters`` (names), ``replicas``, ``path`` (the
+    config file, for messages)."""
 
+    __slots__ = ("repo_path", "password_file", "state_dir", "clusters", "replicas", "path")
+    _defaults = {"password_file": "", "state_dir": "/var/lib/backup-tui/state",
+                 "clusters": (), "replicas": (), "path": ""}
     repo_path: str
-    password_file: str = ""
-    state_dir: str = "/var/lib/backup-tui/state"
-    clusters: tuple[str, ...] = ()
-    replicas: tuple[Replica, ...] = ()
-    path: str = ""  # the config file, for messages
+    password_file: str
+    state_dir: str
+    clusters: tuple[str, ...]
+    replicas: tuple[Replica, ...]
+    path: str
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WalSettings:
@@ -339,7 +363,7 @@ class WalSettings:
             for i, r in enumerate(array("replica")))
         return cls(repo_path=text("repository", repo, "path"),
                    password_file=text("repository", repo, "password_file", ""),
-                   state_dir=text("state", state, "dir", cls.state_dir),
+                   state_dir=text("state", state, "dir", cls._defaults["state_dir"]),
                    clusters=clusters, replicas=replicas, path=p)
 
     @classmethod
@@ -385,7 +409,7 @@ class WalSettings:
         if name not in self.clusters:
             raise UsageError(f"no [[cluster]] named {name!r} (known: "
                              f"{', '.join(self.clusters) or 'none configured'})")
-        if not _CLUSTER.fullmatch(name):
+        if not re.fullmatch(_CLUSTER, name):
             raise UsageError(f"cluster name {name!r} cannot name a folder of the repository")
         return name
 
@@ -434,14 +458,9 @@ def open_keys(backend: Any, password: str | None, state_dir: str | None,
 
 
 def _level(config: dict) -> int | None:
-    comp = config.get("compression", "zstd:3")
-    try:
-        level = codec.parse_level(comp) if isinstance(comp, str) else 3
-    except ValueError:
-        level = 3
-    if level is not None:  # WAL is pushed while PostgreSQL waits: never slower than 3
-        level = max(-7, min(level, 3))
-    return level
+    """WAL is compressed at zstd level 1 (PostgreSQL waits for wal-push) unless the
+    repository's compression is "none"."""
+    return None if config.get("compression") == "none" else walfile.WAL_LEVEL
 
 
 # ------------------------------------------------------------------- identity
@@ -545,27 +564,29 @@ def _local_backend(settings: WalSettings) -> Any:
     return LocalBackend(settings.repo_path)
 
 
-def push(config: Any, path: str, cluster: str | None = None) -> str:
+def push(config: Any, path: str, cluster: str | None = None,
+         prepared: walfile.Prepared | None = None) -> str:
     """Archive one WAL file (segment, .history, .backup or .partial) from ``path`` into the
     local repository: "stored", or "present" when the same content is already there.
     SplitBrain when a different file of that name is archived, WrongSystem for a segment
     of another system identifier, LockedError when cleanup holds the repository for
-    longer than LOCK_WAIT seconds. The source file is only read."""
+    longer than LOCK_WAIT seconds. The source file is only read. ``prepared``: the file
+    already being read and compressed (walfile.Prepared, started by the CLI)."""
     from engine.repo.locks import RepoLock
 
     settings = WalSettings.of(config)
     cluster = settings.cluster(cluster)
     name = os.path.basename(path)
     kind = wal_kind(name)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_WAL_FILE + 1)
-    except OSError as e:
-        raise WalError(f"wal-push: cannot read {path}: {e.strerror}") from None
-    if len(raw) > MAX_WAL_FILE:
+    if prepared is None or prepared.path != path:
+        prepared = walfile.Prepared(path)
+    prepared.wait()
+    if prepared.error is not None:
+        raise WalError(f"wal-push: cannot read {path}: {prepared.error.strerror}")
+    if prepared.too_large:
         raise WalError(f"wal-push: {path} is larger than any WAL file (1 GiB)")
+    raw, digest = prepared.raw, prepared.sha256
     sysid = page_sysid(raw, name) if kind in ("segment", "partial") else None
-    digest = hashlib.sha256(raw).hexdigest()
     backend = _local_backend(settings)
     if not Path(settings.repo_path, "config").exists():
         raise RepositoryError(f"{settings.repo_path}: no repository here (wal-push writes "
@@ -591,7 +612,9 @@ def push(config: Any, path: str, cluster: str | None = None) -> str:
                   "timeline": int(name[:8], 16), "size": len(raw), "sha256": digest,
                   "archived": time.time(), "system_identifier": recorded,
                   "host": socket.gethostname()}
-        backend.put(obj, build_object(keys, header, raw, _level(repo_config)))
+        level = _level(repo_config)
+        encoded = prepared.encoded if prepared.level == level else None
+        backend.put(obj, build_object(keys, header, raw, level, encoded))
         return "stored"
     finally:
         lock.release()
@@ -685,10 +708,10 @@ def write_atomic(dest: str, data: bytes) -> None:
             os.close(dfd)
 
 
-@dataclass
 class _Attempts:
-    tried: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+        self.errors: list[str] = []
 
 
 def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
