@@ -106,12 +106,14 @@ def test_status_health_and_metrics_show_the_drill(drill_sandbox):
     out = json.loads(proc.stdout)
     assert out["ok"] and out["rto_seconds"] > 0 and out["rows"]["users"] == 300
     assert out["started"].endswith("+00:00")
-    proc = drill_sandbox.cli("drill", "db", "shop", "--json")  # a second: the trend grows
+    proc = drill_sandbox.cli("drill", "all", "--json")  # a second: the trend grows
     assert proc.returncode == 0, proc.stderr
+    (second,) = json.loads(proc.stdout)  # every source with drills: the database
+    assert second["kind"] == "db" and second["ok"]
     st = json.loads(drill_sandbox.cli("status", "--json").stdout)
     (src,) = [s for s in st["sources"] if s["kind"] == "db"]
     assert src["drill"]["last"]["ok"] and src["drill"]["last"]["error"] is None
-    assert src["drill"]["last"]["id"] == json.loads(proc.stdout)["id"]
+    assert src["drill"]["last"]["id"] == second["id"]
     assert len(src["drill"]["rto_trend"]) == 2 and all(x > 0 for x in src["drill"]["rto_trend"])
     assert src["drill"]["max_age_hours"] == 192
     assert [s for s in st["sources"] if s["kind"] == "files"][0].get("drill") is None
