@@ -257,6 +257,11 @@ def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s
         assert _restored(port, "SHOW archive_mode") == "off"
     finally:
         _stop(out)
+    # the next plan estimates from that restore
+    plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
+                            "--json").stdout)
+    assert plan["estimate_basis"] == "median of the last 1 point-in-time restore(s)"
+    assert plan["estimate_seconds"] > 0
 
     # the same from the S3 replica alone: the local repository and state are gone
     s.cli("replicate")
@@ -406,3 +411,52 @@ def test_wal_of_another_cluster_is_refused(setup):
         assert "different clusters" in res.stderr and "database system" in res.stderr
     finally:
         other.destroy()
+
+
+@pytest.mark.parametrize("setup", [""], indirect=True)
+def test_recovery_follows_a_timeline_switch(setup):
+    """Recover in place to a restore point (timeline 2 begins), archive on the new
+    timeline, then recover a new copy to a time on timeline 2 from the timeline-1 base
+    backup: the plan names the switch, the copy holds timeline 2's rows, not the
+    abandoned branch's."""
+    s = setup
+    s.cli("backup", "cluster", CLUSTER)
+    s.pg.psql("INSERT INTO t VALUES (8001, 'A')")
+    s.pg.psql("SELECT pg_create_restore_point('rp')")
+    s.pg.psql("INSERT INTO t VALUES (8002, 'B abandoned')")
+    s.switch_and_wait()
+    s.pg.stop()
+    out: dict = {}
+    try:
+        out = json.loads(s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-name", "rp",
+                               "--pgdata", str(s.pg.data_dir), "--replace", "--start",
+                               "--json").stdout)
+        assert out.get("timeline") == 2
+    finally:
+        _stop(out)
+    assert "port" not in out["settings"]  # a port chosen for --start is not kept
+    assert "archive_mode" not in out["settings"]  # in place: the cluster archives on
+    s.pg.start()
+    assert s.pg.psql("SELECT count(*) FROM t WHERE id IN (8001, 8002)").strip() == "1"
+    s.pg.psql("INSERT INTO t VALUES (8003, 'C on timeline 2')")
+    when = _mark_time(s)
+    s.pg.psql("INSERT INTO t VALUES (8004, 'D after the target')")
+    s.switch_and_wait()
+    assert "00000002.history" in s.archived()
+
+    plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
+                            "--json").stdout)
+    assert plan["feasible"], plan
+    assert [(x["parent"], x["timeline"]) for x in plan["timeline_switches"]] == [(1, 2)]
+    assert plan["wal"]["first"].startswith("00000001")
+    assert plan["wal"]["last"].startswith("00000002")
+    out = {}
+    try:
+        out = json.loads(s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-time", when,
+                               "--pgdata", str(s.root / "tl2"), "--start", "--json").stdout)
+        rows = _restored(out["port"], "SELECT string_agg(id::text, ',' ORDER BY id) FROM t "
+                         "WHERE id > 8000")
+        assert rows == "8001,8003"
+        assert out.get("timeline") == 3
+    finally:
+        _stop(out)

@@ -15,7 +15,8 @@ with ``replace``, moves the cluster's own stopped data directory aside to
 ``DIR.before-pitr-<time>`` first, never deleting it), writes the recovery
 settings into ``postgresql.auto.conf`` (``restore_command`` through this
 tool's ``wal-fetch``, the target, ``recovery_target_action = 'promote'``,
-``archive_mode = off`` so the copy never archives into the source's WAL) and
+``archive_mode = off`` so a copy never archives into the source's WAL, while a
+recovery in place keeps archiving: its new timeline belongs in the archive) and
 ``recovery.signal``; with ``start`` it starts the server as the data
 directory's owner on a private socket folder, waits for promotion and reports
 the point recovery stopped at.
@@ -448,8 +449,12 @@ def plan(engine: Engine, cluster: str, target: Target, replica: str | None = Non
 
     # the newest segment archived on the chain, and the contiguous run from the start
     newest = start_seg
-    for tli, first in chain:
-        segs = [s for s in archive.segments_of(tli) if s >= first]
+    for i, (tli, first) in enumerate(chain):
+        # a timeline's segments from its start to the next one's switch (later ones
+        # belong to the branch that was left)
+        until = chain[i + 1][1] if i + 1 < len(chain) else None
+        segs = [s for s in archive.segments_of(tli) if s >= first
+                and (until is None or s < until)]
         if segs:
             newest = max(newest, segs[-1])
     reach = start_seg - 1
@@ -571,7 +576,8 @@ def estimate_seconds(engine: Engine, cluster: str) -> tuple[float | None, str]:
     except Exception:  # noqa: BLE001
         jobs = []
     runs = [j["ended"] - j["started"] for j in jobs
-            if j.get("target") == JOB_TARGET + cluster and j.get("state") == "succeeded"
+            if j.get("kind") == "restore" and j.get("target") == JOB_TARGET + cluster
+            and j.get("state") == "succeeded"
             and j.get("ended")]
     if runs:
         values = runs[:5]
@@ -635,12 +641,18 @@ def _fetch_takes_replica() -> bool:
 
 
 def recovery_settings(engine: Engine, plan: PitrPlan, port: int | None,
-                      python: list[str] | None = None) -> list[tuple[str, str]]:
+                      python: list[str] | None = None,
+                      in_place: bool = False) -> list[tuple[str, str]]:
+    """The settings a recovery needs. A copy never archives (archive_mode off: its new
+    timeline would go into the source's archive); a recovery in place of the cluster's
+    own data directory keeps the cluster's archiving, so the new timeline's history file
+    and WAL are archived and a later recovery can follow the switch."""
     out = [("restore_command", restore_command(engine, plan.source, plan.replica, python))]
     out += plan.target.settings()
     out += [("recovery_target_timeline", "latest"),
-            ("recovery_target_action", "promote"),
-            ("archive_mode", "off")]
+            ("recovery_target_action", "promote")]
+    if not in_place:
+        out.append(("archive_mode", "off"))
     if port:
         out.append(("port", str(port)))
     return out
@@ -909,6 +921,7 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
     began = time.monotonic()
     prep = prepare_target(engine, plan.source, pgdata, replace)
     owner = prep["owner"]
+    conf_port = port  # only a port asked for goes into the settings
     if start and port is None:
         port = _free_port()
     python = prep["python"]
@@ -917,7 +930,8 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
     try:
         counts = restore_base(engine.repo(), plan.snapshot, pgdata, job_id, on_event, cancel,
                               owner=owner)
-        settings = recovery_settings(engine, plan, port, python)
+        settings = recovery_settings(engine, plan, conf_port, python,
+                                     in_place=prep["moved_aside"] is not None)
         write_recovery(pgdata, settings, owner)
     except BaseException:
         if not prep["existed"]:
