@@ -578,7 +578,7 @@ def _print_pitr_plan(plan, out=sys.stdout) -> None:
     w(f"  estimate     {_span(est) + ' (' + j['estimate_basis'] + ')' if est else 'unknown'}\n")
     for n in j["notes"]:
         w(f"  note: {n}\n")
-    w(("  feasible\n" if plan.feasible else f"  NOT feasible: {j['problems'][0]}\n"))
+    w("  feasible\n" if plan.feasible else f"  NOT feasible: {j['problems'][0]}\n")
 
 
 def cmd_pitr_plan(args, engine: Engine) -> int:

@@ -35,8 +35,8 @@ from engine.ops import cleanup as cleanup_op
 from engine.ops import doctor as doctor_op
 from engine.ops import dump as dump_op
 from engine.ops import init as init_op
-from engine.ops import pitr as pitr_op
 from engine.ops import locks as locks_op
+from engine.ops import pitr as pitr_op
 from engine.ops import prune as prune_op
 from engine.ops import rebuild as rebuild_op
 from engine.ops import repair as repair_op

@@ -799,7 +799,8 @@ class Server:
     owner: str | None
     user: str
 
-    def psql(self, sql: str, db: str = "postgres", timeout: float = 30) -> subprocess.CompletedProcess:
+    def psql(self, sql: str, db: str = "postgres",
+             timeout: float = 30) -> subprocess.CompletedProcess:
         cmd = [str(Path(self.bin_dir) / "psql"), "-X", "-q", "-A", "-t", "-F", "|",
                "-h", self.socket_dir, "-p", str(self.port), "-U", self.user, "-d", db,
                "-c", sql]
