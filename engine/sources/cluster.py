@@ -345,7 +345,8 @@ def restore_base(repo, snap: dict, pgdata: str | os.PathLike[str], job_id: str,
         if any(target.iterdir()):
             raise UsageError(f"{target} is not empty: a base backup is restored only into an "
                              "empty or new directory")
-    else:
+    plan = plan_restore(repo, snap, target)  # the whole tree checked: a bad one makes nothing
+    if not target.exists():
         missing = [p for p in target.parents if not p.exists()][::-1]
         for p in missing:
             p.mkdir()
@@ -362,7 +363,6 @@ def restore_base(repo, snap: dict, pgdata: str | os.PathLike[str], job_id: str,
                         "a data directory of mode 0700 or 0750")
     if not made and ids is not None and st.st_uid != ids[0]:
         warnings.append(f"{target}: not owned by {owner!r}: PostgreSQL will refuse it")
-    plan = plan_restore(repo, snap, target)
     result = execute_restore(repo, plan, job_id, on_event, cancel)
     for root, dirs, files in os.walk(target):
         for n in dirs:
