@@ -460,3 +460,29 @@ def test_recovery_follows_a_timeline_switch(setup):
         assert out.get("timeline") == 3
     finally:
         _stop(out)
+
+
+@pytest.mark.parametrize("setup", [""], indirect=True)
+def test_recover_to_an_lsn_and_to_a_transaction(setup):
+    s = setup
+    s.cli("backup", "cluster", CLUSTER)
+    s.pg.psql("INSERT INTO t VALUES (9001, 'before the lsn')")
+    lsn = s.pg.psql("SELECT pg_current_wal_lsn()").strip()
+    xid = s.pg.psql("BEGIN; INSERT INTO t VALUES (9002, 'the xid'); SELECT txid_current(); "
+                    "COMMIT;").strip()
+    s.pg.psql("INSERT INTO t VALUES (9003, 'after the xid')")
+    s.switch_and_wait()
+    for args, expected in [(["--target-lsn", lsn, "--exclusive"], "9001"),
+                           (["--target-xid", xid], "9001,9002")]:
+        plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, *args, "--json").stdout)
+        assert plan["feasible"] and plan["target"]["inclusive"] == ("--exclusive" not in args)
+        out: dict = {}
+        try:
+            out = json.loads(s.cli("restore", "pitr", "--cluster", CLUSTER, *args, "--pgdata",
+                                   str(s.root / f"to-{args[0][2:]}"), "--start",
+                                   "--json").stdout)
+            rows = _restored(out["port"], "SELECT string_agg(id::text, ',' ORDER BY id) "
+                             "FROM t WHERE id > 9000")
+            assert rows == expected, (args, out.get("stopped"))
+        finally:
+            _stop(out)
