@@ -727,7 +727,10 @@ def prepare_target(engine: Engine, cluster: str, pgdata: Path, replace: bool) ->
                           f"{pid}); stop it first")
     if pgdata.exists() and not pgdata.is_dir():
         raise EngineError(f"{pgdata} exists and is not a directory")
-    non_empty = pgdata.is_dir() and any(pgdata.iterdir())
+    try:
+        non_empty = pgdata.is_dir() and any(pgdata.iterdir())
+    except OSError as e:
+        raise EngineError(f"cannot read data directory {pgdata}: {e.strerror}") from None
     moved = None
     python = command_python(owner)  # before anything moves: fails when the owner cannot
     if replace and not is_own:
