@@ -470,14 +470,14 @@ def page_sysid(data: bytes, name: str) -> int:
     """The system identifier in a segment's first (long) page header; WalError when the
     file does not start with one (not a WAL segment)."""
     if len(data) < LONG_HEADER.size:
-        raise WalError(f"{name}: {len(data)} bytes, too short to be a WAL segment")
+        raise WalError(f"wal-push: {name}: {len(data)} bytes, too short to be a WAL segment")
     magic, info, _tli, _addr, _rem, _pad, sysid, seg_size, _blk = LONG_HEADER.unpack_from(data)
     if not info & XLP_LONG_HEADER or magic < 0xD000 or magic > 0xD1FF:
-        raise WalError(f"{name}: does not start with a WAL long page header "
+        raise WalError(f"wal-push: {name}: does not start with a WAL long page header "
                        f"(magic {magic:#06x}, info {info:#06x}): not a WAL segment")
     if seg_size != len(data):
-        raise WalError(f"{name}: the page header says the segment has {seg_size} bytes, the "
-                       f"file has {len(data)}")
+        raise WalError(f"wal-push: {name}: the page header says the segment has {seg_size} "
+                       f"bytes, the file has {len(data)}")
     return sysid
 
 
@@ -615,6 +615,14 @@ def push(config: Any, path: str, cluster: str | None = None,
         level = _level(repo_config)
         encoded = prepared.encoded if prepared.level == level else None
         backend.put(obj, build_object(keys, header, raw, level, encoded))
+        # Two servers pushing one name at once: the last rename wins. Read the header
+        # back, so the one that lost says so instead of reporting success.
+        after = _existing(keys, backend, cluster, name, obj)
+        if after is None or after["sha256"] != digest:
+            raise SplitBrain(
+                f"wal-push: SPLIT BRAIN? {name} of cluster {cluster!r} was archived with "
+                f"different content by another pusher at the same moment (archived sha256 "
+                f"{after['sha256'] if after else 'none'}; this file sha256 {digest})")
         return "stored"
     finally:
         lock.release()

@@ -636,3 +636,42 @@ def test_wal_fetch_without_local_repository_tries_each_replica(archive, s3_serve
                              state=archive.base / "no-state", replicas=bad)
     r = archive.as_postgres("wal-fetch", name, str(dest), config=only_bad)
     assert r.returncode == 1 and b"down" in r.stderr and b"unreachable" in r.stderr
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_cli_usage_and_gate(sandbox, tmp_path):
+    sandbox.extra = ('[[cluster]]\nname = "main"\n'
+                     'dsn = "postgresql://postgres@127.0.0.1:1/postgres"\n')
+    sandbox.write_config()
+    sandbox.engine(init=True)
+    seg = tmp_path / "000000010000000000000001"
+    seg.write_bytes(b"\0" * 100)
+    r = sandbox.cli("--help")
+    assert r.returncode == 0 and b"wal-push" in r.stdout and b"wal-fetch" in r.stdout
+    r = sandbox.cli("wal-push", "--help")
+    assert r.returncode == 0 and b"--cluster" in r.stdout
+    for args, code, words in [
+        (("wal-push",), 2, b"usage: backup-tui [--config PATH] wal-push PATH"),
+        (("wal-fetch", "000000010000000000000001"), 2, b"usage:"),
+        (("wal-push", str(seg), "--cluster", "other"), 2, b"no [[cluster]] named 'other'"),
+        (("wal-fetch", "../../etc/passwd", str(tmp_path / "x")), 2, b"not a WAL file name"),
+        (("wal-push", str(tmp_path / "00000001000000000000000A")), 1, b"cannot read"),
+        (("wal-push", str(seg)), 1, b"not a WAL segment"),
+        (("wal-fetch", "000000010000000000000001", str(tmp_path / "x")), 1, b"not archived"),
+    ]:
+        r = sandbox.cli(*args)
+        assert r.returncode == code and words in r.stderr, (args, r.stderr)
+        assert r.stderr.count(b"\n") == 1 and b"Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+    # main() handles them first too, in the same process
+    from backup_tui import cli
+
+    assert cli.main(["--config", str(sandbox.config_path), "wal-fetch",
+                     "000000010000000000000001", str(tmp_path / "x")]) == 1
+    # no [[cluster]] at all: a usage error naming the config
+    sandbox.extra = ""
+    sandbox.write_config()
+    r = sandbox.cli("wal-push", str(seg))
+    assert r.returncode == 2 and b"no [[cluster]] is configured" in r.stderr
