@@ -801,7 +801,7 @@ def cmd_cleanup(args, engine: Engine) -> int:
         for w in part.get("wal", []):
             gone = (f"{w['expired']} file(s), {human_bytes(w['bytes'])} "
                     f"(before {w['horizon']})" if w["expired"] else "nothing")
-            print(f"  wal {w['cluster']}: {'would expire' if part['dry_run'] else 'expired'} "
+            print(f"  wal {w['source']}: {'would expire' if part['dry_run'] else 'expired'} "
                   f"{gone}; {w['kept']} kept" + (f"; {w['note']}" if w["note"] else ""))
         for sk in part["skipped"]:
             print(f"  skipped: {sk}")

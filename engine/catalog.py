@@ -140,7 +140,8 @@ FULL_BELOW = 256 * 1024  # an I/O error with less free space than this is a full
 WRITES = frozenset({
     "start_job", "progress", "end_job", "mark_verified", "replica_done", "replica_failed",
     "replica_lag", "set_paused", "schedule_ran", "request_run", "take_requests",
-    "mark_interrupted", "audit", "mark_seen", "record_drill",
+    "mark_interrupted", "audit", "mark_seen", "record_drill", "wal_shipped",
+    "wal_ship_failed",
 })
 
 
@@ -790,6 +791,50 @@ class Catalog:
                 except ValueError:
                     r[key] = empty
         return rows
+
+
+    # ------------------------------------------------------------ WAL state
+    # Per replica and cluster: the newest WAL file known to be there (the local newest at
+    # the end of a successful ship or replicate), its archive time, and the last error.
+    # The table is made by the first write (engine/ops/walship.py).
+    _WAL = ("CREATE TABLE IF NOT EXISTS wal_state (replica TEXT NOT NULL, cluster TEXT NOT "
+            "NULL, wal TEXT, archived REAL, shipped REAL, error TEXT DEFAULT '', error_time "
+            "REAL, PRIMARY KEY (replica, cluster))")
+
+    def wal_shipped(self, replica: str, cluster: str, wal: str, archived: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(self._WAL)
+            db.execute(
+                "INSERT INTO wal_state (replica, cluster, wal, archived, shipped, error) "
+                "VALUES (?, ?, ?, ?, ?, '') ON CONFLICT(replica, cluster) DO UPDATE SET "
+                "wal=excluded.wal, archived=excluded.archived, shipped=excluded.shipped, "
+                "error=''", (safe_text(replica), safe_text(cluster), safe_text(wal),
+                             float(archived), time.time()))
+
+        self._write("catalog", write)
+
+    def wal_ship_failed(self, replica: str, cluster: str, error: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(self._WAL)
+            db.execute(
+                "INSERT INTO wal_state (replica, cluster, error, error_time) VALUES "
+                "(?, ?, ?, ?) ON CONFLICT(replica, cluster) DO UPDATE SET "
+                "error=excluded.error, error_time=excluded.error_time",
+                (safe_text(replica), safe_text(cluster), safe_text(error)[:2000], time.time()))
+
+        self._write("catalog", write)
+
+    def wal_states(self) -> dict[str, dict[str, dict]]:
+        """cluster -> replica -> {wal, archived, shipped, error, error_time}."""
+        try:
+            with self._conn() as db:
+                rows = [dict(r) for r in db.execute("SELECT * FROM wal_state")]
+        except sqlite3.OperationalError:  # nothing shipped yet: no table
+            return {}
+        out: dict[str, dict[str, dict]] = {}
+        for r in rows:
+            out.setdefault(r["cluster"], {})[r["replica"]] = r
+        return out
 
 
 class _Lenient:

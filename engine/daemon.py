@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import EngineError, LockedError
 from engine.events import CancelToken
+from engine.ops import walship
 from engine.schedule import make_trigger, missed_since
 from engine.sources import registry
 
@@ -149,10 +150,17 @@ class Scheduler:
 
         self._aps.add_job(self._take_requests, IntervalTrigger(seconds=self.poll),
                           id="_requests", max_instances=1)
+        ship_every = walship.interval(self.engine)
+        if ship_every:  # new WAL to every replica, so a region's recovery point lags little
+            self._aps.add_job(self._ship_wal, IntervalTrigger(seconds=ship_every),
+                              id="_wal_ship", max_instances=1, coalesce=True)
         self._aps.start()
         _info("scheduler started", pid=os.getpid(), state=str(self.config.state_dir))
         for job in self._aps.get_jobs():
-            if job.id != "_requests":
+            if job.id == "_wal_ship":
+                _info("wal shipping", every_seconds=ship_every,
+                      replicas=",".join(r.name for r in self.config.replicas))
+            elif job.id != "_requests":
                 _info("schedule", kind=job.id, cron=self.config.schedule.cron(job.id),
                       next_run=job.next_run_time.isoformat() if job.next_run_time else "none")
         self._catch_up(cat)
@@ -210,6 +218,20 @@ class Scheduler:
     def _source_lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._source_locks.setdefault(key, threading.Lock())
+
+    def _ship_wal(self) -> None:
+        """WAL shipping (engine/ops/walship.py): no job row; a failure is logged and kept
+        in the catalog, where status and health show it."""
+        if self._stopping.is_set():
+            return
+        try:
+            for r in walship.ship(self.engine):
+                if not r["ok"]:
+                    _warn("wal shipping failed", replica=r["replica"], error=r["error"])
+        except EngineError as e:  # the local repository busy or unreadable: next round
+            _warn("wal shipping failed", error=e)
+        except Exception as e:  # noqa: BLE001 - never stop the daemon
+            log.exception("wal shipping crashed", extra={"fields": {"error": str(e)}})
 
     def _take_requests(self) -> None:
         if self._stopping.is_set():

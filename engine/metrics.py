@@ -56,6 +56,22 @@ def render(engine) -> str:
            "gauge", drill_rto)
     metric("drill_timestamp_seconds", "When the last restore drill ended.", "gauge",
            drill_time)
+    wal_time, wal_age = [], []
+    for s in status["sources"]:
+        w = s.get("wal")
+        if not w:
+            continue
+        copies = [("local", w)] + list(w["replicas"].items())
+        for copy, c in copies:
+            if c.get("archived"):
+                labels = {"source": s["name"], "copy": copy}
+                wal_time.append((labels, datetime.fromisoformat(c["archived"]).timestamp()))
+                wal_age.append((labels, c["age_seconds"]))
+    metric("wal_newest_archived_timestamp_seconds", "When the newest WAL file of the cluster "
+           "in this copy (local or a replica) was archived: its recovery point.", "gauge",
+           wal_time)
+    metric("wal_newest_archived_age_seconds", "Age of that newest archived WAL file.", "gauge",
+           wal_age)
     reps = engine.replica_states()
     metric("replica_objects_behind", "Objects the replica lacks (last check).", "gauge",
            [({"replica": r["name"]}, r["objects_behind"] or 0) for r in reps])

@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_pitr import CLUSTER, Setup, setup  # noqa: F401 - the archiving cluster fixture
+import test_pitr
+from test_pitr import CLUSTER, Setup
 
 from engine.ops.wal_retention import horizons
 from engine.wal import segment_number
 
 KEEP_ONE = ("[retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\n"
             "keep_monthly = 0\n")
+
+setup = test_pitr.setup  # the archiving cluster (a fixture)
 
 
 def test_horizon_is_the_oldest_remaining_start_and_unknown_starts_stop_expiry():
@@ -41,7 +44,7 @@ def _segments(s: Setup) -> set[str]:
 
 
 @pytest.mark.parametrize("setup", [KEEP_ONE], indirect=True)
-def test_cleanup_expires_wal_before_the_oldest_kept_base_backup(setup):  # noqa: F811
+def test_cleanup_expires_wal_before_the_oldest_kept_base_backup(setup):
     s = setup
     b1 = _backup(s)
     for i in range(3):
@@ -62,7 +65,7 @@ def test_cleanup_expires_wal_before_the_oldest_kept_base_backup(setup):  # noqa:
     assert old < old_all
     dry = json.loads(s.cli("cleanup", "--dry-run", "--json").stdout)
     (w,) = dry["wal"]
-    assert w["cluster"] == CLUSTER and w["horizon"] == horizon
+    assert w["source"] == CLUSTER and w["horizon"] == horizon
     assert w["expired"] == len(old_all) and w["bytes"] > 0
     assert _segments(s) == before  # the dry run deleted nothing
     text = s.cli("cleanup", "--dry-run").stdout

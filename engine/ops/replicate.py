@@ -89,8 +89,11 @@ def replicate_one(
     cancel: CancelToken | None = None,
     workers: int = 8,
     repair: set[str] | None = None,
+    classes: tuple[str, ...] = CLASSES,
 ) -> ReplicaResult:
-    """Copy what the replica lacks. ``repair``: names to upload again even if present."""
+    """Copy what the replica lacks. ``repair``: names to upload again even if present.
+    ``classes``: the object classes to copy, in write order (WAL shipping copies
+    ``keys/`` and ``wal/`` only)."""
     cancel = cancel or CancelToken()
     res = ReplicaResult(name)
     start = time.monotonic()
@@ -103,10 +106,10 @@ def replicate_one(
     # in the listings that follow. Listed in write order, a backup finishing between
     # two listings would send its snapshot without its index.
     listed: dict[str, list] = {}
-    for cls in reversed(CLASSES):
+    for cls in reversed(classes):
         listed[cls] = sorted(local.list(cls), key=lambda o: o.name)
     todo: list[tuple[str, int]] = []
-    for cls in CLASSES:
+    for cls in classes:
         theirs = {o.name: o.size for o in remote.list(cls)}
         for obj in listed[cls]:
             again = bool(repair) and obj.name in repair
@@ -141,7 +144,7 @@ def replicate_one(
 
     # One class at a time, in dependency order: packs land before the index that
     # names them, indexes before the snapshots that need them.
-    for cls in CLASSES:
+    for cls in classes:
         batch = [n for n, _ in todo if n.startswith(cls)]
         if not batch:
             continue
@@ -210,6 +213,9 @@ def replicate(engine: Engine, names: list[str], repair: bool, on_event: EventCal
                                final=True))
             if res.ok:
                 engine.catalog.replica_done(name, res.snapshots)
+                from engine.ops import walship  # wal/ went too: the replica's WAL state
+
+                walship.record(engine, name, [s.name for s in walship.archiving_sources(engine)])
                 job.detail = f"{res.uploaded} object(s) uploaded"
             else:
                 engine.catalog.replica_failed(name, res.error or "")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from engine.ops import drill as drill_op
+from engine.ops import walship
 from engine.ops.resolve import iso
 from engine.schedule import next_run
 from engine.sources import registry
@@ -64,6 +65,8 @@ def status(engine: Engine) -> dict:
         }
         if drill_op.drillable(src):  # last drill, RTO trend (engine/ops/drill.py)
             entry["drill"] = drill_op.summary(drills.get((src.kind, src.name), []), src)
+        if src.archives_wal:  # newest archived WAL here and per replica (walship.py)
+            entry["wal"] = walship.state(engine, src)
         sources.append(entry)
     running = [j for j in recent if j["state"] == "running"]
     stored = sum(engine.repo().pack_sizes.values())
@@ -99,6 +102,9 @@ def health(engine: Engine) -> dict:
         if drill_op.drillable(src):  # the last drill failed, or is too old
             reasons += drill_op.health_reasons(drills.get((src.kind, src.name), []), src,
                                                now.timestamp())
+    for src in registry.sources(engine.config):
+        if src.archives_wal:  # the recovery point: newest archived WAL, here and per replica
+            reasons += walship.health_reasons(engine, src, now.timestamp())
     limit = engine.config.health.replica_max_age_hours
     for r in engine.replica_states():
         last = r["last_success"]

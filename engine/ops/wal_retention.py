@@ -36,7 +36,7 @@ class ClusterExpiry:
     note: str = ""
 
     def as_json(self) -> dict:
-        return {"cluster": self.cluster, "horizon": self.horizon, "expired": len(self.expired),
+        return {"source": self.cluster, "horizon": self.horizon, "expired": len(self.expired),
                 "bytes": self.bytes, "kept": self.kept, "note": self.note,
                 "oldest_expired": self.expired[0] if self.expired else None,
                 "newest_expired": self.expired[-1] if self.expired else None}
@@ -58,10 +58,10 @@ def horizons(snapshots: list[dict]) -> tuple[dict[str, tuple[str, int]], dict[st
     out: dict[str, tuple[str, int]] = {}
     stopped: dict[str, str] = {}
     for snap in snapshots:
-        if snap.get("kind") != "cluster":
-            continue
-        name = snap.get("source", "")
         pg = snap.get("postgres") if isinstance(snap.get("postgres"), dict) else {}
+        if "start_wal" not in pg and not _archives_wal(snap):
+            continue  # not a base backup (a logical dump records no WAL position)
+        name = snap.get("source", "")
         start = pg.get("start_wal")
         seg = int(pg.get("wal_segment_size") or SEG_SIZE)
         try:
@@ -119,8 +119,19 @@ def expire_wal(repo: Repository, remaining: list[dict], dry_run: bool,
     return report
 
 
+def _archives_wal(snap: dict) -> bool:
+    """Whether the snapshot's kind archives WAL (a base backup), by the registry."""
+    from engine.sources import registry
+
+    try:
+        return registry.kind(str(snap.get("kind"))).archives_wal
+    except EngineError:
+        return False
+
+
 def _segment_size(snapshots: list[dict], cluster: str) -> int:
     for snap in snapshots:
-        if snap.get("kind") == "cluster" and snap.get("source") == cluster:
-            return int((snap.get("postgres") or {}).get("wal_segment_size") or SEG_SIZE)
+        pg = snap.get("postgres") if isinstance(snap.get("postgres"), dict) else {}
+        if snap.get("source") == cluster and pg.get("wal_segment_size"):
+            return int(pg["wal_segment_size"])
     return SEG_SIZE

@@ -130,6 +130,8 @@ class Source:
     schedule: ClassVar[str]  # the [schedule] key that backs up every source of this kind
     default_cron: ClassVar[str]  # that schedule's default
     schedule_text: ClassVar[str]  # what that schedule does, for the schedule screen
+    archives_wal: ClassVar[bool] = False  # its WAL is archived (wal-push), shipped to the
+    # replicas and shown per copy by status and health (engine/ops/walship.py)
 
     def __init__(self, config: Any, engine_config: Config | None = None):
         self.config = config

@@ -176,6 +176,7 @@ class ClusterSource(Source):
     schedule = "cluster"
     default_cron = "0 1 * * *"
     schedule_text = "take a base backup of every cluster"
+    archives_wal = True  # WAL shipped and shown per copy (engine/ops/walship.py)
 
     config: ClusterConfig
 
