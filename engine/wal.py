@@ -256,7 +256,7 @@ def _open_header(keys: Keys, sealed: bytes, what: str, name: str | None) -> dict
 
 def wal_header(repo_or_keys: Any, backend: Any, cluster: str, name: str) -> dict:
     """The authenticated header of one archived file (its body is not read):
-    {"format", "cluster", "name", "kind", "timeline", "size", "sha256", "archived",
+    {"format", "source" (the cluster), "name", "kind", "timeline", "size", "sha256", "archived",
     "system_identifier", "host"}. NotFound when it is not archived."""
     keys = _keys_of(repo_or_keys)
     obj = object_name(cluster, name)
@@ -301,16 +301,17 @@ class Replica(_Record):
 
 class WalSettings(_Record):
     """What wal-push and wal-fetch need from the configuration: ``repo_path``,
-    ``password_file``, ``state_dir``, ``clusters`` (names), ``replicas``, ``path`` (the
+    ``password_file``, ``state_dir``, ``cluster_names``, ``replicas``, ``path`` (the
     config file, for messages)."""
 
-    __slots__ = ("repo_path", "password_file", "state_dir", "clusters", "replicas", "path")
+    __slots__ = ("repo_path", "password_file", "state_dir", "cluster_names", "replicas",
+                 "path")
     _defaults = {"password_file": "", "state_dir": "/var/lib/backup-tui/state",
-                 "clusters": (), "replicas": (), "path": ""}
+                 "cluster_names": (), "replicas": (), "path": ""}
     repo_path: str
     password_file: str
     state_dir: str
-    clusters: tuple[str, ...]
+    cluster_names: tuple[str, ...]
     replicas: tuple[Replica, ...]
     path: str
 
@@ -364,7 +365,7 @@ class WalSettings(_Record):
         return cls(repo_path=text("repository", repo, "path"),
                    password_file=text("repository", repo, "password_file", ""),
                    state_dir=text("state", state, "dir", cls._defaults["state_dir"]),
-                   clusters=clusters, replicas=replicas, path=p)
+                   cluster_names=clusters, replicas=replicas, path=p)
 
     @classmethod
     def of(cls, config: Any) -> WalSettings:
@@ -375,7 +376,7 @@ class WalSettings(_Record):
             repo_path=str(config.repository.path),
             password_file=config.repository.password_file,
             state_dir=str(config.state.dir),
-            clusters=tuple(s.name for s in config.section("cluster")),
+            cluster_names=tuple(s.name for s in config.section("cluster")),
             replicas=tuple(Replica(r.name, r.bucket, r.region, r.prefix, r.endpoint_url,
                                    r.profile) for r in config.replicas),
             path=str(config.path or "config"),
@@ -400,15 +401,15 @@ class WalSettings(_Record):
         """The [[cluster]] named (or the only one): the gate of wal-push and wal-fetch,
         which any user may run for a configured cluster."""
         if name is None:
-            if len(self.clusters) == 1:
-                return self.clusters[0]
-            if not self.clusters:
+            if len(self.cluster_names) == 1:
+                return self.cluster_names[0]
+            if not self.cluster_names:
                 raise UsageError(f"{self.path}: no [[cluster]] is configured")
             raise UsageError(f"more than one [[cluster]] is configured "
-                             f"({', '.join(self.clusters)}): give --cluster NAME")
-        if name not in self.clusters:
+                             f"({', '.join(self.cluster_names)}): give --cluster NAME")
+        if name not in self.cluster_names:
             raise UsageError(f"no [[cluster]] named {name!r} (known: "
-                             f"{', '.join(self.clusters) or 'none configured'})")
+                             f"{', '.join(self.cluster_names) or 'none configured'})")
         if not re.fullmatch(_CLUSTER, name):
             raise UsageError(f"cluster name {name!r} cannot name a folder of the repository")
         return name
@@ -496,7 +497,7 @@ def read_identity(keys: Keys, backend: Any, cluster: str) -> dict | None:
 
 def write_identity(keys: Keys, backend: Any, cluster: str, sysid: int | str,
                    source: str) -> dict:
-    doc = {"cluster": cluster, "system_identifier": str(int(sysid)), "recorded": time.time(),
+    doc = {"source": cluster, "system_identifier": str(int(sysid)), "recorded": time.time(),
            "from": source}
     backend.put(identity_name(cluster), keys.seal(codec.encode(_canonical(doc), 3)))
     return doc
@@ -518,8 +519,9 @@ def snapshot_identity(keys: Keys, backend: Any, cluster: str) -> tuple[str, str]
                                                  codec.MAX_RAW), info.name)
         except EngineError:
             continue
-        if not (isinstance(snap, dict) and snap.get("kind") == "cluster"
-                and snap.get("source") == cluster and isinstance(snap.get("postgres"), dict)):
+        # the snapshots of this source that record a system identifier (base backups)
+        if not (isinstance(snap, dict) and snap.get("source") == cluster
+                and isinstance(snap.get("postgres"), dict)):
             continue
         ident = snap["postgres"].get("system_identifier")
         when = str(snap.get("time", ""))
@@ -608,7 +610,7 @@ def push(config: Any, path: str, cluster: str | None = None,
                 f"{existing['size']} bytes; this file sha256 {digest}, {len(raw)} bytes): "
                 "two servers archive into one cluster, or the archive is from an older "
                 "cluster; nothing was overwritten")
-        header = {"format": FORMAT, "cluster": cluster, "name": name, "kind": kind,
+        header = {"format": FORMAT, "source": cluster, "name": name, "kind": kind,
                   "timeline": int(name[:8], 16), "size": len(raw), "sha256": digest,
                   "archived": time.time(), "system_identifier": recorded,
                   "host": socket.gethostname()}
