@@ -115,6 +115,12 @@ def test_backup_via_cli_lists_dumps_and_verifies(sandbox, pgc):
     assert verify.returncode == 0 and report["ok"], report
     assert any("base backup of PostgreSQL" in n for n in report["notes"])
 
+    status = json.loads(sandbox.cli("status", "--json", check=True).stdout)
+    [mine] = [s for s in status["sources"] if s["kind"] == "cluster"]
+    assert mine["name"] == "main" and mine["snapshots"] == 1
+    assert mine["pgdata"] == str(pgc.data_dir) and "password" not in json.dumps(mine)
+    assert mine["connection"]["where"] == f"127.0.0.1:{pgc.port}/postgres"
+
     wrong = sandbox.cli("restore", "files", made["id"][:12], "--target",
                         str(sandbox.root / "out"))
     assert wrong.returncode == 2 and "restore pitr --cluster main" in one_line(wrong)
@@ -229,7 +235,11 @@ def _children(pid: int, comm: str) -> list[int]:
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         ppid = int(stat[stat.rindex(")") + 2:].split()[1])
         if ppid == pid and name == comm:
-            out.append(int(entry))
+            try:  # the streaming run, not the '--version' probe that picks the binary
+                if b"-Ft" in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0"):
+                    out.append(int(entry))
+            except OSError:
+                continue
     return out
 
 
@@ -243,6 +253,7 @@ def _start_slow_backup(sandbox) -> tuple[subprocess.Popen, int]:
         kids = _children(proc.pid, "pg_basebackup")
         if kids:
             time.sleep(1.0)  # well into the stream
+            assert proc.poll() is None, proc.communicate()
             return proc, kids[0]
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
