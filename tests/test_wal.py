@@ -675,3 +675,29 @@ def test_cli_usage_and_gate(sandbox, tmp_path):
     sandbox.write_config()
     r = sandbox.cli("wal-push", str(seg))
     assert r.returncode == 2 and b"no [[cluster]] is configured" in r.stderr
+
+
+def test_identity_comes_from_the_newest_base_backup_on_the_first_push():
+    from engine.repo.repository import Repository
+
+    b = MemoryBackend()
+    repo = Repository.init(b, "pw", kdf=CHEAP_KDF)
+    for when, sysid in (("2026-01-01T00:00:00+00:00", "111"),
+                        ("2026-02-01T00:00:00+00:00", "222")):
+        repo.save_record("snapshots", {"kind": "cluster", "source": "main", "time": when,
+                                       "postgres": {"system_identifier": sysid}})
+    repo.save_record("snapshots", {"kind": "cluster", "source": "other",
+                                   "time": "2026-03-01T00:00:00+00:00",
+                                   "postgres": {"system_identifier": "333"}})
+    name = "000000010000000000000003"
+    with pytest.raises(wal.WrongSystem, match="system 111.*cluster 'main' is system 222"):
+        wal.check_identity(repo.keys, b, "main", 111, name)
+    assert wal.read_identity(repo.keys, b, "main") is None  # a refused push records nothing
+    assert wal.check_identity(repo.keys, b, "main", 222, name) == "222"
+    ident = wal.read_identity(repo.keys, b, "main")
+    assert ident["system_identifier"] == "222" and ident["from"].startswith("snapshot ")
+    # from then on the record decides, without reading snapshots
+    b.list = None  # type: ignore[assignment]
+    with pytest.raises(wal.WrongSystem):
+        wal.check_identity(repo.keys, b, "main", 333, name)
+    assert wal.check_identity(repo.keys, b, "main", None, "00000002.history") == "222"
