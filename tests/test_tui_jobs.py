@@ -200,7 +200,7 @@ def test_own_scheduler_runs_now_and_pauses(sandbox, monkeypatch, utc):
             assert schedule_row(app, "files")["state"] == "active"
             assert schedule_row(app, "files")["next"].endswith(" 03:00")
             assert schedule_row(app, "database")["state"] == "off"
-            await pilot.press("down")  # database, then files
+            await pilot.press("down", "down")  # database, then cluster, then files
             assert screen.table.selected["kind"] == "files"
             await pilot.press("n")
             await until(pilot, lambda: any(j["state"] == "succeeded" for j in engine.jobs()),
