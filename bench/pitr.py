@@ -46,6 +46,7 @@ import pwd
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))  # engine.sandbox for the scratch server (not measured)
     from engine.sandbox import PgCluster, make_dirs
 
+    # SIGTERM (timeout, kill) ends the run through the finally below: servers stopped,
+    # the work folder removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parent = args.work_parent.resolve()
     make_dirs(parent)
     if shutil.disk_usage(parent).free < max(2, args.scale // 8) * 2**30:
@@ -236,8 +240,9 @@ class Bench:
         py = self.args.python
         pypath = code_dir
         if py is None:
-            probe = subprocess.run([*AS_PG, venv_py, "-c", "pass"], capture_output=True,
-                                   cwd="/")
+            # as the server's archive_command would run it (runuser, as PgCluster does)
+            probe = subprocess.run(["runuser", "-u", "postgres", "--", venv_py, "-c", "pass"],
+                                   capture_output=True, cwd="/")
             if probe.returncode == 0:
                 py = venv_py
             else:
@@ -404,21 +409,32 @@ class Bench:
                 self.pg(self.ours_cmd(self.ours_conf, "wal-push", str(f)))
             f.unlink()
 
-    def wait_archived(self, timeout: float = 900) -> None:
-        """Until the server has no segment waiting for archive_command."""
+    def wait_archived(self, timeout: float = 900, failing: float = 90) -> None:
+        """Until the server has no segment waiting for archive_command; an error when it
+        keeps failing (no success for ``failing`` s after a failure) or after ``timeout``."""
         status = self.cluster.data_dir / "pg_wal" / "archive_status"
         t0 = time.monotonic()
+        ok_at = t0
+        archived = None
         while True:
             ready = [p.name for p in status.iterdir() if p.name.endswith(".ready")]
             if not ready:
                 return
+            st = self.cluster.psql("SELECT archived_count, failed_count FROM pg_stat_archiver")
+            now_archived, failed = (int(x) for x in st.strip().split("|"))
+            if now_archived != archived:
+                archived, ok_at = now_archived, time.monotonic()
+            if failed and time.monotonic() - ok_at > failing:
+                raise bl.BenchError(f"archive_command keeps failing ({len(ready)} segments "
+                                    f"waiting, {failed} failures); server log:\n"
+                                    f"{self.cluster.log_tail(20)}")
             if time.monotonic() - t0 > timeout:
                 st = self.cluster.psql("SELECT failed_count, last_failed_wal FROM "
                                        "pg_stat_archiver").strip()
                 raise bl.BenchError(f"archiving stalled: {len(ready)} segments waiting "
                                     f"(failed_count|last_failed_wal: {st}); server log:\n"
                                     f"{self.cluster.log_tail(20)}")
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def psql(self, sql: str, db: str = DB) -> str:
         return self.cluster.psql(sql, db)
@@ -735,7 +751,11 @@ class Bench:
                    + (f" --scale {a.scale}" if a.scale != 66 else "")
                    + (f" --pgbench-seconds {a.pgbench_seconds}" if a.pgbench_seconds != 30
                       else "")
+                   + (f" --replay-seconds {a.replay_seconds}" if a.replay_seconds != 10
+                      else "")
+                   + (f" --segments {a.segments}" if a.segments != 20 else "")
                    + (f" --quiet-wait {a.quiet_wait:g}" if a.quiet_wait != 60 else "")
+                   + (f" --code {a.code}" if a.code != "HEAD" else "")
                    + (" --no-ours" if a.no_ours else "") + "`")
         L.append(f"{cmdline}, {self.total_min:.0f} minutes in all.\n")
         L.append("Machine:\n")
