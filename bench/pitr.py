@@ -696,19 +696,20 @@ class Bench:
                 opts = (f"-p {port} -c listen_addresses=127.0.0.1 "
                         f"-c unix_socket_directories={sock}")
                 body = (
-                    'set -e; "$@"; '
+                    'set -e; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N); '
                     f'"$PGCTL" start -w -t 600 -D {shlex.quote(str(data))} '
                     f'-l {shlex.quote(str(base / "postgres.log"))} -o {shlex.quote(opts)} '
-                    "> /dev/null; " + wait_promoted)
+                    "> /dev/null; t2=$(date +%s.%N); " + wait_promoted
+                    + '; echo "$t0 $t1 $t2 $(date +%s.%N)"')
                 cmd = self.pgbr_cmd(self.pgbr_conf, f"--pg1-path={data}", "restore",
                                     "--type=time", f"--target={self.target['pgbackrest']}",
                                     "--target-action=promote", "--archive-mode=off")
             else:
                 label = "PITR: backup-tui restore pitr --start (+ promotion check)"
-                body = 'set -e; "$@" > /dev/null; ' + wait_promoted
+                body = 'set -e; "$@"; ' + wait_promoted
                 cmd = self.ours_cmd(self.ours_conf, "restore", "pitr", "--cluster", CLUSTER,
                                     "--target-time", self.target["iso"], "--pgdata", str(data),
-                                    "--port", str(port), "--start")
+                                    "--port", str(port), "--start", "--json")
             full = ["env", f"PGCTL={pg_ctl}", f"PSQL={psql}", f"PORT={port}",
                     "sh", "-c", body, "_", *cmd]
             try:
@@ -717,6 +718,7 @@ class Bench:
                 got = self.digest(port)
                 row["digest"] = got
                 row["port"] = port
+                row["phases"] = self.pitr_phases(t, r["stdout"])
                 if got == want:
                     self.checks.append(
                         f"{t}: the promoted server holds the state at the target "
@@ -730,6 +732,20 @@ class Bench:
             finally:
                 stop_pgdata(data)
                 shutil.rmtree(base, ignore_errors=True)
+
+    @staticmethod
+    def pitr_phases(tool: str, stdout: str) -> dict:
+        """Where a PITR's time went: pgBackRest's from the wrapper's time stamps, ours from
+        restore pitr --json (restore_seconds, seconds_to_promotion)."""
+        try:
+            if tool == "pgbackrest":
+                t0, t1, t2, t3 = (float(v) for v in stdout.split()[-4:])
+                return {"restore": t1 - t0, "start": t2 - t1, "promotion": t3 - t2}
+            j = json.loads(stdout)
+            return {"restore": j.get("restore_seconds"),
+                    "promotion": j.get("seconds_to_promotion")}
+        except (ValueError, AttributeError):
+            return {}
 
     # ------------------------------------------------------------ report
 
@@ -860,6 +876,17 @@ class Bench:
                 continue
             rel = "" if t == "pgbackrest" else x(rat(v["wall"], res["pitr"]["pgbackrest"]["wall"]))
             L.append(f"| {name} | {v['wall']:.2f} | {v['cpu']:.2f} | {v['rss']:.0f} | {rel} |")
+        ph = {t: res["pitr"][t].get("phases") or {} for t in res["pitr"]}
+        if ph.get("pgbackrest"):
+            p = ph["pgbackrest"]
+            L.append(f"\nWhere the time went: pgBackRest: restore {p['restore']:.2f} s, "
+                     f"`pg_ctl start -w` (to a consistent, read-only server) {p['start']:.2f} s, "
+                     f"then promotion {p['promotion']:.2f} s"
+                     + (f"; ours (restore pitr --json): base backup written and recovery "
+                        f"settings {ph['ours']['restore']:.2f} s, server start to promotion "
+                        f"{ph['ours']['promotion']:.2f} s" if ph.get("ours", {}).get("restore")
+                        is not None and ph["ours"].get("promotion") is not None else "")
+                     + ".")
         L.append("\nCPU s of a PITR is the commands' own (the restored server's recovery runs "
                  "in the server, counted as other load).")
         wa = res.get("wal_archive", {})
