@@ -80,14 +80,14 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
 
     # the outcome is the one line below (PostgreSQL logs it); no "waiting for a lock" note
     logging.getLogger("backup_tui").addHandler(logging.NullHandler())
+    prepared = None
+    if command == "wal-push":  # read and compress the file while the rest is imported
+        from engine.walfile import Prepared
+
+        prepared = Prepared(pos[0])
+    from engine import wal
+
     try:
-        prepared = None
-        if command == "wal-push":  # read and compress the file while the rest is imported
-            from engine.walfile import Prepared
-
-            prepared = Prepared(pos[0])
-        from engine import wal
-
         settings = wal.WalSettings.load(_find_config(config))
         if command == "wal-push":
             wal.push(settings, pos[0], cluster, prepared)
@@ -97,13 +97,17 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
     except EngineError as e:
         line = " ".join(str(e).split())
         sys.stderr.write(f"backup-tui: {line}\n")
+        if command == "wal-fetch" and not isinstance(e, wal.WalNotFound):
+            # could not look (config, password, repository): exit 126, so PostgreSQL stops
+            # recovery instead of taking it for the end of the archive (docs/WAL.md)
+            return wal.WalUnavailable.exit_code
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"backup-tui: {command}: interrupted\n")
         return 130
     except Exception as e:  # noqa: BLE001 - one line for PostgreSQL's log, exit 1: it retries
         sys.stderr.write(f"backup-tui: {command}: unexpected {type(e).__name__}: {e}\n")
-        return 1
+        return wal.WalUnavailable.exit_code if command == "wal-fetch" else 1
 
 
 def _find_config(explicit: str | None) -> str:

@@ -74,6 +74,14 @@ class WalNotFound(WalError, NotFound):
     """The requested WAL file is in no copy of the archive (exit 1: recovery ends)."""
 
 
+class WalUnavailable(WalError):
+    """wal-fetch could not look: no copy of the archive answered (config, password,
+    permissions, every copy unreachable or damaged). Exit 126, which PostgreSQL takes as
+    fatal: recovery stops, instead of ending early at a point that is not the end."""
+
+    exit_code = 126
+
+
 class SplitBrain(WalError):
     """A different file of the same name is already archived."""
 
@@ -722,13 +730,15 @@ class _Attempts:
     def __init__(self) -> None:
         self.tried: list[str] = []
         self.errors: list[str] = []
+        self.answered: list[str] = []  # copies that said they do not have it
 
 
 def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
     """Write the archived file ``name`` of the cluster to ``dest`` (atomically): from the
     local repository, else from each [[replica]] in config order. Returns "local" or the
-    replica's name; WalNotFound when no copy has it (PostgreSQL then ends recovery),
-    naming every copy that could not be read."""
+    replica's name. WalNotFound (exit 1, PostgreSQL ends recovery) when at least one copy
+    answered that it does not have it and none has it; WalUnavailable (exit 126,
+    recovery stops) when no copy could answer at all."""
     settings = WalSettings.of(config)
     cluster = settings.cluster(cluster)
     obj = object_name(cluster, name)
@@ -740,6 +750,7 @@ def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
         try:
             data = backend.get(obj)
         except NotFound:
+            att.answered.append(label)
             return None
         except EngineError as e:
             att.errors.append(f"{label}: {e}")
@@ -770,9 +781,11 @@ def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
         if body is not None:
             write_atomic(dest, body)
             return replica.name
-    where = ", ".join(att.tried)
-    if att.errors:
-        raise WalNotFound(f"wal-fetch: {name} of cluster {cluster!r} could not be fetched "
-                          f"(tried {where}; " + "; ".join(att.errors) + ")")
+    where = ", ".join(att.tried) or "no copy: no local repository, no [[replica]]"
+    errors = ("; " + "; ".join(att.errors)) if att.errors else ""
+    if not att.answered:
+        raise WalUnavailable(f"wal-fetch: {name} of cluster {cluster!r}: no copy of the "
+                             f"archive could be read (tried {where}{errors}); recovery "
+                             "stops here rather than end early")
     raise WalNotFound(f"wal-fetch: {name} of cluster {cluster!r} is not archived "
-                      f"(looked in {where})")
+                      f"(looked in {where}{errors})")

@@ -634,8 +634,15 @@ def test_wal_fetch_without_local_repository_tries_each_replica(archive, s3_serve
     # only the unreachable replica: exit 1 naming it
     only_bad = archive.write(archive.base / "bad.toml", repo=archive.base / "gone",
                              state=archive.base / "no-state", replicas=bad)
+    # (exit 126: PostgreSQL stops recovery rather than take it for the end of the WAL)
     r = archive.as_postgres("wal-fetch", name, str(dest), config=only_bad)
-    assert r.returncode == 1 and b"down" in r.stderr and b"unreachable" in r.stderr
+    assert r.returncode == 126 and b"down" in r.stderr and b"unreachable" in r.stderr
+    assert b"recovery stops" in r.stderr and r.stderr.count(b"\n") == 1
+    # the password file unreadable: no copy can be read either
+    broken = archive.write(archive.base / "broken.toml", replicas=good)
+    broken.write_text(broken.read_text().replace(str(archive.pwfile), "/nonexistent/pass"))
+    r = archive.as_postgres("wal-fetch", name, str(dest), config=broken)
+    assert r.returncode == 126 and b"/nonexistent/pass" in r.stderr
 
 
 # ------------------------------------------------------------------ the command line
@@ -656,10 +663,12 @@ def test_cli_usage_and_gate(sandbox, tmp_path):
         (("wal-push",), 2, b"usage: backup-tui [--config PATH] wal-push PATH"),
         (("wal-fetch", "000000010000000000000001"), 2, b"usage:"),
         (("wal-push", str(seg), "--cluster", "other"), 2, b"no [[cluster]] named 'other'"),
-        (("wal-fetch", "../../etc/passwd", str(tmp_path / "x")), 2, b"not a WAL file name"),
+        (("wal-fetch", "../../etc/passwd", str(tmp_path / "x")), 126, b"not a WAL file name"),
         (("wal-push", str(tmp_path / "00000001000000000000000A")), 1, b"cannot read"),
         (("wal-push", str(seg)), 1, b"not a WAL segment"),
         (("wal-fetch", "000000010000000000000001", str(tmp_path / "x")), 1, b"not archived"),
+        (("wal-fetch", "000000010000000000000001", str(tmp_path / "x"), "--cluster", "other"),
+         126, b"no [[cluster]] named 'other'"),
     ]:
         r = sandbox.cli(*args)
         assert r.returncode == code and words in r.stderr, (args, r.stderr)
