@@ -235,6 +235,7 @@ def build_parser() -> ArgParser:
     wf.add_argument("name", help="the WAL file name (%%f)")
     wf.add_argument("dest", help="where to write it (%%p)")
     wf.add_argument("--cluster", help="a [[cluster]] name (needed when more than one)")
+    wf.add_argument("--replica", help="read this [[replica]] alone")
     return p
 
 
@@ -1002,7 +1003,8 @@ def cmd_drill(args, engine: Engine) -> int:
 
 def cmd_wal(args, engine: Engine) -> int:
     pos = [args.path] if args.command == "wal-push" else [args.name, args.dest]
-    return cli_wal.execute(args.config, args.command, pos, args.cluster)
+    return cli_wal.execute(args.config, args.command, pos, args.cluster,
+                           getattr(args, "replica", None))
 
 
 COMMANDS = {

@@ -18,13 +18,15 @@ import sys
 COMMANDS = ("wal-push", "wal-fetch")
 USAGE = {
     "wal-push": "backup-tui [--config PATH] wal-push PATH [--cluster NAME]",
-    "wal-fetch": "backup-tui [--config PATH] wal-fetch NAME DEST [--cluster NAME]",
+    "wal-fetch": "backup-tui [--config PATH] wal-fetch NAME DEST [--cluster NAME] "
+                 "[--replica NAME]",
 }
 
 
-def _parse(argv: list[str]) -> tuple[str | None, str, list[str], str | None] | None:
-    """(config, command, positional arguments, cluster) when argv is a wal command this
-    fast parser understands; None to leave it to the full parser (help, other flags)."""
+def _parse(argv: list[str]) -> tuple[str | None, str, list[str], dict[str, str]] | None:
+    """(config, command, positional arguments, options: cluster, replica) when argv is a
+    wal command this fast parser understands; None to leave it to the full parser (help,
+    other flags)."""
     config = None
     i = 0
     while i < len(argv):
@@ -40,15 +42,17 @@ def _parse(argv: list[str]) -> tuple[str | None, str, list[str], str | None] | N
     if i >= len(argv) or argv[i] not in COMMANDS:
         return None
     command, rest = argv[i], argv[i + 1:]
-    cluster = None
+    names = ("--cluster", "--replica") if command == "wal-fetch" else ("--cluster",)
+    opts: dict[str, str] = {}
     pos: list[str] = []
     j = 0
     while j < len(rest):
         a = rest[j]
-        if a == "--cluster" and j + 1 < len(rest):
-            cluster, j = rest[j + 1], j + 2
-        elif a.startswith("--cluster="):
-            cluster, j = a.partition("=")[2], j + 1
+        if a in names and j + 1 < len(rest):
+            opts[a[2:]], j = rest[j + 1], j + 2
+        elif a.partition("=")[0] in names and "=" in a:
+            key, _, value = a.partition("=")
+            opts[key[2:]], j = value, j + 1
         elif a == "--":
             pos += rest[j + 1:]
             break
@@ -57,7 +61,7 @@ def _parse(argv: list[str]) -> tuple[str | None, str, list[str], str | None] | N
         else:
             pos.append(a)
             j += 1
-    return config, command, pos, cluster
+    return config, command, pos, opts
 
 
 def run(argv: list[str]) -> int | None:
@@ -65,15 +69,16 @@ def run(argv: list[str]) -> int | None:
     parsed = _parse(argv)
     if parsed is None:
         return None
-    config, command, pos, cluster = parsed
+    config, command, pos, opts = parsed
     want = 1 if command == "wal-push" else 2
     if len(pos) != want:
         sys.stderr.write(f"backup-tui: usage: {USAGE[command]}\n")
         return 2
-    return execute(config, command, pos, cluster)
+    return execute(config, command, pos, opts.get("cluster"), opts.get("replica"))
 
 
-def execute(config: str | None, command: str, pos: list[str], cluster: str | None) -> int:
+def execute(config: str | None, command: str, pos: list[str], cluster: str | None,
+            replica: str | None = None) -> int:
     import logging
 
     from engine.errors import EngineError
@@ -92,7 +97,7 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
         if command == "wal-push":
             wal.push(settings, pos[0], cluster, prepared)
         else:
-            wal.fetch(settings, pos[0], pos[1], cluster)
+            wal.fetch(settings, pos[0], pos[1], cluster, replica)
         return 0
     except EngineError as e:
         line = " ".join(str(e).split())

@@ -733,15 +733,23 @@ class _Attempts:
         self.answered: list[str] = []  # copies that said they do not have it
 
 
-def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
+def fetch(config: Any, name: str, dest: str, cluster: str | None = None,
+          replica: str | None = None) -> str:
     """Write the archived file ``name`` of the cluster to ``dest`` (atomically): from the
     local repository, else from each [[replica]] in config order. Returns "local" or the
     replica's name. WalNotFound (exit 1, PostgreSQL ends recovery) when at least one copy
     answered that it does not have it and none has it; WalUnavailable (exit 126,
-    recovery stops) when no copy could answer at all."""
+    recovery stops) when no copy could answer at all. ``replica``: read that [[replica]]
+    alone (restore pitr --replica)."""
     settings = WalSettings.of(config)
     cluster = settings.cluster(cluster)
     obj = object_name(cluster, name)
+    replicas = settings.replicas
+    if replica is not None:
+        replicas = tuple(r for r in settings.replicas if r.name == replica)
+        if not replicas:
+            raise UsageError(f"no [[replica]] named {replica!r} (known: "
+                             f"{', '.join(r.name for r in settings.replicas) or 'none'})")
     password = settings.password()
     att = _Attempts()
 
@@ -764,23 +772,25 @@ def fetch(config: Any, name: str, dest: str, cluster: str | None = None) -> str:
             att.errors.append(f"{label}: {e}")
             return None
 
-    if Path(settings.repo_path, "config").exists():
+    if replica is not None:
+        pass  # that replica alone
+    elif Path(settings.repo_path, "config").exists():
         body = from_backend("local", _local_backend(settings))
         if body is not None:
             write_atomic(dest, body)
             return "local"
     else:
         att.tried.append("local (no repository)")
-    for replica in settings.replicas:
+    for rep in replicas:
         try:
-            reader = _S3Reader(replica)
+            reader = _S3Reader(rep)
         except Exception as e:  # noqa: BLE001 - a broken replica setting: try the next
-            att.errors.append(f"{replica.name}: {e}")
+            att.errors.append(f"{rep.name}: {e}")
             continue
-        body = from_backend(replica.name, reader)
+        body = from_backend(rep.name, reader)
         if body is not None:
             write_atomic(dest, body)
-            return replica.name
+            return rep.name
     where = ", ".join(att.tried) or "no copy: no local repository, no [[replica]]"
     errors = ("; " + "; ".join(att.errors)) if att.errors else ""
     if not att.answered:

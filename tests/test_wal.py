@@ -624,6 +624,14 @@ def test_wal_fetch_without_local_repository_tries_each_replica(archive, s3_serve
     keys = archive.keys()
     h = wal.wal_header(keys, LocalBackend(archive.repo), "main", name)
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == h["sha256"]
+    # --replica: that replica alone, even with the local repository there
+    settings = wal.WalSettings.load(admin_cfg)
+    assert wal.fetch(settings, name, str(archive.base / "r1")) == "local"
+    assert wal.fetch(settings, name, str(archive.base / "r2"), replica="good") == "good"
+    assert (archive.base / "r2").read_bytes() == dest.read_bytes()
+    r = archive.as_postgres("wal-fetch", name, str(dest), "--replica", "nope",
+                            config=admin_cfg)
+    assert r.returncode == 126 and b"no [[replica]] named 'nope'" in r.stderr
     # a segment that exists nowhere: exit 1, quickly, so recovery ends
     t0 = time.monotonic()
     r = archive.as_postgres("wal-fetch", "0000000100000000000000FE", str(dest), config=cfg)
