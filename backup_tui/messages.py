@@ -129,6 +129,24 @@ class ReplicationFailed(Message):
 
 
 @dataclass
+class SourceStatesLoaded(Message):
+    """Each source's status (``Engine.status()["sources"]``) and the health reasons."""
+
+    sources: list[dict]
+    reasons: list[str]
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SourceStatesLoaded)  # a newer read says all this one would
+
+
+@dataclass
+class SourceStatesFailed(Message):
+    """The status of the sources could not be read; ``error`` says why."""
+
+    error: str
+
+
+@dataclass
 class JobsLoaded(Message):
     """The catalog's jobs, newest first, as read at ``now`` (the console's clock)."""
 

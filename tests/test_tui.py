@@ -642,6 +642,53 @@ def _canned_sources() -> list[SourceInfo]:
             fileset("app-data", "/srv/app/data"), fileset("app-config", "/srv/app/etc")]
 
 
+def _canned_status() -> list[dict]:
+    """``Engine.status()["sources"]`` as of T0 + 49.25 h: a cluster whose last drill failed
+    and one replica 26 min behind, a database drilled, one never backed up, a fileset late."""
+    def entry(kind, name, label, description, last_good, age_hours, snapshots, **extra):
+        return {"kind": kind, "name": name, "label": label, "description": description,
+                "snapshots": snapshots, "last_good": last_good and _iso(last_good),
+                "age_hours": age_hours, "max_age_hours": 26, "last_failure": None,
+                "last_failure_error": None, "next_run": _iso(47), **extra}
+
+    def drill(last, trend):
+        return {"last": last, "rto_trend": trend, "max_age_hours": 192}
+
+    wal = {"newest": "00000001000000A20000003F", "archived": _iso(49.18), "age_seconds": 240,
+           "max_age_minutes": 60, "replicas": {
+               "use1": {"newest": "00000001000000A20000003F", "archived": _iso(49.18),
+                        "age_seconds": 240, "shipped": _iso(49.2), "behind": False,
+                        "error": None, "error_time": None},
+               "euw1": {"newest": "00000001000000A200000039", "archived": _iso(48.75),
+                        "age_seconds": 1800, "shipped": _iso(48.8), "behind": True,
+                        "error": "access denied (AccessDenied)", "error_time": _iso(49.2)}}}
+    return [
+        entry("cluster", "main", "cluster", "db-1:5432/postgres, data in /srv/pg/16/main",
+              26, 23.25, 3, wal=wal, drill=drill(
+                  {"id": "d3", "snapshot": _id(7), "started": _iso(48.5),
+                   "finished": _iso(48.52), "ok": False, "rto_seconds": None,
+                   "error": "the restored server stopped during recovery (killed)",
+                   "rows": {}}, [41.2, 39.8, 44.0])),
+        entry("db", "shop", "database", "db-1:5432/shop, from config", 49, 0.25, 2,
+              drill=drill({"id": "d2", "snapshot": _id(5), "started": _iso(49.1),
+                           "finished": _iso(49.11), "ok": True, "rto_seconds": 37.5,
+                           "error": None, "rows": {"orders": 3060, "customers": 500}},
+                          [35.0, 36.1, 37.5])),
+        entry("db", "crm", "database", "db-2:5432/crm, from config", None, None, 0,
+              drill=drill(None, [])),
+        entry("files", "app-data", "fileset", "/srv/app/data", 24, 25.25, 3),
+        entry("files", "app-config", "fileset", "/srv/app/etc", 1, 48.25, 1),
+    ]
+
+
+CANNED_REASONS = [
+    "db crm: no complete backup",
+    "files app-config: newest complete backup is 48.2 h old (limit 26 h)",
+    f"cluster main: last restore drill failed at {_iso(48.52)}: the restored server stopped "
+    "during recovery (killed)",
+]
+
+
 class CannedEngine:
     """The Engine methods the console calls, answering fixed data; backups fail."""
 
@@ -678,6 +725,12 @@ class CannedEngine:
 
     def replica_states(self, check: bool = False) -> list[dict]:
         return [dict(s) for s in CANNED_REPLICAS]
+
+    def status(self) -> dict:
+        return {"sources": _canned_status()}
+
+    def health(self) -> dict:
+        return {"ok": False, "reasons": list(CANNED_REASONS)}
 
     def replicate(self, replica=None, repair=False, on_event=None, cancel=None):
         return [
@@ -764,6 +817,18 @@ def test_replicate_now_partly_failed_look(snap_compare, utc):
 
     assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE,
                         run_before=replicate)
+
+
+def test_sources_look_at_80x24(snap_compare, utc):
+    """o at 80x24: every key column fits; the cluster's failed drill in red, its replica
+    behind, and the cluster in full below."""
+
+    async def sources(pilot: Pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("o")
+        await _loaded(pilot)
+
+    assert snap_compare(console(CannedEngine()), terminal_size=(80, 24), run_before=sources)
 
 
 # --- the demo sandbox -------------------------------------------------------------
@@ -1003,3 +1068,252 @@ def test_reused_demo_without_moto_leaves_its_replicas_out(tmp_path, monkeypatch)
     assert demo.s3 is None and demo.note == demo_module.NO_MOTO
     assert load_config(demo.config_path).replicas and demo.config().replicas == ()
     demo.stop()
+
+
+# --- the sources tab: clusters, their WAL archive and drills ---------------------
+
+CLUSTER = "main"
+SEG3, SEG4 = "000000010000000000000003", "000000010000000000000004"
+
+
+def sources_pane(app: BackupConsole):
+    from backup_tui.screens.sources import SourcesPane
+
+    return app.screen.query_one(SourcesPane)
+
+
+def archive_wal(engine: Engine, cluster: str, name: str, archived: float) -> None:
+    """One archived segment, written as wal-push writes it (sealed header, zstd body),
+    with a chosen archive time."""
+    from engine import wal
+
+    raw = name.encode() * 1000
+    header = {"format": wal.FORMAT, "source": cluster, "name": name, "kind": "segment",
+              "timeline": int(name[:8], 16), "size": len(raw),
+              "sha256": hashlib.sha256(raw).hexdigest(), "archived": archived,
+              "system_identifier": "7300000000000000001", "host": "db-1"}
+    engine.backend.put(wal.object_name(cluster, name),
+                       wal.build_object(engine.repo().keys, header, raw, 1))
+
+
+@pytest.fixture
+def silent_server():
+    """A port on 127.0.0.1 that accepts connections and never answers: anything that
+    connected to it (libpq has no timeout by default) would hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def cluster_sandbox(sandbox, s3_server, s3_buckets, port: int):
+    """A fileset, a cluster whose server never answers, two replicas; the cluster's WAL
+    archived two segments (the newest 60 s ago), r1 holds the newest, r2 the one before
+    (4 min behind), and the cluster's last drill failed."""
+    sandbox.extra = (
+        f'[[cluster]]\nname = "{CLUSTER}"\n'
+        f'dsn = "postgresql://postgres@127.0.0.1:{port}/postgres"\n'
+        'pgdata = "/var/lib/postgresql/15/main"\nwal_max_age_minutes = 30\n'
+        + _replica("r1", s3_buckets.use1, "us-east-1", s3_server.endpoint_url,
+                   replicate_after_backup=False)
+        + _replica("r2", s3_buckets.euw1, "eu-west-1", s3_server.endpoint_url,
+                   replicate_after_backup=False))
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    now = time.time()
+    archive_wal(engine, CLUSTER, SEG3, now - 300)
+    archive_wal(engine, CLUSTER, SEG4, now - 60)
+    engine.catalog.wal_shipped("r1", CLUSTER, SEG4, now - 60)
+    engine.catalog.wal_shipped("r2", CLUSTER, SEG3, now - 300)
+    engine.catalog.wal_ship_failed("r2", CLUSTER, "bucket r2: access denied")
+    engine.catalog.record_drill({
+        "id": "drill-1", "kind": "cluster", "source": CLUSTER, "snapshot": None,
+        "started": now - 200, "finished": now - 150, "ok": False, "rto_seconds": None,
+        "error": "the restored server stopped during recovery",
+        "checks": [{"name": "connect", "ok": False, "detail": "server not running"}]})
+    return engine
+
+
+def cells(pane, key: str) -> dict[str, object]:
+    t = pane.table
+    return dict(zip([str(k.value) for k in t.columns], t.get_row(key), strict=True))
+
+
+def test_sources_tab_shows_a_clusters_wal_and_a_failed_drill(sandbox, s3_server, s3_buckets,
+                                                             silent_server):
+    fill(sandbox.src)
+    engine = cluster_sandbox(sandbox, s3_server, s3_buckets, silent_server)
+    engine.backup("files", "src")
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            ids = {b.binding.id for b in app.active_bindings.values()}
+            assert "show-sources" in ids and "sources-back" not in ids
+            await pilot.press("o")
+            # The cluster's server never answers: reading the status must not connect.
+            await asyncio.wait_for(settle(app, pilot), 20)
+            pane = sources_pane(app)
+            assert pane.loaded and app.screen.focused is pane.table
+            assert list(pane.table.entries) == [f"cluster:{CLUSTER}", "files:src"]
+            error = app.theme_variables["text-error"]
+            row = cells(pane, f"cluster:{CLUSTER}")
+            assert row["kind"].plain == "cluster" and row["name"].plain == CLUSTER
+            assert row["backup"].plain == "never" and error in str(row["backup"].style)
+            assert row["point"].plain in ("60 s", "61 s", "62 s", "63 s")
+            assert row["wal"].plain == "r2 4 min behind" and error in str(row["wal"].style)
+            assert row["drill"].plain == "FAILED" and error in str(row["drill"].style)
+            files = cells(pane, "files:src")
+            assert files["wal"].plain == files["drill"].plain == "—"
+            assert files["point"].plain == files["backup"].plain.strip() == "0 s"
+            text = pane.detail.text
+            assert f"WAL {SEG4} at " in text and "limit 30 min" in text
+            assert "r1 current, shipped" in text
+            assert f"r2 {SEG3} at " in text and ", 4 min behind" in text
+            assert "bucket r2: access denied" in text
+            assert "drill FAILED" in text and "the restored server stopped during" in text
+            assert "✗ last restore drill failed" in text
+            assert "✗ no complete backup" in text
+            assert "newest archived" not in text  # 60 s < 30 min: not a health reason
+            assert "data in /var/lib/postgresql/15/main" in text
+            await pilot.press("down")
+            await pilot.pause()
+            assert "✓ healthy" in pane.detail.text and "✗" not in pane.detail.text
+            await pilot.press("o")  # back to the snapshots
+            await settle(app, pilot)
+            assert app.screen.focused is table(app)
+            assert not errors_shown(app)
+
+    asyncio.run(flow())
+
+
+def test_sources_tab_without_replicas_and_p_still_works(sandbox):
+    fill(sandbox.src)
+    engine = sandbox.engine(init=True)
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("p")  # no replicas: p does nothing
+            await settle(app, pilot)
+            assert app.screen.query_one("#views").active == "snapshots-tab"
+            await pilot.press("o")
+            await settle(app, pilot)
+            assert app.screen.query_one("#views").active == "sources-tab"
+            pane = sources_pane(app)
+            row = cells(pane, "files:src")
+            assert row["backup"].plain == "never" and row["drill"].plain == "—"
+            assert "✗ no complete backup" in pane.detail.text
+            await pilot.press("b")  # a backup from the sources tab: the row follows
+            await settle(app, pilot)
+            assert cells(pane, "files:src")["backup"].plain in ("0 s", "1 s", "2 s")
+            assert "✓ healthy" in pane.detail.text and "✗" not in pane.detail.text
+            ids = {b.binding.id for b in app.active_bindings.values()}
+            assert "sources-back" in ids and "show-sources" not in ids
+            await pilot.press("o")
+            await settle(app, pilot)
+            assert app.screen.query_one("#views").active == "snapshots-tab"
+
+    asyncio.run(flow())
+
+
+def test_sources_tab_p_and_o_move_between_three_tabs(sandbox, s3_server, s3_buckets):
+    fill(sandbox.src)
+    sandbox.extra = two_replicas(s3_server, s3_buckets, replicate_after_backup=False)
+    sandbox.write_config()
+    app = console(sandbox.engine(init=True))
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+
+            def active() -> str:
+                return app.screen.query_one("#views").active
+
+            for key, tab in (("p", "replicas-tab"), ("o", "sources-tab"), ("p", "replicas-tab"),
+                             ("p", "snapshots-tab"), ("o", "sources-tab"),
+                             ("o", "snapshots-tab")):
+                await pilot.press(key)
+                await settle(app, pilot)
+                assert active() == tab, (key, tab)
+            assert not errors_shown(app)
+
+    asyncio.run(flow())
+
+
+def test_sources_tab_refreshes_while_shown_only(sandbox, monkeypatch):
+    from backup_tui.screens import sources
+
+    monkeypatch.setattr(sources, "REFRESH_SECONDS", 0.2)
+    engine = sandbox.engine(init=True)
+    calls: list[float] = []
+    status = engine.status
+
+    def counted():
+        calls.append(time.monotonic())
+        return status()
+
+    monkeypatch.setattr(engine, "status", counted)
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert not calls  # not read until the tab shows
+            await pilot.press("o")
+            await pilot.pause(1.2)
+            await settle(app, pilot)
+            shown = len(calls)
+            assert shown >= 3
+            await pilot.press("o")  # hidden: no more reads
+            await settle(app, pilot)
+            hidden = len(calls)
+            await pilot.pause(0.8)
+            assert len(calls) == hidden
+            await pilot.press("o", "r")
+            await settle(app, pilot)
+            assert len(calls) >= hidden + 2
+
+    asyncio.run(flow())
+
+
+def test_sources_tab_engine_error_shows_in_the_status_line(sandbox, monkeypatch):
+    fill(sandbox.src)
+    engine = sandbox.engine(init=True)
+    engine.backup("files", "src")
+    status = engine.status
+    broken = {"on": False}
+
+    def flaky():
+        if broken["on"]:
+            raise EngineError("catalog: database is locked")
+        return status()
+
+    monkeypatch.setattr(engine, "status", flaky)
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("o")
+            await settle(app, pilot)
+            pane = sources_pane(app)
+            assert pane.table.row_count == 1
+            broken["on"] = True
+            await pilot.press("r")
+            await settle(app, pilot)
+            text = pane.detail.text
+            assert text.startswith("Cannot read the status: catalog: database is locked")
+            assert pane.table.row_count == 1  # the last good read stays
+            assert app.is_running and not errors_shown(app)
+            broken["on"] = False
+            await pilot.press("r")
+            await settle(app, pilot)
+            assert "Cannot read" not in pane.detail.text and "fileset src" in pane.detail.text
+
+    asyncio.run(flow())

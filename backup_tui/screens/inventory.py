@@ -1,8 +1,11 @@
 """The inventory: snapshots in a table, the selected one's record beside it, jobs on demand.
 
-Two tabs over one job panel. "Snapshots": the table (a presence column per S3
+Tabs over one job panel. "Snapshots": the table (a presence column per S3
 replica) and the selected snapshot's record. "Replicas" (``p``; shown only when
-replicas are configured): see ``backup_tui.screens.replicas``.
+replicas are configured): see ``backup_tui.screens.replicas``. "Sources"
+(``o``): each source's newest backup, recovery point, WAL in the replicas and
+last restore drill; see ``backup_tui.screens.sources``. ``p`` and ``o`` go back
+to the snapshots from their own tab.
 
 A job is a backup or a replication, one at a time, in the job panel. ``b``
 backs up a source: the engine lists them (``Engine.sources``: fileset,
@@ -51,6 +54,7 @@ from backup_tui.messages import (
 from backup_tui.screens.commands import JobCommands
 from backup_tui.screens.replicas import ReplicasPane
 from backup_tui.screens.source_picker import SourcePicker
+from backup_tui.screens.sources import SourcesPane
 from backup_tui.widgets.job_panel import BACKUP, REPLICATE, JobPanel, replication_summary
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
 from backup_tui.widgets.snapshot_table import SnapshotTable
@@ -60,7 +64,7 @@ from engine.facade import Engine
 if TYPE_CHECKING:
     from engine.sources.base import SourceInfo
 
-SNAPSHOTS_TAB, REPLICAS_TAB = "snapshots-tab", "replicas-tab"
+SNAPSHOTS_TAB, REPLICAS_TAB, SOURCES_TAB = "snapshots-tab", "replicas-tab", "sources-tab"
 
 
 class InventoryScreen(EngineCaller, Screen):
@@ -71,6 +75,8 @@ class InventoryScreen(EngineCaller, Screen):
         Binding("R", "replicate", "Replicate now", id="replicate"),
         Binding("p", f"show_tab('{REPLICAS_TAB}')", "Replicas", id="show-replicas"),
         Binding("p", f"show_tab('{SNAPSHOTS_TAB}')", "Snapshots", id="show-snapshots"),
+        Binding("o", f"sources_tab('{SOURCES_TAB}')", "Sources", id="show-sources"),
+        Binding("o", f"sources_tab('{SNAPSHOTS_TAB}')", "Snapshots", id="sources-back"),
         Binding("r", "refresh", "Refresh", id="refresh"),
     ]
     COMMANDS = Screen.COMMANDS | {JobCommands}
@@ -97,13 +103,13 @@ class InventoryScreen(EngineCaller, Screen):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
-        with TabbedContent(id="views", initial=SNAPSHOTS_TAB,
-                           classes="" if self.replicas else "-single"):
+        with TabbedContent(id="views", initial=SNAPSHOTS_TAB):
             with TabPane("Snapshots", id=SNAPSHOTS_TAB), Horizontal(id="inventory"):
                 yield SnapshotTable(tuple(self.replicas), id="snapshots")
                 yield SnapshotDetail(id="detail")
             if self.replicas:
                 yield ReplicasPane(self.engine, id=REPLICAS_TAB)
+            yield SourcesPane(self.engine, id=SOURCES_TAB)
         idle = "No job running" if self.replicas else "No backup running"
         yield JobPanel(f"{idle}. {self._keys_hint()}", id="job")
         yield Footer()
@@ -115,15 +121,19 @@ class InventoryScreen(EngineCaller, Screen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Keys that do nothing here are not offered: b once no source turned out to be
-        # configured, R and p without a [[replica]]; p goes to the tab that is not showing.
-        # A read-only console shows b and R disabled.
+        # configured, R and p without a [[replica]]. p goes to the replicas, or from them
+        # back to the snapshots; o likewise to the sources. A read-only console shows b
+        # and R disabled.
         mutating = None if self.read_only else True
         if action == "backup":
             return self.sources != [] and mutating
         if action == "replicate":
             return bool(self.replicas) and mutating
         if action == "show_tab":
-            return bool(self.replicas) and parameters[0] != self._tab
+            back = parameters[0] == SNAPSHOTS_TAB
+            return bool(self.replicas) and (self._tab == REPLICAS_TAB) == back
+        if action == "sources_tab":
+            return (self._tab == SOURCES_TAB) == (parameters[0] == SNAPSHOTS_TAB)
         return True
 
     @property
@@ -135,11 +145,18 @@ class InventoryScreen(EngineCaller, Screen):
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#views", TabbedContent).active = tab
 
+    def action_sources_tab(self, tab: str) -> None:
+        self.action_show_tab(tab)
+
     @on(TabbedContent.TabActivated, "#views")
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        sources = self.query_one(SourcesPane)
+        sources.showing(event.pane.id == SOURCES_TAB)
         if event.pane.id == REPLICAS_TAB:
             self.query_one(ReplicasPane).load(check=True)
             self.query_one("#replica-table").focus()
+        elif event.pane.id == SOURCES_TAB:
+            sources.table.focus()
         else:
             self.query_one(SnapshotTable).focus()
         self.refresh_bindings()
@@ -152,6 +169,8 @@ class InventoryScreen(EngineCaller, Screen):
     def action_refresh(self) -> None:
         if self._tab == REPLICAS_TAB:
             self.query_one(ReplicasPane).load(check=True)
+        elif self._tab == SOURCES_TAB:
+            self.query_one(SourcesPane).load()
         else:
             self.load_snapshots(self.query_one(SnapshotTable).selected_id)
 
@@ -279,6 +298,8 @@ class InventoryScreen(EngineCaller, Screen):
             self.notify(f"{saved}.", title="Backup complete", markup=False)
         self._replicated(result.replication)
         self.load_snapshots(select=result.id)
+        if self._tab == SOURCES_TAB:  # its newest backup and recovery point moved
+            self.query_one(SourcesPane).load()
 
     def on_backup_failed(self, message: BackupFailed) -> None:
         self._cancel = None  # the notification came from the one error path
