@@ -240,7 +240,10 @@ def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s
     plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
                             "--json").stdout)
     assert plan["feasible"] and plan["gaps"] == []
-    assert plan["places"][0]["name"] == "local" and plan["places"][0]["complete"]
+    places = {p["name"]: p for p in plan["places"]}
+    assert places["local"]["complete"] and places["local"]["reads"]
+    # the backup's replication shipped the WAL there was; the newer is not there yet
+    assert not places["r1"]["complete"] and plan["wal"]["last"] in places["r1"]["missing"]
     assert plan["newest_reachable"]["time"] >= when
 
     out: dict = {}
@@ -257,14 +260,24 @@ def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s
         assert _restored(port, "SHOW archive_mode") == "off"
     finally:
         _stop(out)
-    # the next plan estimates from that restore
+    # the next plan estimates from that restore; once a drill ran, from the drills
     plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
                             "--json").stdout)
     assert plan["estimate_basis"] == "median of the last 1 point-in-time restore(s)"
     assert plan["estimate_seconds"] > 0
+    s.engine().catalog.record_drill({"id": "d1", "kind": "cluster", "source": CLUSTER,
+                                     "started": time.time(), "ok": True, "rto_seconds": 42.0})
+    plan = s.engine().pitr_plan(CLUSTER, s.engine().pitr_target("time", when))
+    assert (plan.estimate_seconds, plan.estimate_basis) == \
+        (42.0, "median RTO of the last 1 drill(s)")
+
+    # every segment in the replica once replicated
+    s.cli("replicate")
+    plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
+                            "--json").stdout)
+    assert all(p["complete"] for p in plan["places"]), plan["places"]
 
     # the same from the S3 replica alone: the local repository and state are gone
-    s.cli("replicate")
     s.pg.stop()  # nothing archives into the repository any more
     shutil.rmtree(s.repo)
     shutil.rmtree(s.state)
