@@ -718,3 +718,47 @@ def test_identity_comes_from_the_newest_base_backup_on_the_first_push():
     with pytest.raises(wal.WrongSystem):
         wal.check_identity(repo.keys, b, "main", 333, name)
     assert wal.check_identity(repo.keys, b, "main", None, "00000002.history") == "222"
+
+
+def _fake_segment(sysid: int, fill: bytes = b"") -> bytes:
+    import struct
+
+    seg = bytearray(SEG)
+    struct.pack_into("<HHIQIIQII", seg, 0, 0xD110, 0x0002, 1, 0, 0, 0, sysid, SEG, 8192)
+    seg[64:64 + len(fill)] = fill
+    return bytes(seg)
+
+
+@pytest.mark.parametrize("password,compression", [(None, "zstd:3"), ("pw", "none")])
+def test_push_and_fetch_in_process(tmp_path, password, compression):
+    """Unencrypted repositories, and `compression = "none"` (stored raw)."""
+    from engine.repo.repository import Repository
+
+    Repository.init(LocalBackend(tmp_path / "repo"), password, compression, kdf=CHEAP_KDF)
+    settings = wal.WalSettings(repo_path=str(tmp_path / "repo"), state_dir=str(tmp_path),
+                               cluster_names=("main",))
+    env = os.environ.copy()
+    try:
+        if password:
+            os.environ["BACKUP_TUI_PASSWORD"] = password
+        else:
+            os.environ.pop("BACKUP_TUI_PASSWORD", None)
+        name = "000000010000000000000009"
+        src = tmp_path / name
+        src.write_bytes(_fake_segment(42, os.urandom(1000) + b"a" * 5000))
+        assert wal.push(settings, str(src)) == "stored"
+        assert wal.push(settings, str(src)) == "present"
+        stored = (tmp_path / "repo" / wal.object_name("main", name)).stat().st_size
+        assert (stored > SEG) == (compression == "none")
+        assert wal.fetch(settings, name, str(tmp_path / "out")) == "local"
+        assert (tmp_path / "out").read_bytes() == src.read_bytes()
+        with pytest.raises(wal.WrongSystem):
+            other = tmp_path / "00000001000000000000000A"
+            other.write_bytes(_fake_segment(43))
+            wal.push(settings, str(other))
+        with pytest.raises(wal.WalNotFound):
+            wal.fetch(settings, "00000001000000000000000A", str(tmp_path / "out2"))
+        assert not (tmp_path / "out2").exists()
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
