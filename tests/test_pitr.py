@@ -485,6 +485,11 @@ def test_recover_to_an_lsn_and_to_a_transaction(setup):
                     "COMMIT;").strip()
     s.pg.psql("INSERT INTO t VALUES (9003, 'after the xid')")
     s.switch_and_wait()
+    text = s.cli("pitr-plan", "--cluster", CLUSTER, "--target-xid", xid).stdout
+    lines = text.splitlines()
+    assert lines[0] == f"cluster {CLUSTER}: recover to xid {xid}"
+    assert lines[1].split()[:2] == ["base", "backup"] and lines[-1] == "  feasible"
+    assert any(line.split()[0] == "local" and line.endswith("all present") for line in lines)
     for args, expected in [(["--target-lsn", lsn, "--exclusive"], "9001"),
                            (["--target-xid", xid], "9001,9002")]:
         plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, *args, "--json").stdout)

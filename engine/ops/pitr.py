@@ -503,7 +503,7 @@ def plan(engine: Engine, cluster: str, target: Target, replica: str | None = Non
                             f"{point}{gap_words}")
     else:  # where the xid or name is, only replay finds out: all the WAL there is
         end_seg = newest
-        notes.append(f"a {target.kind} target: recovery replays all the WAL there is, from "
+        notes.append(f"target {target.describe()}: recovery replays all the WAL there is, from "
                      f"base backup {snap['id'][:8]} (consistent at "
                      f"{_stop_time(snap).isoformat()}); the target must come after that")
     end_seg = max(end_seg, stop_seg)
