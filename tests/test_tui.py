@@ -649,7 +649,7 @@ def _canned_status() -> list[dict]:
         return {"kind": kind, "name": name, "label": label, "description": description,
                 "snapshots": snapshots, "last_good": last_good and _iso(last_good),
                 "age_hours": age_hours, "max_age_hours": 26, "last_failure": None,
-                "last_failure_error": None, "next_run": _iso(47), **extra}
+                "last_failure_error": None, "next_run": _iso(71), **extra}
 
     def drill(last, trend):
         return {"last": last, "rto_trend": trend, "max_age_hours": 192}
@@ -829,6 +829,18 @@ def test_sources_look_at_80x24(snap_compare, utc):
         await _loaded(pilot)
 
     assert snap_compare(console(CannedEngine()), terminal_size=(80, 24), run_before=sources)
+
+
+def test_sources_look_drilled_database(snap_compare, utc):
+    """o, then the database whose drill passed: its RTO trend and the rows it counted."""
+
+    async def shop(pilot: Pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("o")
+        await _loaded(pilot)
+        await pilot.press("down")
+
+    assert snap_compare(console(CannedEngine()), terminal_size=LOOK_SIZE, run_before=shop)
 
 
 # --- the demo sandbox -------------------------------------------------------------

@@ -271,7 +271,7 @@ def _drill_lines(drill: dict) -> list[Content]:
         if trend:
             more += [_label("RTO trend "), ", ".join(duration(s) for s in trend)]
         if rows:
-            more += [_label(("; " if trend else "") + "rows "),
+            more += [_label(("; " if trend else "") + "row counts "),
                      ", ".join(f"{table} {count}" for table, count in rows.items())]
         lines.append(Content.assemble(*more))
     for check in last.get("checks") or []:  # when the engine's summary carries them
