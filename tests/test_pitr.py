@@ -15,6 +15,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -504,3 +505,33 @@ def test_recover_to_an_lsn_and_to_a_transaction(setup):
             assert rows == expected, (args, out.get("stopped"))
         finally:
             _stop(out)
+
+
+@pytest.mark.parametrize("setup", [""], indirect=True)
+def test_recovery_that_cannot_reach_the_target_fails_with_the_server_log(setup):
+    """The plan was feasible, then a segment it needs went missing: recovery does not
+    pretend. The server stops short of the target, restore fails with the log's last
+    lines, the server and its folders are gone, the data directory stays for a look."""
+    s = setup
+    eng = s.engine()
+    s.cli("backup", "cluster", CLUSTER)
+    s.pg.psql("INSERT INTO t VALUES (9501, 'x')")
+    s.switch_and_wait()
+    s.pg.psql("INSERT INTO t VALUES (9502, 'y')")
+    when = _mark_time(s)
+    s.pg.psql("INSERT INTO t VALUES (9503, 'z')")
+    s.switch_and_wait()
+    plan = eng.pitr_plan(CLUSTER, eng.pitr_target("time", when))
+    assert plan.feasible
+    gone = plan.segments[-1]
+    eng.backend.delete(f"wal/{CLUSTER}/{gone[:8]}/{gone}")
+    before = set(Path(tempfile.gettempdir()).glob("backup-tui-pitr-*"))
+    pgdata = s.root / "short"
+    with eng._reading("test", plan.snapshot["id"]):
+        with pytest.raises(EngineError) as err:
+            pitr.restore(eng, plan, pgdata, start=True, wait_seconds=120)
+    text = str(err.value)
+    assert "stopped during recovery" in text and "recovery ended before" in text, text
+    assert "server log's last lines" in text and "left as it is" in text
+    assert (pgdata / "PG_VERSION").exists() and not (pgdata / "postmaster.pid").exists()
+    assert set(Path(tempfile.gettempdir()).glob("backup-tui-pitr-*")) == before

@@ -41,7 +41,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import EngineError, NotFound, UsageError
+from engine.errors import Cancelled, EngineError, NotFound, UsageError
 from engine.events import CancelToken, Event, EventCallback, ignore
 from engine.ops.resolve import parse_time
 from engine.repo.locks import pid_alive
@@ -844,8 +844,8 @@ def start_server(pgdata: Path, major: int, port: int, owner: str | None, user: s
     if res.returncode != 0:
         shutil.rmtree(sock, ignore_errors=True)
         raise EngineError(f"pg_ctl start failed (exit {res.returncode}): "
-                          f"{(res.stderr or res.stdout).strip()[:300]}\n--- last lines of "
-                          f"{log} ---\n{log_tail(log)}")
+                          f"{(res.stderr or res.stdout).strip()[:300]}\n--- the server log's last "
+                          f"lines ---\n{log_tail(log)}")
     return server
 
 
@@ -859,16 +859,14 @@ def wait_for_promotion(server: Server, timeout: float, cancel: CancelToken | Non
     while True:
         if cancel is not None and cancel.cancelled:
             server.stop("immediate")
-            from engine.errors import Cancelled
-
             raise Cancelled("restore pitr cancelled: the server was stopped")
         alive = _postmaster_alive(Path(server.pgdata))
         seen_pid = seen_pid or bool(alive)
         if not alive and (seen_pid or time.monotonic() - began > 10):
             time.sleep(0.3)  # let the log be written
             raise EngineError(f"the restored server stopped during recovery: "
-                              f"{_fatal(server.log) or 'see its log'}\n--- last lines of "
-                              f"{server.log} ---\n{log_tail(server.log)}")
+                              f"{_fatal(server.log) or 'see its log'}\n--- the server log's "
+                              f"last lines ---\n{log_tail(server.log)}")
         if alive:
             res = server.psql("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), "
                               "pg_last_xact_replay_timestamp()")
@@ -883,7 +881,7 @@ def wait_for_promotion(server: Server, timeout: float, cancel: CancelToken | Non
         if time.monotonic() - began > timeout:
             server.stop("fast")
             raise EngineError(f"recovery did not finish within {timeout:.0f} s (the server "
-                              f"was stopped)\n--- last lines of {server.log} ---\n"
+                              f"was stopped)\n--- the server log's last lines ---\n"
                               f"{log_tail(server.log)}")
         time.sleep(0.2)
 
@@ -937,7 +935,7 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
         settings = recovery_settings(engine, plan, conf_port, python,
                                      in_place=prep["moved_aside"] is not None)
         write_recovery(pgdata, settings, owner)
-    except BaseException:
+    except BaseException as e:
         if not prep["existed"]:
             shutil.rmtree(pgdata, ignore_errors=True)
         elif pgdata.is_dir():
@@ -946,6 +944,9 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
+        if prep["moved_aside"] and isinstance(e, EngineError):
+            raise EngineError(f"{e}; the old data directory is kept as {prep['moved_aside']} "
+                              f"(put it back with: mv {prep['moved_aside']} {pgdata})") from e
         raise
     result: dict = {
         "source": plan.source, "snapshot": plan.snapshot["id"], "pgdata": str(pgdata),
@@ -964,12 +965,24 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
         user = _dsn_user(getattr(cfg, "dsn", "")) or user
     log_dir = Path(tempfile.mkdtemp(prefix="backup-tui-pitr-log-"))
     os.chmod(log_dir, 0o755)
-    server = start_server(pgdata, int(plan.postgres.get("server_major") or 0)
-                          or int(plan.postgres.get("server_version", 0)) // 10000,
-                          port, owner, user, log_dir)
-    result.update(started=True, server=server.as_json(), log=server.log)
-    on_event(Event(job_id, "recovery", message=f"server started on port {port}, replaying"))
-    waited = wait_for_promotion(server, wait_seconds, cancel, on_event, job_id)
+    try:
+        server = start_server(pgdata, int(plan.postgres.get("server_major") or 0)
+                              or int(plan.postgres.get("server_version", 0)) // 10000,
+                              port, owner, user, log_dir)
+        result.update(started=True, server=server.as_json(), log=server.log)
+        on_event(Event(job_id, "recovery", message=f"server started on port {port}, "
+                       "replaying"))
+        waited = wait_for_promotion(server, wait_seconds, cancel, on_event, job_id)
+    except BaseException as e:
+        # the error carries the log's last lines; the server, its socket and log folders
+        # go; the data directory stays for a look (remove it before another try)
+        if result["started"]:
+            server.stop("immediate")
+        shutil.rmtree(log_dir, ignore_errors=True)
+        if isinstance(e, EngineError) and not isinstance(e, Cancelled):
+            raise EngineError(f"{e}\nthe restored data directory {pgdata} is left as it is "
+                              "for a look; remove it before another try") from e
+        raise
     result.update(promoted=True, seconds_to_promotion=waited["seconds"],
                   replay_lsn=waited["replay_lsn"], replay_time=waited["replay_time"],
                   total_seconds=round(time.monotonic() - began, 2), **_log_facts(server.log))
