@@ -1,7 +1,7 @@
 """The console: a Textual app over one Engine, with three screens and, maybe, the scheduler.
 
-Screens are modes, each kept while the others show: the inventory (snapshots
-and replicas, ``i``), the jobs (``j``) and the schedule (``s``). Screens call
+Screens are modes, each kept while the others show: the inventory (snapshots,
+replicas and sources with their WAL archive and drills, ``i``), the jobs (``j``) and the schedule (``s``). Screens call
 the engine only from thread workers, through ``backup_tui.engine_calls`` (one
 way to call, one error path), and never import this module: what only the app
 may do (a schedule action, say) they ask for with a message

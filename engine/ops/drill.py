@@ -673,7 +673,7 @@ def summary(drills: list[dict], source: Source) -> dict:
             "id": last["id"], "snapshot": last["snapshot"], "started": _iso(last["started"]),
             "finished": _iso(last["finished"]), "ok": bool(last["ok"]),
             "rto_seconds": last["rto_seconds"], "error": last["error"] or None,
-            "rows": last.get("rows") or {}},
+            "rows": last.get("rows") or {}, "checks": last.get("checks") or []},
         "rto_trend": list(reversed(trend[:RTO_TREND])),  # oldest first
         "max_age_hours": max_age_hours(source),
     }
