@@ -294,6 +294,7 @@ def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s
         out = json.loads(res.stdout)
         port = out["port"]
         assert out["promoted"] and out["replica"] == "r1"
+        assert out["settings"]["restore_command"].endswith(" --cluster main --replica r1")
         assert _restored(port, "SELECT count(*) FROM t") == "1500"
         assert _restored(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
         assert _restored(port, "SELECT to_regclass('later') IS NULL") == "t"

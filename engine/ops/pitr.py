@@ -623,21 +623,15 @@ def command_python(owner: str | None) -> list[str]:
 def restore_command(engine: Engine, cluster: str, replica: str | None,
                     python: list[str] | None = None) -> str:
     """The restore_command: this python, this config, wal-fetch (from ``replica`` alone
-    when wal-fetch takes --replica)."""
+    when one is named)."""
     config = engine.config.path
     if config is None:
         raise UsageError("restore pitr needs a config file (wal-fetch reads it)")
     cmd = [*(python or [sys.executable]), "-m", "backup_tui.cli", "--config",
            str(Path(config).absolute()), "wal-fetch", "%f", "%p", "--cluster", cluster]
-    if replica and _fetch_takes_replica():
+    if replica:
         cmd += ["--replica", replica]
     return " ".join(c if c in ("%f", "%p") else shlex.quote(c) for c in cmd)
-
-
-def _fetch_takes_replica() -> bool:
-    import inspect
-
-    return "replica" in inspect.signature(_wal().fetch).parameters
 
 
 def recovery_settings(engine: Engine, plan: PitrPlan, port: int | None,
