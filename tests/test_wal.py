@@ -512,9 +512,10 @@ def test_wal_push_imports_nothing_heavy(archive):
     assert not [m for m in modules if m.split(".")[0] in FORBIDDEN or m in FORBIDDEN]
 
 
-def test_wal_push_wall_time(archive, capsys):
-    """The wall of `backup-tui wal-push` on a 16 MiB segment, process start included (as
-    root through the installed script; reported, bounded loosely: shared CI machine)."""
+def test_wal_push_through_the_installed_script(archive):
+    """`backup-tui wal-push` as PostgreSQL runs it (the installed script, a fresh process
+    per busy 16 MiB segment) stores each one readable. Its wall time is a benchmark
+    figure (bench/pitr.py), not asserted here."""
     last = archive.make_wal(random_kib=40 * 1024)  # 40 MiB: full segments before it
     archive.wait_archived(last)
     name = wal.segment_name(1, (wal.segment_number(last) - 1) * SEG)
@@ -524,22 +525,17 @@ def test_wal_push_wall_time(archive, capsys):
     shutil.copyfile(archive.repo / obj, archive.base / "obj")
     _h, body = wal.read_object(keys, (archive.base / "obj").read_bytes(), obj, name)
     script = ROOT / ".venv" / "bin" / "backup-tui"
-    walls = []
     for i in range(5):
         f = archive.base / f"0000007F00000000000000{i:02X}"
         f.write_bytes(body)
-        t0 = time.perf_counter()
         r = subprocess.run([str(script), "--config", str(archive.config), "wal-push", str(f)],
                            capture_output=True, timeout=60)
-        walls.append(time.perf_counter() - t0)
         assert r.returncode == 0, r.stderr
-    walls.sort()
-    with capsys.disabled():
-        print(f"\nwal-push wall (16 MiB, process start included): min {walls[0] * 1000:.0f} "
-              f"ms, median {walls[2] * 1000:.0f} ms, load {os.getloadavg()[0]:.1f}")
+        pushed = wal.object_name("main", f.name)
+        _h2, back = wal.read_object(keys, (archive.repo / pushed).read_bytes(), pushed, f.name)
+        assert back == body
     src.unlink(missing_ok=True)
     assert len(archive.base.joinpath("obj").read_bytes()) > SEG // 4  # a busy segment
-    assert walls[2] < 2.0
 
 
 def test_wal_push_into_a_full_disk_keeps_the_segment(archive):
