@@ -116,7 +116,8 @@ def stat_y(path: Path | bytes) -> str:
 def need(*tools: str) -> None:
     for t in tools:
         if shutil.which(t) is None:
-            pytest.skip(f"{t} is not installed")
+            pytest.fail(f"{t} is not installed (.ci/setup installs it: apt-get install "
+                        "rsync acl attr)")
 
 
 # ------------------------------------------------------------- times and names

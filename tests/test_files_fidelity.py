@@ -47,7 +47,8 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def need(*tools: str) -> None:
     for t in tools:
         if shutil.which(t) is None:
-            pytest.skip(f"{t} is not installed (apt-get install rsync acl)")
+            pytest.fail(f"{t} is not installed (.ci/setup installs it: apt-get install "
+                        "rsync acl attr)")
 
 
 def rsync_diff(src: Path, dst: Path) -> str:
