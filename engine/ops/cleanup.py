@@ -53,9 +53,9 @@ def cleanup(engine: Engine, dry_run: bool, on_event: EventCallback,
         if not dry_run and forget_ids:
             job.emit(Event(job.id, "forget", items_total=len(forget_ids),
                            message=f"forgetting {len(forget_ids)} snapshot(s)"))
-            forgotten = prune_op.forget(repo, forget_ids, skipped=skipped,
-                                        lock_wait=lock_wait)
-            verify_op.record_removed(repo, engine.catalog, forgotten)  # not 'vanished'
+            forgotten = prune_op.forget(  # recorded as removed, not 'vanished', under the lock
+                repo, forget_ids, skipped=skipped, lock_wait=lock_wait,
+                on_deleted=lambda ids: verify_op.record_removed(repo, engine.catalog, ids))
         report = prune_op.prune(repo, dry_run=dry_run, on_event=job.emit, job_id=job.id,
                                 lock_wait=lock_wait, cancel=cancel)
         gone = set(forget_ids if dry_run else forgotten)

@@ -137,8 +137,11 @@ def forget(
     *,
     skipped: list[str] | None = None,
     lock_wait: float = LOCK_WAIT,
+    on_deleted: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
     """Delete ``snapshots/<id>`` for each full snapshot id, under an exclusive lock.
+    ``on_deleted`` gets the deleted ids while the lock is still held (the catalog records
+    them as removed on purpose before a reader under a shared lock can miss them).
 
     Returns the ids actually deleted. An id that is pinned, does not exist or
     whose object cannot be deleted (S3 Object Lock) is left alone and, when a
@@ -158,6 +161,8 @@ def forget(
                 skipped.append(f"{name}: pinned (unpin it first)")
             elif _delete(repo.backend, name, skipped):
                 deleted.append(sid)
+        if on_deleted is not None and deleted:
+            on_deleted(deleted)
     return deleted
 
 

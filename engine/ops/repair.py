@@ -207,8 +207,10 @@ def forget(engine: Engine, refs: list[str], force: bool = False) -> dict:
         for sid in pinned:
             prune_op.unpin(repo, sid)
         skipped: list[str] = []
-        deleted = prune_op.forget(repo, ids, skipped=skipped) if ids else []
-        verify_op.record_removed(repo, engine.catalog, [*deleted, *gone])
+        deleted = prune_op.forget(  # recorded under the lock: not 'vanished' to a reader
+            repo, ids, skipped=skipped,
+            on_deleted=lambda d: verify_op.record_removed(repo, engine.catalog, d)) if ids else []
+        verify_op.record_removed(repo, engine.catalog, gone)
         job.objects = [*deleted, *gone]
         job.detail = "; ".join(skipped)[:500]
         if skipped:

@@ -68,7 +68,9 @@ class Loops:
             self.counts[f"{op} busy"] += 1
             self.report.record("concurrency", "survived", f"{op}: busy, retry")
             return False
-        self._bad(op, "failed", f"exit {proc.returncode}: {err.strip()[-600:]}")
+        out = proc.stdout.decode(errors="replace") if isinstance(proc.stdout, bytes) else ""
+        self._bad(op, "failed", f"exit {proc.returncode}: {err.strip()[-600:]}"
+                  + (f" | stdout: {out.strip()[-600:]}" if out.strip() else ""))
         return False
 
     def gone(self, op: str, sid: str, proc: subprocess.CompletedProcess) -> bool:
