@@ -59,7 +59,7 @@ from psycopg2 import sql
 from engine.catalog import process_alive, process_start
 from engine.errors import Cancelled, EngineError
 from engine.events import CancelToken, Event, EventCallback
-from engine.sources.pgconn import PgTarget, find_tool
+from engine.sources.pgconn import PgTarget
 
 if TYPE_CHECKING:
     from engine.facade import Engine
@@ -510,32 +510,12 @@ def _count(cur, table: str) -> int:
 
 def toc_tables(repo, snap: dict, major: int) -> list[str]:
     """The tables of a pg_dump archive's table of contents ("schema name")."""
-    from engine.ops.restore_db import materialize, stream_into
+    from engine.ops.restore_db import archive_text
 
-    tool, _ = find_tool("pg_restore", major)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.TemporaryDirectory() as folder:
-        directory = "tree" in snap
-        args = [tool, "-l"]
-        if directory:
-            materialize(repo, snap, folder, only={"toc.dat"})
-            args += ["--format=directory", folder]
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
-                                stdout=out, stderr=err)
-        try:
-            if not directory:
-                stream_into(repo, snap, proc, lambda n: None)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if rc != 0:
-            err.seek(0)
-            raise DrillFailed("pg_restore -l (table of contents): "
-                              + err.read().decode("utf-8", "replace").strip()[-300:])
-        out.seek(0)
-        text = out.read().decode("utf-8", "replace")
+    try:
+        text = archive_text(repo, snap, major, ["-l"], "-l, table of contents")
+    except EngineError as e:
+        raise DrillFailed(str(e)) from None
     tables = []
     for line in text.splitlines():
         if not line or line.startswith(";"):

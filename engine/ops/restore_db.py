@@ -233,19 +233,26 @@ def plan_restore_db(
 
 
 # ------------------------------------------------------------------ roles
-def archive_uses(repo: Repository, snap: dict, major: int) -> list[RoleUse]:
-    """The (role, object) pairs of the archive's table of contents. pg_restore with the
-    pre- and post-data sections (not --schema-only, which leaves out large objects'
-    owners and grants) reads only the table of contents, at the start of the stream."""
+class ArchiveUnreadable(EngineError):
+    """pg_restore could not read the archive (its own words in the message)."""
+
+
+def archive_text(repo: Repository, snap: dict, major: int, args: list[str],
+                 what: str = "table of contents") -> str:
+    """What ``pg_restore ARGS`` prints over the snapshot's archive, streamed in (custom
+    format) or with only its ``toc.dat`` materialized (directory format): ``-l`` lists
+    the table of contents, the pre- and post-data sections give its SQL. EngineError
+    naming ``what`` with pg_restore's own words when it fails (`ArchiveUnreadable`), or
+    the repository's error when the stream cannot be read."""
     tool, _ = find_tool("pg_restore", major)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.TemporaryDirectory() as folder:
         directory = "tree" in snap
-        args = [tool, "--section=pre-data", "--section=post-data", "-f", "-"]
+        argv = [tool, *args]
         if directory:
             materialize(repo, snap, folder, only={"toc.dat"})
-            args += ["--format=directory", folder]
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
+            argv += ["--format=directory", folder]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
                                 stdout=out, stderr=err)
         try:
             if not directory:
@@ -257,10 +264,18 @@ def archive_uses(repo: Repository, snap: dict, major: int) -> list[RoleUse]:
             raise
         if rc != 0:
             err.seek(0)
-            raise EngineError("pg_restore (table of contents): "
-                              + err.read().decode("utf-8", "replace").strip()[-300:])
+            raise ArchiveUnreadable(f"pg_restore ({what}): "
+                                    + err.read().decode("utf-8", "replace").strip()[-300:])
         out.seek(0)
-        return archive_role_uses(out.read().decode("utf-8", "replace"))
+        return out.read().decode("utf-8", "replace")
+
+
+def archive_uses(repo: Repository, snap: dict, major: int) -> list[RoleUse]:
+    """The (role, object) pairs of the archive's table of contents. pg_restore with the
+    pre- and post-data sections (not --schema-only, which leaves out large objects'
+    owners and grants) reads only the table of contents, at the start of the stream."""
+    return archive_role_uses(archive_text(
+        repo, snap, major, ["--section=pre-data", "--section=post-data", "-f", "-"]))
 
 
 def property_uses(props: dict | None) -> list[RoleUse]:

@@ -8,8 +8,6 @@ point, restore planning, the archive check of verify); pg_dump itself runs in
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,41 +138,21 @@ class DatabaseSource(Source):
     @classmethod
     def verify_snapshot(cls, repo, snap: dict) -> KindCheck:
         """The stream must be a pg_dump archive whose table of contents pg_restore lists."""
-        from engine.ops.restore_db import materialize, stream_into
+        from engine.ops.restore_db import ArchiveUnreadable, archive_text
         from engine.sources.pgconn import find_tool
 
         name = f"snapshots/{snap['id']}"
+        major = int(snap.get("postgres", {}).get("server_major", 0))
         try:
-            tool, _ = find_tool("pg_restore",
-                                int(snap.get("postgres", {}).get("server_major", 0)))
+            find_tool("pg_restore", major)
         except EngineError as e:
             return KindCheck(notes=[f"{name}: archive not checked: {e}"])
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-                tempfile.TemporaryDirectory() as folder:
-            directory = "tree" in snap
-            args = [tool, "-l"]
-            if directory:  # the table of contents is all -l reads
-                try:
-                    materialize(repo, snap, folder, only={"toc.dat"})
-                except EngineError as e:
-                    return KindCheck(problems=[str(e)])
-                args += ["--format=directory", folder]
-            proc = subprocess.Popen(args,
-                                    stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
-                                    stdout=out, stderr=err)
-            try:
-                if not directory:
-                    stream_into(repo, snap, proc, lambda n: None)
-            except EngineError as e:
-                proc.kill()
-                proc.wait()
-                return KindCheck(problems=[str(e)])
-            rc = proc.wait()
-            out.seek(0)
-            entries = sum(1 for ln in out.read().splitlines() if ln and not ln.startswith(b";"))
-            if rc != 0:
-                err.seek(0)
-                text = err.read().decode("utf-8", "replace").strip()[-300:]
-                return KindCheck(problems=[f"{name}: not a readable pg_dump archive: {text}"])
+        try:
+            text = archive_text(repo, snap, major, ["-l"])
+        except ArchiveUnreadable as e:
+            return KindCheck(problems=[f"{name}: not a readable pg_dump archive: {e}"])
+        except EngineError as e:  # the stream itself cannot be read
+            return KindCheck(problems=[str(e)])
+        entries = sum(1 for ln in text.splitlines() if ln and not ln.startswith(";"))
         return KindCheck(notes=[f"{name}: pg_dump archive lists {entries} entries"],
                          checked=True)
