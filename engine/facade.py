@@ -266,6 +266,42 @@ class Engine:
             job.detail = f"old database kept as {old}" if old else ""
         return result
 
+    # ------------------------------------------------------- restore wizards
+    # What a wizard asks besides the plan (engine/ops/restore_aid.py); all kind-blind.
+    def restore_form(self, snap: dict) -> Any:
+        """What restoring this snapshot asks for: a directory, a database (RestoreForm)."""
+        return registry.kind(snap.get("kind", "")).restore_form(snap)
+
+    def check_restore_target(self, snap: dict, value: str) -> None:
+        """UsageError when ``value`` cannot be where this snapshot is restored."""
+        registry.kind(snap.get("kind", "")).check_target(value)
+
+    def snapshot_as_of(self, kind: str, source: str, text: str) -> tuple[dict, float]:
+        """The newest snapshot of a source at or before a typed time; seconds before it.
+        A time in the future or before the first backup is refused."""
+        from engine.ops import restore_aid
+
+        return restore_aid.as_of(self, kind, source, text)
+
+    def snapshot_dir(self, snap: dict, path: str = "/") -> list[Any]:
+        """One directory of a snapshot's tree (TreeEntry: name, path, type, size)."""
+        from engine.ops import restore_aid
+
+        return restore_aid.list_dir(self, snap, path)
+
+    def restore_estimate(self, plan: Any) -> tuple[float | None, str]:
+        """Seconds a restore should take (None: unknown), and what that rests on."""
+        from engine.ops import restore_aid
+
+        return restore_aid.estimate(self, plan)
+
+    def check_restore(self, plan: Any, result: Any) -> Any:
+        """The kind's validation of a finished restore (RestoreCheck): a database's tables
+        and row counts, a directory's files and bytes."""
+        from engine.ops import restore_aid
+
+        return restore_aid.check(self, plan, result)
+
     # ---------------------------------------------------------- point in time
     def pitr_target(self, kind: str, value: str | None, inclusive: bool = True) -> Any:
         """A recovery target (engine/ops/pitr.py): kind time|lsn|xid|name|immediate; a

@@ -141,6 +141,54 @@ def _maintenance(server: PgTarget):
     raise last
 
 
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+MAX_COUNTED = 200  # tables whose rows count_rows counts; the rest are listed unnamed
+
+
+def check_db_name(name: str) -> None:
+    """UsageError unless ``name`` is a plain identifier: what a console offers to type."""
+    if not _IDENT.fullmatch(name) or len(name.encode()) > MAX_IDENT:
+        raise UsageError(f"{name!r} is not a valid database name: letters, digits, _ and $, "
+                         f"starting with a letter or _, at most {MAX_IDENT} characters")
+
+
+def default_name(base: str, day: str) -> str:
+    """``<base>_restored_<day>``, cut to fit an identifier."""
+    return _ident(base, f"_restored_{day}")
+
+
+def count_rows(server: PgTarget, dbname: str) -> dict[str, int]:
+    """The ordinary and partitioned tables of database ``dbname`` ("schema.table", the
+    system's and extensions' own left out) with their row counts (``count(*)``), the
+    first ``MAX_COUNTED`` by name; more are reported as ``{"...": n}`` (n tables)."""
+    conn = server.connect(dbname)
+    try:
+        conn.set_session(readonly=True, autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
+                "'information_schema') AND n.nspname NOT LIKE 'pg_toast%%' "
+                "AND n.nspname NOT LIKE 'pg_temp%%' AND NOT EXISTS (SELECT 1 FROM pg_depend d "
+                "WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+                "AND d.deptype = 'e') ORDER BY 1, 2")
+            tables = cur.fetchall()
+            out: dict[str, int] = {}
+            for schema, name in tables[:MAX_COUNTED]:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(name)))
+                out[f"{schema}.{name}"] = int(cur.fetchone()[0])
+            if len(tables) > MAX_COUNTED:
+                out["..."] = len(tables) - MAX_COUNTED
+            return out
+    except psycopg2.Error as e:
+        raise EngineError(f"counting the rows of database {dbname!r}: {_first_line(e)}") \
+            from None
+    finally:
+        conn.close()
+
+
 def database_exists(server: PgTarget, name: str) -> bool:
     conn = _maintenance(server)
     try:

@@ -121,6 +121,41 @@ class RestorePlan(Protocol):
     def target_label(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class RestoreForm:
+    """What restoring a kind's snapshot asks for: a wizard's target step, kind-blind.
+
+    ``into`` is what the target is ("directory", "database"), or "" when this kind's
+    snapshots are restored another way (``instead`` says how). ``option`` is the
+    ``plan_restore`` option the target goes to; ``default`` a suggested target;
+    ``replaces`` the target that replaces what was backed up (the source database),
+    with ``replace_option`` the plan option that allows it; ``paths_option`` the plan
+    option taking a selection of paths inside the snapshot (a browsable tree)."""
+
+    into: str
+    option: str = ""
+    default: str = ""
+    replaces: str = ""
+    replace_option: str = ""
+    paths_option: str = ""
+    instead: str = ""
+
+
+@dataclass
+class RestoreCheck:
+    """What a restore's validation found (``Source.check_restore``): ``lines`` one finding
+    each, ``problems`` what does not match, ``rows`` (name, count now, count recorded
+    with the snapshot or None) for a table of counts."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    rows: list[tuple[str, int, int | None]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 class Source:
     """One configured source of one kind. Subclasses set the class variables."""
 
@@ -201,6 +236,21 @@ class Source:
     def restore(cls, config: Config, repo: Repository, plan: Any, job_id: str,
                 on_event: EventCallback, cancel: CancelToken | None) -> Any:
         raise NotImplementedError
+
+    @classmethod
+    def restore_form(cls, snap: dict) -> RestoreForm:
+        """What a wizard asks before ``plan_restore`` (see ``RestoreForm``)."""
+        return RestoreForm("", instead=f"a {cls.label} snapshot cannot be restored here")
+
+    @classmethod
+    def check_target(cls, value: str) -> None:
+        """UsageError when ``value`` cannot be a target of this kind's restores."""
+
+    @classmethod
+    def check_restore(cls, config: Config, repo: Repository, plan: Any, result: Any,
+                      drills: list[dict]) -> RestoreCheck:
+        """Validate a finished restore (``drills``: those recorded of its snapshot)."""
+        return RestoreCheck()
 
     # ------------------------------------------------------------- verify
     @classmethod

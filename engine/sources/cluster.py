@@ -24,7 +24,14 @@ from typing import Any
 from engine.errors import ConfigError, EngineError, UsageError
 from engine.events import CancelToken, Event, EventCallback
 from engine.sources import pgconn
-from engine.sources.base import BackupContext, BackupOutput, KindCheck, Source, SourceConfig
+from engine.sources.base import (
+    BackupContext,
+    BackupOutput,
+    KindCheck,
+    RestoreForm,
+    Source,
+    SourceConfig,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,6 +278,10 @@ class ClusterSource(Source):
     @classmethod
     def plan_restore(cls, config, repo, snap: dict, **options: Any):
         raise cls._not_here(snap)
+
+    @classmethod
+    def restore_form(cls, snap: dict) -> RestoreForm:
+        return RestoreForm("", instead=str(cls._not_here(snap)))
 
     @classmethod
     def restore(cls, config, repo, plan, job_id, on_event, cancel):

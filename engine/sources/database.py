@@ -14,7 +14,15 @@ from typing import Any
 from engine.errors import ConfigError, EngineError, UsageError
 from engine.events import Event
 from engine.sources import pgconn
-from engine.sources.base import BackupContext, BackupOutput, KindCheck, Source, SourceConfig
+from engine.sources.base import (
+    BackupContext,
+    BackupOutput,
+    KindCheck,
+    RestoreCheck,
+    RestoreForm,
+    Source,
+    SourceConfig,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +141,71 @@ class DatabaseSource(Source):
 
         return execute_restore_db(repo, plan, job_id, on_event, cancel,
                                   str(config.state_dir / "tmp"))
+
+    @classmethod
+    def restore_form(cls, snap: dict) -> RestoreForm:
+        """A new database (``<db>_restored_<today>``), or the database itself, replaced."""
+        from datetime import datetime
+
+        from engine.ops.restore_db import default_name
+
+        dbname = str(snap.get("postgres", {}).get("dbname") or snap["source"])
+        return RestoreForm("database", option="target_db",
+                           default=default_name(dbname, datetime.now().strftime("%Y%m%d")),
+                           replaces=dbname, replace_option="replace")
+
+    @classmethod
+    def check_target(cls, value: str) -> None:
+        from engine.ops.restore_db import check_db_name
+
+        check_db_name(value)
+
+    @classmethod
+    def check_restore(cls, config, repo, plan, result, drills: list[dict]) -> RestoreCheck:
+        """Tables and row counts of the restored database, against the tables the
+        snapshot's archive lists and the row counts a drill of this snapshot recorded."""
+        from engine.ops.drill import toc_tables
+        from engine.ops.restore_db import count_rows
+
+        check = RestoreCheck()
+        counts = count_rows(plan.server, result.target_db)
+        more = counts.pop("...", 0)
+        check.lines.append(f"{len(counts) + more} table(s), {sum(counts.values())} row(s) in "
+                           f"database {result.target_db}"
+                           + (f" ({more} table(s) not counted)" if more else ""))
+        major = int(plan.snapshot.get("postgres", {}).get("server_major", 0))
+        try:
+            listed = [t.replace(" ", ".", 1) for t in toc_tables(repo, plan.snapshot, major)]
+        except EngineError as e:
+            check.lines.append(f"the archive's table list could not be read: {e}")
+        else:
+            missing = [t for t in listed if t not in counts] if not more else []
+            if missing:
+                check.problems.append(f"{len(missing)} table(s) of the archive are missing: "
+                                      + ", ".join(missing[:10]))
+            else:
+                check.lines.append(f"all {len(listed)} table(s) the snapshot's archive lists "
+                                   "are there")
+        recorded: dict[str, int] = {}
+        for d in drills:  # newest first: the newest drill's count of a table wins
+            for table, n in (d.get("rows") or {}).items():
+                parts = str(table).split(".")
+                key = ".".join((["public"] + parts)[-2:]) if len(parts) < 3 else \
+                    ".".join(parts[1:])
+                recorded.setdefault(key, int(n))
+        for table, n in counts.items():
+            want = recorded.get(table)
+            check.rows.append((table, n, want))
+            if want is not None and want != n:
+                check.problems.append(f"{table}: {n} row(s), the drill of this snapshot "
+                                      f"counted {want}")
+        if recorded:
+            check.lines.append(f"row counts of {len(recorded)} table(s) compared with the "
+                               "restore drill of this snapshot")
+        else:
+            check.lines.append("no row counts were recorded with this snapshot (a restore "
+                               "drill records them for drill_tables)")
+        return check
 
     # ------------------------------------------------------------- verify
     @classmethod

@@ -12,9 +12,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError, EngineError, UsageError
 from engine.events import CancelToken, Event
-from engine.sources.base import BackupContext, BackupOutput, Source, SourceConfig
+from engine.sources.base import (
+    BackupContext,
+    BackupOutput,
+    RestoreCheck,
+    RestoreForm,
+    Source,
+    SourceConfig,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,53 +43,28 @@ class FilesetConfig(SourceConfig):
 
 
 class _Totals:
-    """Progress totals a reader can trust: known, or 0 (unknown), never merely what is done.
-
-    Without a parent snapshot a scan of the tree, on a thread of its own, counts it; its
-    figures count once it has finished. With a parent, its figures are the first estimate
-    (a fresh walk only to count the tree cost 40% of a no-change backup). A backup that
-    outgrows the estimate is reading a grown fileset, new data beside which a walk is cheap:
-    the scan starts then. A total the backup has passed says nothing: ``get`` reports 0
-    until a finished scan knows better, so no reader shows 100% while most of a grown
-    fileset is still to go (an indeterminate bar with bytes and rate instead)."""
+    """Progress totals: the parent snapshot's figures when there is one (a fresh walk of
+    the tree only to count it cost 40% of a no-change backup), else a scan of the tree
+    on a thread of its own, whose figures count once it has finished."""
 
     def __init__(self, parent: dict | None, fileset: FilesetConfig, cancel: CancelToken):
-        self._fileset, self._cancel = fileset, cancel
-        self._figures = (0, 0)  # (files, bytes); one tuple, so a reader never sees half
-        self._scan: threading.Thread | None = None
+        self.files = self.bytes = 0
         if parent is not None:
             stats = parent.get("stats", {})
-            self._figures = (int(stats.get("files", 0)), int(stats.get("size", 0)))
-        else:
-            self._start_scan()
-
-    def _start_scan(self) -> None:
+            self.files, self.bytes = int(stats.get("files", 0)), int(stats.get("size", 0))
+            return
         from engine.sources.files import scan
 
         def run() -> None:
             try:
-                self._figures = scan(self._fileset, self._cancel)
+                self.files, self.bytes = scan(fileset, cancel)
             except Exception:  # noqa: BLE001 - totals are a nicety; the backup goes on
                 pass
 
-        self._figures = (0, 0)  # unknown until the scan has finished
-        self._scan = threading.Thread(target=run, daemon=True, name="scan")
-        self._scan.start()
+        threading.Thread(target=run, daemon=True, name="scan").start()
 
-    def get(self, files_done: int = 0, bytes_done: int = 0) -> tuple[int, int]:
-        """(files, bytes) to back up, or (0, 0) when unknown: not counted yet, or passed."""
-        files, nbytes = self._figures
-        passed = bytes_done > nbytes or files_done > files
-        if passed and self._scan is None:  # a grown fileset: count it now
-            self._start_scan()
-        if passed or (files, nbytes) == (0, 0):
-            return 0, 0
-        return files, nbytes
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Tests: until a scan that started has finished."""
-        if self._scan is not None:
-            self._scan.join(timeout)
+    def get(self) -> tuple[int, int]:
+        return self.files, self.bytes
 
 
 class FilesSource(Source):
@@ -114,10 +96,11 @@ class FilesSource(Source):
         totals = _Totals(ctx.parent, self.config, ctx.cancel)
 
         def progress(stats: FilesStats, current: str) -> None:
+            n_files, n_bytes = totals.get()
             done = stats.bytes + stats.partial
-            n_files, n_bytes = totals.get(stats.files, done)
-            ctx.on_event(Event(ctx.job_id, "backup", bytes_done=done, bytes_total=n_bytes,
-                               items_done=stats.files, items_total=n_files, message=current))
+            ctx.on_event(Event(ctx.job_id, "backup", bytes_done=done,
+                               bytes_total=max(n_bytes, done), items_done=stats.files,
+                               items_total=max(n_files, stats.files), message=current))
 
         fb = FilesBackup(ctx.repo, ctx.writer, self.config,
                          ctx.parent["tree"] if ctx.parent else None, progress, ctx.cancel)
@@ -152,4 +135,38 @@ class FilesSource(Source):
         from engine.ops.restore import execute_restore
 
         return execute_restore(repo, plan, job_id, on_event, cancel)
+
+    @classmethod
+    def restore_form(cls, snap: dict) -> RestoreForm:
+        """A directory (empty or new), and optionally paths inside the snapshot."""
+        return RestoreForm("directory", option="target", paths_option="paths")
+
+    @classmethod
+    def check_target(cls, value: str) -> None:
+        """An absolute path: a console's working directory is nobody's choice."""
+        if not value.strip():
+            raise UsageError("give the directory to restore into")
+        if not os.path.isabs(value):
+            raise UsageError(f"{value}: give an absolute path (it starts with /)")
+
+    @classmethod
+    def check_restore(cls, config, repo, plan, result, drills: list[dict]) -> RestoreCheck:
+        """Files and bytes written against the plan's count; every blob was read through
+        ``Repository.load_blob``, which authenticates it (encrypted repositories) and
+        checks it against its id, so a finished restore is one whose blobs all passed."""
+        check = RestoreCheck()
+        check.lines.append(f"{result.files} of {plan.files} file(s), {result.bytes} of "
+                           f"{plan.bytes} bytes written into {result.target}")
+        if result.files != plan.files or result.bytes != plan.bytes:
+            check.problems.append(f"the plan counted {plan.files} file(s) and {plan.bytes} "
+                                  f"bytes; {result.files} and {result.bytes} were written")
+        if repo.keys.encrypted:
+            check.lines.append("every blob was authenticated (AES-256-GCM) and matched its id "
+                               "as it was read: a damaged or altered blob stops a restore")
+        else:
+            check.lines.append("every blob matched its id as it was read; the repository is "
+                               "not encrypted, so nothing authenticates its content")
+        if result.warnings:
+            check.lines.append(f"{len(result.warnings)} warning(s): " + result.warnings[0])
+        return check
 
