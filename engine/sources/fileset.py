@@ -43,28 +43,53 @@ class FilesetConfig(SourceConfig):
 
 
 class _Totals:
-    """Progress totals: the parent snapshot's figures when there is one (a fresh walk of
-    the tree only to count it cost 40% of a no-change backup), else a scan of the tree
-    on a thread of its own, whose figures count once it has finished."""
+    """Progress totals a reader can trust: known, or 0 (unknown), never merely what is done.
+
+    Without a parent snapshot a scan of the tree, on a thread of its own, counts it; its
+    figures count once it has finished. With a parent, its figures are the first estimate
+    (a fresh walk only to count the tree cost 40% of a no-change backup). A backup that
+    outgrows the estimate is reading a grown fileset, new data beside which a walk is cheap:
+    the scan starts then. A total the backup has passed says nothing: ``get`` reports 0
+    until a finished scan knows better, so no reader shows 100% while most of a grown
+    fileset is still to go (an indeterminate bar with bytes and rate instead)."""
 
     def __init__(self, parent: dict | None, fileset: FilesetConfig, cancel: CancelToken):
-        self.files = self.bytes = 0
+        self._fileset, self._cancel = fileset, cancel
+        self._figures = (0, 0)  # (files, bytes); one tuple, so a reader never sees half
+        self._scan: threading.Thread | None = None
         if parent is not None:
             stats = parent.get("stats", {})
-            self.files, self.bytes = int(stats.get("files", 0)), int(stats.get("size", 0))
-            return
+            self._figures = (int(stats.get("files", 0)), int(stats.get("size", 0)))
+        else:
+            self._start_scan()
+
+    def _start_scan(self) -> None:
         from engine.sources.files import scan
 
         def run() -> None:
             try:
-                self.files, self.bytes = scan(fileset, cancel)
+                self._figures = scan(self._fileset, self._cancel)
             except Exception:  # noqa: BLE001 - totals are a nicety; the backup goes on
                 pass
 
-        threading.Thread(target=run, daemon=True, name="scan").start()
+        self._figures = (0, 0)  # unknown until the scan has finished
+        self._scan = threading.Thread(target=run, daemon=True, name="scan")
+        self._scan.start()
 
-    def get(self) -> tuple[int, int]:
-        return self.files, self.bytes
+    def get(self, files_done: int = 0, bytes_done: int = 0) -> tuple[int, int]:
+        """(files, bytes) to back up, or (0, 0) when unknown: not counted yet, or passed."""
+        files, nbytes = self._figures
+        passed = bytes_done > nbytes or files_done > files
+        if passed and self._scan is None:  # a grown fileset: count it now
+            self._start_scan()
+        if passed or (files, nbytes) == (0, 0):
+            return 0, 0
+        return files, nbytes
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Tests: until a scan that started has finished."""
+        if self._scan is not None:
+            self._scan.join(timeout)
 
 
 class FilesSource(Source):
@@ -96,11 +121,10 @@ class FilesSource(Source):
         totals = _Totals(ctx.parent, self.config, ctx.cancel)
 
         def progress(stats: FilesStats, current: str) -> None:
-            n_files, n_bytes = totals.get()
             done = stats.bytes + stats.partial
-            ctx.on_event(Event(ctx.job_id, "backup", bytes_done=done,
-                               bytes_total=max(n_bytes, done), items_done=stats.files,
-                               items_total=max(n_files, stats.files), message=current))
+            n_files, n_bytes = totals.get(stats.files, done)
+            ctx.on_event(Event(ctx.job_id, "backup", bytes_done=done, bytes_total=n_bytes,
+                               items_done=stats.files, items_total=n_files, message=current))
 
         fb = FilesBackup(ctx.repo, ctx.writer, self.config,
                          ctx.parent["tree"] if ctx.parent else None, progress, ctx.cancel)
