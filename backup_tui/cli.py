@@ -26,10 +26,91 @@ from engine.facade import BackupAllError, Engine
 from engine.sources import registry
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs: running text is wrapped to the terminal, paragraph by
+    paragraph (blank lines kept); lines that start with a space (the examples) are kept
+    as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        out: list[str] = []
+        para: list[str] = []
+
+        def flush() -> None:
+            if para:
+                out.append(textwrap.fill(" ".join(para), width, initial_indent=indent,
+                                         subsequent_indent=indent))
+                para.clear()
+
+        for line in text.strip("\n").splitlines():
+            if not line.strip():
+                flush()
+                out.append("")
+            elif line[0].isspace():
+                flush()
+                out.append(indent + line.rstrip())
+            else:
+                para.append(line.strip())
+        flush()
+        return "\n".join(out)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        # "--no-owner" stays whole instead of breaking after "--no-"
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class ArgParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # exit 2 with one line
         sys.stderr.write(f"backup-tui: {message}\n")
         sys.exit(2)
+
+
+class _Version(argparse.Action):
+    """--version: the installed package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        sys.stdout.write(f"backup-tui {package_version()}\n")
+        parser.exit(0)
+
+
+def package_version() -> str:
+    """The version of the installed backup-tui distribution (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("backup-tui")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+# shtab's completion hints, as plain data so that building the parser never imports
+# shtab (same values as shtab.FILE and shtab.DIRECTORY)
+_FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+_DIR = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
+
+SNAPSHOT_HELP = ("a snapshot id, a unique prefix of 8+ hex characters, or 'latest' (the "
+                 "newest; add --source when several sources have snapshots)")
+SOURCE_HELP = ("the source 'latest' refers to: a [[fileset]], [[database]] or [[cluster]] "
+               "name")
+EXAMPLE_NAMES = {"files": "uploads", "db": "app", "cluster": "main"}  # as in the README
+
+
+def _examples(*lines: str) -> str:
+    """An epilog: the examples, one command line each, shown as written (a long one
+    goes on over lines ending in a backslash)."""
+    return "examples:\n" + "\n".join(f"  {part}" for line in lines
+                                       for part in line.split("\n"))
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -38,122 +119,284 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> ArgParser:
-    p = ArgParser(prog="backup-tui", description="Backups of PostgreSQL and files, with a console.")
-    p.add_argument("--config", help="config file (else $BACKUP_TUI_CONFIG, ./config.toml, "
-                   "/etc/backup-tui/config.toml)")
-    p.add_argument("--json", action="store_true", default=False)
+    from engine.config import schedule_kinds
+
+    kinds = registry.kinds()
+    p = ArgParser(
+        prog="backup-tui",
+        description="Backups of PostgreSQL and files, with a console. Without a command it "
+        "starts the console (on a terminal). Exit status: 0 success, 1 the operation failed "
+        "or found problems, 2 bad usage or config.",
+        epilog=_examples("backup-tui init",
+                         "backup-tui backup all",
+                         "backup-tui list --source uploads",
+                         "backup-tui restore files latest --source uploads --target /srv/restore",
+                         "backup-tui completion bash > "
+                         "/etc/bash_completion.d/backup-tui",
+                         "backup-tui restore db --help          # the options of one command"))
+    p.add_argument("--version", action=_Version, help="print the version and exit")
+    p.add_argument("--config", metavar="PATH",
+                   help="config file (else $BACKUP_TUI_CONFIG, ./config.toml, "
+                   "/etc/backup-tui/config.toml)").complete = _FILE
+    p.add_argument("--json", action="store_true", default=False,
+                   help="machine-readable output on stdout (also accepted after the command)")
     p.add_argument("--demo", action="store_true", help="the console on a throwaway sandbox")
     p.add_argument("--run-scheduler", action="store_true", help="run the schedule headless")
-    sub = p.add_subparsers(dest="command", parser_class=ArgParser)
+    sub = p.add_subparsers(dest="command", parser_class=ArgParser, metavar="COMMAND",
+                           help="one of these; 'backup-tui COMMAND --help' for its options")
 
-    sub.add_parser("init", help="create the repository")
+    sub.add_parser("init", help="create the repository",
+                   description="Create the repository named in the config file. Without a "
+                   "password ([repository] password_file or $BACKUP_TUI_PASSWORD) it is "
+                   "unencrypted, and init says so loudly.",
+                   epilog=_examples("backup-tui init",
+                                    "backup-tui --config /etc/backup-tui/config.toml init"))
 
-    b = sub.add_parser("backup", help="back up a source")
-    bsub = b.add_subparsers(dest="what", required=True, parser_class=ArgParser)
-    for cls in registry.kinds():
-        bp = bsub.add_parser(cls.kind, help=f"back up one {cls.label}")
+    b = sub.add_parser(
+        "backup", help="back up a source now (backup KIND NAME, or backup all)",
+        description="Back up one source now, or every configured source with 'all'. Each "
+        "run writes one snapshot, storing only data the repository does not hold yet, and "
+        "copies it to the replicas when the config says so. The newest snapshot of a source "
+        "is 'latest' for show, verify, dump and restore (with --source NAME when several "
+        "sources have snapshots).",
+        epilog=_examples(*[f"backup-tui backup {cls.kind} {EXAMPLE_NAMES.get(cls.kind, 'NAME')}"
+                           for cls in kinds][:2],
+                         "backup-tui backup all --json",
+                         "backup-tui show latest --source "
+                         f"{EXAMPLE_NAMES.get(kinds[0].kind, 'NAME')}"))
+    bsub = b.add_subparsers(dest="what", required=True, parser_class=ArgParser,
+                            help="the kind of source, or 'all'")
+    for cls in kinds:
+        name = EXAMPLE_NAMES.get(cls.kind, "NAME")
+        bp = bsub.add_parser(
+            cls.kind, help=f"back up one {cls.label}",
+            description=f"Back up one [[{cls.section()}]] of the config file now; the "
+            "snapshot it writes is then its source's 'latest'.",
+            epilog=_examples(f"backup-tui backup {cls.kind} {name}",
+                             f"backup-tui show latest --source {name}"))
         bp.add_argument("name", help=f"a [[{cls.section()}]] name")
         _json_flag(bp)
-    _json_flag(bsub.add_parser("all"))
+    _json_flag(bsub.add_parser(
+        "all", help="back up every configured source, one after the other",
+        description="Back up every configured source, one after the other; a failure of one "
+        "is reported and the others still run (exit status 1).",
+        epilog=_examples("backup-tui backup all", "backup-tui backup all --json")))
 
-    ls = sub.add_parser("list", help="list snapshots")
-    ls.add_argument("--source")
-    ls.add_argument("--kind", choices=[cls.kind for cls in registry.kinds()])
-    ls.add_argument("--replica")
+    ls = sub.add_parser("list", help="list snapshots",
+                        description="List the snapshots, oldest first: id, time, kind, "
+                        "source, size and added bytes; incomplete ones are marked.",
+                        epilog=_examples("backup-tui list --source uploads",
+                                         "backup-tui list --kind db --json",
+                                         "backup-tui list --replica euw1"))
+    ls.add_argument("--source", help="only the snapshots of this source")
+    ls.add_argument("--kind", choices=[cls.kind for cls in kinds],
+                    help="only the snapshots of this kind")
+    ls.add_argument("--replica", help="list a [[replica]] (read directly) instead of the "
+                    "local repository")
     _json_flag(ls)
 
-    sh = sub.add_parser("show", help="show one snapshot")
-    sh.add_argument("snapshot")
-    sh.add_argument("--source")
+    sh = sub.add_parser("show", help="show one snapshot",
+                        description="Show one snapshot: time, kind, source, host, parent, "
+                        "paths and statistics, and the errors of an incomplete one.",
+                        epilog=_examples("backup-tui show latest --source uploads",
+                                         "backup-tui show 1a2b3c4d --json"))
+    sh.add_argument("snapshot", help=SNAPSHOT_HELP)
+    sh.add_argument("--source", help=SOURCE_HELP)
     _json_flag(sh)
 
-    v = sub.add_parser("verify", help="check snapshots")
-    v.add_argument("snapshots", nargs="*")
-    v.add_argument("--read-data", action="store_true")
-    v.add_argument("--replica")
+    v = sub.add_parser("verify", help="check snapshots",
+                       description="Check that snapshots can be restored. Quick (the "
+                       "default): every index file, snapshot and tree decodes and checks, "
+                       "every blob is in the index and every pack exists with its size. "
+                       "--read-data also reads every pack the snapshots need and "
+                       "authenticates each blob.",
+                       epilog=_examples("backup-tui verify",
+                                        "backup-tui verify --read-data 1a2b3c4d",
+                                        "backup-tui verify --replica euw1"))
+    v.add_argument("snapshots", nargs="*", metavar="SNAPSHOT",
+                   help="the snapshots to check: ids, prefixes or 'latest' (default: all)")
+    v.add_argument("--read-data", action="store_true",
+                   help="read and authenticate every blob (slow: reads the packs in full)")
+    v.add_argument("--replica", help="verify a [[replica]] instead of the local repository")
     _json_flag(v)
 
-    _json_flag(sub.add_parser("status", help="sources, newest backups, running jobs"))
-    _json_flag(sub.add_parser("health", help="exit 0 when healthy, 1 with the reasons"))
-    au = sub.add_parser("audit", help="the audit log")
-    au.add_argument("--limit", type=int, default=200)
+    _json_flag(sub.add_parser(
+        "status", help="sources, newest backups, running jobs",
+        description="Per source the newest backup, its recovery point and replicas, the "
+        "last drill; the running jobs.",
+        epilog=_examples("backup-tui status", "backup-tui status --json")))
+    _json_flag(sub.add_parser(
+        "health", help="exit 0 when healthy, 1 with the reasons",
+        description="Exit status 0 when every source has a recent good backup (and "
+        "replicas, WAL archive and drills are within their limits); 1 with the reasons, "
+        "one a line. For monitoring.",
+        epilog=_examples("backup-tui health",
+                         "backup-tui health || echo 'backups need attention'")))
+    au = sub.add_parser("audit", help="the audit log",
+                        description="Who did what: backups, restores, forgets, lock breaks "
+                        "and the other actions, with their outcome, newest last.",
+                        epilog=_examples("backup-tui audit", "backup-tui audit --limit 20"))
+    au.add_argument("--limit", type=int, default=200, metavar="N",
+                    help="the newest N entries (default 200)")
     _json_flag(au)
-    sc = sub.add_parser("schedule", help="schedules: list, pause, resume, run now")
-    ssub = sc.add_subparsers(dest="what", parser_class=ArgParser)
+    sched_kinds = list(schedule_kinds())
+    sc = sub.add_parser("schedule", help="schedules: list, pause, resume, run now",
+                        description="The schedules with their next and last runs; pause, "
+                        "resume, or ask the scheduler to run one now. Schedules: "
+                        f"{', '.join(sched_kinds)}.",
+                        epilog=_examples("backup-tui schedule",
+                                         f"backup-tui schedule pause {sched_kinds[0]}",
+                                         "backup-tui schedule run verify"))
+    ssub = sc.add_subparsers(dest="what", parser_class=ArgParser,
+                             help="without one: list the schedules")
     _json_flag(sc)
-    for verb in ("pause", "resume", "run"):
-        sp = ssub.add_parser(verb)
-        sp.add_argument("kind")
+    for verb, what in (("pause", "pause a schedule (its runs are skipped until resumed)"),
+                       ("resume", "resume a paused schedule"),
+                       ("run", "ask the scheduler to run it now")):
+        sp = ssub.add_parser(verb, help=what, description=what[0].upper() + what[1:] + ".",
+                             epilog=_examples(f"backup-tui schedule {verb} {sched_kinds[0]}",
+                                              f"backup-tui schedule {verb} cleanup"))
+        sp.add_argument("kind", help=f"a schedule: {', '.join(sched_kinds)}")
 
-    cl = sub.add_parser("cleanup", help="apply the retention policy and prune")
+    cl = sub.add_parser("cleanup", help="apply the retention policy and prune",
+                        description="Apply the [retention] policy (pinned snapshots are "
+                        "kept), forget what it does not keep, then prune: delete or repack "
+                        "the packs no snapshot needs; also in the replicas, and expire old "
+                        "WAL.",
+                        epilog=_examples("backup-tui cleanup --dry-run", "backup-tui cleanup"))
     cl.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
     _json_flag(cl)
     for verb in ("pin", "unpin"):
-        pn = sub.add_parser(verb, help=f"{verb} a snapshot (pinned ones are never forgotten)")
-        pn.add_argument("snapshot")
-        pn.add_argument("--source")
+        pn = sub.add_parser(
+            verb, help=f"{verb} a snapshot (pinned ones are never forgotten)",
+            description=f"{verb.capitalize()} a snapshot: retention never forgets a pinned "
+            "one, and forget needs --force for it.",
+            epilog=_examples(f"backup-tui {verb} 1a2b3c4d" + (' --note "before the '
+                                                                'migration"' if verb == "pin"
+                                                                else ""),
+                             f"backup-tui {verb} latest --source app"))
+        pn.add_argument("snapshot", help=SNAPSHOT_HELP)
+        pn.add_argument("--source", help=SOURCE_HELP)
         if verb == "pin":
-            pn.add_argument("--note", default="")
+            pn.add_argument("--note", default="", help="why it is pinned (kept with the pin)")
 
     fg = sub.add_parser("forget", help="delete snapshots (their data goes with the next "
-                        "cleanup; admin; audited)")
-    fg.add_argument("snapshots", nargs="+", metavar="SNAPSHOT")
-    fg.add_argument("--source")
+                        "cleanup; admin; audited)",
+                        description="Delete snapshots by hand. Without --yes it only shows "
+                        "them. Their data is freed by the next cleanup.",
+                        epilog=_examples("backup-tui forget 1a2b3c4d",
+                                         "backup-tui forget 1a2b3c4d 5e6f7a8b --yes"))
+    fg.add_argument("snapshots", nargs="+", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
+    fg.add_argument("--source", help=SOURCE_HELP)
     fg.add_argument("--yes", action="store_true", help="confirm: without it, only shows them")
     fg.add_argument("--force", action="store_true", help="forget pinned snapshots too")
     _json_flag(fg)
     rr = sub.add_parser("repair", help="rebuild the index from the packs, fetch damaged or "
-                        "missing objects from a replica, prune, report what is lost (admin)")
+                        "missing objects from a replica, prune, report what is lost (admin)",
+                        description="Rebuild the index from the packs, fetch damaged or "
+                        "missing objects from a replica, prune, and name what is lost.",
+                        epilog=_examples("backup-tui repair --dry-run",
+                                         "backup-tui repair --from euw1"))
     rr.add_argument("--dry-run", action="store_true", help="report only; write nothing")
     rr.add_argument("--from", dest="from_replica", metavar="REPLICA",
                     help="a [[replica]] to fetch damaged or missing objects from")
     _json_flag(rr)
 
     dr = sub.add_parser("doctor", help="find what interrupted runs left (temporary databases "
-                        "of killed restores); --fix cleans it up (admin)")
+                        "of killed restores); --fix cleans it up (admin)",
+                        description="Find what interrupted runs left behind (the temporary "
+                        "databases of killed restores); --fix cleans it up.",
+                        epilog=_examples("backup-tui doctor", "backup-tui doctor --fix"))
     dr.add_argument("--fix", action="store_true",
                     help="drop what this tool recorded as its own leftovers")
     _json_flag(dr)
 
-    dl = sub.add_parser("drill", help="restore drill: restore the newest backup into a "
-                        "throwaway server, validate it, time it (RTO), tear down (admin)")
-    dlsub = dl.add_subparsers(dest="what", required=True, parser_class=ArgParser)
-    for cls in registry.kinds():
-        if callable(getattr(cls, "drill", None)):
-            dp = dlsub.add_parser(cls.kind, help=f"drill one {cls.label}")
-            dp.add_argument("name", help=f"a [[{cls.section()}]] name")
-            _json_flag(dp)
-    _json_flag(dlsub.add_parser("all", help="drill every source that has drills"))
+    drilled = [cls for cls in kinds if callable(getattr(cls, "drill", None))]
+    dl = sub.add_parser(
+        "drill", help="restore drill: restore the newest backup into a "
+        "throwaway server, validate it, time it (RTO), tear down (admin)",
+        description="Prove the newest backup restores: restore it into a throwaway "
+        "PostgreSQL server, validate it, time it (the RTO), tear it down; recorded in the "
+        "catalog.",
+        epilog=_examples(*[f"backup-tui drill {cls.kind} {EXAMPLE_NAMES.get(cls.kind, 'NAME')}"
+                           for cls in drilled][:1], "backup-tui drill all --json"))
+    dlsub = dl.add_subparsers(dest="what", required=True, parser_class=ArgParser,
+                              help="the kind of source, or 'all'")
+    for cls in drilled:
+        name = EXAMPLE_NAMES.get(cls.kind, "NAME")
+        dp = dlsub.add_parser(cls.kind, help=f"drill one {cls.label}",
+                              description=f"Restore drill of one [[{cls.section()}]].",
+                              epilog=_examples(f"backup-tui drill {cls.kind} {name}",
+                                               f"backup-tui drill {cls.kind} {name} --json"))
+        dp.add_argument("name", help=f"a [[{cls.section()}]] name")
+        _json_flag(dp)
+    _json_flag(dlsub.add_parser("all", help="drill every source that has drills",
+                                description="Drill every source that has drills, one after "
+                                "the other.",
+                                epilog=_examples("backup-tui drill all")))
 
-    rp = sub.add_parser("replicate", help="copy what each S3 replica lacks")
-    rp.add_argument("--replica")
+    rp = sub.add_parser("replicate", help="copy what each S3 replica lacks",
+                        description="Copy to each [[replica]] what it lacks (packs, index, "
+                        "snapshots, WAL).",
+                        epilog=_examples("backup-tui replicate",
+                                         "backup-tui replicate --replica euw1 --repair"))
+    rp.add_argument("--replica", help="only this [[replica]] (default: every one)")
     rp.add_argument("--repair", action="store_true",
                     help="read-verify the replica first and upload damaged objects again")
     _json_flag(rp)
 
-    cat = sub.add_parser("catalog", help="the local state")
-    csub = cat.add_subparsers(dest="what", required=True, parser_class=ArgParser)
-    cr = csub.add_parser("rebuild", help="recreate the catalog from a repository")
-    cr.add_argument("--from", dest="from_replica", metavar="REPLICA")
+    cat = sub.add_parser("catalog", help="the local state",
+                         description="The catalog: the local state (inventory, jobs, audit, "
+                         "schedules) kept beside the repository.",
+                         epilog=_examples("backup-tui catalog rebuild",
+                                          "backup-tui catalog rebuild --from euw1"))
+    csub = cat.add_subparsers(dest="what", required=True, parser_class=ArgParser,
+                              help="what to do with it")
+    cr = csub.add_parser("rebuild", help="recreate the catalog from a repository",
+                         description="Recreate the catalog from the local repository or a "
+                         "replica: on a new host, only config, password and S3 access are "
+                         "needed.",
+                         epilog=_examples("backup-tui catalog rebuild",
+                                          "backup-tui catalog rebuild --from euw1"))
+    cr.add_argument("--from", dest="from_replica", metavar="REPLICA",
+                    help="read this [[replica]] (default: the local repository)")
     _json_flag(cr)
 
-    rep = sub.add_parser("repository", help="the local repository")
-    repsub = rep.add_subparsers(dest="what", required=True, parser_class=ArgParser)
+    rep = sub.add_parser("repository", help="the local repository",
+                         description="The local repository.",
+                         epilog=_examples("backup-tui repository adopt --from euw1"))
+    repsub = rep.add_subparsers(dest="what", required=True, parser_class=ArgParser,
+                                help="what to do with it")
     ad = repsub.add_parser("adopt", help="make the local repository from a replica (same id "
-                           "and keys; resumes when interrupted)")
-    ad.add_argument("--from", dest="from_replica", metavar="REPLICA", required=True)
+                           "and keys; resumes when interrupted)",
+                           description="Make the local repository from a replica: same id "
+                           "and keys; resumes when interrupted.",
+                           epilog=_examples("backup-tui repository adopt --from euw1"))
+    ad.add_argument("--from", dest="from_replica", metavar="REPLICA", required=True,
+                    help="the [[replica]] to copy")
     _json_flag(ad)
 
-    lk = sub.add_parser("lock", help="repository locks: list, break")
-    lsub = lk.add_subparsers(dest="what", required=True, parser_class=ArgParser)
-    ll = lsub.add_parser("list", help="every lock: owner, host, pid, age, stale or not and why")
-    ll.add_argument("--replica")
+    lk = sub.add_parser("lock", help="repository locks: list, break",
+                        description="The repository's locks: who holds them, alive or stale "
+                        "and why; break one whose owner is gone.",
+                        epilog=_examples("backup-tui lock list", "backup-tui lock break --stale"))
+    lsub = lk.add_subparsers(dest="what", required=True, parser_class=ArgParser,
+                             help="what to do")
+    ll = lsub.add_parser("list", help="every lock: owner, host, pid, age, stale or not and why",
+                         description="Every lock: owner, host, pid, age, stale or not and why.",
+                         epilog=_examples("backup-tui lock list",
+                                          "backup-tui lock list --replica euw1"))
+    ll.add_argument("--replica", help="the locks of this [[replica]]")
     _json_flag(ll)
-    lb = lsub.add_parser("break", help="remove a lock whose owner is gone (admin; audited)")
+    lb = lsub.add_parser("break", help="remove a lock whose owner is gone (admin; audited)",
+                         description="Remove a lock whose owner is gone. A lock that looks "
+                         "live is removed only with --yes.",
+                         epilog=_examples("backup-tui lock break --stale",
+                                          "backup-tui lock break 3f2a9c"))
     lb.add_argument("lock_id", nargs="?", help="a lock id (or a unique prefix of it)")
     lb.add_argument("--stale", action="store_true", help="every stale lock")
     lb.add_argument("--yes", action="store_true", help="remove it even if it looks live")
-    lb.add_argument("--replica")
+    lb.add_argument("--replica", help="a lock of this [[replica]]")
     _json_flag(lb)
 
     d = sub.add_parser(
@@ -163,34 +406,72 @@ def build_parser() -> ArgParser:
         "add --xattrs --xattrs-include='*' --acls for xattrs and ACLs), a custom-format "
         "database dump as its pg_dump archive. Sockets are skipped with a warning on "
         "stderr. A reader that stops early ('| head', '| pg_restore -l') is a normal end: "
-        "exit status 0, no message.")
-    d.add_argument("snapshot")
+        "exit status 0, no message.",
+        epilog=_examples("backup-tui dump latest --source uploads | tar -xp -C /tmp/out",
+                         "backup-tui dump latest --source app | pg_restore -l"))
+    d.add_argument("snapshot", help=SNAPSHOT_HELP)
     d.add_argument("--path", help="only this entry of a files snapshot (and what is below it)")
-    d.add_argument("--source")
-    d.add_argument("--replica")
+    d.add_argument("--source", help=SOURCE_HELP)
+    d.add_argument("--replica", help="read the snapshot from this [[replica]]")
 
-    r = sub.add_parser("restore", help="restore a snapshot")
-    rsub = r.add_subparsers(dest="what", required=True, parser_class=ArgParser)
-    rf = rsub.add_parser("files", help="restore a files snapshot into a directory")
+    r = sub.add_parser(
+        "restore", help="restore a snapshot (an id or 'latest') or a cluster to a point "
+        "in time",
+        description="Restore a snapshot: files into a directory, a database dump into a "
+        "database, or a [[cluster]] to a point in time into a data directory. SNAPSHOT is a "
+        "full id, a unique prefix of 8+ hex characters, or 'latest': the newest snapshot "
+        "(add --source NAME when several sources have snapshots; 'backup-tui list' shows "
+        "them). Nothing is overwritten unless asked: a non-empty directory needs --force, "
+        "an existing database --replace --yes.",
+        epilog=_examples("backup-tui restore files latest --source uploads --target /srv/restore",
+                         "backup-tui restore db latest --source app --target-db app_copy",
+                         "backup-tui restore pitr --cluster main --target-time "
+                         "2026-11-26T13:59:30 \\\n    --pgdata /srv/pg-copy --start"))
+    rsub = r.add_subparsers(dest="what", required=True, parser_class=ArgParser,
+                            help="what to restore")
+    rf = rsub.add_parser(
+        "files", help="restore a files snapshot into a directory",
+        description="Restore a files snapshot (or some paths of it) into a directory, with "
+        "owners, modes, times, ACLs and xattrs; every blob is authenticated as it is read. "
+        "SNAPSHOT 'latest' is the newest snapshot of --source.",
+        epilog=_examples("backup-tui restore files latest --source uploads --target /srv/restore",
+                         "backup-tui restore files 1a2b3c4d --target /tmp/one --path "
+                         "/srv/uploads/2026"))
     rf.set_defaults(restore=_restore_files)
-    rf.add_argument("snapshot")
-    rf.add_argument("--target", required=True)
-    rf.add_argument("--path", action="append", default=[])
+    rf.add_argument("snapshot", help=SNAPSHOT_HELP)
+    rf.add_argument("--target", required=True, metavar="DIR",
+                    help="the directory to restore into (created when absent; must be empty "
+                    "unless --force)").complete = _DIR
+    rf.add_argument("--path", action="append", default=[],
+                    help="restore only this path of the snapshot (and what is below it); "
+                    "repeat for more")
     rf.add_argument("--force", action="store_true", help="restore into a non-empty directory")
     rf.add_argument("--allow-devices", action="store_true",
                     help="as root from an unencrypted repository: restore device nodes too")
     rf.add_argument("--allow-setid", action="store_true",
                     help="as root from an unencrypted repository: restore setuid/setgid bits "
                     "and file capabilities too")
-    rf.add_argument("--source")
-    rf.add_argument("--replica")
+    rf.add_argument("--source", help=SOURCE_HELP)
+    rf.add_argument("--replica", help="read the snapshot from this [[replica]]")
     _json_flag(rf)
-    rd = rsub.add_parser("db", help="restore a database snapshot into a database")
+    rd = rsub.add_parser(
+        "db", help="restore a database snapshot into a database",
+        description="Restore a database snapshot into a database: a new one, or an existing "
+        "one with --replace (restored aside, then swapped; the old one is kept unless "
+        "--drop-old). Name the snapshot (an id, a prefix, or 'latest' with --source), or "
+        "give --source NAME --at TIME for the newest backup taken at or before TIME.",
+        epilog=_examples("backup-tui restore db latest --source app --target-db app_copy",
+                         "backup-tui restore db --source app --at 2026-11-26T14:00 \\\n"
+                         "    --target-db app --replace --yes"))
     rd.set_defaults(restore=_restore_db)
-    rd.add_argument("snapshot", nargs="?", help="snapshot (or --source NAME --at TIME)")
-    rd.add_argument("--source")
-    rd.add_argument("--at", help="ISO 8601 time: the newest backup taken at or before it")
-    rd.add_argument("--target-db", required=True)
+    rd.add_argument("snapshot", nargs="?", help=SNAPSHOT_HELP + " (or --source NAME --at TIME)")
+    rd.add_argument("--source", help="the [[database]] whose snapshots 'latest' and --at "
+                    "choose from")
+    rd.add_argument("--at", metavar="TIME",
+                    help="ISO 8601 time: the newest backup taken at or before it")
+    rd.add_argument("--target-db", required=True, metavar="NAME",
+                    help="the database to restore into (created; an existing one only with "
+                    "--replace)")
     rd.add_argument("--replace", action="store_true",
                     help="replace an existing database (restored aside, then swapped)")
     rd.add_argument("--yes", action="store_true", help="confirm --replace or --with-globals")
@@ -206,14 +487,24 @@ def build_parser() -> ArgParser:
     rd.add_argument("--with-globals", action="store_true",
                     help="apply the roles and tablespaces saved with the dump, changing "
                     "existing roles (shows what would change; needs --yes)")
-    rd.add_argument("--replica")
+    rd.add_argument("--replica", help="read the snapshot from this [[replica]]")
     _json_flag(rd)
-    rp = rsub.add_parser("pitr", help="recover a [[cluster]] to a point in time into a data "
-                         "directory (base backup + archived WAL)")
+    rp = rsub.add_parser(
+        "pitr", help="recover a [[cluster]] to a point in time into a data "
+        "directory (base backup + archived WAL)",
+        description="Recover a [[cluster]] to a point in time: restore the newest base "
+        "backup before the target into a data directory and set it up to replay the "
+        "archived WAL (through wal-fetch) up to the target; with --start, run it and wait "
+        "for promotion. 'backup-tui pitr-plan' shows first what it would use.",
+        epilog=_examples("backup-tui restore pitr --cluster main --target-time "
+                         "2026-11-26T13:59:30 \\\n    --pgdata /srv/pg-copy --port 5440 --start",
+                         "backup-tui restore pitr --cluster main --target immediate \\\n"
+                         "    --pgdata /srv/pg-copy"))
     rp.set_defaults(restore=_restore_pitr)
     _pitr_args(rp)
     rp.add_argument("--pgdata", required=True, help="the data directory to create (absent "
-                    "or empty; the cluster's own only with --replace, server stopped)")
+                    "or empty; the cluster's own only with --replace, server stopped)"
+                    ).complete = _DIR
     rp.add_argument("--port", type=int, help="the restored server's port (written into its "
                     "settings; with --start a free one when not given)")
     rp.add_argument("--start", action="store_true", help="start it, wait for the target "
@@ -222,20 +513,47 @@ def build_parser() -> ArgParser:
                     "data directory (server stopped): the old one is moved aside, not deleted")
     rp.add_argument("--wait", type=float, default=3600.0, metavar="SECONDS",
                     help="with --start: how long recovery may take (default 3600)")
-    pp = sub.add_parser("pitr-plan", help="which base backup and WAL reach a point in time, "
-                        "and whether all of it is there")
+    pp = sub.add_parser(
+        "pitr-plan", help="which base backup and WAL reach a point in time, "
+        "and whether all of it is there",
+        description="Which base backup and which archived WAL reach a point in time, where "
+        "each copy has them, the gaps, the newest reachable point and an estimate. Exit "
+        "status 1 when the target cannot be reached. Writes nothing.",
+        epilog=_examples("backup-tui pitr-plan --cluster main --target-time 2026-11-26T13:59:30",
+                         "backup-tui pitr-plan --cluster main --target-lsn 0/3000028 --json"))
     _pitr_args(pp)
     wp = sub.add_parser("wal-push", help="archive one WAL file (archive_command: "
-                        "'backup-tui wal-push %%p')")
-    wp.add_argument("path", help="the WAL file (%%p)")
+                        "'backup-tui wal-push %%p')",
+                        description="Archive one WAL file into the repository; PostgreSQL "
+                        "runs it as its archive_command.",
+                        epilog=_examples("archive_command = 'backup-tui wal-push %p'",
+                                         "backup-tui wal-push pg_wal/000000010000000000000003 "
+                                         "--cluster main"))
+    wp.add_argument("path", help="the WAL file (%%p)").complete = _FILE
     wp.add_argument("--cluster", help="a [[cluster]] name (needed when more than one)")
     wf = sub.add_parser("wal-fetch", help="fetch one archived WAL file from the local "
                         "repository or a replica (restore_command: "
-                        "'backup-tui wal-fetch %%f %%p')")
+                        "'backup-tui wal-fetch %%f %%p')",
+                        description="Fetch one archived WAL file from the local repository, "
+                        "else a replica; PostgreSQL runs it as its restore_command. Exit "
+                        "status 1 when it is not archived, 126 when it cannot look.",
+                        epilog=_examples("restore_command = 'backup-tui wal-fetch %f %p'",
+                                         "backup-tui wal-fetch 000000010000000000000003 "
+                                         "/tmp/seg --replica euw1"))
     wf.add_argument("name", help="the WAL file name (%%f)")
-    wf.add_argument("dest", help="where to write it (%%p)")
+    wf.add_argument("dest", help="where to write it (%%p)").complete = _FILE
     wf.add_argument("--cluster", help="a [[cluster]] name (needed when more than one)")
     wf.add_argument("--replica", help="read this [[replica]] alone")
+
+    cp = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for bash or zsh (generated by shtab from "
+        "these very options). Install it where the shell looks for completions.",
+        epilog=_examples("backup-tui completion bash > "
+                         "/etc/bash_completion.d/backup-tui",
+                         "backup-tui completion zsh > ~/.zfunc/_backup-tui",
+                         "# zsh: fpath+=(~/.zfunc) in ~/.zshrc, before compinit"))
+    cp.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
     return p
 
 
@@ -1001,6 +1319,14 @@ def cmd_drill(args, engine: Engine) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_completion(args, parser: argparse.ArgumentParser) -> int:
+    """The bash or zsh completion script for every command and option, made by shtab."""
+    import shtab
+
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
 def cmd_wal(args, engine: Engine) -> int:
     pos = [args.path] if args.command == "wal-push" else [args.name, args.dest]
     return cli_wal.execute(args.config, args.command, pos, args.cluster,
@@ -1087,6 +1413,8 @@ def main(argv: list[str] | None = None) -> int:
             from engine.daemon import run_daemon
 
             return run_daemon(_engine(args))
+        if args.command == "completion":  # needs no config file
+            return cmd_completion(args, parser)
         if args.command is None:
             _need_terminal("no command given, and the console")
             from backup_tui.app import run_console
