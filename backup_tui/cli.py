@@ -1323,6 +1323,13 @@ def cmd_completion(args, parser: argparse.ArgumentParser) -> int:
     """The bash or zsh completion script for every command and option, made by shtab."""
     import shtab
 
+    stack = [parser]
+    while stack:  # zsh's menus show a description before the summary: keep them one line
+        for a in stack.pop()._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    sp.description = None
+                    stack.append(sp)
     sys.stdout.write(shtab.complete(parser, shell=args.shell))
     return 0
 

@@ -210,6 +210,8 @@ def test_completion_scripts_need_no_config_and_cover_every_command(tmp_path):
             assert check.returncode == 0, check.stderr
         else:
             assert script.startswith("#compdef backup-tui\n"), script[:100]
+            # its menus show each command's one-line summary, not the long description
+            assert "    restore:'restore a snapshot (an id or " in script, script[:2000]
             if shutil.which("zsh"):  # a syntax check where zsh is installed
                 check = subprocess.run(["zsh", "-n", str(path)], capture_output=True,
                                        text=True)
