@@ -13,7 +13,7 @@ one may replace in the queue.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 from textual.message_pump import MessagePump
@@ -219,6 +219,65 @@ class EngineLogged(Message):
     level: int  # logging.WARNING or above
     title: str
     text: str
+
+
+@dataclass
+class PitrSourcesLoaded(Message):
+    """The sources the point-in-time wizard offers (``pitr_wizard.Choice``s)."""
+
+    choices: list
+
+
+@dataclass
+class PitrTimelineLoaded(Message):
+    """The reachable points of the chosen source (a ``pitr_wizard.Timeline``)."""
+
+    timeline: Any
+
+
+@dataclass
+class PitrPlanned(Message):
+    """The wizard's plan for time ``target`` (as typed): a cluster's ``PitrPlan.as_json()``
+    in ``plan``, or for a logical source the dump it restores in ``dump`` ({snapshot,
+    before, when}); ``refused`` says why it cannot be done."""
+
+    target: str
+    plan: dict | None
+    dump: dict | None
+    refused: str = ""
+    describe: str = ""  # the target in the engine's words ("time 2026-...+00:00")
+
+
+@dataclass
+class PitrTargetChecked(Message):
+    """The wizard's target passed its checks: a data directory and ``port`` (a cluster),
+    or a database name and its restore ``plan`` (a logical source)."""
+
+    target: str
+    port: int | None
+    plan: Any
+
+
+@dataclass
+class PitrStepFailed(Message):
+    """An engine call of wizard step ``step`` failed; ``error`` says why."""
+
+    step: str
+    error: str
+
+
+@dataclass
+class PitrFinished(Message):
+    """The wizard's recovery ended: ``Engine.restore_pitr``'s result, or a dump's."""
+
+    result: dict
+
+
+@dataclass
+class PitrFailed(Message):
+    """The wizard's recovery failed or was cancelled; ``error`` says why."""
+
+    error: str
 
 
 class EventRelay:

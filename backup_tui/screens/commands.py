@@ -81,6 +81,28 @@ class JobCommands(_ListedCommands):
 
 
 @runtime_checkable
+class RecoveryHost(Protocol):
+    """A screen that can open the point-in-time wizard (the inventory)."""
+
+    read_only: bool
+
+    def open_pitr(self) -> None: ...
+
+
+PITR = "Point-in-time recovery…"
+
+
+class RecoveryCommands(_ListedCommands):
+    """"Point-in-time recovery…" while a ``RecoveryHost`` is active (admins only)."""
+
+    def _commands(self) -> Iterator[tuple[str, Callable[[], None], str]]:
+        host = self.screen
+        if isinstance(host, RecoveryHost) and not host.read_only:
+            yield (PITR, host.open_pitr, "Recover a cluster to a time (base backup + WAL), "
+                   "or a database from its newest dump before a time (t)")
+
+
+@runtime_checkable
 class ConsoleHost(Protocol):
     """The app: its modes (screens) and the schedules."""
 

@@ -51,7 +51,8 @@ from backup_tui.messages import (
     SnapshotsLoaded,
     SourcesLoaded,
 )
-from backup_tui.screens.commands import JobCommands
+from backup_tui.screens.commands import JobCommands, RecoveryCommands
+from backup_tui.screens.pitr_wizard import PitrWizard
 from backup_tui.screens.replicas import ReplicasPane
 from backup_tui.screens.source_picker import SourcePicker
 from backup_tui.screens.sources import SourcesPane
@@ -78,8 +79,9 @@ class InventoryScreen(EngineCaller, Screen):
         Binding("o", f"sources_tab('{SOURCES_TAB}')", "Sources", id="show-sources"),
         Binding("o", f"sources_tab('{SNAPSHOTS_TAB}')", "Snapshots", id="sources-back"),
         Binding("r", "refresh", "Refresh", id="refresh"),
+        Binding("t", "pitr", "Point in time", show=False, id="pitr"),
     ]
-    COMMANDS = Screen.COMMANDS | {JobCommands}
+    COMMANDS = Screen.COMMANDS | {JobCommands, RecoveryCommands}
     AUTO_FOCUS = "#snapshots"
 
     def __init__(self, engine: Engine, read_only: bool = False) -> None:
@@ -129,6 +131,8 @@ class InventoryScreen(EngineCaller, Screen):
             return self.sources != [] and mutating
         if action == "replicate":
             return bool(self.replicas) and mutating
+        if action == "pitr":
+            return mutating
         if action == "show_tab":
             back = parameters[0] == SNAPSHOTS_TAB
             return bool(self.replicas) and (self._tab == REPLICAS_TAB) == back
@@ -225,6 +229,23 @@ class InventoryScreen(EngineCaller, Screen):
             self.query_one(SnapshotDetail).show_message(
                 f"Cannot read snapshot {message.snapshot_id[:8]}:\n{message.error}"
             )
+
+    # ------------------------------------------------------- point in time
+    def action_pitr(self) -> None:
+        self.open_pitr()
+
+    def open_pitr(self) -> None:
+        """The point-in-time wizard (backup_tui/screens/pitr_wizard.py)."""
+        self.app.push_screen(PitrWizard(self.engine), self._recovered)
+
+    def _recovered(self, result: dict | None) -> None:
+        if result and result.get("port"):
+            self.notify(f"{result['source']} recovered into {result['pgdata']}: the server "
+                        f"runs on port {result['port']}.", title="Point-in-time recovery",
+                        markup=False, timeout=15)
+        elif result and result.get("target_db"):
+            self.notify(f"Restored into database {result['target_db']}.",
+                        title="Point-in-time recovery", markup=False)
 
     # --------------------------------------------------------------- backup
     def load_sources(self, pick: bool = False) -> None:
