@@ -13,6 +13,7 @@ the width check at 60 columns.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -27,6 +28,8 @@ from textual.widgets import Input, OptionList, Static
 from backup_tui.app import BackupConsole
 from backup_tui.screens.inventory import InventoryScreen
 from backup_tui.screens.pitr_wizard import PitrWizard
+from engine.errors import Cancelled, EngineError
+from engine.events import Event
 from engine.facade import SnapshotInfo
 from engine.ops import pitr
 from engine.ops.resolve import newest_before, parse_time
@@ -202,6 +205,7 @@ class CannedPitrEngine(CannedEngine):
         super().__init__()
         self._data = self._data + [_base(0, 2), _base(1, 26)]
         self.restores: list = []
+        self.run = None  # what restore_pitr does, when a test lets it
 
     def sources(self) -> list[SourceInfo]:
         cluster = SourceInfo("cluster", "main", "cluster",
@@ -230,9 +234,12 @@ class CannedPitrEngine(CannedEngine):
         return pitr.PitrPlan(cluster, target, replica, snap, SEGMENTS, [], places, [],
                              reachable, 41.2, "median RTO of the last 3 drill(s)", problems)
 
-    def restore_pitr(self, *args, **kwargs):
-        self.restores.append((args, kwargs))
-        raise AssertionError("the canned engine restores nothing")
+    def restore_pitr(self, cluster, target, pgdata, port=None, start=False, replace=False,
+                     replica=None, on_event=None, cancel=None, wait_seconds=3600.0):
+        self.restores.append((cluster, target, pgdata, port, start, replace))
+        if self.run is None:
+            raise AssertionError("the canned engine restores nothing")
+        return self.run(cluster, target, pgdata, port, on_event, cancel)
 
     def parse_time(self, text):
         return parse_time(text, UTC_ZONE)
@@ -436,6 +443,141 @@ def test_the_dialog_fits_60_columns():
     asyncio.run(flow())
 
 
+async def to_run(app: BackupConsole, pilot: Pilot) -> PitrWizard:
+    """Walk the canned cluster to the run step (the suggested directory confirmed)."""
+    w = await to_step(app, pilot, "confirm")
+    assert w.target is not None
+    app.screen.query_one("#pitr-confirm-input", Input).value = w.target.target
+    await pilot.press("enter")
+    assert w.step in ("run", "result")  # a fast failure is there already
+    return w
+
+
+async def until(pilot: Pilot, check, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out")
+
+
+RESULT = {"source": "main", "snapshot": _id(301), "pgdata": "/srv/pg/16/main-at-20240604",
+          "target": {}, "replica": None, "files": 1804, "bytes": 1_610_000_000,
+          "moved_aside": None, "port": 5544, "started": True, "promoted": True,
+          "seconds_to_promotion": 12.4, "total_seconds": 71.9, "replay_lsn": "A2/3F000A10",
+          "replay_time": "2024-06-04 18:00:09.51+00", "timeline": 2,
+          "stopped": "before commit of transaction 91234, time 2024-06-04 18:00:12.02+00",
+          "server": {"port": 5544, "socket_dir": "/tmp/backup-tui-pitr-x1",
+                     "log": "/tmp/backup-tui-pitr-log-x1/server.log",
+                     "bin_dir": "/usr/lib/postgresql/16/bin", "owner": "postgres",
+                     "user": "postgres"}}
+
+
+def test_the_run_shows_base_restore_bytes_then_wal_replayed_then_the_result():
+    engine = CannedPitrEngine()
+    go = threading.Event()
+
+    def run(cluster, target, pgdata, port, on_event, cancel):
+        on_event(Event("j1", "restore", bytes_done=400 << 20, bytes_total=1600 << 20,
+                       items_done=500, items_total=1804, message=pgdata))
+        go.wait(10)
+        go.clear()
+        on_event(Event("j1", "recovery", message="replayed to A2/38000060"))
+        go.wait(10)
+        return dict(RESULT, pgdata=pgdata, port=port)
+
+    engine.run = run
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            w = await to_run(app, pilot)
+            await until(pilot, lambda: "base restore" in shown(app, "pitr-run-numbers"))
+            assert "400.0 MiB of 1.6 GiB · 500/1804 files" in shown(app, "pitr-run-numbers")
+            await pilot.press("escape")  # no way out but c while it runs
+            assert w.step == "run" and isinstance(app.screen, PitrWizard)
+            go.set()
+            await until(pilot, lambda: "recovering" in shown(app, "pitr-run-numbers"))
+            assert shown(app, "pitr-run-numbers") == "recovering: replayed to A2/38000060"
+            go.set()
+            await settle(app, pilot)
+            assert w.step == "result"
+            text = shown(app, "pitr-result-text")
+            assert "Promoted after 12.4s of recovery (1m 12s in all)" in text
+            assert "Last replayed: LSN A2/3F000A10" in text and "new timeline 2" in text
+            port = engine.restores[0][3]
+            assert f"psql -h 127.0.0.1 -p {port} -U postgres" in text
+            assert ("Stop it: runuser -u postgres -- /usr/lib/postgresql/16/bin/pg_ctl -D "
+                    f"{engine.restores[0][2]} stop") in text
+            await pilot.press("escape")
+            await settle(app, pilot)
+            assert isinstance(app.screen, InventoryScreen)
+            assert any("runs on port" in n.message for n in app._notifications)
+
+    asyncio.run(flow())
+
+
+def test_cancel_during_the_run_says_what_is_left():
+    engine = CannedPitrEngine()
+
+    def run(cluster, target, pgdata, port, on_event, cancel):
+        on_event(Event("j1", "recovery", message="server started on port 5544, replaying"))
+        while not cancel.cancelled:
+            time.sleep(0.02)
+        raise Cancelled("restore pitr cancelled: the server was stopped")
+
+    engine.run = run
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            w = await to_run(app, pilot)
+            await until(pilot, lambda: "recovering" in shown(app, "pitr-run-numbers"))
+            await pilot.press("c")
+            await settle(app, pilot)
+            assert w.step == "result" and w.result["cancelled"]
+            text = shown(app, "pitr-result-text")
+            assert text.startswith("Cancelled.")
+            assert f"the restored data directory {w.target.target} is left" in text
+
+    asyncio.run(flow())
+
+
+def test_the_engine_failing_mid_run_is_shown_and_the_console_stays_usable():
+    engine = CannedPitrEngine()
+
+    def run(cluster, target, pgdata, port, on_event, cancel):
+        raise EngineError(f"data directory {pgdata} is not empty: restore into a new or "
+                          "empty directory")
+
+    engine.run = run
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            w = await to_run(app, pilot)
+            await settle(app, pilot)
+            assert w.step == "result"
+            text = shown(app, "pitr-result-text")
+            assert text.startswith(f"Failed: data directory {w.target.target} is not empty")
+            assert "Nothing is left" in text
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert isinstance(app.screen, InventoryScreen)
+            await pilot.press("t")  # still usable: the wizard opens again
+            await settle(app, pilot)
+            assert wizard(app).step == "source"
+
+    asyncio.run(flow())
+
+
+async def _result_step(pilot: Pilot) -> None:
+    pilot.app.engine.run = lambda cluster, target, pgdata, port, on_event, cancel: dict(
+        RESULT, port=5544)
+    await to_run(pilot.app, pilot)
+    await settle(pilot.app, pilot)
+
+
 async def _plan_step(pilot: Pilot) -> None:
     await to_step(pilot.app, pilot, "plan")
 
@@ -449,6 +591,19 @@ def test_plan_step_look_at_80x24(snap_compare, utc):
     the newest reachable point and the estimate from the drills."""
     assert snap_compare(console(CannedPitrEngine()), terminal_size=(80, 24),
                         run_before=_plan_step)
+
+
+def test_plan_step_look_at_160x48(snap_compare, utc):
+    """The plan step at 160x48: the dialog keeps its width, centred."""
+    assert snap_compare(console(CannedPitrEngine()), terminal_size=(160, 48),
+                        run_before=_plan_step)
+
+
+def test_result_step_look_at_80x24(snap_compare, utc):
+    """The result: promotion time, the last replayed point, where it runs, how to connect
+    and how to stop it."""
+    assert snap_compare(console(CannedPitrEngine()), terminal_size=(80, 24),
+                        run_before=_result_step)
 
 
 def test_time_step_look_at_80x24(snap_compare, utc):

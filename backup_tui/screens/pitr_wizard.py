@@ -723,7 +723,8 @@ class PitrWizard(EngineCaller, ModalScreen["dict | None"]):
             return "\n".join(lines + [f"Note: {n}" for n in r["notes"]]
                              + [f"Warning: {w}" for w in r["warnings"]])
         srv = r.get("server") or {}
-        lines = [f"Recovered {r['source']} to {self.target_text}: base backup "
+        title = self.choice.info.title if self.choice else r["source"]
+        lines = [f"Recovered {title} to {self.target_text}: base backup "
                  f"{r['snapshot'][:8]}, {r['files']} files, {human_bytes(r['bytes'])}.",
                  f"Promoted after {span(r.get('seconds_to_promotion'))} of recovery "
                  f"({span(r.get('total_seconds'))} in all).",
