@@ -1,10 +1,11 @@
 """The console: a Textual app over one Engine, with three screens and, maybe, the scheduler.
 
 Screens are modes, each kept while the others show: the inventory (snapshots,
-replicas and sources with their WAL archive and drills, ``i``), the jobs (``j``) and the schedule (``s``). Screens call
-the engine only from thread workers, through ``backup_tui.engine_calls`` (one
-way to call, one error path), and never import this module: what only the app
-may do (a schedule action, say) they ask for with a message
+replicas and sources with their WAL archive and drills, ``i``), the jobs
+(``j``) and the schedule (``s``). Screens call the engine only from thread
+workers, through ``backup_tui.engine_calls`` (one way to call, one error path),
+and never import this module: what only the app may do (a schedule action,
+say) they ask for with a message
 (``ScheduleActionRequested``), which the app acts on. ``run_console`` is what
 ``backup-tui`` with no command runs.
 
@@ -24,6 +25,13 @@ daemon that stopped (systemd restarting it would then find the lock taken).
 Quitting with the console's own scheduler stops it in a thread: no new jobs,
 and a running scheduled job gets ``STOP_GRACE`` seconds to end before it is
 interrupted (its catalog row says so; the repository stays consistent).
+While this console runs a job (its own, in ``job_tokens``, or its scheduler's),
+``q`` asks first and says what quitting does to it; "no" (the default, Esc)
+keeps it running, "yes" cancels it and waits for it to end before quitting.
+A daemon's jobs are not the console's: quitting leaves them alone.
+
+``?`` opens the help over any screen: every key of that screen and the app
+(``backup_tui.screens.help``).
 
 While the console runs, the engine's log (logger ``backup_tui``: the
 scheduler's "job failed", a notification that could not be sent) becomes
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -46,21 +55,25 @@ from textual.screen import ModalScreen
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import (
     EngineLogged,
+    JobTokens,
     ScheduleActionDone,
     ScheduleActionRequested,
     SchedulerSettled,
     SchedulerStopped,
 )
 from backup_tui.screens.commands import ConsoleCommands
+from backup_tui.screens.help import HelpScreen, keys_of
 from backup_tui.screens.inventory import InventoryScreen
-from backup_tui.screens.jobs import JobsScreen, runner_label
+from backup_tui.screens.jobs import ConfirmDialog, JobsScreen, cancel_effect, runner_label
 from backup_tui.screens.schedule import ScheduleScreen
 from engine.daemon import Scheduler, SchedulerLock
 from engine.errors import EngineError, LockedError
+from engine.events import CancelToken
 from engine.facade import Engine
 
 STOP_GRACE = 5.0  # seconds a running scheduled job gets to end when the console quits
 RECHECK_SECONDS = 5.0  # how often a console that does not run the schedule looks again
+JOBS_STOP_WAIT = 60.0  # seconds quitting waits for this console's cancelled jobs to end
 STARTING, OWN, VIEWER, OFF = "starting", "own", "viewer", "off"
 
 
@@ -179,6 +192,7 @@ class BackupConsole(EngineCaller, App[int]):
         Binding("i", "switch_mode('inventory')", "Inventory", id="inventory"),
         Binding("j", "switch_mode('jobs')", "Jobs", id="jobs"),
         Binding("s", "switch_mode('schedule')", "Schedule", id="schedule"),
+        Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
     COMMANDS = App.COMMANDS | {ConsoleCommands}
@@ -194,9 +208,10 @@ class BackupConsole(EngineCaller, App[int]):
         self.read_only = not engine.is_admin  # mutating actions need an admin
         self.scheduler_host = SchedulerHost(engine, run_scheduler and not self.read_only)
         self._quitting = False
+        self.job_tokens = JobTokens()  # the jobs this console runs (EventRelay fills it)
         self._log = LogToConsole(self)
         self.add_mode("inventory", lambda: InventoryScreen(engine, read_only=self.read_only))
-        self.add_mode("jobs", lambda: JobsScreen(engine, clock, self._runner))
+        self.add_mode("jobs", lambda: JobsScreen(engine, clock, self._runner, self._canceller))
         self.add_mode("schedule", lambda: ScheduleScreen(engine, read_only=self.read_only))
         self._show_sub_title()
 
@@ -210,6 +225,21 @@ class BackupConsole(EngineCaller, App[int]):
             return f"run by the daemon (pid {pid}, stopped since)"
         return runner_label(pid, host.daemon_pid)
 
+    def _canceller(self, job: dict) -> CancelToken | str:
+        """A running job's cancel token when this console runs it, else why it has none."""
+        token = self.job_tokens.token(job["id"])
+        if token is not None:
+            return token
+        pid, host = job.get("pid"), self.scheduler_host
+        if pid == os.getpid():
+            return ("this console's scheduler runs it, and the engine cannot cancel a scheduled "
+                    f"job yet; quitting the console interrupts it after {STOP_GRACE:.0f} s.")
+        if pid and pid == host.daemon_pid:
+            return (f"the daemon (pid {pid}) runs it, and the engine has no way to ask another "
+                    "process to cancel a job; stopping the daemon interrupts it.")
+        return (f"another process (pid {pid}) runs it, and the engine has no way to ask it to "
+                "cancel a job; stop it there (Ctrl+C).")
+
     def on_mount(self) -> None:
         self._log.install()
         if self.notice:
@@ -221,6 +251,15 @@ class BackupConsole(EngineCaller, App[int]):
         if action == "switch_mode":  # not to the screen showing, nor from under a dialog
             return parameters[0] != self.current_mode and not isinstance(self.screen, ModalScreen)
         return True
+
+    def action_help(self) -> None:
+        """The keys of the screen showing (``backup_tui.screens.help``)."""
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+        elif not isinstance(self.screen, ModalScreen):
+            title = {"inventory": "Inventory", "jobs": "Jobs", "schedule": "Schedule"}
+            self.push_screen(HelpScreen(title.get(self.current_mode, self.current_mode),
+                                        keys_of(self.screen)))
 
     def on_engine_logged(self, message: EngineLogged) -> None:
         severity = "error" if message.level >= logging.ERROR else "warning"
@@ -299,21 +338,58 @@ class BackupConsole(EngineCaller, App[int]):
 
     # ------------------------------------------------------------------ quit
     def action_quit(self) -> None:
-        """Quit; with the console's own scheduler, stop it first (in a thread)."""
-        if self._quitting:
+        """Quit; while this console runs a job, ask first (see the module docstring)."""
+        if self._quitting or isinstance(self.screen, ConfirmDialog):
             return
+        question = self.quit_question()
+        if question is None:
+            self._quit()
+        else:
+            self.push_screen(ConfirmDialog("Quit while a job runs?", question,
+                                           yes="Quit and cancel", no="Keep running"),
+                             lambda yes: self._quit() if yes else None)
+
+    def quit_question(self) -> str | None:
+        """What quitting now would do to the jobs this console runs, or None without any."""
+        scheduler = self.scheduler_host.scheduler
+        scheduled = scheduler.running() if scheduler is not None else []
+        own = self.job_tokens.running()
+        kinds = {job_id.rsplit("-", 2)[0] for job_id in own}
+        parts = []
+        if own:
+            parts.append(f"This console runs {', '.join(own.values())}. Quitting cancels it: "
+                         "it stops at its next check and ends as interrupted. "
+                         + " ".join(cancel_effect(k) for k in sorted(kinds)))
+        if scheduled:
+            parts.append(f"This console's scheduler runs {', '.join(scheduled)}: it gets "
+                         f"{STOP_GRACE:.0f} s to end, then it is interrupted; the repository "
+                         "stays consistent.")
+        return "\n\n".join(parts) or None
+
+    def _quit(self) -> None:
+        """Cancel this console's jobs and stop its scheduler (in a thread), then exit."""
         self._quitting = True
-        if self.scheduler_host.scheduler is None and self.scheduler_host.mode != STARTING:
+        if (self.scheduler_host.scheduler is None and self.scheduler_host.mode != STARTING
+                and not self.job_tokens.running()):
             self.exit()
             return
         self.set_timer(0.5, self._say_stopping)
-        self.call_engine(self._stop_scheduler, group="quit", failed=SchedulerStopped)
+        self.call_engine(self._stop_jobs, group="quit", failed=SchedulerStopped)
 
     def _say_stopping(self) -> None:
-        self.notify(f"Stopping the scheduler: a running scheduled job gets {STOP_GRACE:.0f} s "
-                    "to end, then it is interrupted.", title="Quitting", timeout=STOP_GRACE * 3)
+        if self.job_tokens.running():
+            self.notify("Cancelling this console's jobs: each stops at its next check.",
+                        title="Quitting", timeout=STOP_GRACE * 3)
+        if self.scheduler_host.scheduler is not None:
+            self.notify(f"Stopping the scheduler: a running scheduled job gets "
+                        f"{STOP_GRACE:.0f} s to end, then it is interrupted.", title="Quitting",
+                        timeout=STOP_GRACE * 3)
 
-    def _stop_scheduler(self) -> SchedulerStopped:
+    def _stop_jobs(self) -> SchedulerStopped:
+        self.job_tokens.cancel_all()
+        end = time.monotonic() + JOBS_STOP_WAIT
+        while self.job_tokens.running() and time.monotonic() < end:
+            time.sleep(0.1)
         self.scheduler_host.stop(STOP_GRACE)
         return SchedulerStopped()
 

@@ -12,13 +12,15 @@ one may replace in the queue.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 from textual.message_pump import MessagePump
+from textual.worker import NoActiveWorker, Worker, get_current_worker
 
-from engine.events import Event, Throttle
+from engine.events import CancelToken, Event, Throttle
 from engine.facade import SnapshotInfo
 
 if TYPE_CHECKING:  # the facade returns them; the console only reads their fields
@@ -283,15 +285,78 @@ class PitrFailed(Message):
 class EventRelay:
     """An engine ``on_event`` callback posting throttled ``JobProgress`` messages to ``target``.
 
-    Called from the engine's thread; ``post_message`` is thread-safe.
+    Called from the engine's thread; ``post_message`` is thread-safe. Given the job's
+    ``cancel`` token (and ``what`` it does: "the backup of fileset src"), it also enters
+    each engine job it sees in the app's ``JobTokens``, so that the jobs screen can cancel
+    it and quitting asks first.
     """
 
-    def __init__(self, target: MessagePump, interval: float = PROGRESS_INTERVAL):
+    def __init__(self, target: MessagePump, interval: float = PROGRESS_INTERVAL,
+                 cancel: CancelToken | None = None, what: str = ""):
         self._target = target
         self._throttle = Throttle(self._post, interval)
+        self._cancel, self._what = cancel, what
+        # Looked up here, on the UI thread: the relay is called from the engine's.
+        self._tokens: JobTokens | None = (getattr(target.app, "job_tokens", None)
+                                          if cancel is not None else None)
 
     def __call__(self, event: Event) -> None:
+        if self._tokens is not None and self._cancel is not None:
+            self._tokens.seen(event, self._cancel, self._what)
         self._throttle(event)
 
     def _post(self, event: Event) -> None:
         self._target.post_message(JobProgress(event))
+
+
+@dataclass
+class _Running:
+    token: CancelToken
+    what: str  # "the backup of fileset src"
+    worker: Worker | None  # the thread worker running it, when one does
+    ended: bool = False  # its final event came
+
+
+class JobTokens:
+    """The jobs this console runs, by engine job id: each one's cancel token, what it does and
+    the worker running it (thread-safe; ``EventRelay`` fills it). A job counts as running
+    until its final event or the end of its worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Running] = {}
+
+    def seen(self, event: Event, token: CancelToken, what: str = "") -> None:
+        """From the engine's thread: ``event`` of a job that ``token`` cancels."""
+        with self._lock:
+            entry = self._jobs.get(event.job_id)
+            if entry is None:
+                try:
+                    worker: Worker | None = get_current_worker()
+                except NoActiveWorker:
+                    worker = None
+                kind = event.job_id.rsplit("-", 2)[0]  # engine job ids: kind-time-random
+                entry = self._jobs[event.job_id] = _Running(token, what or f"a {kind}", worker)
+            if event.final:
+                entry.ended = True
+
+    def _live(self) -> dict[str, _Running]:
+        with self._lock:
+            for job_id in [j for j, e in self._jobs.items()
+                           if e.ended or (e.worker is not None and e.worker.is_finished)]:
+                del self._jobs[job_id]
+            return dict(self._jobs)
+
+    def token(self, job_id: str) -> CancelToken | None:
+        """The cancel token of job ``job_id`` while this console runs it."""
+        entry = self._live().get(job_id)
+        return entry.token if entry is not None else None
+
+    def running(self) -> dict[str, str]:
+        """Job id -> what it does, of every job this console runs now."""
+        return {job_id: e.what for job_id, e in self._live().items()}
+
+    def cancel_all(self) -> None:
+        """Ask every job this console runs to stop at its next check."""
+        for entry in self._live().values():
+            entry.token.cancel()

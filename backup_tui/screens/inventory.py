@@ -264,6 +264,8 @@ class InventoryScreen(EngineCaller, Screen):
         return self.sources or []
 
     def action_backup(self) -> None:
+        if self._job_running():  # say so now, not after a source was picked
+            return
         if self.sources is None:  # not read yet (or reading failed): read, then ask
             self.load_sources(pick=True)
         else:
@@ -295,7 +297,7 @@ class InventoryScreen(EngineCaller, Screen):
             return
         self._cancel = cancel = CancelToken()
         self.query_one(JobPanel).start(BACKUP, source.title)
-        relay = EventRelay(self)
+        relay = EventRelay(self, cancel=cancel, what=f"the backup of {source.title}")
         self.call_engine(
             lambda: BackupFinished(self.engine.backup(source.kind, source.name, relay, cancel)),
             group="job", failed=partial(BackupFailed, source),
@@ -340,7 +342,8 @@ class InventoryScreen(EngineCaller, Screen):
             return
         self._cancel = cancel = CancelToken()
         self.query_one(JobPanel).start(REPLICATE, ", ".join(self.replicas))
-        relay = EventRelay(self)
+        relay = EventRelay(self, cancel=cancel, what="the replication to "
+                           + ", ".join(self.replicas))
         self.call_engine(
             lambda: ReplicationFinished(self.engine.replicate(on_event=relay, cancel=cancel)),
             group="job", failed=ReplicationFailed, alert="Replication failed")

@@ -10,7 +10,14 @@ threads). A read that fails says so in the detail line and polling goes on. The 
 while another screen shows.
 
 The table (``JobTable``) has every job; below it, ``JobDetail`` has the
-highlighted one in full, with a progress bar while it runs.
+highlighted one in full, with a progress bar while it runs. The cursor follows
+a job that starts or fails (``JobTable``), unless the user just moved it.
+
+Cancelling (``c``, binding id ``cancel-job``): the highlighted running job, after
+a ``ConfirmDialog`` that says what cancelling does to it (it defaults to "no").
+Only this console's own jobs can be cancelled, through their ``CancelToken``
+(``canceller`` answers with it); for another process's job (the daemon's, the
+command line's) the engine has no way to ask, and ``canceller`` says so instead.
 """
 
 from __future__ import annotations
@@ -21,32 +28,85 @@ from collections.abc import Callable
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import JobsFailed, JobsLoaded
-from backup_tui.widgets.job_table import JobDetail, JobTable
+from backup_tui.widgets.job_table import RUNNING, JobDetail, JobTable
+from engine.events import CancelToken
 from engine.facade import Engine
 
 POLL_SECONDS = 0.5
 JOBS_SHOWN = 50
 NO_JOBS = "No jobs yet: backups, verifies and replications show here as they run."
+CANCEL_EFFECTS = {  # job kind -> what cancelling leaves behind
+    "backup": "No snapshot is made: a snapshot is committed only at the end, so the "
+              "repository stays consistent.",
+    "replicate": "The replica keeps what was copied so far; the next run copies the rest.",
+    "verify": "The verify ends unfinished; it changes nothing.",
+    "restore": "What was written to the target so far is left there.",
+    "cleanup": "What was removed stays removed; the repository stays consistent.",
+}
+DEFAULT_EFFECT = "The repository stays consistent."
+
+Canceller = Callable[[dict], "CancelToken | str"]  # job -> its token, or why there is none
+
+
+def cancel_effect(kind: str) -> str:
+    """What cancelling a job of ``kind`` does, after "it stops at its next check"."""
+    return CANCEL_EFFECTS.get(kind, DEFAULT_EFFECT)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """A question with two answers; "no" has the focus, Esc and ``n`` say no, ``y`` yes."""
+
+    BINDINGS = [
+        Binding("escape,n", "answer(False)", "No", show=False),
+        Binding("y", "answer(True)", "Yes", show=False),
+    ]
+    AUTO_FOCUS = "#confirm-no"
+
+    def __init__(self, title: str, text: str, yes: str, no: str) -> None:
+        super().__init__()
+        self.title_text, self.text, self.yes, self.no = title, text, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Static(Content(self.title_text), id="confirm-title")
+            yield Static(Content(self.text), id="confirm-text")
+            with Horizontal(id="confirm-buttons"):
+                yield Button(f"{self.no} (n)", id="confirm-no", variant="primary")
+                yield Button(f"{self.yes} (y)", id="confirm-yes", variant="error")
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "confirm-yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
 
 
 class JobsScreen(EngineCaller, Screen):
     """Every job the catalog holds, newest first, refreshed twice a second."""
 
-    BINDINGS = [Binding("escape", "app.switch_mode('inventory')", "Back", show=False)]
+    BINDINGS = [
+        Binding("c", "cancel_job", "Cancel job", id="cancel-job"),
+        Binding("escape", "app.switch_mode('inventory')", "Back", show=False, id="back"),
+    ]
     AUTO_FOCUS = "#jobs"
 
     def __init__(self, engine: Engine, clock: Callable[[], float],
-                 runner: Callable[[int | None], str] = lambda pid: "") -> None:
+                 runner: Callable[[int | None], str] = lambda pid: "",
+                 canceller: Canceller = lambda job: "it is not run by this console") -> None:
         super().__init__()
         self.engine = engine
         self.clock = clock  # the time "now" for durations and ETAs (fixed in snapshot tests)
         self.runner = runner  # pid -> which process that is ("the daemon, pid 123")
+        self.canceller = canceller  # a running job -> its cancel token, or why there is none
         self.now = clock()  # as of the jobs shown
         self._timer: Timer | None = None
         self.polls = 0  # answers shown (tests wait on it)
@@ -106,6 +166,39 @@ class JobsScreen(EngineCaller, Screen):
             self.detail.show_message(NO_JOBS)
         else:
             self.detail.show(job, self.now, self.runner(job.get("pid")))
+        self.refresh_bindings()
+
+    # ---------------------------------------------------------------- cancel
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_job":  # shown always, usable on a running job
+            tables = self.query(JobTable).results(JobTable)
+            job = next((t.selected for t in tables), None)
+            return True if job is not None and job["state"] == RUNNING else None
+        return True
+
+    def action_cancel_job(self) -> None:
+        job = self.table.selected
+        if job is None or job["state"] != RUNNING:
+            self.notify("The job under the cursor is not running.", severity="warning")
+            return
+        what = f"{job['kind']} {job['target']}"
+        found = self.canceller(job)
+        if not isinstance(found, CancelToken):
+            self.notify(f"Cannot cancel {what}: {found}", title="Cancel job",
+                        severity="warning", markup=False, timeout=10)
+            return
+        text = (f"{what} stops at its next check and ends as interrupted. "
+                f"{cancel_effect(job['kind'])}")
+        self.app.push_screen(
+            ConfirmDialog(f"Cancel {what}?", text, yes="Cancel the job", no="Keep it running"),
+            lambda yes: self._cancel_answered(yes, found, what))
+
+    def _cancel_answered(self, yes: bool | None, token: CancelToken, what: str) -> None:
+        if yes:
+            token.cancel()
+            self.notify(f"Cancelling {what}: it stops at its next check.", title="Cancel job",
+                        markup=False)
+            self.poll()
 
 
 def runner_label(pid: int | None, daemon_pid: int | None) -> str:

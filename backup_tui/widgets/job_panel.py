@@ -11,6 +11,11 @@ figures the result has: files only when the backup counted any.
 A backup replicates by itself when replicas have ``replicate_after_backup``:
 its ``replicate`` events follow its ``done`` event in the same stream, and the
 title then says the snapshot is saved and which replica is being filled.
+
+Trustworthy progress (``progress_fraction``, shared with the jobs screen): a
+fraction only from a total the job has not reached yet; a running job never
+reads 100% (at most 99% until its end); without a total the bar is
+indeterminate and the numbers say bytes and rate; an ETA only with a total.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
-from backup_tui.format import human_bytes
+from backup_tui.format import duration, human_bytes
 from engine.events import Event
 
 if TYPE_CHECKING:  # the facade returns them; the console only reads their fields
@@ -32,6 +37,8 @@ if TYPE_CHECKING:  # the facade returns them; the console only reads their field
 PATH_WIDTH = 70  # the current path is cut from the left beyond this
 ESTIMATED_PHASES = ("dump",)  # phases whose bytes_total is a guess, shown as "~"
 ITEMS = {"replicate": "objects"}  # what a phase's items are; files otherwise
+OUTGROWN_PHASES = ("backup", "dump")  # phases whose byte total is raised to what is done
+RUNNING_CAP = 0.99  # a running job's bar stops here: 100% means it ended
 BACKUP, REPLICATE = "backup", "replicate"  # the job kinds; "replicate" is a phase too
 
 
@@ -58,18 +65,50 @@ def replication_summary(results: list[ReplicaResult]) -> str:
     return text[:1].upper() + text[1:]
 
 
+def outgrown(phase: str | None, bytes_done: int, bytes_total: int) -> bool:
+    """An estimated total (a database's size, a cluster's last backup) that the job has
+    reached while still in that phase: it says nothing about what is left."""
+    return phase in OUTGROWN_PHASES and bytes_total > 0 and bytes_done >= bytes_total
+
+
+def progress_fraction(phase: str | None, bytes_done: int, bytes_total: int, items_done: int,
+                      items_total: int, running: bool = True) -> float | None:
+    """How far a job is, 0..1, or None when no total can be trusted (then the bar is
+    indeterminate). Bytes when there is a byte total, else items. A running job reads at
+    most ``RUNNING_CAP``: never 100% before its end."""
+    if outgrown(phase, bytes_done, bytes_total):
+        return None
+    if bytes_total > 0:
+        fraction = min(1.0, bytes_done / bytes_total)
+    elif items_total > 0:
+        fraction = min(1.0, items_done / items_total)
+    else:
+        return None
+    return min(fraction, RUNNING_CAP) if running else fraction
+
+
 def progress_line(event: Event, started: float) -> str:
-    """Bytes, files and rate of one event, e.g. ``3.1 MiB of 20.0 MiB · 40/312 files · 9 MiB/s``;
-    "" before there are any."""
+    """Bytes, files, rate and ETA of one event, e.g.
+    ``3.1 MiB of 20.0 MiB · 40/312 files · 9 MiB/s · ETA 2.1 s``; "" before there are any."""
     parts = []
-    if event.bytes_total:
+    grown = outgrown(event.phase, event.bytes_done, event.bytes_total)
+    if grown:
+        parts.append(f"{human_bytes(event.bytes_done)} so far (more than estimated)")
+    elif event.bytes_total:
         about = "~" if event.phase in ESTIMATED_PHASES else ""
         parts.append(f"{human_bytes(event.bytes_done)} of {about}{human_bytes(event.bytes_total)}")
+    elif event.bytes_done:
+        parts.append(human_bytes(event.bytes_done))
     if event.items_total:
         parts.append(f"{event.items_done}/{event.items_total} {ITEMS.get(event.phase, 'files')}")
+    elif event.items_done:
+        parts.append(f"{event.items_done} {ITEMS.get(event.phase, 'files')}")
     elapsed = event.time - started
-    if event.bytes_done and elapsed > 0:
-        parts.append(f"{human_bytes(event.bytes_done / elapsed)}/s")
+    rate = event.bytes_done / elapsed if event.bytes_done and elapsed > 0 else None
+    if rate:
+        parts.append(f"{human_bytes(rate)}/s")
+    if rate and event.bytes_total > event.bytes_done and not grown and not event.final:
+        parts.append(f"ETA {duration((event.bytes_total - event.bytes_done) / rate)}")
     return " · ".join(parts)
 
 
@@ -131,11 +170,14 @@ class JobPanel(Vertical):
         if event.job_id != self._job_id:
             self._job_id, self._started = event.job_id, event.time
             self.bar.update(total=None, progress=0)  # a new engine job: a new replica, say
-        fraction = event.fraction
+        fraction = progress_fraction(event.phase, event.bytes_done, event.bytes_total,
+                                     event.items_done, event.items_total)
         if event.phase == "done" or (event.final and event.phase == REPLICATE):
             self.bar.update(total=100, progress=100)
         elif fraction is not None:
             self.bar.update(total=100, progress=round(fraction * 100, 1))
+        else:  # no total to trust: indeterminate, with bytes and rate in the numbers
+            self.bar.update(total=None)
         numbers = progress_line(event, self._started)
         if event.phase == REPLICATE and event.final and not event.items_total:
             numbers = "nothing to upload"

@@ -15,30 +15,40 @@ guess, shown with "~". A running backup's total is an estimate too (a fileset's
 comes from its last snapshot, a dump's from the database size) and the engine
 raises it to what is done when the job outgrows it: a total the job has
 *reached* while still in that phase says nothing, so no fraction (nor ETA) is
-shown then, rather than 100% from the start. *Rate* is bytes done over the seconds from start to the
-last progress row. *ETA* is what is left at that rate, less the time since that
-row.
+shown then, rather than 100% from the start; and a running job never reads
+100% (``job_panel.progress_fraction``, shared with the inventory's panel). *Rate*
+is bytes done over the seconds from start to the last progress row. *ETA* is
+what is left at that rate, less the time since that row.
+
+Following: when a job starts, or one fails, the cursor moves to it (the newest
+first), unless the user moved the cursor in the last ``USER_QUIET`` seconds: a
+failure at night is what the operator wants to see, but never yanked from under
+the keys. At the first show the cursor goes to the newest running job, if any.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
 from backup_tui.format import cut, duration, human_bytes, local_time
-from backup_tui.widgets.job_panel import ESTIMATED_PHASES
+from backup_tui.widgets.job_panel import ESTIMATED_PHASES, progress_fraction
+from backup_tui.widgets.job_panel import outgrown as job_panel_outgrown
 from backup_tui.widgets.keyed_table import KeyedTable
 
 STARTED_FORMAT = "%m-%d %H:%M"  # the detail has the seconds
 MESSAGE_WIDTH = 26  # the table cuts the message or error here; the detail has them whole
 RUNNING = "running"
-OUTGROWN_PHASES = ("backup", "dump")  # phases whose byte total is raised to what is done
+FOLLOWED = (RUNNING, "failed")  # states the cursor follows a job into
+USER_QUIET = 5.0  # seconds after the user moved the cursor during which it is not moved
 STATE_STYLES = {  # theme variables; "running" uses the accent
     "succeeded": "text-success",
     "failed": "text-error",
@@ -58,9 +68,8 @@ def _items(job: dict) -> str:
 
 def outgrown(job: dict) -> bool:
     """A running job has done as much as its estimated total (see the module docstring)."""
-    total = job["bytes_total"] or 0
-    return (job["state"] == RUNNING and job.get("phase") in OUTGROWN_PHASES and total > 0
-            and (job["bytes_done"] or 0) >= total)
+    return job["state"] == RUNNING and job_panel_outgrown(
+        job.get("phase"), job["bytes_done"] or 0, job["bytes_total"] or 0)
 
 
 @dataclass(frozen=True)
@@ -80,19 +89,15 @@ class Figures:
         end = now if running else (job["ended"] or job["updated"] or started)
         done, total = job["bytes_done"] or 0, job["bytes_total"] or 0
         items, items_total = job["items_done"] or 0, job["items_total"] or 0
-        fraction = None
-        if outgrown(job):
-            pass
-        elif total > 0:
-            fraction = min(1.0, done / total)
-        elif items_total > 0:
-            fraction = min(1.0, items / items_total)
+        # An ended job's total is what it did: only a running one's may be an outgrown guess.
+        fraction = progress_fraction(job.get("phase") if running else None, done, total,
+                                     items, items_total, running)
         measured = (job["updated"] or started) - started  # progress rows are as of "updated"
         if not running:
             measured = end - started
         rate = done / measured if done and measured > 0 else None
         eta = None
-        if running and fraction is not None and fraction < 1:
+        if running and fraction is not None:
             since_row = max(0.0, now - (job["updated"] or now))
             if total > 0 and rate:
                 eta = max(0.0, (total - done) / rate - since_row)
@@ -152,7 +157,8 @@ class JobTable(KeyedTable):
         self.jobs: dict[str, dict] = {}  # the rows shown, by job id
         self._order: list[str] = []
         self._cells_shown: dict[str, tuple[Text, ...]] = {}
-
+        self._states: dict[str, str] | None = None  # job id -> state at the last show
+        self.touched = float("-inf")  # time.monotonic() when the user last moved the cursor
 
     @property
     def selected(self) -> dict | None:
@@ -160,10 +166,12 @@ class JobTable(KeyedTable):
         return self.jobs.get(self.cursor_key or "")
 
     def show(self, jobs: list[dict], now: float) -> None:
-        """Show ``jobs`` (newest first). The cursor stays on its job, or on the top row when it
-        was there (so a new job is followed); cells that did not change are left alone."""
+        """Show ``jobs`` (newest first). The cursor follows a job that starts or fails (see
+        the module docstring); else it stays on its job, or on the top row when it was
+        there; cells that did not change are left alone."""
         current = self.selected
         at_top = self.cursor_row == 0
+        follow = self._to_follow(jobs)
         self.jobs = {j["id"]: j for j in jobs}
         cells = {j["id"]: self._cells(j, now) for j in jobs}
         order = [j["id"] for j in jobs]
@@ -171,7 +179,7 @@ class JobTable(KeyedTable):
             self.clear()
             for job_id in order:
                 self.add_row(*cells[job_id], key=job_id)
-            if current is not None and not at_top and current["id"] in self.rows:
+            if follow is None and current is not None and not at_top and current["id"] in self.rows:
                 self.move_cursor(row=self.get_row_index(current["id"]))
         else:
             for job_id, row in cells.items():
@@ -179,7 +187,59 @@ class JobTable(KeyedTable):
                 for (key, _), cell, old in zip(self.COLUMNS, row, before, strict=True):
                     if cell.plain != old.plain or cell.style != old.style:
                         self.update_cell(job_id, key, cell, update_width=True)
+        if follow is not None and follow != self.cursor_key:
+            self.move_cursor(row=self.get_row_index(follow))
         self._order, self._cells_shown = order, cells
+
+    def _to_follow(self, jobs: list[dict]) -> str | None:
+        """The job the cursor should go to now, if any (see the module docstring)."""
+        before, self._states = self._states, {j["id"]: j["state"] for j in jobs}
+        if before is None:  # the first show: the newest running job
+            return next((j["id"] for j in jobs if j["state"] == RUNNING), None)
+        if time.monotonic() - self.touched < USER_QUIET:
+            return None
+        return next((j["id"] for j in jobs
+                     if j["state"] in FOLLOWED and before.get(j["id"]) != j["state"]), None)
+
+    # The user's own moves: the table then leaves the cursor alone for a while.
+    def _moved_by_user(self) -> None:
+        self.touched = time.monotonic()
+
+    def action_cursor_up(self) -> None:
+        self._moved_by_user()
+        super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        self._moved_by_user()
+        super().action_cursor_down()
+
+    def action_page_up(self) -> None:
+        self._moved_by_user()
+        super().action_page_up()
+
+    def action_page_down(self) -> None:
+        self._moved_by_user()
+        super().action_page_down()
+
+    def action_scroll_top(self) -> None:
+        self._moved_by_user()
+        super().action_scroll_top()
+
+    def action_scroll_bottom(self) -> None:
+        self._moved_by_user()
+        super().action_scroll_bottom()
+
+    def action_scroll_home(self) -> None:
+        self._moved_by_user()
+        super().action_scroll_home()
+
+    def action_scroll_end(self) -> None:
+        self._moved_by_user()
+        super().action_scroll_end()
+
+    async def _on_click(self, event: events.Click) -> None:
+        self._moved_by_user()
+        await super()._on_click(event)
 
     def _style(self, state: str) -> str:
         return self.app.theme_variables.get(STATE_STYLES.get(state, ""), "")
