@@ -360,3 +360,82 @@ class JobTokens:
         """Ask every job this console runs to stop at its next check."""
         for entry in self._live().values():
             entry.token.cancel()
+
+
+# ------------------------------------------------------------ the restore wizard
+@dataclass
+class RestoreFormLoaded(Message):
+    """A snapshot's record and what restoring it asks for (``Engine.restore_form``)."""
+
+    snap: dict
+    form: object
+
+
+@dataclass
+class RestoreChoices(Message):
+    """For "Restore <noun>…": the sources the noun restores, newest snapshot first."""
+
+    noun: str
+    sources: list
+
+
+@dataclass
+class WizardAnswer(Message):
+    """A wizard step's engine call succeeded: ``value`` is what the step returns."""
+
+    value: object
+
+
+@dataclass
+class WizardRefused(Message):
+    """A wizard step's input was refused by the engine (a bad name, a time in the
+    future): shown inline, the step stays open."""
+
+    error: str
+
+
+@dataclass
+class WizardFailed(Message):
+    """A wizard step's engine call failed unexpectedly: an error dialog says so."""
+
+    error: str
+
+
+@dataclass
+class SnapshotDirLoaded(Message):
+    """One directory of a snapshot's tree (``Engine.snapshot_dir``) for tree node
+    ``node_id``."""
+
+    node_id: int
+    entries: list
+
+
+@dataclass
+class SnapshotDirFailed(Message):
+    """A directory of a snapshot's tree could not be read."""
+
+    node_id: int
+    error: str
+
+
+@dataclass
+class RestoreEstimated(Message):
+    """How long the reviewed restore should take (None: unknown), and on what basis."""
+
+    seconds: float | None
+    basis: str
+
+
+@dataclass
+class RestoreFinished(Message):
+    """The restore ran to its end; ``check`` is the engine's validation of it."""
+
+    result: object
+    check: object
+
+
+@dataclass
+class RestoreFailed(Message):
+    """The restore stopped (failed or cancelled) with ``error``."""
+
+    error: str

@@ -2,7 +2,8 @@
 
 ``JobCommands`` (the inventory): "Back up <label> now: <name>" for each
 source the engine lists ("Back up fileset now: uploads"), with its description
-as the help, and "Replicate now" when replicas are configured.
+as the help, "Replicate now" when replicas are configured, and "Restore
+<noun>…" ("Restore database…", "Restore files…") for what the sources restore.
 ``ConsoleCommands`` (every screen): "Inventory", "Jobs", "Schedule", and for
 each schedule "Run now: <kind>" and "Pause: <kind>" or "Resume: <kind>" (the
 schedules are read off the UI thread when the palette opens); these post a
@@ -78,6 +79,20 @@ class JobCommands(_ListedCommands):
         if names:
             yield (REPLICATE, host.start_replication,
                    f"Copy what each S3 replica lacks: {', '.join(names)}")
+        if isinstance(host, RestoreHost):
+            for noun in host.restore_nouns():
+                yield (f"Restore {noun}…", partial(host.restore_noun, noun),
+                       f"The restore wizard for the newest snapshot of a {noun} source "
+                       "(Enter on a snapshot opens it for that one)")
+
+
+@runtime_checkable
+class RestoreHost(Protocol):
+    """A screen that opens the restore wizard (the inventory)."""
+
+    def restore_nouns(self) -> list[str]: ...
+
+    def restore_noun(self, noun: str) -> None: ...
 
 
 @runtime_checkable

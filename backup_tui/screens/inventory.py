@@ -28,7 +28,7 @@ and leaves them out of the command palette: they would be refused.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -47,6 +47,8 @@ from backup_tui.messages import (
     JobProgress,
     ReplicationFailed,
     ReplicationFinished,
+    RestoreChoices,
+    RestoreFormLoaded,
     SnapshotsFailed,
     SnapshotsLoaded,
     SourcesLoaded,
@@ -54,6 +56,7 @@ from backup_tui.messages import (
 from backup_tui.screens.commands import JobCommands, RecoveryCommands
 from backup_tui.screens.pitr_wizard import PitrWizard
 from backup_tui.screens.replicas import ReplicasPane
+from backup_tui.screens.restore_wizard import RestoreWizard
 from backup_tui.screens.source_picker import SourcePicker
 from backup_tui.screens.sources import SourcesPane
 from backup_tui.widgets.job_panel import BACKUP, REPLICATE, JobPanel, replication_summary
@@ -72,6 +75,7 @@ class InventoryScreen(EngineCaller, Screen):
     """Snapshots of the repository and its replicas; backups and replication on demand."""
 
     BINDINGS = [
+        Binding("enter", "restore", "Restore", id="restore"),
         Binding("b", "backup", "Back up", id="backup"),
         Binding("R", "replicate", "Replicate now", id="replicate"),
         Binding("p", f"show_tab('{REPLICAS_TAB}')", "Replicas", id="show-replicas"),
@@ -120,6 +124,7 @@ class InventoryScreen(EngineCaller, Screen):
         self.query_one(SnapshotDetail).show_message("Loading snapshots…")
         self.load_snapshots()
         self.load_sources()
+        self.load_restore_nouns()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Keys that do nothing here are not offered: b once no source turned out to be
@@ -127,6 +132,8 @@ class InventoryScreen(EngineCaller, Screen):
         # back to the snapshots; o likewise to the sources. A read-only console shows b
         # and R disabled.
         mutating = None if self.read_only else True
+        if action == "restore":  # on the snapshots tab, with a snapshot under the cursor
+            return self._tab == SNAPSHOTS_TAB and mutating
         if action == "backup":
             return self.sources != [] and mutating
         if action == "replicate":
@@ -370,3 +377,81 @@ class InventoryScreen(EngineCaller, Screen):
                             severity="error", markup=False, timeout=15)
         if results and self.replicas:
             self.query_one(ReplicasPane).load(check=False)
+
+    # --------------------------------------------------------------- restore
+    # Enter on a snapshot, or "Restore <noun>…" in the palette: the restore wizard
+    # (backup_tui/screens/restore_wizard.py) for that snapshot, what it asks for as the
+    # engine describes it (Engine.restore_form).
+    @on(DataTable.RowSelected, "#snapshots")
+    def _snapshot_chosen(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if self.check_action("restore", ()):
+            self.action_restore()
+        else:
+            self.notify("This console is read-only: restoring needs an admin.",
+                        severity="warning", markup=False)
+
+    def action_restore(self) -> None:
+        snapshot_id = self.query_one(SnapshotTable).selected_id
+        if snapshot_id is None:
+            self.notify("No snapshot to restore yet.", severity="warning", markup=False)
+            return
+        self.open_restore(snapshot_id)
+
+    def open_restore(self, snapshot_id: str) -> None:
+        """The restore wizard for one snapshot (its record and form read in a thread)."""
+        def read() -> RestoreFormLoaded:
+            snap = self._details.get(snapshot_id) or self.engine.snapshot(snapshot_id)
+            return RestoreFormLoaded(snap, self.engine.restore_form(snap))
+
+        self.call_engine(read, group="restore-form", alert="Cannot restore this snapshot")
+
+    def on_restore_form_loaded(self, message: RestoreFormLoaded) -> None:
+        form: Any = message.form
+        if not form.into:
+            self.notify(form.instead, title="Restored another way", severity="warning",
+                        markup=False, timeout=15)
+            return
+        RestoreWizard(self.app, self.engine, message.snap, form, self._restore_ended).start()
+
+    def _restore_ended(self) -> None:
+        self.load_snapshots(self.query_one(SnapshotTable).selected_id)
+
+    def load_restore_nouns(self) -> None:
+        """What "Restore <noun>…" the palette offers: one per noun of the configured
+        sources' forms (read in a thread)."""
+        def read() -> RestoreChoices:
+            out: dict[str, list] = {}
+            for source in self.engine.sources():
+                form = self.engine.restore_form({"id": "", "kind": source.kind,
+                                                 "source": source.name})
+                if form.into:
+                    out.setdefault(form.noun or source.label, []).append(source)
+            return RestoreChoices("", [(noun, found) for noun, found in out.items()])
+
+        self.call_engine(read, group="restore-nouns")
+
+    def on_restore_choices(self, message: RestoreChoices) -> None:
+        self._restore_sources = dict(message.sources)
+
+    def restore_nouns(self) -> list[str]:
+        """The palette's "Restore <noun>…" entries (none before they are read)."""
+        return [] if self.read_only else list(getattr(self, "_restore_sources", {}))
+
+    def restore_noun(self, noun: str) -> None:
+        """From the palette: pick the source (when several), then its newest snapshot."""
+        sources = getattr(self, "_restore_sources", {}).get(noun, [])
+        if len(sources) == 1:
+            self._restore_newest(sources[0])
+        elif sources:
+            self.app.push_screen(SourcePicker(f"Restore which {noun}?", sources),
+                                 lambda s: s is not None and self._restore_newest(s))
+
+    def _restore_newest(self, source: SourceInfo) -> None:
+        infos = [i for i in self.query_one(SnapshotTable).infos.values()
+                 if (i.kind, i.source) == (source.kind, source.name)]
+        if not infos:
+            self.notify(f"No snapshot of {source.title} yet.", severity="warning",
+                        markup=False)
+            return
+        self.open_restore(max(infos, key=lambda i: i.time).id)

@@ -139,6 +139,8 @@ class RestoreForm:
     replace_option: str = ""
     paths_option: str = ""
     instead: str = ""
+    noun: str = ""  # what a menu calls restoring it: "Restore <noun>…"
+    on_stop: str = ""  # what a restore that stopped part way leaves behind
 
 
 @dataclass

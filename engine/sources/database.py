@@ -152,7 +152,9 @@ class DatabaseSource(Source):
         dbname = str(snap.get("postgres", {}).get("dbname") or snap["source"])
         return RestoreForm("database", option="target_db",
                            default=default_name(dbname, datetime.now().strftime("%Y%m%d")),
-                           replaces=dbname, replace_option="replace")
+                           replaces=dbname, replace_option="replace", noun="database",
+                           on_stop="the temporary database was dropped and the target "
+                           "database was not changed")
 
     @classmethod
     def check_target(cls, value: str) -> None:

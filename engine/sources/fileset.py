@@ -163,7 +163,10 @@ class FilesSource(Source):
     @classmethod
     def restore_form(cls, snap: dict) -> RestoreForm:
         """A directory (empty or new), and optionally paths inside the snapshot."""
-        return RestoreForm("directory", option="target", paths_option="paths")
+        return RestoreForm("directory", option="target", paths_option="paths", noun="files",
+                           on_stop="the files written so far stay in the target directory "
+                           "and nothing else was changed: remove them, or restore again "
+                           "into an empty directory")
 
     @classmethod
     def check_target(cls, value: str) -> None:
@@ -172,6 +175,10 @@ class FilesSource(Source):
             raise UsageError("give the directory to restore into")
         if not os.path.isabs(value):
             raise UsageError(f"{value}: give an absolute path (it starts with /)")
+        if os.path.isdir(value) and not os.path.islink(value) and os.listdir(value):
+            raise UsageError(f"{value} is not empty: the console restores only into an empty "
+                             "or new directory, so nothing there is overwritten or mixed in "
+                             "(restore files --force does that from the command line)")
 
     @classmethod
     def check_restore(cls, config, repo, plan, result, drills: list[dict]) -> RestoreCheck:
