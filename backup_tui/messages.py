@@ -373,10 +373,9 @@ class RestoreFormLoaded(Message):
 
 @dataclass
 class RestoreChoices(Message):
-    """For "Restore <noun>…": the sources the noun restores, newest snapshot first."""
+    """For the palette's "Restore <noun>…": (noun, the sources it restores) pairs."""
 
-    noun: str
-    sources: list
+    choices: list
 
 
 @dataclass

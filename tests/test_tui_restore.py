@@ -306,6 +306,45 @@ def test_cancel_during_the_restore_stops_and_says_what_was_left(sandbox, monkeyp
     assert job["state"] != "succeeded"
 
 
+def test_the_palette_offers_restore_files_for_the_newest_snapshot(sandbox, files_engine):
+    engine = files_engine
+    newest = engine.backup("files", "src").id  # a second snapshot: the palette takes it
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            table(app).move_cursor(row=1)  # the older one under the cursor: not taken
+            await pilot.press("ctrl+p")
+            await pilot.press(*"Restore files")
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert isinstance(app.screen, SnapshotStep)
+            assert app.screen.snap["id"] == newest
+
+    asyncio.run(flow())
+
+
+def test_a_read_only_console_does_not_open_the_wizard():
+    class Viewer(CannedRestoreEngine):
+        is_admin = False
+
+    app = console(Viewer())
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            table(app).focus()
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert isinstance(app.screen, InventoryScreen)
+            assert any("read-only" in n.message for n in app._notifications)
+            assert app.screen.restore_nouns() == []
+
+    asyncio.run(flow())
+
+
 # --- databases --------------------------------------------------------------------
 
 

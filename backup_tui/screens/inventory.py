@@ -427,12 +427,12 @@ class InventoryScreen(EngineCaller, Screen):
                                                  "source": source.name})
                 if form.into:
                     out.setdefault(form.noun or source.label, []).append(source)
-            return RestoreChoices("", [(noun, found) for noun, found in out.items()])
+            return RestoreChoices(list(out.items()))
 
         self.call_engine(read, group="restore-nouns")
 
     def on_restore_choices(self, message: RestoreChoices) -> None:
-        self._restore_sources = dict(message.sources)
+        self._restore_sources = dict(message.choices)
 
     def restore_nouns(self) -> list[str]:
         """The palette's "Restore <noun>…" entries (none before they are read)."""
