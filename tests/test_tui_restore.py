@@ -345,6 +345,49 @@ def test_a_read_only_console_does_not_open_the_wizard():
     asyncio.run(flow())
 
 
+def test_a_resized_terminal_keeps_every_step_whole(sandbox, files_engine):
+    """80x24, then 60x20 mid-wizard and again while restoring: each dialog stays inside
+    the screen and the flow goes on."""
+    out = sandbox.root / "out"
+    app = console(files_engine)
+
+    def inside() -> None:
+        dialog = app.screen.query_one(".restore-dialog")
+        screen = app.screen.region
+        assert screen.contains_region(dialog.region), (dialog.region, screen)
+
+    async def flow():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await to_target(app, pilot)
+            inside()
+            await pilot.resize_terminal(60, 20)
+            await settle(app, pilot)
+            inside()
+            await type_target(app, pilot, str(out))
+            assert isinstance(app.screen, ReviewStep)
+            inside()
+            await pilot.press("enter")
+            await pilot.resize_terminal(80, 24)
+            await settle(app, pilot)
+            assert isinstance(app.screen, RunStep)
+            inside()
+            assert "authenticated" in result_text(app)
+
+    asyncio.run(flow())
+    assert tree_bytes(out / str(sandbox.src).lstrip("/")) == tree_bytes(sandbox.src)
+
+
+def test_the_estimate_comes_from_past_restores_of_the_source(sandbox, files_engine):
+    engine = files_engine
+    snap = engine.snapshot("latest")
+    first = engine.plan_restore(snap, target=str(sandbox.root / "one"))
+    assert engine.restore_estimate(first) == (None, "no past restore or drill to go by")
+    engine.restore(first)
+    second = engine.plan_restore(snap, target=str(sandbox.root / "two"))
+    seconds, basis = engine.restore_estimate(second)
+    assert seconds is not None and basis == "the speed of the last 1 restore(s) of files:src"
+
+
 # --- databases --------------------------------------------------------------------
 
 
@@ -425,6 +468,32 @@ def test_replace_needs_the_name_typed_exactly(pg_cluster, shop):
                            f"'{name}__%'", "postgres").strip()
     assert olds == "0"
     assert restore_jobs(engine) == []
+
+
+def test_replace_typed_exactly_swaps_and_keeps_the_old_database(pg_cluster, shop):
+    engine, name = shop
+    pg_cluster.psql("DELETE FROM orders WHERE id > 10", name)  # a mistake to undo
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await to_target(app, pilot)
+            app.screen.query_one("#restore-target-choice").focus()
+            await pilot.press("down", "enter")
+            await settle(app, pilot)
+            await pilot.press("enter")
+            await settle(app, pilot)
+            app.screen.query_one("#restore-confirm", Input).value = name
+            await pilot.press("enter")
+            await settle(app, pilot, rounds=100)
+            assert isinstance(app.screen, RunStep)
+            assert f"1200 row(s) in database {name}" in result_text(app)
+
+    asyncio.run(flow())
+    assert count(pg_cluster, name, "orders") == 1000
+    [old] = pg_cluster.psql(f"SELECT datname FROM pg_database WHERE datname LIKE "
+                            f"'{name}__old%'", "postgres").split()
+    assert count(pg_cluster, old, "orders") == 10
 
 
 # --- helpers ----------------------------------------------------------------------
