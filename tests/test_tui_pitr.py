@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 import test_pitr
+import test_tui
 from test_pitr import CLUSTER, _mark_time, _restored, _stop
 from test_tui import T0, CannedEngine, _canned_sources, _id, settle
 from textual.pilot import Pilot
@@ -36,6 +37,7 @@ from engine.ops.resolve import newest_before, parse_time
 from engine.sources.base import SourceInfo
 
 setup = test_pitr.setup  # a cluster archiving into a fresh repository
+shop_db = test_tui.shop_db  # a small database of its own on the session's server
 SIZE = (100, 32)
 
 
@@ -115,8 +117,8 @@ def test_pitr_through_the_wizard_recovers_to_the_time(setup):
             assert "past the newest reachable point" in w.planned.refused
             assert newest in w.planned.refused
             assert "past the newest reachable point" in shown(app, "pitr-error")
-            await pilot.press("enter")  # refused: nowhere to go
-            assert w.step == "plan"
+            await pilot.press("enter")  # refused: back to the time, the reason kept
+            assert w.step == "time" and newest in w.error
             await pilot.press("escape")
             await settle(app, pilot)
             assert isinstance(app.screen, InventoryScreen)
@@ -171,6 +173,50 @@ def test_pitr_through_the_wizard_recovers_to_the_time(setup):
         assert _restored(port, "SELECT pg_is_in_recovery()") == "f"
     finally:
         _stop(out)
+
+
+def test_a_database_as_of_a_time_restores_the_dump_before_it(sandbox, pg_cluster, shop_db):
+    sandbox.extra = f'[[database]]\nname = "shop"\ndsn = "{pg_cluster.dsn(shop_db)}"\n'
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    first = engine.backup("db", "shop")
+    time.sleep(1.1)
+    when = datetime.now(UTC).isoformat()
+    time.sleep(1.1)
+    pg_cluster.psql("INSERT INTO orders SELECT g, 1, 9.99 FROM generate_series(1001, 1100) g",
+                    shop_db)
+    engine.backup("db", "shop")
+    target = f"{shop_db}_asof"
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            w = await open_wizard(app, pilot)
+            assert [c.info.name for c in w.choices] == ["shop"]  # not the fileset
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert "restores the newest dump taken before the time" in shown(
+                app, "pitr-time-note")
+            await type_time(app, pilot, when)
+            assert w.planned.dump["snapshot"]["id"] == first.id
+            assert f"dump {first.id[:8]}" in shown(app, "pitr-plan-text")
+            await pilot.press("enter")
+            app.screen.query_one("#pitr-target-input", Input).value = target
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert w.step == "confirm", w.error
+            app.screen.query_one("#pitr-confirm-input", Input).value = target
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert w.step == "result", w.error
+            assert f"into database {target}" in shown(app, "pitr-result-text")
+
+    try:
+        asyncio.run(flow())
+        assert pg_cluster.psql("SELECT count(*) FROM orders", target).strip() == "1000"
+        assert pg_cluster.psql("SELECT count(*) FROM orders", shop_db).strip() == "1100"
+    finally:
+        pg_cluster.psql(f"DROP DATABASE IF EXISTS {target}")
 
 
 # ------------------------------------------------------------- canned data
@@ -352,8 +398,9 @@ def test_a_time_in_the_future_is_refused_naming_the_newest_reachable_point():
             assert w.step == "plan" and w.planned.refused
             assert REACH.isoformat() in shown(app, "pitr-plan-text")
             assert "past the newest reachable point" in w.error
-            await pilot.press("enter")
-            assert w.step == "plan"  # nowhere to go from a refused plan
+            await pilot.press("enter")  # refused: back to the time, the reason kept
+            assert w.step == "time" and REACH.isoformat() in w.error
+            assert app.screen.query_one("#pitr-time-input", Input).has_focus
 
     asyncio.run(flow())
 

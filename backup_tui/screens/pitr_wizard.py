@@ -383,7 +383,11 @@ class PitrWizard(EngineCaller, ModalScreen["dict | None"]):
 
     def action_next(self) -> None:
         if self.step == "plan":
-            if self.planned is not None and not self.planned.refused:
+            if self.planned is not None and self.planned.refused:  # another time, then
+                refused = self.error
+                self._go("time")
+                self._show_error(refused)
+            elif self.planned is not None:
                 self._open_target()
         elif self.step == "result":
             self.dismiss(self.result)
@@ -522,8 +526,8 @@ class PitrWizard(EngineCaller, ModalScreen["dict | None"]):
         assert self.choice is not None
         self._text("pitr-plan-text", self._plan_text(message))
         self.query_one("#pitr-plan-text").set_class(bool(message.refused), "-refused")
-        self._text("pitr-keys", "Esc cancel · edit the time: Esc, then start again"
-                   if message.refused else KEYS["plan"])
+        self._text("pitr-keys", "Enter another time · Esc cancel" if message.refused
+                   else KEYS["plan"])
         if message.refused:
             self._show_error(f"Refused: {message.refused}")
 
