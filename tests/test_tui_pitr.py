@@ -472,6 +472,40 @@ def test_read_only_console_offers_no_recovery():
     asyncio.run(flow())
 
 
+def test_the_palette_opens_the_wizard():
+    app = console(CannedPitrEngine())
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("ctrl+p")
+            await pilot.press(*"point-in-time")
+            await pilot.pause(0.3)
+            await pilot.press("down", "enter")
+            await settle(app, pilot)
+            assert wizard(app).step == "source"
+
+    asyncio.run(flow())
+
+
+def test_the_dialog_follows_a_resize_to_60x20():
+    app = console(CannedPitrEngine())
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            w = await to_step(app, pilot, "plan")
+            await pilot.resize_terminal(60, 20)
+            await settle(app, pilot)
+            dialog = w.query_one("#pitr-dialog")
+            assert dialog.region.x >= 0 and dialog.region.right <= 60
+            assert dialog.region.bottom <= 20
+            await pilot.press("enter")  # and it goes on
+            await settle(app, pilot)
+            assert w.step == "target"
+
+    asyncio.run(flow())
+
+
 def test_the_dialog_fits_60_columns():
     app = console(CannedPitrEngine())
 
