@@ -684,9 +684,10 @@ class PitrWizard(EngineCaller, ModalScreen["dict | None"]):
             self._text("pitr-run-numbers", f"recovering: {ev.message}")
         elif ev.bytes_total:
             bar.update(total=ev.bytes_total, progress=min(ev.bytes_done, ev.bytes_total))
-            self._text("pitr-run-numbers", f"base restore: {human_bytes(ev.bytes_done)} of "
-                       f"{human_bytes(ev.bytes_total)} · {ev.items_done}/{ev.items_total} "
-                       "files")
+            what = "base restore" if self.choice and self.choice.by_wal else "restore"
+            files = f" · {ev.items_done}/{ev.items_total} files" if ev.items_total else ""
+            self._text("pitr-run-numbers", f"{what}: {human_bytes(ev.bytes_done)} of "
+                       f"{human_bytes(ev.bytes_total)}{files}")
         elif ev.message:
             self._text("pitr-run-numbers", ev.message)
 
