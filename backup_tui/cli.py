@@ -103,7 +103,6 @@ SNAPSHOT_HELP = ("a snapshot id, a unique prefix of 8+ hex characters, or 'lates
                  "newest; add --source when several sources have snapshots)")
 SOURCE_HELP = ("the source 'latest' refers to: a [[fileset]], [[database]] or [[cluster]] "
                "name")
-EXAMPLE_NAMES = {"files": "uploads", "db": "app", "cluster": "main"}  # as in the README
 
 
 def _examples(*lines: str) -> str:
@@ -159,15 +158,15 @@ def build_parser() -> ArgParser:
         "copies it to the replicas when the config says so. The newest snapshot of a source "
         "is 'latest' for show, verify, dump and restore (with --source NAME when several "
         "sources have snapshots).",
-        epilog=_examples(*[f"backup-tui backup {cls.kind} {EXAMPLE_NAMES.get(cls.kind, 'NAME')}"
+        epilog=_examples(*[f"backup-tui backup {cls.kind} {cls.example_name}"
                            for cls in kinds][:2],
                          "backup-tui backup all --json",
                          "backup-tui show latest --source "
-                         f"{EXAMPLE_NAMES.get(kinds[0].kind, 'NAME')}"))
+                         f"{kinds[0].example_name}"))
     bsub = b.add_subparsers(dest="what", required=True, parser_class=ArgParser,
                             help="the kind of source, or 'all'")
     for cls in kinds:
-        name = EXAMPLE_NAMES.get(cls.kind, "NAME")
+        name = cls.example_name
         bp = bsub.add_parser(
             cls.kind, help=f"back up one {cls.label}",
             description=f"Back up one [[{cls.section()}]] of the config file now; the "
@@ -318,12 +317,12 @@ def build_parser() -> ArgParser:
         description="Prove the newest backup restores: restore it into a throwaway "
         "PostgreSQL server, validate it, time it (the RTO), tear it down; recorded in the "
         "catalog.",
-        epilog=_examples(*[f"backup-tui drill {cls.kind} {EXAMPLE_NAMES.get(cls.kind, 'NAME')}"
+        epilog=_examples(*[f"backup-tui drill {cls.kind} {cls.example_name}"
                            for cls in drilled][:1], "backup-tui drill all --json"))
     dlsub = dl.add_subparsers(dest="what", required=True, parser_class=ArgParser,
                               help="the kind of source, or 'all'")
     for cls in drilled:
-        name = EXAMPLE_NAMES.get(cls.kind, "NAME")
+        name = cls.example_name
         dp = dlsub.add_parser(cls.kind, help=f"drill one {cls.label}",
                               description=f"Restore drill of one [[{cls.section()}]].",
                               epilog=_examples(f"backup-tui drill {cls.kind} {name}",

@@ -167,6 +167,7 @@ class Source:
     schedule: ClassVar[str]  # the [schedule] key that backs up every source of this kind
     default_cron: ClassVar[str]  # that schedule's default
     schedule_text: ClassVar[str]  # what that schedule does, for the schedule screen
+    example_name: ClassVar[str] = "NAME"  # a source name for help examples (as in the README)
     archives_wal: ClassVar[bool] = False  # its WAL is archived (wal-push), shipped to the
     # replicas and shown per copy by status and health (engine/ops/walship.py)
 

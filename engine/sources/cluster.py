@@ -183,6 +183,7 @@ class ClusterSource(Source):
     schedule = "cluster"
     default_cron = "0 1 * * *"
     schedule_text = "take a base backup of every cluster"
+    example_name = "main"
     archives_wal = True  # WAL shipped and shown per copy (engine/ops/walship.py)
 
     config: ClusterConfig

@@ -49,6 +49,7 @@ class DatabaseSource(Source):
     schedule = "database"
     default_cron = "0 2 * * *"
     schedule_text = "back up every database"
+    example_name = "app"
 
     config: DatabaseConfig
 

@@ -99,6 +99,7 @@ class FilesSource(Source):
     schedule = "files"
     default_cron = "0 3 * * *"
     schedule_text = "back up every fileset"
+    example_name = "uploads"
 
     config: FilesetConfig
 
