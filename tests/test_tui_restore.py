@@ -26,7 +26,7 @@ from test_tui import (
     table,
 )
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, OptionList, Static
 
 from backup_tui.screens.inventory import InventoryScreen
 from backup_tui.screens.restore_wizard import (
@@ -317,7 +317,12 @@ def test_the_palette_offers_restore_files_for_the_newest_snapshot(sandbox, files
             table(app).move_cursor(row=1)  # the older one under the cursor: not taken
             await pilot.press("ctrl+p")
             await pilot.press(*"Restore files")
-            await pilot.pause(0.3)
+            hits = app.screen.query_one(OptionList)
+            for _ in range(50):  # the palette searches in the background
+                await pilot.pause(0.1)
+                if hits.option_count and "Restore files" in str(hits.get_option_at_index(0)
+                                                                    .prompt):
+                    break
             await pilot.press("enter")
             await settle(app, pilot)
             assert isinstance(app.screen, SnapshotStep)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -197,7 +198,7 @@ class SnapshotStep(WizardStep):
 
     def body(self) -> ComposeResult:
         s = self.snap
-        when = local_time(_time(s["time"]), "%Y-%m-%d %H:%M:%S %Z")
+        when = local_time(datetime.fromisoformat(s["time"]), "%Y-%m-%d %H:%M:%S %Z")
         size = human_bytes(int(s.get("stats", {}).get("size", 0)))
         yield OptionList(
             Option(Content(f"This snapshot: {s['id'][:8]} of {s['kind']} {s['source']}, "
@@ -231,12 +232,6 @@ class SnapshotStep(WizardStep):
             return WizardAnswer(Chosen(snap, text, before))
 
         self.ask(resolve, f"Finding the snapshot of {s['source']} as of {text}")
-
-
-def _time(iso: str):
-    from datetime import datetime
-
-    return datetime.fromisoformat(iso)
 
 
 # --------------------------------------------------------------------- 2. target
@@ -459,7 +454,9 @@ class RunStep(WizardStep):
         table.display = False
         table.add_columns("table", Text("rows", justify="right"), Text("recorded",
                                                                        justify="right"))
-        plan, relay, cancel = self.target.plan, EventRelay(self), self.cancel
+        plan, cancel = self.target.plan, self.cancel
+        # with the token: the jobs screen can cancel it too, and quitting asks first
+        relay = EventRelay(self, cancel=cancel, what=f"the restore {plan.target_label}")
 
         def run() -> Message:
             result = self.engine.restore(plan, relay, cancel)
@@ -520,6 +517,10 @@ class RunStep(WizardStep):
                 f"{human_bytes(event.bytes_done)} written)" if event and event.items_total
                 else "")
         return f"Left behind: {self.form.on_stop or 'see the error above'}{done}."
+
+    def on_unmount(self) -> None:
+        if self.running:  # the app is going away: let the restore stop, not outlive it
+            self.cancel.cancel()
 
     def action_stop(self) -> None:
         if self.running and not self.cancel.cancelled:
