@@ -176,7 +176,11 @@ class FilesSource(Source):
             raise UsageError("give the directory to restore into")
         if not os.path.isabs(value):
             raise UsageError(f"{value}: give an absolute path (it starts with /)")
-        if os.path.isdir(value) and not os.path.islink(value) and os.listdir(value):
+        try:
+            busy = os.path.isdir(value) and not os.path.islink(value) and os.listdir(value)
+        except OSError as e:
+            raise UsageError(f"{value}: cannot look into it: {e.strerror}") from None
+        if busy:
             raise UsageError(f"{value} is not empty: the console restores only into an empty "
                              "or new directory, so nothing there is overwritten or mixed in "
                              "(restore files --force does that from the command line)")
