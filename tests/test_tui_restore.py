@@ -614,6 +614,12 @@ def test_look_target_step(snap_compare, utc):
                         run_before=_steps("enter", "enter"))
 
 
+def test_look_files_target_step(snap_compare, utc):
+    """A files snapshot: the directory field, what is restored, the tree a Tab away."""
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
+                        run_before=_steps("down", "enter", "enter"))
+
+
 def test_look_review_step(snap_compare, utc):
     assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
                         run_before=_steps("enter", "enter", "enter"))

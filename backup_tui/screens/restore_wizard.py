@@ -245,6 +245,8 @@ class TargetStep(WizardStep):
         super().__init__(engine)
         self.chosen, self.form = chosen, form
         self.path = ""  # one path inside the snapshot, or "" for everything
+        if form.paths_option:
+            self.KEYS = "Enter next · Tab, Enter: choose a path · Esc cancel"
 
     @property
     def into(self) -> str:
