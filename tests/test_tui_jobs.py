@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -26,12 +28,15 @@ from textual.widgets import Input
 from backup_tui import app as app_module
 from backup_tui.app import OFF, OWN, VIEWER, BackupConsole
 from backup_tui.format import duration
-from backup_tui.screens.jobs import JobsScreen
+from backup_tui.screens.jobs import ConfirmDialog, JobsScreen
 from backup_tui.screens.schedule import ScheduleScreen
+from backup_tui.screens.source_picker import SourcePicker
 from backup_tui.widgets.job_panel import JobPanel
-from backup_tui.widgets.job_table import Figures, JobDetail, JobTable, numbers_line
+from backup_tui.widgets.job_table import USER_QUIET, Figures, JobDetail, JobTable, numbers_line
 from backup_tui.widgets.schedule_table import ScheduleTable
 from engine.daemon import Scheduler, SchedulerLock
+from engine.errors import EngineError
+from engine.events import CancelToken, Event
 from engine.facade import Engine
 
 SIZE = (124, 32)
@@ -499,3 +504,355 @@ def test_schedule_read_only_look(snap_compare, utc):
     under the cursor with its whole error."""
     assert snap_compare(canned_console(admin=False), terminal_size=SIZE,
                         run_before=_then("s", "down", "down", "down", "down"))
+
+
+# --- following, cancelling and quitting (issue 12) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_tree(tmp_path_factory):
+    """300,000 empty files in folders of a thousand, made once for this module: cheap to
+    make, and a backup of them takes tens of seconds here (the console competing for the
+    same two cores), long enough to see it running, cancel it or quit under it."""
+    import shutil
+
+    where = tmp_path_factory.mktemp("slow-tree")
+    for d in range(300):
+        folder = where / f"d{d:03d}"
+        folder.mkdir()
+        for i in range(1000):
+            os.close(os.open(folder / f"f{i:03d}", os.O_CREAT | os.O_WRONLY, 0o644))
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def cli_backup(sandbox, name: str) -> subprocess.Popen:
+    """``backup-tui backup files NAME`` in a process of its own (not this console's)."""
+    env = dict(os.environ)
+    env.pop("BACKUP_TUI_PASSWORD", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "backup_tui.cli", "--config", str(sandbox.config_path),
+         "backup", "files", name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def test_the_cursor_follows_a_job_that_starts_or_fails(sandbox, slow_tree):
+    (sandbox.src / "a.txt").write_text("a\n")
+    sandbox.filesets |= {"big": [str(slow_tree)], "gone": [str(sandbox.root / "missing")]}
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    engine.backup("files", "src")
+    engine.backup("files", "src")  # two old jobs: the user can move off the top one
+    app = BackupConsole(engine, run_scheduler=False)
+    proc = None
+
+    async def flow():
+        nonlocal proc
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("j")
+            screen = app.screen
+            assert isinstance(screen, JobsScreen)
+            table = screen.table
+            await until(pilot, lambda: len(table.jobs) == 2, 10, "the two old jobs")
+            old = [j["id"] for j in engine.jobs()]
+            await pilot.press("down")  # the user moves the cursor to the older job...
+            assert table.selected["id"] == old[1]
+            table.touched -= USER_QUIET  # ...long enough ago
+            # A job starts in another process: the cursor goes to it, and c cannot cancel it.
+            proc = cli_backup(sandbox, "big")
+            running = await until(pilot, lambda: next(
+                (j for j in table.jobs.values() if j["state"] == "running"), None),
+                60, "the running job")
+            await until(pilot, lambda: table.selected["id"] == running["id"], 5, "followed")
+            assert binding_states(app)["cancel-job"] is True
+            await pilot.press("c")
+            await pilot.pause()
+            assert not isinstance(app.screen, ConfirmDialog)
+            [why] = [n for n in notes(app, "warning") if n.startswith("Cannot cancel")]
+            assert f"another process (pid {proc.pid}) runs it" in why
+            # The user moves the cursor; a job fails right after: the cursor stays put.
+            await pilot.press("down")
+            mine = table.selected["id"]
+            with pytest.raises(EngineError):
+                engine.backup("files", "gone")
+            await until(pilot, lambda: any(j["state"] == "failed"
+                                            for j in table.jobs.values()), 10, "failure shown")
+            assert table.selected["id"] == mine
+            # Some seconds later another fails: now the cursor goes to it.
+            table.touched -= USER_QUIET
+            with pytest.raises(EngineError):
+                engine.backup("files", "gone")
+            newest_failed = engine.jobs()[0]["id"]
+            await until(pilot, lambda: table.selected["id"] == newest_failed, 10,
+                        "the newest failed job followed")
+            assert "does not exist" in screen.detail.text
+            assert proc.wait(120) == 0, proc.stderr.read().decode()
+
+    try:
+        asyncio.run(flow())
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [s.source for s in engine.snapshots()].count("big") == 1
+
+
+def test_cancel_a_running_backup_after_confirming(sandbox, slow_tree):
+    sandbox.filesets = {"src": [str(slow_tree)]}
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine, run_scheduler=False)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.screen.sources is not None, 10, "sources read")
+            await pilot.press("b")  # one source: it starts at once
+            await pilot.press("j")
+            table = app.screen.query_one(JobTable)
+            job = await until(pilot, lambda: next(
+                (j for j in table.jobs.values() if j["state"] == "running"), None),
+                30, "the running backup")
+            assert table.selected["id"] == job["id"]
+            assert binding_states(app)["cancel-job"] is True
+            token = await until(pilot, lambda: app.job_tokens.token(job["id"]), 10, "token")
+            # c asks; Esc keeps the job running.
+            await pilot.press("c")
+            await pilot.pause()
+            dialog = app.screen
+            assert isinstance(dialog, ConfirmDialog)
+            assert dialog.title_text == "Cancel backup files:src?"
+            assert "No snapshot is made" in dialog.text and "consistent" in dialog.text
+            assert dialog.focused.id == "confirm-no"  # the safe answer is the default
+            await pilot.press("escape")
+            await pilot.pause()
+            assert isinstance(app.screen, JobsScreen) and not token.cancelled
+            await pilot.pause(0.6)
+            assert table.jobs[job["id"]]["state"] == "running"
+            # c again, and yes: the job ends interrupted, with no snapshot.
+            await pilot.press("c")
+            await pilot.pause()
+            await pilot.press("y")
+            await until(pilot, lambda: table.jobs[job["id"]]["state"] != "running", 60,
+                        "the end of the job")
+            assert table.jobs[job["id"]]["state"] == "interrupted", table.jobs[job["id"]]
+            assert token.cancelled
+            assert any(n.startswith("Cancelling backup files:src") for n in notes(app))
+            assert table.jobs[job["id"]]["error"] == "cancelled by request"
+            await until(pilot, lambda: binding_states(app)["cancel-job"] is False, 5,
+                        "c disabled on an ended job")
+
+    asyncio.run(flow())
+    assert engine.snapshots() == []
+    assert engine.jobs()[0]["state"] == "interrupted"
+
+
+def test_quit_during_a_job_asks_no_keeps_it_yes_cancels_it(sandbox, slow_tree):
+    sandbox.filesets = {"src": [str(slow_tree)]}
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine, run_scheduler=False)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.screen.sources is not None, 10, "sources read")
+            await pilot.press("b")
+            await until(pilot, app.job_tokens.running, 30, "the backup under way")
+            await pilot.press("q")
+            await pilot.pause()
+            dialog = app.screen
+            assert isinstance(dialog, ConfirmDialog)
+            assert dialog.text.startswith("This console runs the backup of fileset src. "
+                                          "Quitting cancels it")
+            assert "repository stays consistent" in dialog.text
+            await pilot.press("escape")  # no: it keeps running
+            await pilot.pause(0.5)
+            assert app.is_running and not isinstance(app.screen, ConfirmDialog)
+            [job] = engine.jobs()
+            assert job["state"] == "running" and app.job_tokens.running()
+            await pilot.press("q")
+            await pilot.pause()
+            await pilot.press("n")  # no, by its key
+            await pilot.pause()
+            assert app.is_running and app.job_tokens.running()
+            await pilot.press("q")
+            await pilot.pause()
+            await pilot.press("y")
+            await until(pilot, lambda: not app.is_running, 60, "quit")
+
+    asyncio.run(flow())
+    [job] = engine.jobs()
+    assert (job["state"], job["error"]) == ("interrupted", "cancelled by request")
+    assert engine.snapshots() == []
+
+
+def test_quit_without_a_job_of_this_console_does_not_ask(sandbox):
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine, run_scheduler=False)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert app.quit_question() is None
+            await pilot.press("q")
+            await until(pilot, lambda: not app.is_running, 10, "quit")
+
+    asyncio.run(flow())
+
+
+def test_b_during_a_running_job_refuses_before_the_picker(sandbox, slow_tree):
+    sandbox.filesets["big"] = [str(slow_tree)]
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine, run_scheduler=False)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.screen.sources is not None, 10, "sources read")
+            await pilot.press("b")
+            await pilot.pause()
+            assert isinstance(app.screen, SourcePicker)
+            await pilot.press("down", "enter")  # big
+            await until(pilot, app.job_tokens.running, 30, "the backup under way")
+            await pilot.press("b")
+            await pilot.pause()
+            assert not isinstance(app.screen, SourcePicker)
+            assert "A backup is already running; wait for it to end." in notes(app, "warning")
+            app.job_tokens.cancel_all()
+            await until(pilot, lambda: not app.job_tokens.running(), 60, "cancelled")
+
+    asyncio.run(flow())
+    assert engine.snapshots() == []
+
+
+# --- progress that can be trusted ------------------------------------------------------
+
+
+def test_fileset_totals_are_known_or_unknown_never_what_is_done(tmp_path):
+    from engine.events import CancelToken
+    from engine.sources.fileset import FilesetConfig, _Totals
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(3):
+        (tree / f"f{i}").write_bytes(b"x" * 1000)
+    fileset = FilesetConfig(name="t", paths=(str(tree),))
+    # The parent's figures are the estimate while the backup has not passed them.
+    totals = _Totals({"stats": {"files": 2, "size": 1500}}, fileset, CancelToken())
+    assert totals.get(1, 1000) == (2, 1500)
+    # Passed: unknown (not 100%), and the grown tree is counted now.
+    assert totals.get(2, 1600) == (0, 0)
+    totals.wait(30)
+    assert totals.get(2, 1600) == (3, 3000)
+    assert totals.get(3, 3000) == (3, 3000)
+    assert totals.get(4, 3100) == (0, 0)  # it grew again during the backup
+    # No parent: unknown until the scan has counted the tree.
+    fresh = _Totals(None, fileset, CancelToken())
+    fresh.wait(30)
+    assert fresh.get(0, 0) == (3, 3000)
+    assert _Totals({"stats": {}}, fileset, CancelToken()).get(0, 0) == (0, 0)
+
+
+def test_a_grown_fileset_never_reads_100_percent_before_the_end(sandbox):
+    from backup_tui.widgets.job_panel import progress_fraction
+
+    (sandbox.src / "small.txt").write_bytes(os.urandom(4096))
+    engine = sandbox.engine(init=True)
+    engine.backup("files", "src")  # the parent: 4 KiB
+    for i in range(48):  # grown ten-thousandfold: progress every 0.1 s shows it
+        (sandbox.src / f"new{i:02d}.bin").write_bytes(os.urandom(1 << 20))
+    events = []
+    engine.backup("files", "src", on_event=events.append)
+    backing_up = [e for e in events if e.phase == "backup"]
+    assert backing_up and events[-1].phase == "done" and events[-1].final
+    for e in events[:-1]:  # the bytes figures never claim the end before it
+        assert e.bytes_total == 0 or e.bytes_done < e.bytes_total or e.phase == "commit", e
+        fraction = progress_fraction(e.phase, e.bytes_done, e.bytes_total, e.items_done,
+                                     e.items_total)
+        assert fraction is None or fraction < 1, e
+    # Past the parent's 4 KiB and 1 file: unknown (an indeterminate bar), not the estimate.
+    assert any(e.bytes_total == 0 for e in backing_up)
+    assert not any(e.bytes_total == 4096 and (e.bytes_done > 4096 or e.items_done > 1)
+                   for e in backing_up)
+    done = events[-1]
+    assert progress_fraction(done.phase, done.bytes_done, done.bytes_total, done.items_done,
+                             done.items_total, running=False) == 1.0
+
+
+def test_figures_of_a_running_job_never_read_100_percent():
+    from backup_tui.widgets.job_panel import progress_line
+    from engine.events import Event
+
+    restoring = _job(phase="restore", bytes_done=100, bytes_total=100, updated=1002.0)
+    assert Figures.of(restoring, 1003.0).percent == "99%"
+    assert Figures.of(restoring | {"state": "succeeded", "ended": 1003.0}, 1003.0).percent \
+        == "100%"
+    unknown = _job(bytes_done=30 << 20, updated=1003.0)  # no total: bytes and rate
+    figures = Figures.of(unknown, 1004.0)
+    assert (figures.fraction, figures.eta) == (None, None)
+    assert numbers_line(unknown, figures) == "30.0 MiB · 10.0 MiB/s"
+    line = progress_line(Event("j", "backup", bytes_done=30 << 20, bytes_total=60 << 20,
+                               time=1003.0), started=1000.0)
+    assert line == "30.0 MiB of 60.0 MiB · 10.0 MiB/s · ETA 3.0 s"
+    line = progress_line(Event("j", "backup", bytes_done=30 << 20, items_done=7,
+                               time=1003.0), started=1000.0)
+    assert line == "30.0 MiB · 7 files · 10.0 MiB/s"
+
+
+def test_the_job_panel_bar_is_indeterminate_without_a_total():
+    from textual.app import App
+
+    from engine.events import Event
+
+    class PanelApp(App):
+        def compose(self):
+            yield JobPanel()
+
+    async def flow():
+        app = PanelApp()
+        async with app.run_test() as pilot:
+            panel = app.query_one(JobPanel)
+            panel.start("backup", "fileset src")
+            panel.show_event(Event("j", "backup", bytes_done=10, bytes_total=20, time=1.0))
+            await pilot.pause()
+            assert panel.bar.percentage == 0.5
+            panel.show_event(Event("j", "backup", bytes_done=30, time=2.0))  # passed: unknown
+            await pilot.pause()
+            assert panel.bar.total is None and "30 B" in panel.text
+            panel.show_event(Event("j", "commit", bytes_done=40, bytes_total=40, time=3.0))
+            await pilot.pause()
+            assert panel.bar.percentage == 0.99
+            panel.show_event(Event("j", "done", bytes_done=40, bytes_total=40, time=3.5,
+                                   final=True))
+            await pilot.pause()
+            assert panel.bar.percentage == 1.0
+
+    asyncio.run(flow())
+
+
+def test_quit_dialog_look(snap_compare, utc):
+    """q while this console runs a backup: what quitting does to it; "no" has the focus."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot.app, pilot)
+        pilot.app.job_tokens.seen(Event("backup-20240605T035929-a1b2c3", "backup"),
+                                  CancelToken(), "the backup of fileset app-data")
+        await pilot.press("q")
+        await settle(pilot.app, pilot)
+
+    assert snap_compare(canned_console(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_cancel_dialog_look(snap_compare, utc):
+    """c on this console's running job: the confirmation at 80x24."""
+    app = canned_console()
+    running = _canned_jobs()[0]["id"]
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot.app, pilot)
+        pilot.app.job_tokens.seen(Event(running, "backup"), CancelToken(),
+                                  "the backup of fileset app-data")
+        await pilot.press("j")
+        await settle(pilot.app, pilot)
+        await pilot.press("c")
+        await settle(pilot.app, pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
