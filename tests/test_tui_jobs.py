@@ -856,3 +856,29 @@ def test_cancel_dialog_look(snap_compare, utc):
         await settle(pilot.app, pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_the_palette_offers_to_cancel_each_running_job(utc, daemon_holds_the_lock):
+    app = canned_console()
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await pilot.press("j")
+            await settle(app, pilot)
+            await pilot.press("ctrl+p")
+            await pilot.press(*"cancel job")
+            await pilot.pause(0.5)
+            offered = [str(o.prompt).splitlines()[0]
+                       for o in app.screen.query_one(CommandList).options]
+            assert offered == ["Cancel job: backup files:app-data",
+                               "Cancel job: backup db:shop"], offered
+            await pilot.press("down", "enter")  # the second: not the one under the cursor
+            await settle(app, pilot)
+            # The daemon runs it: the console says why it cannot cancel it, and asks nothing.
+            assert isinstance(app.screen, JobsScreen)
+            [why] = [n for n in notes(app, "warning") if n.startswith("Cannot cancel")]
+            assert why.startswith("Cannot cancel backup db:shop: the daemon (pid "
+                                  f"{DAEMON_PID}) runs it")
+
+    asyncio.run(flow())

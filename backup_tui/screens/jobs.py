@@ -18,12 +18,14 @@ a ``ConfirmDialog`` that says what cancelling does to it (it defaults to "no").
 Only this console's own jobs can be cancelled, through their ``CancelToken``
 (``canceller`` answers with it); for another process's job (the daemon's, the
 command line's) the engine has no way to ask, and ``canceller`` says so instead.
+The command palette offers "Cancel job: <kind> <target>" for each running job.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 
 from textual import on
 from textual.app import ComposeResult
@@ -36,6 +38,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import JobsFailed, JobsLoaded
+from backup_tui.screens.commands import _ListedCommands
 from backup_tui.widgets.job_table import RUNNING, JobDetail, JobTable
 from engine.events import CancelToken
 from engine.facade import Engine
@@ -90,6 +93,19 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(yes)
 
 
+class CancelCommands(_ListedCommands):
+    """"Cancel job: <kind> <target>" for each running job, while the jobs screen shows."""
+
+    def _commands(self):
+        screen = self.screen
+        if not isinstance(screen, JobsScreen):
+            return
+        for job in screen.running_jobs():
+            yield (f"Cancel job: {job['kind']} {job['target']}",
+                   partial(screen.cancel_job, job),
+                   "Stop it at its next check (asks first)")
+
+
 class JobsScreen(EngineCaller, Screen):
     """Every job the catalog holds, newest first, refreshed twice a second."""
 
@@ -98,6 +114,7 @@ class JobsScreen(EngineCaller, Screen):
         Binding("escape", "app.switch_mode('inventory')", "Back", show=False, id="back"),
     ]
     AUTO_FOCUS = "#jobs"
+    COMMANDS = Screen.COMMANDS | {CancelCommands}
 
     def __init__(self, engine: Engine, clock: Callable[[], float],
                  runner: Callable[[int | None], str] = lambda pid: "",
@@ -177,7 +194,14 @@ class JobsScreen(EngineCaller, Screen):
         return True
 
     def action_cancel_job(self) -> None:
-        job = self.table.selected
+        self.cancel_job(self.table.selected)
+
+    def running_jobs(self) -> list[dict]:
+        """The running jobs shown (the palette offers to cancel each)."""
+        return [j for j in self.table.jobs.values() if j["state"] == RUNNING]
+
+    def cancel_job(self, job: dict | None) -> None:
+        """Cancel ``job`` after a confirmation, or say why it cannot be."""
         if job is None or job["state"] != RUNNING:
             self.notify("The job under the cursor is not running.", severity="warning")
             return
