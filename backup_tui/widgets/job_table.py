@@ -11,12 +11,13 @@ fixed in snapshot tests) rather than read here.
 
 Words: *fraction* is bytes done of the total when there is a byte total, else
 items done of the item total; a ``dump`` phase's total is the database size, a
-guess, shown with "~". A running backup's total is an estimate too (a fileset's
-comes from its last snapshot, a dump's from the database size) and the engine
-raises it to what is done when the job outgrows it: a total the job has
-*reached* while still in that phase says nothing, so no fraction (nor ETA) is
-shown then, rather than 100% from the start; and a running job never reads
-100% (``job_panel.progress_fraction``, shared with the inventory's panel). *Rate*
+guess, shown with "~". A running backup's total may be an estimate too: a
+fileset's is its last snapshot's figures or a scan, and 0 (unknown: an
+indeterminate bar with bytes and rate) once outgrown; a dump's and a cluster's
+are raised to what is done when the job outgrows them, so a total the job has
+*reached* while still in that phase says nothing, and no fraction (nor ETA) is
+shown then, rather than 100% from the start. A running job never reads 100%
+(``job_panel.progress_fraction``, shared with the inventory's panel). *Rate*
 is bytes done over the seconds from start to the last progress row. *ETA* is
 what is left at that rate, less the time since that row.
 
