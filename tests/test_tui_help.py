@@ -3,7 +3,8 @@
 The help lists the bindings of the screen showing and of the app, read from the
 same place the footer reads them, so a key that does nothing there is left out
 and one that cannot act now is marked. Esc or ``?`` closes it. Escape on the
-jobs and schedule screens goes back to the inventory. Canned data, as the other
+jobs and schedule screens goes back to the inventory, and on the inventory's
+other tabs to the snapshots. Canned data, as the other
 console look tests: the help is about keys, not about the engine.
 """
 
@@ -84,6 +85,17 @@ def test_help_lists_the_keys_of_each_screen_and_closes_with_esc_or_question_mark
             await pilot.press("escape")
             await pilot.pause()
             assert app.current_mode == "inventory"
+            # ...and on the inventory from another tab to the snapshots.
+            views = app.screen.query_one("#views")
+            await pilot.press("o")
+            await settle(app, pilot)
+            assert views.active == "sources-tab"
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert keys(app)["Back to the snapshots"].keys == "esc"
+            await pilot.press("escape", "escape")
+            await pilot.pause()
+            assert views.active == "snapshots-tab" and app.current_mode == "inventory"
 
     asyncio.run(flow())
 

@@ -83,6 +83,7 @@ class InventoryScreen(EngineCaller, Screen):
         Binding("o", f"sources_tab('{SOURCES_TAB}')", "Sources", id="show-sources"),
         Binding("o", f"sources_tab('{SNAPSHOTS_TAB}')", "Snapshots", id="sources-back"),
         Binding("r", "refresh", "Refresh", id="refresh"),
+        Binding("escape", "back", "Back to the snapshots", show=False, id="back"),
         Binding("t", "pitr", "Point in time", show=False, id="pitr"),
     ]
     COMMANDS = Screen.COMMANDS | {JobCommands, RecoveryCommands}
@@ -145,6 +146,8 @@ class InventoryScreen(EngineCaller, Screen):
             return bool(self.replicas) and (self._tab == REPLICAS_TAB) == back
         if action == "sources_tab":
             return (self._tab == SOURCES_TAB) == (parameters[0] == SNAPSHOTS_TAB)
+        if action == "back":  # Escape goes back: from another tab to the snapshots
+            return self._tab != SNAPSHOTS_TAB
         return True
 
     @property
@@ -158,6 +161,9 @@ class InventoryScreen(EngineCaller, Screen):
 
     def action_sources_tab(self, tab: str) -> None:
         self.action_show_tab(tab)
+
+    def action_back(self) -> None:
+        self.action_show_tab(SNAPSHOTS_TAB)
 
     @on(TabbedContent.TabActivated, "#views")
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
