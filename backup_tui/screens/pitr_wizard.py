@@ -656,7 +656,10 @@ class PitrWizard(EngineCaller, ModalScreen["dict | None"]):
                    f"Restoring {self.choice.info.title} into {self.target.target}…")
         self._text("pitr-run-numbers", "starting")
         self._go("run")
-        relay = EventRelay(self)
+        # the token makes the job cancellable from the jobs screen and makes q ask first
+        relay = EventRelay(self, cancel=cancel, what=(
+            f"the point-in-time recovery of {self.choice.info.title}" if self.choice.by_wal
+            else f"the restore of {self.choice.info.title} into {self.target.target}"))
         self.call_engine(partial(self._execute, self.choice, self.target, relay, cancel),
                          group="pitr-run", failed=PitrFailed)
 
