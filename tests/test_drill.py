@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import Sandbox
+from support import Sandbox, server_python
 
 from engine.events import Event
 from engine.sandbox import reachable_tempdir
@@ -313,6 +313,7 @@ class ClusterSetup:
                          'drill_tables = ["t", "postgres.public.t"]\n')
         self.sb.write_config()
         self.sb.engine(init=True)
+        server_python()  # $BACKUP_TUI_SERVER_PYTHON: what command_python finds
         python = " ".join(pitr.command_python("postgres"))
         push = (f"{python} -m backup_tui.cli --config {self.sb.config_path} wal-push %p "
                 "--cluster main")

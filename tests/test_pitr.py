@@ -22,7 +22,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from support import CHEAP_KDF
+from support import CHEAP_KDF, server_python
 
 from engine.errors import EngineError, UsageError
 from engine.ops import pitr
@@ -181,6 +181,7 @@ def setup(request):
         s.engine().init()
         # the python restore pitr gives wal-fetch serves wal-push too (the postgres user
         # may not reach this venv's interpreter)
+        server_python()  # $BACKUP_TUI_SERVER_PYTHON: what command_python finds
         python = " ".join(pitr.command_python("postgres"))
         push = (f"{python} -m backup_tui.cli --config {s.config_path} wal-push %p "
                 f"--cluster {CLUSTER}")

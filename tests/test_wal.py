@@ -17,12 +17,11 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import CHEAP_KDF
+from support import CHEAP_KDF, server_python
 
 from engine import wal
 from engine.errors import IntegrityError, NotFound, UsageError
@@ -208,15 +207,11 @@ def test_settings_gate_on_configured_clusters(tmp_path):
 
 # ---------------------------------------------------------- the shared layout
 
-PYTHON = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
-SITE = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"), None)
 
 
 def _postgres_can_run() -> str:
     if os.geteuid() != 0:
         return "needs root (runs the CLI as the postgres user)"
-    if not Path(PYTHON).exists() or SITE is None:
-        return f"no {PYTHON} and site-packages the postgres user can run"
     try:
         grp.getgrnam("postgres")
     except KeyError:
@@ -282,17 +277,18 @@ class Archive:
 
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "BACKUP_TUI"))}
-        env["PYTHONPATH"] = f"{ROOT}:{SITE}"
         env["HOME"] = "/"
         return env
 
     def command(self, *args: str, config: Path | None = None) -> list[str]:
-        return [PYTHON, "-m", "backup_tui.cli", "--config", str(config or self.config), *args]
+        """The CLI as the postgres user runs it (support.server_python: this checkout)."""
+        return [*server_python(), "-m", "backup_tui.cli", "--config",
+                str(config or self.config), *args]
 
     def as_postgres(self, *args: str, config: Path | None = None, timeout: float = 120,
                     python_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-        cmd = ["runuser", "-u", "postgres", "--", PYTHON, *python_args,
-               *self.command(*args, config=config)[1:]]
+        cmd = ["runuser", "-u", "postgres", "--", *server_python(), *python_args,
+               *self.command(*args, config=config)[len(server_python()):]]
         return subprocess.run(cmd, capture_output=True, env=self.env(), timeout=timeout,
                               cwd="/")
 
@@ -304,8 +300,7 @@ class Archive:
         return self.pg
 
     def set_archive_command(self, config: Path) -> None:
-        cmd = (f"env PYTHONPATH={ROOT}:{SITE} HOME=/ "
-               + " ".join(self.command("wal-push", "%p", config=config)))
+        cmd = "env HOME=/ " + " ".join(self.command("wal-push", "%p", config=config))
         self.pg.psql(f"ALTER SYSTEM SET archive_mode = on; "
                      f"ALTER SYSTEM SET archive_command = '{cmd}'")
         if self.pg.running():
@@ -505,7 +500,7 @@ def test_wal_push_imports_nothing_heavy(archive):
     code = ("import json, sys; from backup_tui import cli_wal; "
             f"rc = cli_wal.run(['--config', {str(archive.config)!r}, 'wal-push', {str(f)!r}]); "
             "print(json.dumps([rc, sorted(sys.modules)]))")
-    r = subprocess.run(["runuser", "-u", "postgres", "--", PYTHON, "-c", code],
+    r = subprocess.run(["runuser", "-u", "postgres", "--", *server_python(), "-c", code],
                        capture_output=True, env=archive.env(), timeout=120, cwd="/")
     rc, modules = json.loads(r.stdout)
     assert rc == 0, r.stderr

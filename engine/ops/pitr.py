@@ -595,11 +595,16 @@ def command_python(owner: str | None) -> list[str]:
     """The argv prefix that runs this project's python as the server's OS user (who runs
     restore_command): this interpreter, else (when the owner cannot reach it, say a venv
     under /root) the system python of the same version with this interpreter's packages
-    and the project on PYTHONPATH. EngineError when the owner can run neither."""
+    and the project on PYTHONPATH. ``$BACKUP_TUI_SERVER_PYTHON`` (a command line, say
+    ``env PYTHONPATH=/opt/backup-tui /usr/bin/python3.11``) is tried first: an install that
+    user can run. EngineError when the owner can run none."""
     import sysconfig
 
     root = str(Path(__file__).resolve().parents[2])
     choices = [[sys.executable]]
+    override = os.environ.get("BACKUP_TUI_SERVER_PYTHON", "").strip()
+    if override:  # an install of backup-tui that user can run (tests: a copy; README)
+        choices.insert(0, shlex.split(override))
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     if os.path.exists(system) and os.path.realpath(system) != os.path.realpath(sys.executable):
         paths = sysconfig.get_paths()
