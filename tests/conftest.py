@@ -5,7 +5,10 @@ Real services only, on loopback, from engine/sandbox/ (docs/ARCHITECTURE.md, sec
 * ``pg_cluster`` (session) -- a throwaway PostgreSQL cluster on a free port;
 * ``s3_server``  (session) -- a moto_server S3 endpoint with buckets in
   us-east-1 and eu-west-1;
-* ``s3_buckets`` (function) -- a fresh, uniquely named bucket pair per test.
+* ``s3_buckets`` (function) -- a fresh, uniquely named bucket pair per test;
+* ``setup`` (function) -- a PostgreSQL cluster archiving its WAL through ``wal-push`` into a
+  fresh repository the postgres OS user shares (tests/pitr_support.py); parametrize it
+  indirectly with extra config text.
 
 Add further fixtures below, grouped by topic.
 """
@@ -13,12 +16,16 @@ Add further fixtures below, grouped by topic.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
-from support import Sandbox
+from pitr_support import CLUSTER, Setup
+from support import Sandbox, server_python
 
+from engine.ops import pitr
 from engine.sandbox import BucketPair, PgCluster, S3Server, loopback_aws_env
+from engine.sandbox.common import reachable_tempdir
 
 # Only loopback is ever contacted: no AWS instance-metadata look-ups, no profiles
 # or credentials of the machine; S3 tests get dummy credentials for moto_server.
@@ -78,3 +85,40 @@ def sandbox_factory(tmp_path):
 def engine(sandbox):
     """An Engine over an initialised, encrypted repository in the sandbox."""
     return sandbox.engine(init=True)
+
+
+# --- point-in-time recovery -------------------------------------------------------
+
+
+@pytest.fixture
+def setup(request) -> Iterator[Setup]:
+    """A cluster archiving through ``wal-push`` into a fresh shared repository, with a table
+    ``t`` of 1,000 rows; ``request.param`` (indirect) is appended to the config."""
+    if os.geteuid() != 0:
+        pytest.fail("these tests run as root (PostgreSQL runs as the postgres OS user)")
+    root = reachable_tempdir("pitr-test-")
+    s = Setup(root, getattr(request, "param", ""))
+    s.pg = PgCluster.create(root / "pg")
+    try:
+        s.write_config()
+        s.share()
+        s.engine().init()
+        # the python restore pitr gives wal-fetch serves wal-push too (the postgres user
+        # may not reach this venv's interpreter)
+        server_python()  # $BACKUP_TUI_SERVER_PYTHON: what command_python finds
+        python = " ".join(pitr.command_python("postgres"))
+        push = (f"{python} -m backup_tui.cli --config {s.config_path} wal-push %p "
+                f"--cluster {CLUSTER}")
+        s.pg.psql("ALTER SYSTEM SET archive_mode = on")
+        s.pg.psql(f"ALTER SYSTEM SET archive_command = '{push}'")
+        s.pg.psql("ALTER SYSTEM SET wal_level = replica")
+        s.pg.restart()
+        s.pg.psql("CREATE TABLE t (id int primary key, note text)")
+        s.pg.psql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g")
+        yield s
+    finally:
+        s.pg.destroy()
+        for extra in root.glob("*"):
+            if extra.name != "pg":
+                shutil.rmtree(extra, ignore_errors=True) if extra.is_dir() else extra.unlink()
+        shutil.rmtree(root, ignore_errors=True)

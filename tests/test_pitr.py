@@ -10,11 +10,8 @@ moto_server bucket. THE test of the issue's "done when" is
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -22,15 +19,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from support import CHEAP_KDF, server_python
+from pitr_support import CLUSTER, mark_time, restored_sql, stop_server
 
 from engine.errors import EngineError, UsageError
 from engine.ops import pitr
 from engine.sandbox import PgCluster
-from engine.sandbox.common import reachable_tempdir
-
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = "main"
 
 
 # ------------------------------------------------------------------- pure parts
@@ -91,140 +84,6 @@ def test_recovery_settings_are_quoted_for_postgresql(tmp_path):
     assert oct((pgdata / "postgresql.auto.conf").stat().st_mode & 0o777) == "0o600"
 
 
-# ----------------------------------------------------------------- a real setup
-def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
-class Setup:
-    """A config, repository and state readable and writable by the postgres OS user (who
-    runs wal-push and wal-fetch), and a PostgreSQL cluster archiving into it."""
-
-    def __init__(self, root: Path, extra: str = ""):
-        self.root = root
-        self.repo = root / "repo"
-        self.state = root / "state"
-        self.pwfile = root / "repo.pass"
-        self.config_path = root / "config.toml"
-        self.pwfile.write_text("test-password")
-        os.chmod(self.pwfile, 0o600)
-        self.extra = extra
-        self.pg: PgCluster | None = None
-
-    def write_config(self) -> None:
-        assert self.pg is not None
-        self.config_path.write_text(
-            f'[repository]\npath = "{self.repo}"\npassword_file = "{self.pwfile}"\n'
-            f'[state]\ndir = "{self.state}"\n[schedule]\ntimezone = "UTC"\n'
-            f'[[cluster]]\nname = "{CLUSTER}"\ndsn = "{self.pg.dsn()}"\n'
-            f'pgdata = "{self.pg.data_dir}"\n' + self.extra)
-
-    def engine(self):
-        from engine.config import load_config
-        from engine.facade import Engine
-
-        return Engine(load_config(self.config_path), kdf=CHEAP_KDF)
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 300):
-        cmd = [sys.executable, "-m", "backup_tui.cli", "--config", str(self.config_path),
-               *args]
-        res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout,
-                             cwd=str(ROOT))
-        if check and res.returncode != 0:
-            raise AssertionError(f"{' '.join(args)}: exit {res.returncode}\n{res.stdout}\n"
-                                 f"{res.stderr}")
-        return res
-
-    def share(self) -> None:
-        """The shared layout (README, WAL archiving): the repository and state folders
-        setgid to a group holding the postgres user (here its own group), the password
-        file readable by that group; made before init, so every later write follows."""
-        gid = pwd.getpwnam("postgres").pw_gid
-        for d in (self.repo, self.state):
-            d.mkdir(exist_ok=True)
-            os.chown(d, -1, gid)
-            os.chmod(d, 0o2770)
-        os.chown(self.pwfile, -1, gid)
-        os.chmod(self.pwfile, 0o640)
-
-    def archived(self) -> set[str]:
-        from engine import wal
-
-        return {o.name for o in wal.list_wal(self.engine().backend, CLUSTER)}
-
-    def switch_and_wait(self, timeout: float = 60) -> str:
-        """pg_switch_wal and wait until the segment it closed is archived."""
-        assert self.pg is not None
-        seg = self.pg.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            row = self.pg.psql("SELECT last_archived_wal, last_failed_wal FROM "
-                               "pg_stat_archiver").strip()
-            last = row.split("|")[0]
-            if last and last >= seg and seg in self.archived():
-                return seg
-            time.sleep(0.2)
-        raise AssertionError(f"{seg} not archived in {timeout}s: pg_stat_archiver {row!r}\n"
-                             f"{self.pg.log_tail()}")
-
-
-@pytest.fixture
-def setup(request):
-    if os.geteuid() != 0:
-        pytest.fail("these tests run as root (PostgreSQL runs as the postgres OS user)")
-    root = reachable_tempdir("pitr-test-")
-    s = Setup(root, getattr(request, "param", ""))
-    s.pg = PgCluster.create(root / "pg")
-    try:
-        s.write_config()
-        s.share()
-        s.engine().init()
-        # the python restore pitr gives wal-fetch serves wal-push too (the postgres user
-        # may not reach this venv's interpreter)
-        server_python()  # $BACKUP_TUI_SERVER_PYTHON: what command_python finds
-        python = " ".join(pitr.command_python("postgres"))
-        push = (f"{python} -m backup_tui.cli --config {s.config_path} wal-push %p "
-                f"--cluster {CLUSTER}")
-        s.pg.psql("ALTER SYSTEM SET archive_mode = on")
-        s.pg.psql(f"ALTER SYSTEM SET archive_command = '{push}'")
-        s.pg.psql("ALTER SYSTEM SET wal_level = replica")
-        s.pg.restart()
-        s.pg.psql("CREATE TABLE t (id int primary key, note text)")
-        s.pg.psql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g")
-        yield s
-    finally:
-        s.pg.destroy()
-        for extra in root.glob("*"):
-            if extra.name != "pg":
-                shutil.rmtree(extra, ignore_errors=True) if extra.is_dir() else extra.unlink()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _restored(port: int, sql: str) -> str:
-    res = subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql",
-                          "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                          "-d", "postgres", "-c", sql], capture_output=True, text=True,
-                         env=_env(), cwd="/", timeout=60)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
-
-
-def _stop(out: dict) -> None:
-    if out.get("server"):
-        pitr.Server(pgdata=out["pgdata"], **{k: out["server"][k] for k in (
-            "port", "socket_dir", "log", "bin_dir", "owner", "user")}).stop()
-        shutil.rmtree(Path(out["server"]["log"]).parent, ignore_errors=True)
-
-
-def _mark_time(s: Setup) -> str:
-    """Archive what exists, then a time T with a second of quiet on each side."""
-    s.switch_and_wait()
-    time.sleep(1.1)
-    when = datetime.now(UTC).isoformat()
-    time.sleep(1.1)
-    return when
-
-
 # --------------------------------------------------------------- THE done-when
 @pytest.mark.parametrize("setup", [""], indirect=True)
 def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s3_server):
@@ -234,7 +93,7 @@ def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s
     s.write_config()
     s.cli("backup", "cluster", CLUSTER)
     s.pg.psql("INSERT INTO t SELECT g, 'after backup' FROM generate_series(1001, 1500) g")
-    when = _mark_time(s)
+    when = mark_time(s)
     s.pg.psql("UPDATE t SET note = 'CHANGED' WHERE id <= 10")
     s.pg.psql("CREATE TABLE later (x int)")
     s.switch_and_wait()
@@ -255,13 +114,13 @@ def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s
         out = json.loads(res.stdout)
         assert out["promoted"] is True and out["seconds_to_promotion"] > 0
         port = out["port"]
-        assert _restored(port, "SELECT count(*) FROM t") == "1500"
-        assert _restored(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
-        assert _restored(port, "SELECT to_regclass('later') IS NULL") == "t"
-        assert _restored(port, "SELECT pg_is_in_recovery()") == "f"
-        assert _restored(port, "SHOW archive_mode") == "off"
+        assert restored_sql(port, "SELECT count(*) FROM t") == "1500"
+        assert restored_sql(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
+        assert restored_sql(port, "SELECT to_regclass('later') IS NULL") == "t"
+        assert restored_sql(port, "SELECT pg_is_in_recovery()") == "f"
+        assert restored_sql(port, "SHOW archive_mode") == "off"
     finally:
-        _stop(out)
+        stop_server(out)
     # the next plan estimates from that restore; once a drill ran, from the drills
     plan = json.loads(s.cli("pitr-plan", "--cluster", CLUSTER, "--target-time", when,
                             "--json").stdout)
@@ -296,11 +155,11 @@ def test_recover_to_a_time_locally_and_from_a_replica_alone(setup, s3_buckets, s
         port = out["port"]
         assert out["promoted"] and out["replica"] == "r1"
         assert out["settings"]["restore_command"].endswith(" --cluster main --replica r1")
-        assert _restored(port, "SELECT count(*) FROM t") == "1500"
-        assert _restored(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
-        assert _restored(port, "SELECT to_regclass('later') IS NULL") == "t"
+        assert restored_sql(port, "SELECT count(*) FROM t") == "1500"
+        assert restored_sql(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
+        assert restored_sql(port, "SELECT to_regclass('later') IS NULL") == "t"
     finally:
-        _stop(out)
+        stop_server(out)
     assert not s.repo.exists()  # wal-fetch read the replica, never made a local repository
 
 
@@ -400,10 +259,10 @@ def test_replace_moves_the_stopped_cluster_aside_and_recovers_in_place(setup):
         assert aside.name.startswith("data.before-pitr-") and (aside / "PG_VERSION").exists()
         assert pwd.getpwuid(s.pg.data_dir.stat().st_uid).pw_name == "postgres"
         assert oct(s.pg.data_dir.stat().st_mode & 0o777) == "0o700"
-        assert _restored(out["port"], "SELECT count(*) FROM t WHERE id = 7001") == "1"
+        assert restored_sql(out["port"], "SELECT count(*) FROM t WHERE id = 7001") == "1"
         assert "before-drop" in out.get("stopped", "")
     finally:
-        _stop(out)
+        stop_server(out)
 
 
 @pytest.mark.parametrize("setup", [""], indirect=True)
@@ -449,13 +308,13 @@ def test_recovery_follows_a_timeline_switch(setup):
                                "--json").stdout)
         assert out.get("timeline") == 2
     finally:
-        _stop(out)
+        stop_server(out)
     assert "port" not in out["settings"]  # a port chosen for --start is not kept
     assert "archive_mode" not in out["settings"]  # in place: the cluster archives on
     s.pg.start()
     assert s.pg.psql("SELECT count(*) FROM t WHERE id IN (8001, 8002)").strip() == "1"
     s.pg.psql("INSERT INTO t VALUES (8003, 'C on timeline 2')")
-    when = _mark_time(s)
+    when = mark_time(s)
     s.pg.psql("INSERT INTO t VALUES (8004, 'D after the target')")
     s.switch_and_wait()
     assert "00000002.history" in s.archived()
@@ -470,12 +329,12 @@ def test_recovery_follows_a_timeline_switch(setup):
     try:
         out = json.loads(s.cli("restore", "pitr", "--cluster", CLUSTER, "--target-time", when,
                                "--pgdata", str(s.root / "tl2"), "--start", "--json").stdout)
-        rows = _restored(out["port"], "SELECT string_agg(id::text, ',' ORDER BY id) FROM t "
+        rows = restored_sql(out["port"], "SELECT string_agg(id::text, ',' ORDER BY id) FROM t "
                          "WHERE id > 8000")
         assert rows == "8001,8003"
         assert out.get("timeline") == 3
     finally:
-        _stop(out)
+        stop_server(out)
 
 
 @pytest.mark.parametrize("setup", [""], indirect=True)
@@ -502,11 +361,11 @@ def test_recover_to_an_lsn_and_to_a_transaction(setup):
             out = json.loads(s.cli("restore", "pitr", "--cluster", CLUSTER, *args, "--pgdata",
                                    str(s.root / f"to-{args[0][2:]}"), "--start",
                                    "--json").stdout)
-            rows = _restored(out["port"], "SELECT string_agg(id::text, ',' ORDER BY id) "
+            rows = restored_sql(out["port"], "SELECT string_agg(id::text, ',' ORDER BY id) "
                              "FROM t WHERE id > 9000")
             assert rows == expected, (args, out.get("stopped"))
         finally:
-            _stop(out)
+            stop_server(out)
 
 
 @pytest.mark.parametrize("setup", [""], indirect=True)
@@ -520,7 +379,7 @@ def test_recovery_that_cannot_reach_the_target_fails_with_the_server_log(setup):
     s.pg.psql("INSERT INTO t VALUES (9501, 'x')")
     s.switch_and_wait()
     s.pg.psql("INSERT INTO t VALUES (9502, 'y')")
-    when = _mark_time(s)
+    when = mark_time(s)
     s.pg.psql("INSERT INTO t VALUES (9503, 'z')")
     s.switch_and_wait()
     plan = eng.pitr_plan(CLUSTER, eng.pitr_target("time", when))

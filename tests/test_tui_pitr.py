@@ -1,7 +1,7 @@
 """The point-in-time wizard (backup_tui/screens/pitr_wizard.py).
 
 The flow on real parts: a PostgreSQL cluster archiving through ``wal-push`` (the
-``setup`` fixture of test_pitr.py), a base backup, a change after a time T, and
+``setup`` fixture of tests/conftest.py), a base backup, a change after a time T, and
 the wizard recovering to T into a new data directory, started and promoted; the
 recovered server has the rows before T and not the change after. A target in the
 future is refused with the newest reachable point named. The steps, Esc at each
@@ -19,9 +19,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import test_pitr
 import test_tui
-from test_pitr import CLUSTER, _mark_time, _restored, _stop
+from pitr_support import CLUSTER, mark_time, restored_sql, stop_server
 from test_tui import T0, CannedEngine, _canned_sources, _id, settle
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
@@ -36,7 +35,6 @@ from engine.ops import pitr
 from engine.ops.resolve import newest_before, parse_time
 from engine.sources.base import SourceInfo
 
-setup = test_pitr.setup  # a cluster archiving into a fresh repository
 shop_db = test_tui.shop_db  # a small database of its own on the session's server
 SIZE = (100, 32)
 
@@ -89,7 +87,7 @@ def test_pitr_through_the_wizard_recovers_to_the_time(setup):
     s = setup
     s.cli("backup", "cluster", CLUSTER)
     s.pg.psql("INSERT INTO t SELECT g, 'after backup' FROM generate_series(1001, 1200) g")
-    when = _mark_time(s)
+    when = mark_time(s)
     s.pg.psql("UPDATE t SET note = 'CHANGED' WHERE id <= 10")
     s.pg.psql("CREATE TABLE later (x int)")
     newest = s.switch_and_wait()
@@ -167,12 +165,12 @@ def test_pitr_through_the_wizard_recovers_to_the_time(setup):
     try:
         asyncio.run(flow())
         port = out["port"]
-        assert _restored(port, "SELECT count(*) FROM t") == "1200"  # the rows before T
-        assert _restored(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
-        assert _restored(port, "SELECT to_regclass('later') IS NULL") == "t"
-        assert _restored(port, "SELECT pg_is_in_recovery()") == "f"
+        assert restored_sql(port, "SELECT count(*) FROM t") == "1200"  # the rows before T
+        assert restored_sql(port, "SELECT count(*) FROM t WHERE note = 'CHANGED'") == "0"
+        assert restored_sql(port, "SELECT to_regclass('later') IS NULL") == "t"
+        assert restored_sql(port, "SELECT pg_is_in_recovery()") == "f"
     finally:
-        _stop(out)
+        stop_server(out)
 
 
 def test_a_database_as_of_a_time_restores_the_dump_before_it(sandbox, pg_cluster, shop_db):

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import test_pitr
-from test_pitr import CLUSTER, Setup
+from pitr_support import CLUSTER, Setup
 
 from engine.ops.wal_retention import horizons
 from engine.wal import segment_number
@@ -16,7 +15,6 @@ from engine.wal import segment_number
 KEEP_ONE = ("[retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\n"
             "keep_monthly = 0\n")
 
-setup = test_pitr.setup  # the archiving cluster (a fixture)
 
 
 def test_horizon_is_the_oldest_remaining_start_and_unknown_starts_stop_expiry():

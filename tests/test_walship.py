@@ -9,15 +9,12 @@ import json
 import time
 
 import pytest
-import test_pitr
-from test_pitr import CLUSTER, Setup
+from pitr_support import CLUSTER, Setup
 
 from engine import metrics, wal
 from engine.daemon import Scheduler
 from engine.ops import walship
 from engine.sources import registry
-
-setup = test_pitr.setup  # the archiving cluster (a fixture)
 
 
 def _wait_for(cond, timeout: float = 30.0, what: str = "") -> None:
