@@ -666,6 +666,13 @@ class Catalog:
 
         return self._write("admin", take)
 
+    def pending_requests(self) -> dict[str, float]:
+        """Schedule kind -> time of its oldest run-now request no scheduler took yet."""
+        with self._conn("admin") as db:
+            return {r["kind"]: r["requested"] for r in db.execute(
+                "SELECT kind, MIN(requested) AS requested FROM run_requests "
+                "WHERE taken IS NULL GROUP BY kind")}
+
     # ------------------------------------------------------------------ audit
     def audit(
         self, action: str, target: str, outcome: str, snapshots: list[str] = (), detail: str = ""

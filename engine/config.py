@@ -116,6 +116,15 @@ class ScheduleConfig:
         return tuple(self.crons)
 
 
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """``[console]``: ``keys`` remaps the console's keys by binding id (``backup = "B"``,
+    ``quit = "ctrl+q"``; several keys comma-separated). The ids are the console's to check
+    (backup_tui/keymap.py): the engine only knows they are strings."""
+
+    keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 _TABLES: dict[str, type] = {
     "repository": RepositoryConfig,
     "state": StateConfig,
@@ -125,6 +134,7 @@ _TABLES: dict[str, type] = {
     "notify": NotifyConfig,
     "health": HealthConfig,
     "metrics": MetricsConfig,
+    "console": ConsoleConfig,
 }
 
 
@@ -143,6 +153,7 @@ class Config:
     metrics: MetricsConfig
     replicas: tuple[ReplicaConfig, ...] = ()
     sources: tuple[SourceConfig, ...] = ()  # every [[fileset]], [[database]], ... in order
+    console: ConsoleConfig = dataclasses.field(default_factory=ConsoleConfig)
 
     @property
     def repo_path(self) -> Path:
@@ -341,6 +352,20 @@ def _schedule(where: str, raw: Any, defaults: dict[str, tuple[str, str]]) -> Sch
     return schedule
 
 
+def _console(where: str, raw: Any) -> ConsoleConfig:
+    """``[console]``: ``keys`` a table of binding id -> key string (see ConsoleConfig)."""
+    values = _check_table(where, "console", raw, {"keys": (dict, {})})
+    keys: dict[str, str] = {}
+    for binding_id, value in values["keys"].items():
+        parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else []
+        if not parts or not all(parts) or any(" " in p for p in parts):
+            raise ConfigError(f"{where}: console.keys.{binding_id} must be a key, or keys "
+                              f"separated by commas (\"B\", \"ctrl+r\", \"f5,ctrl+l\"), "
+                              f"got {value!r}")
+        keys[binding_id] = ",".join(parts)
+    return ConsoleConfig(keys=keys)
+
+
 def schedule_kinds() -> dict[str, tuple[str, str]]:
     """Every schedule kind: default cron and what it does (sources first, then operations)."""
     from engine.sources import registry
@@ -377,6 +402,8 @@ def parse_config(data: dict[str, Any], where: str = "config") -> Config:
     for key, cls in _TABLES.items():
         if cls is ScheduleConfig:
             tables[key] = _schedule(where, raw_tables.get(key, {}), schedule_kinds())
+        elif cls is ConsoleConfig:
+            tables[key] = _console(where, raw_tables.get(key, {}))
         else:
             values = _check_table(where, key, raw_tables.get(key, {}), schema_of(cls))
             tables[key] = _build(cls, where, key, values)

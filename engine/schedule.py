@@ -4,6 +4,12 @@ The schedule kinds are one per source kind (``database``, ``files``: from the
 registry) plus the operations (``cleanup``, ``verify``, ``replicate``); see
 ``engine.config.schedule_kinds``.
 
+Whether a schedule has anything to run (``runnable``): a source kind's schedule
+needs a source of that kind, ``replicate`` a ``[[replica]]``, ``drill`` a source
+whose kind can be drilled; the scheduler runs nothing for the others and records
+"nothing to run" (``engine.daemon.Scheduler._targets``). ``status.schedules``
+says so per schedule, and the console shows such a schedule greyed out.
+
 An expression has 5 fields (minute hour day month weekday, as cron) or 6 with
 seconds first (``*/5 * * * * *``: every 5 seconds, for tests and drills of the
 daemon itself); ``off`` or an empty string disables a schedule.
@@ -12,6 +18,10 @@ daemon itself); ``off`` or an empty string disables a schedule.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 def make_trigger(expr: str, tz: tzinfo):
@@ -53,3 +63,22 @@ def missed_since(
         missed = fire
         fire = trig.get_next_fire_time(fire, fire + timedelta(microseconds=1))
     return missed
+
+
+def runnable(config: Config, kind: str) -> tuple[bool, str]:
+    """Whether schedule ``kind`` has anything to run with ``config``; if not, why (a
+    sentence fragment: "no [[replica]] is configured"). See the module docstring."""
+    from engine.ops.drill import drillable
+    from engine.sources import registry
+
+    for cls in registry.kinds():
+        if cls.schedule == kind:
+            if registry.for_schedule(config, kind):
+                return True, ""
+            sections = [f"[[{c.section()}]]" for c in registry.kinds() if c.schedule == kind]
+            return False, f"no {' or '.join(sections)} is configured"
+    if kind == "replicate" and not config.replicas:
+        return False, "no [[replica]] is configured"
+    if kind == "drill" and not any(drillable(s) for s in registry.sources(config)):
+        return False, "no configured source can be drilled"
+    return True, ""

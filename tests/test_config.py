@@ -301,3 +301,24 @@ def test_damaged_catalog(sandbox):
     cat.rename(sandbox.state / "catalog.sqlite.bad")
     proc = sandbox.cli("list", "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 1
+
+
+def test_console_keys(sandbox):
+    """[console] keys: binding id -> key(s), loaded as typed; a wrong key in [console], a
+    key string that is no key, or keys that are not a table get the one-line error."""
+    write(sandbox, base(sandbox) + '[console]\nkeys = { backup = "B", "show-replicas" = '
+                                   '"ctrl+r", quit = "ctrl+q, f10" }\n')
+    cfg = load_config(sandbox.config_path)
+    assert dict(cfg.console.keys) == {"backup": "B", "show-replicas": "ctrl+r",
+                                      "quit": "ctrl+q,f10"}
+    assert dict(parse_config({"repository": {"path": "/r"}}).console.keys) == {}
+    for text, expected in [
+        ('[console]\nkeymap = { backup = "B" }\n', "unknown key console.keymap (known: keys)"),
+        ('[console]\nkeys = { backup = "" }\n', "console.keys.backup must be a key"),
+        ('[console]\nkeys = { backup = "ctrl r" }\n', "console.keys.backup must be a key"),
+        ('[console]\nkeys = { backup = 2 }\n', "console.keys.backup must be a key"),
+        ('[console]\nkeys = "B"\n', "console.keys must be a table"),
+    ]:
+        write(sandbox, base(sandbox) + text)
+        line = one_line_error(sandbox.cli("list"))
+        assert str(sandbox.config_path) in line and expected in line, (text, line)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from engine.ops import drill as drill_op
 from engine.ops import walship
 from engine.ops.resolve import iso
-from engine.schedule import next_run
+from engine.schedule import next_run, runnable
 from engine.sources import registry
 
 if TYPE_CHECKING:
@@ -126,15 +126,19 @@ def next_runs(engine: Engine, now: datetime | None = None) -> dict[str, datetime
 
 
 def schedules(engine: Engine, now: datetime | None = None) -> list[dict]:
-    """Each schedule: cron, what it does, paused, next run, last run and its result."""
+    """Each schedule: cron, what it does, paused, next run, last run and its result;
+    ``runnable`` and ``why`` not (``engine.schedule.runnable``: nothing to run with this
+    config), and ``pending``: when a run now was asked that no scheduler took yet."""
     from engine.config import schedule_kinds
 
     nexts = next_runs(engine, now)
     states = engine.catalog.schedule_states()
+    pending = engine.catalog.pending_requests()
     whats = schedule_kinds()
     out = []
     for k in engine.config.schedule.kinds:
         st = states.get(k, {})
+        can_run, why = runnable(engine.config, k)
         out.append({
             "kind": k,
             "cron": engine.config.schedule.cron(k),
@@ -145,5 +149,8 @@ def schedules(engine: Engine, now: datetime | None = None) -> list[dict]:
             "last_result": st.get("last_result") or None,
             "last_error": st.get("last_error") or None,
             "last_missed": iso(st.get("last_missed")),
+            "runnable": can_run,
+            "why": why,
+            "pending": iso(pending.get(k)),
         })
     return out
