@@ -109,6 +109,47 @@ def _runtime_files() -> set[str]:
     return files
 
 
+_BUNDLE: tuple[str, str] | None = None  # (src, site) of the copy every user can read
+
+
+def _bundle() -> tuple[str, str]:
+    """A copy of this checkout's packages and their runtime distributions in a folder every
+    user can pass through and read, made once and removed at exit: (src, site)."""
+    global _BUNDLE
+    import atexit
+    import os
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    from engine.sandbox.common import reachable_tempdir
+
+    if _BUNDLE is None:
+        root = Path(__file__).resolve().parents[1]
+        bundle = reachable_tempdir("btui-runtime-")
+        atexit.register(shutil.rmtree, bundle, True)
+        src, site = bundle / "src", bundle / "site"
+        for pkg in ("engine", "backup_tui"):
+            shutil.copytree(root / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        base = Path(sysconfig.get_paths()["purelib"])
+        for rel in sorted(_runtime_files()):
+            if (base / rel).is_file():
+                (site / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(base / rel, site / rel)
+        for d in [bundle, *(p for p in bundle.rglob("*") if p.is_dir())]:
+            d.chmod(0o755)  # made here: readable by the server's OS user
+        for f in (p for p in bundle.rglob("*") if p.is_file()):
+            f.chmod(0o755 if os.access(f, os.X_OK) else 0o644)
+        _BUNDLE = (str(src), str(site))
+    return _BUNDLE
+
+
+def _system_python() -> str:
+    import sys
+
+    return f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+
+
 def server_python(user: str = "postgres") -> list[str]:
     """An argv prefix with which ``user`` (who runs archive_command and restore_command)
     runs this checkout's backup-tui, and the same in ``$BACKUP_TUI_SERVER_PYTHON`` for
@@ -117,21 +158,17 @@ def server_python(user: str = "postgres") -> list[str]:
     version over a copy of the project and its runtime packages in a folder every user
     can pass through, removed at exit. Fails the test, saying why, when neither runs."""
     global _SERVER_PYTHON
-    import atexit
     import os
     import shlex
-    import shutil
     import sys
     import sysconfig
     from pathlib import Path
 
     import pytest
 
-    from engine.sandbox.common import reachable_tempdir
-
     if _SERVER_PYTHON is None:
         root = Path(__file__).resolve().parents[1]
-        system = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+        system = _system_python()
         purelib = sysconfig.get_paths()["purelib"]
         argv = [sys.executable]
         why = _runs_as(user, argv)
@@ -142,21 +179,7 @@ def server_python(user: str = "postgres") -> list[str]:
             if not os.path.exists(system):
                 pytest.fail(f"{user} cannot run {sys.executable} ({why}) and there is no "
                             f"{system} to run a copy with")
-            bundle = reachable_tempdir("btui-runtime-")
-            atexit.register(shutil.rmtree, bundle, True)
-            src, site = bundle / "src", bundle / "site"
-            for pkg in ("engine", "backup_tui"):
-                shutil.copytree(root / pkg, src / pkg,
-                                ignore=shutil.ignore_patterns("__pycache__"))
-            base = Path(purelib)
-            for rel in sorted(_runtime_files()):
-                if (base / rel).is_file():
-                    (site / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(base / rel, site / rel)
-            for d in [bundle, *(p for p in bundle.rglob("*") if p.is_dir())]:
-                d.chmod(0o755)  # made here: readable by the server's OS user
-            for f in (p for p in bundle.rglob("*") if p.is_file()):
-                f.chmod(0o755 if os.access(f, os.X_OK) else 0o644)
+            src, site = _bundle()
             argv = ["env", f"PYTHONPATH={src}:{site}", system]
             why2 = _runs_as(user, argv)
             if why2:
@@ -165,3 +188,19 @@ def server_python(user: str = "postgres") -> list[str]:
         _SERVER_PYTHON = argv
         os.environ[SERVER_PYTHON_ENV] = shlex.join(argv)
     return _SERVER_PYTHON
+
+
+def python_for_anyone() -> tuple[str, list[str]]:
+    """An interpreter and the PYTHONPATH entries with which any OS user (a throwaway test
+    user, nobody) runs this checkout's backup-tui: the system python over a copy of the
+    project and its runtime packages (``_bundle``), since a checkout or venv may sit in a
+    folder only root can enter. Fails the test when there is no system python."""
+    import os
+
+    import pytest
+
+    system = _system_python()
+    if not os.path.exists(system):
+        pytest.fail(f"no {system} to run backup-tui as another user with")
+    src, site = _bundle()
+    return system, [src, site]

@@ -387,28 +387,16 @@ def test_non_admin_is_read_only():
     import tempfile
     from pathlib import Path
 
-    from support import Sandbox
+    from support import Sandbox, python_for_anyone
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the CLI as another user")
-    if not _others_can_run(Path(sys.executable).resolve()) or not _others_can_run(
-        Path(__file__).resolve().parent.parent / "backup_tui" / "cli.py"
-    ):
-        pytest.skip("this checkout (or its .venv) is in a folder other users cannot enter; "
-                    "test_admin_gate_in_process covers the gate")
     base = Path(tempfile.mkdtemp(prefix="nonadmin-"))  # reachable by others, unlike tmp_path
     os.chmod(base, 0o755)
     try:
-        _non_admin_checks(Sandbox(base), shutil)
+        _non_admin_checks(Sandbox(base), python_for_anyone)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _others_can_run(path) -> bool:
-    """Every folder above path can be entered by other users (o+x)."""
-    import stat
-
-    return all(os.stat(p).st_mode & stat.S_IXOTH for p in path.parents)
 
 
 def test_admin_gate_in_process(sandbox, monkeypatch, capsys):
@@ -431,7 +419,7 @@ def test_admin_gate_in_process(sandbox, monkeypatch, capsys):
         assert "permission denied" in err and "backup-admins" in err, (args, err)
 
 
-def _non_admin_checks(sandbox, shutil):
+def _non_admin_checks(sandbox, python_for_anyone):
     (sandbox.src / "a").write_text("a")
     sandbox.engine(init=True).backup("files", "src")
     for path in (sandbox.root, sandbox.repo, sandbox.state, sandbox.src):
@@ -441,11 +429,14 @@ def _non_admin_checks(sandbox, shutil):
                 os.chmod(os.path.join(dirpath, f), 0o666)
     os.chmod(sandbox.pwfile, 0o644)
 
+    python, path = python_for_anyone()  # the checkout may sit where nobody cannot enter
+    env = {**os.environ, "PYTHONPATH": ":".join(path)}
+
     def as_nobody(*args):
         return subprocess.run(
             ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-             sys.executable, "-m", "backup_tui.cli", "--config", str(sandbox.config_path),
-             *args], capture_output=True, timeout=60, cwd="/")
+             python, "-m", "backup_tui.cli", "--config", str(sandbox.config_path),
+             *args], capture_output=True, timeout=60, cwd="/", env=env)
 
     listed = as_nobody("list", "--json")
     assert listed.returncode == 0, listed.stderr

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import Sandbox
+from support import Sandbox, python_for_anyone
 
 from engine.catalog import Catalog, process_start, safe_text
 from engine.events import Event
@@ -315,22 +315,11 @@ def test_killed_backup_shows_interrupted_in_status(sandbox):
 
 
 # ------------------------------------------------ finding 11: a local non-admin
-def _python_for_others() -> list[str] | None:
-    """An interpreter another user can run, with this checkout and its packages."""
-    root = Path(__file__).resolve().parent.parent
-    site = next((root / ".venv" / "lib").glob("python3*/site-packages"), None)
-    for exe in (Path(sys.executable).resolve(), Path(f"/usr/bin/python{sys.version_info[0]}."
-                                                      f"{sys.version_info[1]}")):
-        if exe.exists() and _others_can_run(exe) and _others_can_run(root / "engine"):
-            return [str(exe)] + ([str(site)] if site and _others_can_run(site) else [])
-    return None
-
-
-def _others_can_run(path: Path) -> bool:
-    import stat
-
-    return all(os.stat(p).st_mode & stat.S_IXOTH for p in [path, *path.parents]
-               if p.is_dir()) and bool(os.stat(path).st_mode & stat.S_IROTH)
+def _python_for_others() -> list[str]:
+    """An interpreter another user can run, then the PYTHONPATH entries with this checkout's
+    packages and their dependencies (tests/support.py ``python_for_anyone``)."""
+    exe, path = python_for_anyone()
+    return [exe, *path]
 
 
 @pytest.fixture
@@ -352,8 +341,6 @@ def other_user():
 
 def test_non_admin_reads_but_cannot_write_audit_or_requests(other_user):
     python = _python_for_others()
-    if python is None:
-        pytest.skip("no Python interpreter, checkout and packages other users can run")
     base = Path(tempfile.mkdtemp(prefix="btna-"))
     os.chmod(base, 0o755)  # ours: mkdtemp made it 0700
     try:
@@ -378,8 +365,7 @@ def test_non_admin_reads_but_cannot_write_audit_or_requests(other_user):
             line for line in sandbox.config_path.read_text().splitlines()
             if not line.startswith("password_file")) + "\n")
         env = {"PATH": "/usr/bin:/bin", "BACKUP_TUI_PASSWORD": sandbox.password,
-               "PYTHONPATH": ":".join([str(Path(__file__).resolve().parent.parent),
-                                       *python[1:]]), "HOME": "/"}
+               "PYTHONPATH": ":".join(python[1:]), "HOME": "/"}
 
         def as_other(*argv, code=None):
             return subprocess.run(
@@ -452,8 +438,6 @@ def test_admin_group_member_writes_with_default_modes(other_user):
     import stat
 
     python = _python_for_others()
-    if python is None:
-        pytest.skip("no Python interpreter, checkout and packages other users can run")
     group = f"btg{uuid.uuid4().hex[:8]}"
     subprocess.run(["groupadd", group], check=True, capture_output=True)
     base = Path(tempfile.mkdtemp(prefix="btag-"))
@@ -479,8 +463,7 @@ def test_admin_group_member_writes_with_default_modes(other_user):
         their_config.write_text("\n".join(
             line for line in sandbox.config_path.read_text().splitlines()
             if not line.startswith("password_file")) + "\n")
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": ":".join(
-            [str(Path(__file__).resolve().parent.parent), *python[1:]])}
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": ":".join(python[1:])}
 
         def cli(groups: list[str], *args):
             return subprocess.run(
