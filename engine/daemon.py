@@ -11,7 +11,11 @@ attached as a viewer, may have made them), polled every second.
 
 Stopping (SIGTERM/SIGINT in the daemon): no new jobs are taken; running ones
 get ``grace_seconds`` to end, then their cancel tokens are set and they end as
-interrupted. Logs are logfmt lines on stderr (journald-friendly).
+interrupted. ``Scheduler.cancel(job_id)`` sets the token of one running job (the
+catalog's job id, as the console's jobs screen knows it): the token is kept per
+schedule target, and the job ids a target's run makes are learned from its events
+(or, before its first event, from its catalog row: this process's running job of
+that target). Logs are logfmt lines on stderr (journald-friendly).
 """
 
 from __future__ import annotations
@@ -123,7 +127,8 @@ class Scheduler:
         self._aps = None
         self._source_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._running: dict[str, CancelToken] = {}
+        self._running: dict[str, CancelToken] = {}  # target -> the token of its run
+        self._job_keys: dict[str, str] = {}  # catalog job id -> the target running it
         self._running_guard = threading.Lock()
         self._stopping = threading.Event()
         self._idle = threading.Condition()
@@ -247,23 +252,25 @@ class Scheduler:
                              daemon=True, name=f"runnow-{req['kind']}").start()
 
     def _targets(self, kind: str) -> list[tuple[str, object]]:
-        """(job target, run with a cancel token) of each job a schedule kind runs."""
+        """(job target, run with a cancel token and an event callback) of each job a
+        schedule kind runs."""
         e = self.engine
         sources = registry.for_schedule(self.config, kind)
         if sources:
-            return [(s.info().target, lambda c, s=s: e.backup(s.kind, s.name, cancel=c))
+            return [(s.info().target,
+                     lambda c, ev, s=s: e.backup(s.kind, s.name, on_event=ev, cancel=c))
                     for s in sources]
         operations = {
-            "verify": lambda c: e.verify(cancel=c),
-            "replicate": lambda c: e.replicate(cancel=c),
-            "cleanup": lambda c: e.cleanup(cancel=c),
+            "verify": lambda c, ev: e.verify(on_event=ev, cancel=c),
+            "replicate": lambda c, ev: e.replicate(on_event=ev, cancel=c),
+            "cleanup": lambda c, ev: e.cleanup(on_event=ev, cancel=c),
         }
         if kind == "replicate" and not self.config.replicas:
             return []
         if kind == "drill":  # one job per source whose kind has drills (engine/ops/drill.py)
             from engine.ops.drill import drillable
 
-            return [(f"drill {s.info().target}", lambda c, s=s: self._drill(s, c))
+            return [(f"drill {s.info().target}", lambda c, ev, s=s: self._drill(s, c, ev))
                     for s in registry.sources(self.config) if drillable(s)]
         return [(kind, operations[kind])] if kind in operations else []
 
@@ -303,7 +310,7 @@ class Scheduler:
             start = time.monotonic()
             _info("job started", kind=kind, target=key, reason=reason)
             try:
-                result = fn(token)
+                result = fn(token, self._learner(key))
                 problems = self._problems(result)
                 if problems:
                     errors.append(f"{key}: {problems}")
@@ -322,6 +329,8 @@ class Scheduler:
                 lock.release()
                 with self._running_guard:
                     self._running.pop(key, None)
+                    for job_id in [j for j, k in self._job_keys.items() if k == key]:
+                        del self._job_keys[job_id]
                 with self._idle:
                     self._idle.notify_all()
         outcome = "failed" if errors else "succeeded"
@@ -329,9 +338,55 @@ class Scheduler:
                          missed.timestamp() if missed else None)
         return outcome
 
-    def _drill(self, source, cancel: CancelToken):
+    def _learner(self, key: str):
+        """The event callback of a run of ``key``: it learns the catalog job ids the run
+        makes (a backup, then its replication), so that ``cancel`` finds them."""
+
+        def learn(event) -> None:
+            if event.job_id and event.job_id not in self._job_keys:
+                with self._running_guard:
+                    if key in self._running:
+                        self._job_keys[event.job_id] = key
+
+        return learn
+
+    def token(self, job_id: str) -> CancelToken | None:
+        """The cancel token of the running job ``job_id`` (a catalog job id) when this
+        scheduler runs it, else None."""
+        with self._running_guard:
+            key = self._job_keys.get(job_id)
+            if key is not None:
+                return self._running.get(key)
+        try:  # not seen in an event yet: its catalog row names its target
+            job = self.engine.catalog.job(job_id)
+        except EngineError:
+            return None
+        if not job or job.get("state") != "running" or job.get("pid") != os.getpid():
+            return None
+        with self._running_guard:
+            for key in (job["target"], f"{job['kind']} {job['target']}", job["kind"]):
+                if key in self._running:
+                    return self._running[key]
+        return None
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the running job ``job_id`` (a catalog job id) when this scheduler runs it:
+        it stops at its next check and ends as interrupted; the run of its schedule kind is
+        recorded as failed, and the next scheduled run happens as usual. False when this
+        scheduler does not run that job (any more)."""
+        token = self.token(job_id)
+        if token is None:
+            return False
+        token.cancel()
+        _info("job cancel requested", job=job_id)
+        return True
+
+    def _drill(self, source, cancel: CancelToken, on_event=None):
         """A scheduled drill: a failed one is a failed job of the schedule."""
-        result = self.engine.drill(source.kind, source.name, cancel=cancel)
+        from engine.events import ignore
+
+        result = self.engine.drill(source.kind, source.name, on_event=on_event or ignore,
+                                   cancel=cancel)
         if not result.ok:
             raise EngineError(f"drill failed: {result.error}")
         return result

@@ -454,3 +454,38 @@ def test_pause_and_resume_are_audited(sandbox):
     assert next(s for s in eng.schedules() if s["kind"] == "files")["next_run"]
     actions = [a["action"] for a in eng.audit_log()]
     assert actions[:2] == ["resume", "pause"]
+
+
+def test_scheduler_cancels_a_running_scheduled_backup(sandbox):
+    """Scheduler.cancel(job id), the catalog's id as the console's jobs screen knows it: the
+    scheduled backup ends interrupted, no snapshot, and the schedule runs on."""
+    for i in range(12):
+        (sandbox.src / f"big{i}.bin").write_bytes(os.urandom(24 << 20))
+    sandbox.extra = schedule_toml()
+    sandbox.write_config()
+    eng = sandbox.engine(init=True)
+    sched = Scheduler(eng).start()
+    outcome = []
+    try:
+        assert sched.cancel("backup-19700101T000000-000000") is False  # no such job
+        run = threading.Thread(target=lambda: outcome.append(sched.run_kind("files")))
+        run.start()
+        job = wait_for(lambda: next((j for j in jobs(sandbox) if j["state"] == "running"),
+                                    None), timeout=60, step=0.01)
+        assert job["pid"] == os.getpid() and sched.running() == ["files:src"]
+        assert sched.cancel(job["id"]) is True
+        run.join(120)
+        assert not run.is_alive() and outcome == ["failed"]
+        assert sched.cancel(job["id"]) is False  # ended: nothing to cancel
+        [ended] = jobs(sandbox)
+        assert (ended["id"], ended["state"], ended["error"]) == (
+            job["id"], "interrupted", "cancelled by request")
+        assert eng.snapshots() == []
+        st = eng.catalog.schedule_states()["files"]
+        assert st["last_result"] == "failed" and "cancelled by request" in st["last_error"]
+        for i in range(10):
+            (sandbox.src / f"big{i}.bin").unlink()
+        assert sched.run_kind("files") == "succeeded"  # the next run happens as usual
+    finally:
+        sched.stop(grace=5)
+    assert [s.source for s in eng.snapshots()] == ["src"]
