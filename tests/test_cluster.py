@@ -350,3 +350,28 @@ def test_a_truncated_tar_stream_is_an_error():
     cut.next()
     with pytest.raises(EngineError, match="before its end marker"):
         cut.next()
+
+
+def test_a_cluster_with_a_tablespace_is_refused_clearly(sandbox):
+    """pg_basebackup cannot stream more than one tablespace as tar to a pipe: the backup
+    fails in one line that names the reason, and writes no snapshot."""
+    import pwd
+    import shutil
+
+    own = PgCluster.create()
+    space = reachable_tempdir("btui-tblspc-")  # made here: handed to the server's OS user
+    try:
+        if own.os_owner:
+            ent = pwd.getpwnam(own.os_owner)
+            os.chown(space, ent.pw_uid, ent.pw_gid)
+        own.psql(f"CREATE TABLESPACE extra LOCATION '{space}'")
+        own.psql("CREATE TABLE on_extra (id int) TABLESPACE extra")
+        configure(sandbox, own)
+        sandbox.engine(init=True)
+        proc = sandbox.cli("backup", "cluster", "main")
+        err = one_line(proc)
+        assert proc.returncode == 1 and "tablespaces" in err and "no snapshot" in err, err
+        assert json.loads(sandbox.cli("list", "--json", check=True).stdout) == []
+    finally:
+        own.destroy()
+        shutil.rmtree(space, ignore_errors=True)
