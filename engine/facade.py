@@ -491,6 +491,11 @@ class Engine:
     def health(self) -> dict:
         return status_op.health(self)
 
+    def history(self, days: int = 30) -> dict:
+        """The dashboard's figures over the last ``days`` days: repository size and bytes
+        added per day, backup durations, drills' RTO (engine/ops/status.py)."""
+        return status_op.history(self, days)
+
     # ------------------------------------------------------------- schedule
     def next_runs(self, now: datetime | None = None) -> dict[str, datetime | None]:
         return status_op.next_runs(self, now)

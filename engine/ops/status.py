@@ -10,7 +10,7 @@ restore drill failed or is older than its drill limit (engine/ops/drill.py).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from engine.ops import drill as drill_op
@@ -60,6 +60,10 @@ def status(engine: Engine) -> dict:
             "max_age_hours": max_age_hours(engine, src),
             "last_failure": iso(failures[0]["ended"]) if failures else None,
             "last_failure_error": failures[0]["error"] if failures else None,
+            "failures_24h": sum(1 for j in failures
+                                if (j["ended"] or j["started"]) >= now.timestamp() - 86400),
+            "last_verified": max((i.verified for i in mine if i.verified), default=None),
+            "in_replicas": dict(good[-1].replicas) if good else {},
             "next_run": _iso_dt(next_runs.get(src.schedule)),
             **src.status_fields(),
         }
@@ -115,6 +119,66 @@ def health(engine: Engine) -> dict:
                            f"(limit {limit} h)" + (f"; last error: {r['last_error']}"
                                                    if r["last_error"] else ""))
     return {"ok": not reasons, "reasons": reasons, "checked": now.isoformat()}
+
+
+FAILED_STATES = ("failed", "interrupted", "incomplete")
+
+
+def history(engine: Engine, days: int = 30, now: datetime | None = None) -> dict:
+    """What the dashboard plots over the last ``days`` days (days of the schedule's time
+    zone, the oldest first), from what the repository and the catalog record.
+
+    ``daily``: per day the repository's size at its end, the stored bytes its backups
+    added, its backups and its failed backup jobs. The size is read backwards from the
+    stored bytes now: now, minus the bytes added by the snapshots taken after that day
+    (what prune removed since does not show: the past reads as today's snapshots made it).
+    ``backups``: each kept snapshot of the window (time, source, seconds it took, bytes it
+    added). ``drills``: each restore drill of the window (time, source, ok, RTO)."""
+    now = now or datetime.now(UTC)
+    tz = engine.timezone
+    today = now.astimezone(tz).date()
+    first = today - timedelta(days=days - 1)
+    since = datetime(first.year, first.month, first.day, tzinfo=tz)
+    repo = engine.repo()
+    stored = sum(repo.pack_sizes.values())
+    snaps = sorted(((datetime.fromisoformat(s["time"]), s) for s in repo.snapshots()),
+                   key=lambda ts: ts[0])
+    daily = {(first + timedelta(days=n)).isoformat(): {"size": 0, "added": 0, "backups": 0,
+                                                       "failures": 0} for n in range(days)}
+    backups = []
+    for when, snap in snaps:
+        day = daily.get(when.astimezone(tz).date().isoformat())
+        if day is None:
+            continue
+        stats = snap.get("stats", {})
+        day["added"] += int(stats.get("added", 0))
+        day["backups"] += 1
+        backups.append({"time": when.astimezone(UTC).isoformat(timespec="seconds"),
+                        "kind": snap["kind"], "source": snap.get("source", ""),
+                        "seconds": stats.get("duration"), "added": int(stats.get("added", 0)),
+                        "size": int(stats.get("size", 0)),
+                        "complete": not snap.get("incomplete", False)})
+    later = 0  # bytes added by the snapshots after the day being read
+    pending = [(w, int(s.get("stats", {}).get("added", 0))) for w, s in snaps]
+    for name in reversed(list(daily)):
+        end = datetime.fromisoformat(name).replace(tzinfo=tz) + timedelta(days=1)
+        while pending and pending[-1][0] >= end:
+            later += pending.pop()[1]
+        daily[name]["size"] = max(0, stored - later)
+    for job in engine.catalog.jobs(5000):
+        if job["kind"] == "backup" and job["state"] in FAILED_STATES:
+            day = daily.get(datetime.fromtimestamp(job["started"], tz).date().isoformat())
+            if day is not None:
+                day["failures"] += 1
+    drills = [{"time": iso(d["finished"] or d["started"]), "kind": d["kind"],
+               "source": d["source"], "ok": d["ok"], "rto_seconds": d["rto_seconds"]}
+              for d in reversed(engine.catalog.drills(limit=500))
+              if (d["finished"] or d["started"]) >= since.timestamp()]
+    return {"now": now.astimezone(UTC).isoformat(timespec="seconds"),
+            "since": since.astimezone(UTC).isoformat(timespec="seconds"), "days": days,
+            "repository_bytes": stored,
+            "daily": [{"day": name, **figures} for name, figures in daily.items()],
+            "backups": backups, "drills": drills}
 
 
 def next_runs(engine: Engine, now: datetime | None = None) -> dict[str, datetime | None]:
