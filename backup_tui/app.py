@@ -231,9 +231,9 @@ class BackupConsole(EngineCaller, App[int]):
         if token is not None:
             return token
         pid, host = job.get("pid"), self.scheduler_host
-        if pid == os.getpid():
-            return ("this console's scheduler runs it, and the engine cannot cancel a scheduled "
-                    f"job yet; quitting the console interrupts it after {STOP_GRACE:.0f} s.")
+        if pid == os.getpid():  # this console's scheduler: Scheduler.cancel once confirmed
+            handle = host.scheduler.cancel_handle(job) if host.scheduler is not None else None
+            return handle or "this console's scheduler no longer runs it: it has ended."
         if pid and pid == host.daemon_pid:
             return (f"the daemon (pid {pid}) runs it, and the engine has no way to ask another "
                     "process to cancel a job; stopping the daemon interrupts it.")

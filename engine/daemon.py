@@ -129,6 +129,7 @@ class Scheduler:
         self._locks_guard = threading.Lock()
         self._running: dict[str, CancelToken] = {}  # target -> the token of its run
         self._job_keys: dict[str, str] = {}  # catalog job id -> the target running it
+        self._since: dict[str, float] = {}  # target -> when its run began (time.time)
         self._running_guard = threading.Lock()
         self._stopping = threading.Event()
         self._idle = threading.Condition()
@@ -307,6 +308,7 @@ class Scheduler:
             token = CancelToken()
             with self._running_guard:
                 self._running[key] = token
+                self._since[key] = time.time()
             start = time.monotonic()
             _info("job started", kind=kind, target=key, reason=reason)
             try:
@@ -329,6 +331,7 @@ class Scheduler:
                 lock.release()
                 with self._running_guard:
                     self._running.pop(key, None)
+                    self._since.pop(key, None)
                     for job_id in [j for j, k in self._job_keys.items() if k == key]:
                         del self._job_keys[job_id]
                 with self._idle:
@@ -350,36 +353,48 @@ class Scheduler:
 
         return learn
 
-    def token(self, job_id: str) -> CancelToken | None:
+    def token(self, job_id: str, job: dict | None = None) -> CancelToken | None:
         """The cancel token of the running job ``job_id`` (a catalog job id) when this
-        scheduler runs it, else None."""
+        scheduler runs it, else None. ``job``: its catalog row when the caller has it
+        (else it is read, unless an event of the job was seen)."""
         with self._running_guard:
             key = self._job_keys.get(job_id)
             if key is not None:
                 return self._running.get(key)
-        try:  # not seen in an event yet: its catalog row names its target
-            job = self.engine.catalog.job(job_id)
-        except EngineError:
-            return None
+        if job is None:  # not seen in an event yet: its catalog row names its target
+            try:
+                job = self.engine.catalog.job(job_id)
+            except EngineError:
+                return None
         if not job or job.get("state") != "running" or job.get("pid") != os.getpid():
             return None
         with self._running_guard:
             for key in (job["target"], f"{job['kind']} {job['target']}", job["kind"]):
-                if key in self._running:
+                # a job of this run, not of an earlier run of the same target
+                if key in self._running and (job.get("started") or 0) >= self._since[key]:
+                    self._job_keys[job_id] = key
                     return self._running[key]
         return None
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, job: dict | None = None) -> bool:
         """Cancel the running job ``job_id`` (a catalog job id) when this scheduler runs it:
         it stops at its next check and ends as interrupted; the run of its schedule kind is
         recorded as failed, and the next scheduled run happens as usual. False when this
         scheduler does not run that job (any more)."""
-        token = self.token(job_id)
+        token = self.token(job_id, job)
         if token is None:
             return False
         token.cancel()
         _info("job cancel requested", job=job_id)
         return True
+
+    def cancel_handle(self, job: dict) -> CancelToken | None:
+        """A token whose ``cancel()`` is ``cancel(job id)`` for the running job ``job`` (a
+        catalog row, as the console's jobs screen has it), or None when this scheduler does
+        not run it. No catalog read: the console calls it from its UI thread."""
+        if self.token(job["id"], job) is None:
+            return None
+        return _SchedulerCancel(self, job)
 
     def _drill(self, source, cancel: CancelToken, on_event=None):
         """A scheduled drill: a failed one is a failed job of the schedule."""
@@ -417,6 +432,18 @@ class Scheduler:
         if self._aps is None:
             return {}
         return {j.id: j.next_run_time for j in self._aps.get_jobs() if j.id != "_requests"}
+
+
+class _SchedulerCancel(CancelToken):
+    """``Scheduler.cancel_handle``: cancelling it cancels one job of the scheduler."""
+
+    def __init__(self, scheduler: Scheduler, job: dict) -> None:
+        super().__init__()
+        self._scheduler, self._job = scheduler, job
+
+    def cancel(self) -> None:
+        super().cancel()
+        self._scheduler.cancel(self._job["id"], self._job)
 
 
 def serve_http(engine, listen: str):

@@ -882,3 +882,51 @@ def test_the_palette_offers_to_cancel_each_running_job(utc, daemon_holds_the_loc
                                   f"{DAEMON_PID}) runs it")
 
     asyncio.run(flow())
+
+
+def test_cancel_a_job_of_the_consoles_own_scheduler(sandbox, slow_tree):
+    """c on a job this console's scheduler runs: confirmed, Scheduler.cancel stops it."""
+    sandbox.filesets = {"src": [str(slow_tree)]}
+    sandbox.extra = schedule_toml(files="0 3 * * *")
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    app = BackupConsole(engine, run_scheduler=True)
+    cancelled = []
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.scheduler_host.mode == OWN, 30, "own scheduler")
+            scheduler = app.scheduler_host.scheduler
+            asked = scheduler.cancel
+            scheduler.cancel = lambda job_id, job=None: cancelled.append(job_id) or asked(
+                job_id, job)
+            engine.request_run("files")  # the scheduler takes it within a second
+            await pilot.press("j")
+            table = app.screen.query_one(JobTable)
+            job = await until(pilot, lambda: next(
+                (j for j in table.jobs.values() if j["state"] == "running"), None),
+                30, "the scheduled backup running")
+            assert job["pid"] == os.getpid() and app.job_tokens.token(job["id"]) is None
+            await until(pilot, lambda: table.selected["id"] == job["id"], 5, "followed")
+            await pilot.press("c")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmDialog)
+            assert app.screen.title_text == "Cancel backup files:src?"
+            await pilot.press("escape")  # no: it keeps running
+            await pilot.pause(0.6)
+            assert not cancelled and table.jobs[job["id"]]["state"] == "running"
+            await pilot.press("c")
+            await pilot.pause()
+            await pilot.press("y")
+            await until(pilot, lambda: table.jobs[job["id"]]["state"] != "running", 60,
+                        "the end of the job")
+            assert cancelled == [job["id"]]
+            assert (table.jobs[job["id"]]["state"], table.jobs[job["id"]]["error"]) == (
+                "interrupted", "cancelled by request")
+            assert not any(n.startswith("Cannot cancel") for n in notes(app, "warning"))
+            await pilot.press("q")
+            await until(pilot, lambda: not app.is_running, 30, "quit")
+
+    asyncio.run(flow())
+    assert engine.snapshots() == []
+    assert engine.catalog.schedule_states()["files"]["last_result"] == "failed"
