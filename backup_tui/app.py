@@ -31,7 +31,9 @@ keeps it running, "yes" cancels it and waits for it to end before quitting.
 A daemon's jobs are not the console's: quitting leaves them alone.
 
 ``?`` opens the help over any screen: every key of that screen and the app
-(``backup_tui.screens.help``).
+(``backup_tui.screens.help``). ``[console] keys`` in the config remaps keys by
+binding id (Textual's keymap): an unknown id refuses to start, a key two bindings
+of one screen would share is a warning at start (``console_keymap``).
 
 While the console runs, the engine's log (logger ``backup_tui``: the
 scheduler's "job failed", a notification that could not be sent) becomes
@@ -62,7 +64,7 @@ from backup_tui.messages import (
     SchedulerStopped,
 )
 from backup_tui.screens.commands import ConsoleCommands
-from backup_tui.screens.help import HelpScreen, keys_of
+from backup_tui.screens.help import HelpScreen, console_keymap, keys_of
 from backup_tui.screens.inventory import InventoryScreen
 from backup_tui.screens.jobs import ConfirmDialog, JobsScreen, cancel_effect, runner_label
 from backup_tui.screens.schedule import ScheduleScreen
@@ -203,6 +205,9 @@ class BackupConsole(EngineCaller, App[int]):
         durations and ETAs (snapshot tests fix it)."""
         super().__init__()
         self.engine = engine
+        keymap, self.key_clashes = console_keymap(engine.config.console.keys,
+                                                  str(engine.config.path or "config"))
+        self.set_keymap(keymap)  # [console] keys: ConfigError above for an unknown id
         self.notice = notice  # shown once at start, e.g. why the demo has no database
         self.clock = clock
         self.read_only = not engine.is_admin  # mutating actions need an admin
@@ -244,6 +249,9 @@ class BackupConsole(EngineCaller, App[int]):
         self._log.install()
         if self.notice:
             self.notify(self.notice, severity="warning", timeout=10, markup=False)
+        if self.key_clashes:
+            self.notify("\n".join(self.key_clashes), title="[console] keys: a key does two "
+                        "things", severity="warning", timeout=20, markup=False)
         self.settle_scheduler()
         self.set_interval(RECHECK_SECONDS, self._recheck)
 

@@ -120,7 +120,7 @@ class ScheduleConfig:
 class ConsoleConfig:
     """``[console]``: ``keys`` remaps the console's keys by binding id (``backup = "B"``,
     ``quit = "ctrl+q"``; several keys comma-separated). The ids are the console's to check
-    (backup_tui/keymap.py): the engine only knows they are strings."""
+    (backup_tui/screens/help.py): the engine only knows they are strings."""
 
     keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
 

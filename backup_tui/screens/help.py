@@ -5,21 +5,46 @@ bindings and the app's (``keys_of``: read from the screen's ``active_bindings``,
 the same list the footer draws from, so a remapped key shows as remapped and a
 key that does nothing here is left out). A key that exists here but cannot act
 now (a read-only console's ``b``, ``c`` on a finished job) is listed dimmed,
-with "(not now)". Esc or ``?`` closes it; the console goes on underneath.
+with "(not now)". Each line ends with the binding's id: the name ``[console]
+keys`` in the config remaps it by (``backup = "B"``).
+
+Also here, as they are about the same keys:
+
+- ``console_keymap``: ``[console] keys`` checked against the ids of every binding of
+  the console (``binding_ids``: the app's, each screen's, dialog's and widget's of
+  ``backup_tui``). An unknown id refuses to start (``ConfigError`` with the valid ids):
+  an operator who remapped a key expects it to work, and a typo found at 3 a.m. by
+  pressing a key that does nothing is worse than a console that says so at start. A
+  remapped key that two bindings of one screen (with the app's keys) would then share
+  is a warning (``clashes``), shown at start: Textual lets one of them win. Bindings
+  that share a key on purpose (``p``: to the replicas and back) move together when one
+  of them is remapped.
+- ``ConsoleFooter``: the footer every screen shows, the app's keys first (the screens,
+  ``?``, ``q``) and then the screen's own, compact under ``COMPACT_BELOW`` columns, so
+  Help and Quit stay visible at 80 and 60 columns; the rest stays in ``?`` and the
+  palette.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import pkgutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
-from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingsMap
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
+from textual.dom import DOMNode
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Static
+from textual.widgets import Footer, Static
+from textual.widgets._footer import FooterKey
+
+from engine.errors import ConfigError
 
 KEY_WIDTH = 12  # the key column; a longer list of keys pushes its description right
+COMPACT_BELOW = 100  # columns: a narrower footer is compact
 _GENERIC_ACTIONS = {b.action for b in Screen.BINDINGS if isinstance(b, Binding)}  # focus, copy
 
 
@@ -31,6 +56,7 @@ class KeyHelp:
     keys: str
     description: str
     enabled: bool = True
+    ids: str = field(default="", compare=False)  # the binding ids, for [console] keys
 
 
 def keys_of(screen: Screen) -> list[KeyHelp]:
@@ -38,20 +64,23 @@ def keys_of(screen: Screen) -> list[KeyHelp]:
     copy); see the module docstring. Keys of one action share a line."""
     app = screen.app
     generic = _GENERIC_ACTIONS
-    lines: dict[tuple[int, str], list] = {}  # (group, action) -> [keys, description, enabled]
+    lines: dict[tuple[int, str], list] = {}  # (group, action) -> [keys, descr., enabled, ids]
     for key, active in screen.active_bindings.items():
         binding = active.binding
         if active.node not in (screen, app) or not binding.description or binding.system:
             continue
         group = 2 if binding.action in generic else (0 if active.node is screen else 1)
         shown = app.get_key_display(Binding(key, binding.action, key_display=binding.key_display))
-        if (group, binding.action) in lines:
-            lines[group, binding.action][0].append(shown)
-        else:
-            lines[group, binding.action] = [[shown], binding.description, active.enabled]
+        if (group, binding.action) not in lines:
+            lines[group, binding.action] = [[], binding.description, active.enabled, []]
+        line = lines[group, binding.action]
+        line[0].append(shown)
+        if binding.id and binding.id not in line[3]:
+            line[3].append(binding.id)
     ordered = sorted(lines.items(), key=lambda item: item[0][0])  # stable within a group
-    return [KeyHelp(", ".join(sorted(keys, key=len)), _words(description), enabled)
-            for _, (keys, description, enabled) in ordered]
+    return [KeyHelp(", ".join(sorted(keys, key=len)), _words(description), enabled,
+                    ", ".join(ids))
+            for _, (keys, description, enabled, ids) in ordered]
 
 
 def _words(description: str) -> str:
@@ -65,7 +94,7 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [
         Binding("escape", "close", "Close", id="help-close"),
-        Binding("question_mark", "close", "Close", show=False),
+        Binding("question_mark", "close", "Close", show=False, id="help"),  # as it opened
     ]
 
     def __init__(self, title: str, keys: list[KeyHelp]) -> None:
@@ -79,16 +108,18 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll(id="help-keys"):
                 for line in self.keys:
                     yield Static(self._line(line), classes="help-key")
-            yield Static(Content("Esc or ? closes this."), id="help-hint")
+            yield Static(Content("Esc or ? closes this. In italics: the id that [console] "
+                                 "keys in the config remaps."), id="help-hint")
 
     @staticmethod
     def _line(line: KeyHelp) -> Content:
         # Content, not markup: descriptions are plain words.
         keys = line.keys.ljust(KEY_WIDTH - 1) + " "
+        ids = ("  " + line.ids, "$text-muted italic") if line.ids else ""
         if line.enabled:
-            return Content.assemble((keys, "bold $accent"), line.description)
+            return Content.assemble((keys, "bold $accent"), line.description, ids)
         return Content.assemble((keys, "$text-muted"), (f"{line.description} (not now)",
-                                                        "$text-muted"))
+                                                        "$text-muted"), ids)
 
     @property
     def text(self) -> str:
@@ -97,3 +128,137 @@ class HelpScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+# ------------------------------------------------------------------ [console] keys
+def _binding_classes() -> Iterator[type[DOMNode]]:
+    """Every class of ``backup_tui`` (the app, screens, dialogs, widgets) with bindings of
+    its own; the modules of ``backup_tui.screens`` and ``backup_tui.widgets`` are imported
+    to find them all."""
+    import backup_tui.app  # noqa: F401 - the app's own bindings
+    import backup_tui.screens
+    import backup_tui.widgets
+
+    for package in (backup_tui.screens, backup_tui.widgets):
+        for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            importlib.import_module(module.name)
+    seen: set[type] = set()
+    todo: list[type] = [DOMNode]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                todo.append(sub)
+                if sub.__module__.startswith("backup_tui") and sub.__dict__.get("BINDINGS"):
+                    yield sub
+
+
+def _own_bindings(cls: type) -> list[Binding]:
+    return [b for b in cls.__dict__.get("BINDINGS", []) if isinstance(b, Binding)]
+
+
+def binding_ids() -> dict[str, list[str]]:
+    """Binding id -> where it is (the classes that have it), for the help and errors."""
+    out: dict[str, list[str]] = {}
+    for cls in _binding_classes():
+        for binding in _own_bindings(cls):
+            if binding.id:
+                out.setdefault(binding.id, []).append(cls.__name__)
+    return dict(sorted(out.items()))
+
+
+def bindings_without_id() -> list[str]:
+    """``Class: key -> action`` of each binding of the console with no id (there should be
+    none: tests/test_tui_keys.py)."""
+    return [f"{cls.__name__}: {b.key} -> {b.action}" for cls in _binding_classes()
+            for b in _own_bindings(cls) if not b.id]
+
+
+def console_keymap(keys: Mapping[str, str], where: str = "config") -> tuple[dict[str, str],
+                                                                            list[str]]:
+    """``[console] keys`` as the keymap to give Textual, and the clashes to warn of; see
+    the module docstring. ``ConfigError`` for an id no binding of the console has."""
+    known = binding_ids()
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"{where}: console.keys: no binding of the console has the id "
+            f"{', '.join(repr(k) for k in unknown)} (the ids: {', '.join(known)}; ? in the "
+            "console shows each key's id)")
+    keymap = App._normalize_keymap(dict(keys))
+    # Bindings that share a key on purpose move with a remapped one (module docstring).
+    for cls in _binding_classes():
+        own = BindingsMap(_own_bindings(cls)).key_to_bindings
+        for shared in own.values():
+            moved = [b.id for b in shared if b.id in keymap]
+            for b in shared:
+                if moved and b.id and b.id not in keymap:
+                    keymap[b.id] = keymap[moved[0]]
+    return keymap, clashes(keymap)
+
+
+def clashes(keymap: Mapping[str, str]) -> list[str]:
+    """Keys that two bindings of one screen would share after ``keymap`` (with the app's
+    keys on a screen that is not a dialog), each as a sentence: a remapped binding on a
+    key another binding of a different action keeps (or is remapped to as well)."""
+    from backup_tui.app import BackupConsole
+
+    generic = [*App.BINDINGS, *Screen.BINDINGS,
+               Binding(App.COMMAND_PALETTE_BINDING, "command_palette", "palette")]
+    app_bindings = _own_bindings(BackupConsole)
+    out = set()
+    for cls in _binding_classes():
+        if cls is BackupConsole:
+            continue
+        chain = _own_bindings(cls)
+        if issubclass(cls, Screen) and not issubclass(cls, ModalScreen):
+            chain = chain + app_bindings
+        before: dict[int, set[str]] = {}  # binding -> its keys before the keymap
+        on_key: dict[str, list[Binding]] = {}  # key -> the bindings on it after
+        for key, bindings in BindingsMap([*chain, *generic]).key_to_bindings.items():
+            for b in bindings:
+                before.setdefault(id(b), set()).add(key)
+                for new in keymap[b.id].split(",") if b.id in keymap else [key]:
+                    on_key.setdefault(new, []).append(b)
+        for key, there in on_key.items():
+            pairs = [(a, b) for i, a in enumerate(there) for b in there[i + 1:]
+                     if a.action.removeprefix("app.") != b.action.removeprefix("app.")
+                     and not before[id(a)] & before[id(b)]]  # not sharing a key on purpose
+            if pairs:
+                names = " and ".join(sorted({b.id or b.action for pair in pairs
+                                             for b in pair}))
+                out.add(f"{cls.__name__}: {key} would be {names}")
+    return sorted(out)
+
+
+class ConsoleFooter(Footer):
+    """The footer: the app's keys first (screens, help, quit), then the screen's; compact
+    under ``COMPACT_BELOW`` columns. See the module docstring. (Textual's Footer lists the
+    focused widget's keys first and the app's last, so at 80 columns Quit fell off.)"""
+
+    def compose(self) -> ComposeResult:
+        if not self._bindings_ready:
+            return
+        active = self.screen.active_bindings
+        ordered = [a for a in active.values() if a.node is self.app]
+        ordered += [a for a in active.values() if a.node is not self.app]
+        seen: set[str] = set()
+        for _node, binding, enabled, tooltip in ordered:
+            if not binding.show or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            yield FooterKey(binding.key, self.app.get_key_display(binding),
+                            binding.description, binding.action, disabled=not enabled,
+                            tooltip=tooltip).data_bind(compact=Footer.compact)
+        if self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE:
+            palette = active.get(self.app.COMMAND_PALETTE_BINDING)
+            if palette is not None:
+                binding = palette.binding
+                yield FooterKey(binding.key, self.app.get_key_display(binding),
+                                binding.description, binding.action,
+                                classes="-command-palette", disabled=not palette.enabled,
+                                tooltip=binding.tooltip or binding.description)
+
+    def on_resize(self) -> None:
+        self.compact = self.app.size.width < COMPACT_BELOW

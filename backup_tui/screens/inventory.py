@@ -35,7 +35,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, TabbedContent, TabPane
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import (
@@ -54,6 +54,7 @@ from backup_tui.messages import (
     SourcesLoaded,
 )
 from backup_tui.screens.commands import JobCommands, RecoveryCommands
+from backup_tui.screens.help import ConsoleFooter
 from backup_tui.screens.pitr_wizard import PitrWizard
 from backup_tui.screens.replicas import ReplicasPane
 from backup_tui.screens.restore_wizard import RestoreWizard
@@ -119,7 +120,7 @@ class InventoryScreen(EngineCaller, Screen):
             yield SourcesPane(self.engine, id=SOURCES_TAB)
         idle = "No job running" if self.replicas else "No backup running"
         yield JobPanel(f"{idle}. {self._keys_hint()}", id="job")
-        yield Footer()
+        yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self.query_one(SnapshotDetail).show_message("Loading snapshots…")

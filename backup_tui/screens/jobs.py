@@ -34,11 +34,12 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Button, DataTable, Footer, Header, Static
+from textual.widgets import Button, DataTable, Header, Static
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import JobsFailed, JobsLoaded
 from backup_tui.screens.commands import _ListedCommands
+from backup_tui.screens.help import ConsoleFooter
 from backup_tui.widgets.job_table import RUNNING, JobDetail, JobTable
 from engine.events import CancelToken
 from engine.facade import Engine
@@ -68,8 +69,8 @@ class ConfirmDialog(ModalScreen[bool]):
     """A question with two answers; "no" has the focus, Esc and ``n`` say no, ``y`` yes."""
 
     BINDINGS = [
-        Binding("escape,n", "answer(False)", "No", show=False),
-        Binding("y", "answer(True)", "Yes", show=False),
+        Binding("escape,n", "answer(False)", "No", show=False, id="confirm-no"),
+        Binding("y", "answer(True)", "Yes", show=False, id="confirm-yes"),
     ]
     AUTO_FOCUS = "#confirm-no"
 
@@ -132,7 +133,7 @@ class JobsScreen(EngineCaller, Screen):
         yield Header(show_clock=False)
         yield JobTable(id="jobs")
         yield JobDetail(id="jobs-detail")
-        yield Footer()
+        yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self.query_one(JobDetail).show_message("Reading the jobs…")

@@ -118,7 +118,7 @@ class ErrorDialog(ModalScreen[None]):
 
     """An engine failure in its own words; Esc or Enter closes it."""
 
-    BINDINGS = [Binding("escape,enter", "close", "Close")]
+    BINDINGS = [Binding("escape,enter", "close", "Close", id="error-close")]
 
     def __init__(self, title: str, text: str) -> None:
         super().__init__()
@@ -139,7 +139,7 @@ class WizardStep(EngineCaller, ModalScreen[Any]):
     """A step: a title, a body, an inline status line, the keys. Esc answers None."""
 
     CSS_PATH = "restore_wizard.tcss"
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="restore-cancel")]
     STEP = 0
     HEADING = ""
     KEYS = "Enter next · Esc cancel"
@@ -365,8 +365,8 @@ class ReviewStep(WizardStep):
 
     STEP, HEADING = 3, "review"
     KEYS = "Enter restore · c copy the command · Esc cancel"
-    BINDINGS = [Binding("enter", "go", "Restore", priority=True),
-                Binding("c", "copy", "Copy command")]
+    BINDINGS = [Binding("enter", "go", "Restore", priority=True, id="restore-go"),
+                Binding("c", "copy", "Copy command", id="restore-copy")]
 
     def __init__(self, engine: Engine, chosen: Chosen, target: Target) -> None:
         super().__init__(engine)
@@ -434,8 +434,8 @@ class RunStep(WizardStep):
 
     STEP, HEADING = 4, "restoring"
     KEYS = "x cancel the restore"
-    BINDINGS = [Binding("x", "stop", "Cancel restore"),
-                Binding("escape,enter", "close", "Close", show=False)]
+    BINDINGS = [Binding("x", "stop", "Cancel restore", id="restore-stop"),
+                Binding("escape,enter", "close", "Close", show=False, id="restore-close")]
 
     def __init__(self, engine: Engine, target: Target, form: Any) -> None:
         super().__init__(engine)

@@ -19,10 +19,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Header
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import ScheduleActionRequested, SchedulesFailed, SchedulesLoaded
+from backup_tui.screens.help import ConsoleFooter
 from backup_tui.widgets.schedule_table import ScheduleDetail, ScheduleTable, describe_schedule
 from engine.facade import Engine
 
@@ -37,7 +38,7 @@ class ScheduleScreen(EngineCaller, Screen):
         Binding("space", "pause", "Pause", id="pause"),
         Binding("space", "resume", "Resume", id="resume"),
         Binding("P", "toggle_pause", "Pause/resume", show=False, id="pause-resume"),
-        Binding("escape", "app.switch_mode('inventory')", "Back", show=False),
+        Binding("escape", "app.switch_mode('inventory')", "Back", show=False, id="back"),
     ]
     AUTO_FOCUS = "#schedules"
 
@@ -51,7 +52,7 @@ class ScheduleScreen(EngineCaller, Screen):
         yield Header(show_clock=False)
         yield ScheduleTable(id="schedules")
         yield ScheduleDetail(id="schedule-detail")
-        yield Footer()
+        yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self.detail.show(status="Reading the schedules…")

@@ -33,7 +33,7 @@ def grouped(sources: list[SourceInfo]) -> list[list[SourceInfo]]:
 class SourcePicker(ModalScreen["SourceInfo | None"]):
     """Choose one source; Enter answers it, Escape answers None."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="picker-cancel")]
 
     def __init__(self, title: str, sources: list[SourceInfo]) -> None:
         super().__init__()

@@ -42,7 +42,7 @@ class Entry:
 class SnapshotTree(EngineCaller, Tree[Entry]):
     """The snapshot's entries; directories load on first expansion."""
 
-    BINDINGS = [Binding("right", "expand", "Open", show=False)]
+    BINDINGS = [Binding("right", "expand", "Open", show=False, id="tree-expand")]
 
     @dataclass
     class Chosen(Message):
