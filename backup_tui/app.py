@@ -1,6 +1,7 @@
-"""The console: a Textual app over one Engine, with three screens and, maybe, the scheduler.
+"""The console: a Textual app over one Engine, with four screens and, maybe, the scheduler.
 
-Screens are modes, each kept while the others show: the inventory (snapshots,
+Screens are modes, each kept while the others show: the dashboard, first
+(``d``: am I protected?), the inventory (snapshots,
 replicas and sources with their WAL archive and drills, ``i``), the jobs
 (``j``) and the schedule (``s``). Screens call the engine only from thread
 workers, through ``backup_tui.engine_calls`` (one way to call, one error path),
@@ -64,6 +65,7 @@ from backup_tui.messages import (
     SchedulerStopped,
 )
 from backup_tui.screens.commands import ConsoleCommands
+from backup_tui.screens.dashboard import DashboardScreen
 from backup_tui.screens.help import HelpScreen, console_keymap, keys_of
 from backup_tui.screens.inventory import InventoryScreen
 from backup_tui.screens.jobs import ConfirmDialog, JobsScreen, cancel_effect, runner_label
@@ -189,8 +191,9 @@ class BackupConsole(EngineCaller, App[int]):
 
     CSS_PATH = "app.tcss"
     TITLE = "backup-tui"
-    DEFAULT_MODE = "inventory"
+    DEFAULT_MODE = "dashboard"  # the first screen; BackupConsole(start=...) picks another
     BINDINGS = [
+        Binding("d", "switch_mode('dashboard')", "Dashboard", id="dashboard"),
         Binding("i", "switch_mode('inventory')", "Inventory", id="inventory"),
         Binding("j", "switch_mode('jobs')", "Jobs", id="jobs"),
         Binding("s", "switch_mode('schedule')", "Schedule", id="schedule"),
@@ -200,9 +203,11 @@ class BackupConsole(EngineCaller, App[int]):
     COMMANDS = App.COMMANDS | {ConsoleCommands}
 
     def __init__(self, engine: Engine, notice: str | None = None, *,
-                 run_scheduler: bool = True, clock: Callable[[], float] = time.time) -> None:
+                 run_scheduler: bool = True, clock: Callable[[], float] = time.time,
+                 start: str = DEFAULT_MODE) -> None:
         """``run_scheduler``: run the schedule here when no daemon does. ``clock``: "now" for
-        durations and ETAs (snapshot tests fix it)."""
+        durations and ETAs (snapshot tests fix it). ``start``: the first screen's mode."""
+        self.DEFAULT_MODE = start  # Textual starts in DEFAULT_MODE: this instance's own
         super().__init__()
         self.engine = engine
         keymap, self.key_clashes = console_keymap(engine.config.console.keys,
@@ -215,6 +220,7 @@ class BackupConsole(EngineCaller, App[int]):
         self._quitting = False
         self.job_tokens = JobTokens()  # the jobs this console runs (EventRelay fills it)
         self._log = LogToConsole(self)
+        self.add_mode("dashboard", lambda: DashboardScreen(engine))
         self.add_mode("inventory", lambda: InventoryScreen(engine, read_only=self.read_only))
         self.add_mode("jobs", lambda: JobsScreen(engine, clock, self._runner, self._canceller))
         self.add_mode("schedule", lambda: ScheduleScreen(engine, read_only=self.read_only))
@@ -265,7 +271,8 @@ class BackupConsole(EngineCaller, App[int]):
         if isinstance(self.screen, HelpScreen):
             self.screen.dismiss(None)
         elif not isinstance(self.screen, ModalScreen):
-            title = {"inventory": "Inventory", "jobs": "Jobs", "schedule": "Schedule"}
+            title = {"inventory": "Inventory", "jobs": "Jobs", "schedule": "Schedule",
+                     "dashboard": "Dashboard"}
             self.push_screen(HelpScreen(title.get(self.current_mode, self.current_mode),
                                         keys_of(self.screen)))
 

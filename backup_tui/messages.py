@@ -438,3 +438,24 @@ class RestoreFailed(Message):
     """The restore stopped (failed or cancelled) with ``error``."""
 
     error: str
+
+
+# ------------------------------------------------------------------- the dashboard
+@dataclass
+class DashboardLoaded(Message):
+    """What the dashboard shows: ``Engine.status()``, ``Engine.health()`` and
+    ``Engine.history()``, read together."""
+
+    status: dict
+    health: dict
+    history: dict
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, DashboardLoaded)  # a newer read says all this one would
+
+
+@dataclass
+class DashboardFailed(Message):
+    """The dashboard's figures could not be read; ``error`` says why."""
+
+    error: str

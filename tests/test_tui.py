@@ -54,7 +54,9 @@ CHEAP_KDF = {"name": "scrypt", "n": 2**10, "r": 8, "p": 1}
 
 def console(engine, **kwargs) -> BackupConsole:
     """The console without a scheduler of its own: these flows are the inventory's (the
-    scheduler in the console is tested in test_tui_jobs.py)."""
+    scheduler in the console is tested in test_tui_jobs.py), starting on the inventory (the
+    dashboard, the first screen otherwise, is tested in test_tui_dashboard.py)."""
+    kwargs.setdefault("start", "inventory")
     return BackupConsole(engine, run_scheduler=False, **kwargs)
 
 

@@ -111,7 +111,7 @@ def test_viewer_shows_the_daemons_running_job_live(sandbox, tmp_path, monkeypatc
     try:
         wait_for(lambda: "scheduler started" in log.read_text(), 30)
         engine = sandbox.engine()
-        app = BackupConsole(engine, run_scheduler=True)
+        app = BackupConsole(engine, start="inventory", run_scheduler=True)
         seen: list[tuple[int, str]] = []  # (bytes done, progress cell) of the running job
 
         async def flow():
@@ -188,7 +188,7 @@ def test_own_scheduler_runs_now_and_pauses(sandbox, monkeypatch, utc):
     sandbox.write_config()
     engine = sandbox.engine(init=True)
     started = spy_on_scheduler_start(monkeypatch)
-    app = BackupConsole(engine, run_scheduler=True)
+    app = BackupConsole(engine, start="inventory", run_scheduler=True)
 
     def files() -> dict:
         return next(s for s in engine.schedules() if s["kind"] == "files")
@@ -257,7 +257,7 @@ def test_a_failed_scheduled_job_is_a_notification_not_a_line_over_the_screen(san
     shutil.rmtree(sandbox.src)
     logger = logging.getLogger("backup_tui")
     before = (list(logger.handlers), logger.propagate)
-    app = BackupConsole(engine, run_scheduler=True)
+    app = BackupConsole(engine, start="inventory", run_scheduler=True)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -276,7 +276,7 @@ def test_run_now_without_any_scheduler_waits_and_says_so(sandbox):
     sandbox.extra = schedule_toml()
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine, run_scheduler=False)
+    app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -304,7 +304,7 @@ def test_read_only_console_disables_what_would_change_things(sandbox, monkeypatc
     engine = sandbox.engine(init=True)
     monkeypatch.setattr(Engine, "is_admin", property(lambda self: False))
     started = spy_on_scheduler_start(monkeypatch)
-    app = BackupConsole(engine, run_scheduler=True)
+    app = BackupConsole(engine, start="inventory", run_scheduler=True)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -476,7 +476,8 @@ def daemon_holds_the_lock(monkeypatch):
 
 
 def canned_console(admin: bool = True) -> BackupConsole:
-    return BackupConsole(CannedJobsEngine(admin), run_scheduler=False, clock=lambda: NOW)
+    return BackupConsole(CannedJobsEngine(admin), start="inventory", run_scheduler=False,
+                         clock=lambda: NOW)
 
 
 def _then(*keys: str):
@@ -542,7 +543,7 @@ def test_the_cursor_follows_a_job_that_starts_or_fails(sandbox, slow_tree):
     engine = sandbox.engine(init=True)
     engine.backup("files", "src")
     engine.backup("files", "src")  # two old jobs: the user can move off the top one
-    app = BackupConsole(engine, run_scheduler=False)
+    app = BackupConsole(engine, start="inventory", run_scheduler=False)
     proc = None
 
     async def flow():
@@ -600,7 +601,7 @@ def test_cancel_a_running_backup_after_confirming(sandbox, slow_tree):
     sandbox.filesets = {"src": [str(slow_tree)]}
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine, run_scheduler=False)
+    app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -649,7 +650,7 @@ def test_quit_during_a_job_asks_no_keeps_it_yes_cancels_it(sandbox, slow_tree):
     sandbox.filesets = {"src": [str(slow_tree)]}
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine, run_scheduler=False)
+    app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -686,7 +687,7 @@ def test_quit_during_a_job_asks_no_keeps_it_yes_cancels_it(sandbox, slow_tree):
 
 def test_quit_without_a_job_of_this_console_does_not_ask(sandbox):
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine, run_scheduler=False)
+    app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -702,7 +703,7 @@ def test_b_during_a_running_job_refuses_before_the_picker(sandbox, slow_tree):
     sandbox.filesets["big"] = [str(slow_tree)]
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine, run_scheduler=False)
+    app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
@@ -890,7 +891,7 @@ def test_cancel_a_job_of_the_consoles_own_scheduler(sandbox, slow_tree):
     sandbox.extra = schedule_toml(files="0 3 * * *")
     sandbox.write_config()
     engine = sandbox.engine(init=True)
-    app = BackupConsole(engine, run_scheduler=True)
+    app = BackupConsole(engine, start="inventory", run_scheduler=True)
     cancelled = []
 
     async def flow():

@@ -40,7 +40,7 @@ SIZE = (100, 32)
 
 
 def console(engine) -> BackupConsole:
-    return BackupConsole(engine, run_scheduler=False)
+    return BackupConsole(engine, start="inventory", run_scheduler=False)
 
 
 def wizard(app: BackupConsole) -> PitrWizard:
