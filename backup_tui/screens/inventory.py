@@ -60,6 +60,7 @@ from backup_tui.screens.replicas import ReplicasPane
 from backup_tui.screens.restore_wizard import RestoreWizard
 from backup_tui.screens.source_picker import SourcePicker
 from backup_tui.screens.sources import SourcesPane
+from backup_tui.widgets.filter_bar import FilterBar
 from backup_tui.widgets.job_panel import BACKUP, REPLICATE, JobPanel, replication_summary
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
 from backup_tui.widgets.snapshot_table import SnapshotTable
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from engine.sources.base import SourceInfo
 
 SNAPSHOTS_TAB, REPLICAS_TAB, SOURCES_TAB = "snapshots-tab", "replicas-tab", "sources-tab"
+NO_MATCH = "No snapshot matches the filter: Esc clears it, / changes it."
 
 
 class InventoryScreen(EngineCaller, Screen):
@@ -84,11 +86,16 @@ class InventoryScreen(EngineCaller, Screen):
         Binding("o", f"sources_tab('{SOURCES_TAB}')", "Sources", id="show-sources"),
         Binding("o", f"sources_tab('{SNAPSHOTS_TAB}')", "Snapshots", id="sources-back"),
         Binding("r", "refresh", "Refresh", id="refresh"),
+        Binding("slash", "filter", "Filter", show=False, id="filter"),
+        Binding("escape", "clear_filter", "Clear the filter", show=False, id="clear-filter"),
         Binding("escape", "back", "Back to the snapshots", show=False, id="back"),
         Binding("t", "pitr", "Point in time", show=False, id="pitr"),
     ]
     COMMANDS = Screen.COMMANDS | {JobCommands, RecoveryCommands}
     AUTO_FOCUS = "#snapshots"
+    # -narrow: the detail pane folds below the table (app.tcss); the table's columns
+    # follow its own width (backup_tui/widgets/snapshot_table.py).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
     def __init__(self, engine: Engine, read_only: bool = False) -> None:
         super().__init__()
@@ -112,9 +119,11 @@ class InventoryScreen(EngineCaller, Screen):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with TabbedContent(id="views", initial=SNAPSHOTS_TAB):
-            with TabPane("Snapshots", id=SNAPSHOTS_TAB), Horizontal(id="inventory"):
-                yield SnapshotTable(tuple(self.replicas), id="snapshots")
-                yield SnapshotDetail(id="detail")
+            with TabPane("Snapshots", id=SNAPSHOTS_TAB):
+                yield FilterBar("#snapshots", id="snapshot-filter")
+                with Horizontal(id="inventory"):
+                    yield SnapshotTable(tuple(self.replicas), id="snapshots")
+                    yield SnapshotDetail(id="detail")
             if self.replicas:
                 yield ReplicasPane(self.engine, id=REPLICAS_TAB)
             yield SourcesPane(self.engine, id=SOURCES_TAB)
@@ -149,6 +158,11 @@ class InventoryScreen(EngineCaller, Screen):
             return (self._tab == SOURCES_TAB) == (parameters[0] == SNAPSHOTS_TAB)
         if action == "back":  # Escape goes back: from another tab to the snapshots
             return self._tab != SNAPSHOTS_TAB
+        if action == "filter":
+            return self._tab == SNAPSHOTS_TAB
+        if action == "clear_filter":  # Escape on the snapshots clears a filter in effect
+            tables = self.query("#snapshots").results(SnapshotTable)
+            return self._tab == SNAPSHOTS_TAB and any(bool(t.filter) for t in tables)
         return True
 
     @property
@@ -165,6 +179,23 @@ class InventoryScreen(EngineCaller, Screen):
 
     def action_back(self) -> None:
         self.action_show_tab(SNAPSHOTS_TAB)
+
+    # --------------------------------------------------------------- filter
+    # / (backup_tui/widgets/filter_bar.py): the filter stays through reloads.
+    def action_filter(self) -> None:
+        self.query_one("#snapshot-filter", FilterBar).open()
+
+    def action_clear_filter(self) -> None:
+        self.query_one("#snapshot-filter", FilterBar).action_clear_filter()
+
+    @on(FilterBar.Applied, "#snapshot-filter")
+    def _filtered(self, _event: FilterBar.Applied) -> None:
+        self.refresh_bindings()
+        table = self.query_one(SnapshotTable)
+        if table.row_count:
+            self._show_detail(table.selected_id)
+        elif table.infos:
+            self.query_one(SnapshotDetail).show_message(NO_MATCH)
 
     @on(TabbedContent.TabActivated, "#views")
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
@@ -201,10 +232,12 @@ class InventoryScreen(EngineCaller, Screen):
     def on_snapshots_loaded(self, message: SnapshotsLoaded) -> None:
         table = self.query_one(SnapshotTable)
         table.show(message.snapshots, message.select)
-        if not table.row_count:
+        if not table.infos:
             self.query_one(SnapshotDetail).show_message(
                 f"No snapshots yet. {self._keys_hint()}"
             )
+        elif not table.row_count:
+            self.query_one(SnapshotDetail).show_message(NO_MATCH)
         else:  # again: presence in the replicas and the verified time may have changed
             self._show_detail(table.selected_id, again=True)
 

@@ -19,6 +19,10 @@ Only this console's own jobs can be cancelled, through their ``CancelToken``
 (``canceller`` answers with it); for another process's job (the daemon's, the
 command line's) the engine has no way to ask, and ``canceller`` says so instead.
 The command palette offers "Cancel job: <kind> <target>" for each running job.
+
+Filtering (``/``, binding id ``filter``): a ``FilterBar`` over the table
+(``kind:backup``, ``source:shop``, ``status:failed``, free text); Escape clears a
+filter in effect (``clear-filter``), else goes back. Polls keep the filter.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import JobsFailed, JobsLoaded
 from backup_tui.screens.commands import _ListedCommands
 from backup_tui.screens.help import ConsoleFooter
+from backup_tui.widgets.filter_bar import FilterBar
 from backup_tui.widgets.job_table import RUNNING, JobDetail, JobTable
 from engine.events import CancelToken
 from engine.facade import Engine
@@ -47,6 +52,7 @@ from engine.facade import Engine
 POLL_SECONDS = 0.5
 JOBS_SHOWN = 50
 NO_JOBS = "No jobs yet: backups, verifies and replications show here as they run."
+NO_MATCH = "No job matches the filter: Esc clears it, / changes it."
 CANCEL_EFFECTS = {  # job kind -> what cancelling leaves behind
     "backup": "No snapshot is made: a snapshot is committed only at the end, so the "
               "repository stays consistent.",
@@ -112,6 +118,8 @@ class JobsScreen(EngineCaller, Screen):
 
     BINDINGS = [
         Binding("c", "cancel_job", "Cancel job", id="cancel-job"),
+        Binding("slash", "filter", "Filter", show=False, id="filter"),
+        Binding("escape", "clear_filter", "Clear the filter", show=False, id="clear-filter"),
         Binding("escape", "app.switch_mode('inventory')", "Back", show=False, id="back"),
     ]
     AUTO_FOCUS = "#jobs"
@@ -131,6 +139,7 @@ class JobsScreen(EngineCaller, Screen):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
+        yield FilterBar("#jobs", id="jobs-filter")
         yield JobTable(id="jobs")
         yield JobDetail(id="jobs-detail")
         yield ConsoleFooter()
@@ -181,7 +190,7 @@ class JobsScreen(EngineCaller, Screen):
     def _show_selected(self) -> None:
         job = self.table.selected
         if job is None:
-            self.detail.show_message(NO_JOBS)
+            self.detail.show_message(NO_MATCH if self.table.jobs else NO_JOBS)
         else:
             self.detail.show(job, self.now, self.runner(job.get("pid")))
         self.refresh_bindings()
@@ -192,7 +201,20 @@ class JobsScreen(EngineCaller, Screen):
             tables = self.query(JobTable).results(JobTable)
             job = next((t.selected for t in tables), None)
             return True if job is not None and job["state"] == RUNNING else None
+        if action == "clear_filter":  # Escape clears a filter in effect, else goes back
+            return any(bool(t.filter) for t in self.query(JobTable).results(JobTable))
         return True
+
+    # ---------------------------------------------------------------- filter
+    def action_filter(self) -> None:
+        self.query_one("#jobs-filter", FilterBar).open()
+
+    def action_clear_filter(self) -> None:
+        self.query_one("#jobs-filter", FilterBar).action_clear_filter()
+
+    @on(FilterBar.Applied, "#jobs-filter")
+    def _filtered(self, _event: FilterBar.Applied) -> None:
+        self._show_selected()
 
     def action_cancel_job(self) -> None:
         self.cancel_job(self.table.selected)

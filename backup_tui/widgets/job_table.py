@@ -25,6 +25,14 @@ Following: when a job starts, or one fails, the cursor moves to it (the newest
 first), unless the user moved the cursor in the last ``USER_QUIET`` seconds: a
 failure at night is what the operator wants to see, but never yanked from under
 the keys. At the first show the cursor goes to the newest running job, if any.
+A job the filter hides is not followed.
+
+Columns by the table's width (``KeyedTable`` levels): all of them from 120 columns;
+*compact* (from 70, the screen at 80) kind, target, state, started, duration and
+progress (the detail has the rate and the ETA); *narrow* (the screen at 60) without
+the start. The filter (``/``) knows ``kind``, ``source`` (the target, whole or after
+its ``kind:``) and ``status`` (the state); free text matches the message, the
+error and every cell.
 """
 
 from __future__ import annotations
@@ -43,10 +51,11 @@ from textual.widgets import ProgressBar, Static
 from backup_tui.format import cut, duration, human_bytes, local_time
 from backup_tui.widgets.job_panel import ESTIMATED_PHASES, progress_fraction
 from backup_tui.widgets.job_panel import outgrown as job_panel_outgrown
-from backup_tui.widgets.keyed_table import KeyedTable
+from backup_tui.widgets.keyed_table import COMPACT, FULL, NARROW, KeyedTable
 
 STARTED_FORMAT = "%m-%d %H:%M"  # the detail has the seconds
-MESSAGE_WIDTH = 26  # the table cuts the message or error here; the detail has them whole
+MESSAGE_WIDTH = 26  # the table cuts the message or error here at least; the detail has
+OTHER_COLUMNS = 96  # them whole. Beyond this, a wider table gives the message the rest.
 RUNNING = "running"
 FOLLOWED = (RUNNING, "failed")  # states the cursor follows a job into
 USER_QUIET = 5.0  # seconds after the user moved the cursor during which it is not moved
@@ -137,6 +146,19 @@ def started_at(job: dict, fmt: str = STARTED_FORMAT) -> str:
     return local_time(datetime.fromtimestamp(job["started"], UTC), fmt) if job["started"] else ""
 
 
+def _fields(job: dict) -> dict[str, tuple[str, ...] | str]:
+    """What the filter's ``kind:``, ``source:`` and ``status:`` look at."""
+    target = job["target"] or ""
+    return {"kind": job["kind"], "source": (target, target.partition(":")[2]),
+            "status": job["state"]}
+
+
+def _text(job: dict, cells: tuple[Text, ...]) -> str:
+    """What the filter's free text looks in: the cells, the whole message and error."""
+    return " ".join([job["id"], *(c.plain for c in cells), job["message"] or "",
+                     job["error"] or "", job.get("phase") or ""])
+
+
 class JobTable(KeyedTable):
     """Jobs as rows, newest first; the row key is the job id."""
 
@@ -152,11 +174,17 @@ class JobTable(KeyedTable):
         ("message", "Message or error"),
     )
     RIGHT = ("duration", "progress", "rate", "eta")
+    LEVELS = ((120, FULL), (70, COMPACT), (0, NARROW))
+    HIDDEN = {COMPACT: ("rate", "eta", "message"),
+              NARROW: ("started", "rate", "eta", "message")}
+    NOUN = "jobs"
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
-        self.jobs: dict[str, dict] = {}  # the rows shown, by job id
-        self._order: list[str] = []
+        self.jobs: dict[str, dict] = {}  # every job read (the filter may hide some), by id
+        self._all: list[dict] = []  # as last shown, with its time: the filter shows them again
+        self._now = 0.0
+        self._order: list[str] | None = []  # None: build the rows again at the next show
         self._cells_shown: dict[str, tuple[Text, ...]] = {}
         self._states: dict[str, str] | None = None  # job id -> state at the last show
         self.touched = float("-inf")  # time.monotonic() when the user last moved the cursor
@@ -170,12 +198,15 @@ class JobTable(KeyedTable):
         """Show ``jobs`` (newest first). The cursor follows a job that starts or fails (see
         the module docstring); else it stays on its job, or on the top row when it was
         there; cells that did not change are left alone."""
+        self._all, self._now = jobs, now
         current = self.selected
         at_top = self.cursor_row == 0
         follow = self._to_follow(jobs)
         self.jobs = {j["id"]: j for j in jobs}
-        cells = {j["id"]: self._cells(j, now) for j in jobs}
-        order = [j["id"] for j in jobs]
+        cells = {j["id"]: self.visible(self._cells(j, now)) for j in jobs}
+        order = [j["id"] for j in jobs if self.shows(_fields(j), _text(j, cells[j["id"]]))]
+        if follow not in order:  # hidden by the filter
+            follow = None
         if order != self._order:
             self.clear()
             for job_id in order:
@@ -185,12 +216,30 @@ class JobTable(KeyedTable):
         else:
             for job_id, row in cells.items():
                 before = self._cells_shown.get(job_id, ())
-                for (key, _), cell, old in zip(self.COLUMNS, row, before, strict=True):
+                for (key, _), cell, old in zip(self.visible_columns(), row, before,
+                                               strict=True):
                     if cell.plain != old.plain or cell.style != old.style:
                         self.update_cell(job_id, key, cell, update_width=True)
         if follow is not None and follow != self.cursor_key:
             self.move_cursor(row=self.get_row_index(follow))
         self._order, self._cells_shown = order, cells
+        self.show_count(len(jobs))
+
+    @property
+    def message_width(self) -> int:
+        """Where the message column cuts: what the other columns leave of a wide table."""
+        return max(MESSAGE_WIDTH, self.size.width - OTHER_COLUMNS)
+
+    def on_resize(self, event: events.Resize) -> None:
+        cut_at = self.message_width
+        super().on_resize(event)  # a new level fills the rows again
+        if self.level == FULL and cut_at != getattr(self, "_cut_at", cut_at):
+            self.refill()
+        self._cut_at = cut_at
+
+    def refill(self) -> None:
+        self._order = None  # the columns or the filter changed: build the rows again
+        self.show(self._all, self._now)
 
     def _to_follow(self, jobs: list[dict]) -> str | None:
         """The job the cursor should go to now, if any (see the module docstring)."""
@@ -260,8 +309,8 @@ class JobTable(KeyedTable):
             Text(f"{human_bytes(figures.rate)}/s" if figures.rate else "", justify="right",
                  style=dim),
             Text(duration(figures.eta) if figures.eta is not None else "", justify="right"),
-            Text(cut(job["error"], MESSAGE_WIDTH), style=self._style("failed"))
-            if job["error"] else Text(cut(job["message"], MESSAGE_WIDTH), style=dim),
+            Text(cut(job["error"], self.message_width), style=self._style("failed"))
+            if job["error"] else Text(cut(job["message"], self.message_width), style=dim),
         )
 
 

@@ -7,6 +7,10 @@ and the last error, cut short. ``ReplicaDetail`` shows the highlighted replica
 in full: where it is, when its lag was measured, the whole last error.
 
 An error older than the last success is history: it shows dimmed.
+
+Narrower tables (``KeyedTable`` levels) leave out the bucket and region (from 70
+columns, *compact*: the screen at 80) and the last error too (*narrow*: at 60),
+and show the last success without the year; the detail line has them all.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from textual.content import Content
 
 from backup_tui.format import cut, human_bytes, local_time
 from backup_tui.widgets.detail import StatusDetail
-from backup_tui.widgets.keyed_table import KeyedTable
+from backup_tui.widgets.keyed_table import COMPACT, FULL, NARROW, KeyedTable
 
 ERROR_WIDTH = 30  # the table cuts the last error here; the detail line has it whole
+COMPACT_ERROR_WIDTH = 24
 UNKNOWN = "?"
 
 
@@ -67,12 +72,17 @@ class ReplicaTable(KeyedTable):
         ("error", "Last error"),
     )
     RIGHT = ("snapshots", "objects", "bytes")
+    LEVELS = ((110, FULL), (70, COMPACT), (0, NARROW))
+    HIDDEN = {COMPACT: ("region", "where"), NARROW: ("region", "where", "error")}
+    NOUN = "replicas"
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True,
                          header_height=2)
         self.states: dict[str, dict] = {}  # the rows shown, by replica name
 
+    def refill(self) -> None:
+        self.show(list(self.states.values()))
 
     @property
     def selected(self) -> dict | None:
@@ -85,7 +95,7 @@ class ReplicaTable(KeyedTable):
         self.clear()
         self.states = {s["name"]: s for s in states}
         for state in states:
-            self.add_row(*self._cells(state), key=state["name"])
+            self.add_row(*self.visible(self._cells(state)), key=state["name"])
         if current is not None and current["name"] in self.rows:
             self.move_cursor(row=self.get_row_index(current["name"]))
 
@@ -94,10 +104,12 @@ class ReplicaTable(KeyedTable):
         objects, nbytes = state.get("objects_behind"), state.get("bytes_behind")
         behind_style = "" if not objects else self.app.theme_variables.get("text-warning", "")
         error = state.get("last_error") or ""
+        width = ERROR_WIDTH if self.level == FULL else COMPACT_ERROR_WIDTH
         if error and error_is_current(state):
-            error_text = Text(_cut(error), style=self.app.theme_variables.get("text-error", ""))
+            error_text = Text(_cut(error, width),
+                              style=self.app.theme_variables.get("text-error", ""))
         else:
-            error_text = Text(_cut(error) if error else "none", style="dim")
+            error_text = Text(_cut(error, width) if error else "none", style="dim")
         return (
             Text(state["name"]),
             Text(state.get("region", "")),
@@ -107,7 +119,8 @@ class ReplicaTable(KeyedTable):
                  justify="right"),
             Text(UNKNOWN if nbytes is None else human_bytes(nbytes), style=behind_style,
                  justify="right"),
-            Text(_shown_time(state.get("last_success"))),
+            Text(_shown_time(state.get("last_success"),
+                             "%Y-%m-%d %H:%M" if self.level == FULL else "%m-%d %H:%M")),
             error_text,
         )
 

@@ -14,6 +14,9 @@ Every age is the one the engine computed (``age_hours``, ``age_seconds``): the
 console never compares times with its own clock. Ages past their limit, a WAL
 archive that cannot be read and a failed drill show in the error colour; a
 replica behind in the warning colour.
+
+Narrow (a table under 70 columns, the screen at 60): the WAL column is left out
+(the detail has it) and names are cut shorter.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from textual.content import Content
 
 from backup_tui.format import cut, duration, local_time
 from backup_tui.widgets.detail import StatusDetail
-from backup_tui.widgets.keyed_table import KeyedTable
+from backup_tui.widgets.keyed_table import FULL, NARROW, KeyedTable
 
 NAME_WIDTH = 16  # the table cuts names here; the detail has them whole
+NARROW_NAME_WIDTH = 12
 WAL_WIDTH = 18
 LONG_FORMAT = "%Y-%m-%d %H:%M:%S"
 NONE = "—"  # a column that does not apply to the source's kind
@@ -102,11 +106,17 @@ class SourceTable(KeyedTable):
         ("drill", "Last\ndrill"),
     )
     RIGHT = ("backup", "point")
+    LEVELS = ((70, FULL), (0, NARROW))
+    HIDDEN = {NARROW: ("wal",)}
+    NOUN = "sources"
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True,
                          header_height=2)
         self.entries: dict[str, dict] = {}  # the rows shown, by key
+
+    def refill(self) -> None:
+        self.show(list(self.entries.values()))
 
     @property
     def selected(self) -> dict | None:
@@ -119,7 +129,7 @@ class SourceTable(KeyedTable):
         self.clear()
         self.entries = {source_key(e): e for e in entries}
         for entry in entries:
-            self.add_row(*self._cells(entry), key=source_key(entry))
+            self.add_row(*self.visible(self._cells(entry)), key=source_key(entry))
         if current is not None and current in self.rows:
             self.move_cursor(row=self.get_row_index(current))
 
@@ -134,7 +144,7 @@ class SourceTable(KeyedTable):
                       style=error if backup_late(entry) else "")
         return (
             Text(entry.get("label", entry["kind"])),
-            Text(cut(entry["name"], NAME_WIDTH)),
+            Text(cut(entry["name"], NAME_WIDTH if self.level == FULL else NARROW_NAME_WIDTH)),
             backup,
             self._point(entry, backup),
             self._wal(entry),
