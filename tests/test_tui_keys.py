@@ -44,7 +44,7 @@ def remapped(keys: dict[str, str], admin: bool = True) -> BackupConsole:
     """The canned console with ``[console] keys``."""
     engine = CannedJobsEngine(admin)
     engine.config = parse_config({**_config_of(engine), "console": {"keys": keys}})
-    return BackupConsole(engine, run_scheduler=False, clock=lambda: NOW)
+    return BackupConsole(engine, start="inventory", run_scheduler=False, clock=lambda: NOW)
 
 
 def _config_of(engine) -> dict:

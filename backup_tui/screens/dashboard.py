@@ -32,10 +32,11 @@ from textual.binding import Binding
 from textual.containers import Grid, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import DashboardFailed, DashboardLoaded
+from backup_tui.screens.help import ConsoleFooter
 from backup_tui.widgets.dashboard import (
     DashboardTable,
     layout_for,
@@ -79,7 +80,7 @@ class DashboardScreen(EngineCaller, Screen):
             with Grid(id="dash-plots"):
                 for key in PLOTS:
                     yield Plot(key, id=f"plot-{key}")
-        yield Footer()
+        yield ConsoleFooter()
 
     @property
     def table(self) -> DashboardTable:
