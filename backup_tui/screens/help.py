@@ -20,9 +20,9 @@ Also here, as they are about the same keys:
   that share a key on purpose (``p``: to the replicas and back) move together when one
   of them is remapped.
 - ``ConsoleFooter``: the footer every screen shows, the app's keys first (the screens,
-  ``?``, ``q``) and then the screen's own, compact under ``COMPACT_BELOW`` columns, so
-  Help and Quit stay visible at 80 and 60 columns; the rest stays in ``?`` and the
-  palette.
+  ``?``, ``q``) and then the screen's own, compact under ``COMPACT_BELOW`` columns and
+  without the palette key under ``PALETTE_BELOW``, so Help and Quit stay visible at 80
+  and 60 columns; the rest stays in ``?`` and the palette.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from engine.errors import ConfigError
 
 KEY_WIDTH = 12  # the key column; a longer list of keys pushes its description right
 COMPACT_BELOW = 100  # columns: a narrower footer is compact
+PALETTE_BELOW = 70  # columns: a narrower footer leaves the palette key (^p) out
 _GENERIC_ACTIONS = {b.action for b in Screen.BINDINGS if isinstance(b, Binding)}  # focus, copy
 
 
@@ -261,4 +262,11 @@ class ConsoleFooter(Footer):
                                 tooltip=binding.tooltip or binding.description)
 
     def on_resize(self) -> None:
-        self.compact = self.app.size.width < COMPACT_BELOW
+        width = self.app.size.width
+        self.compact = width < COMPACT_BELOW
+        # Under PALETTE_BELOW columns the palette key would cover the screen's keys: it
+        # stays on ctrl+p, listed in ? like every key.
+        if self.show_command_palette != (width >= PALETTE_BELOW):
+            self.show_command_palette = width >= PALETTE_BELOW
+            if self._bindings_ready:
+                self.call_after_refresh(self.recompose)

@@ -9,7 +9,9 @@ for the command palette's. Both need an admin: a read-only console shows them
 disabled.
 A run now goes through the catalog either way: the scheduler that runs the
 schedule (this console's, or the daemon's when the console is a viewer) takes
-it within a second.
+it within a second; until one does, the row says "pending since HH:MM" and the
+detail who will take it. A schedule with nothing to run with this config is
+greyed out (``backup_tui.widgets.schedule_table``) and ``n`` is disabled on it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from textual.widgets import DataTable, Header
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import ScheduleActionRequested, SchedulesFailed, SchedulesLoaded
 from backup_tui.screens.help import ConsoleFooter
-from backup_tui.widgets.schedule_table import ScheduleDetail, ScheduleTable, describe_schedule
+from backup_tui.widgets.schedule_table import (
+    ScheduleDetail,
+    ScheduleTable,
+    describe_schedule,
+    runnable,
+)
 from engine.facade import Engine
 
 POLL_SECONDS = 1.0
@@ -72,6 +79,8 @@ class ScheduleScreen(EngineCaller, Screen):
         if action not in ("run_now", "pause", "resume", "toggle_pause"):
             return True
         schedule = self._selected
+        if action == "run_now" and schedule is not None and not runnable(schedule):
+            return None  # shown disabled: there is nothing to run (the detail says why)
         if action in ("pause", "resume") and (
                 schedule is None or schedule["paused"] != (action == "resume")):
             return False
@@ -135,5 +144,7 @@ class ScheduleScreen(EngineCaller, Screen):
     def _show_selected(self) -> None:
         schedule = self.table.selected
         if schedule is not None:
-            self.detail.show(describe_schedule(schedule))
+            host = getattr(self.app, "scheduler_host", None)  # who takes a run now
+            self.detail.show(describe_schedule(schedule,
+                                               host.where_runs_go() if host else ""))
         self.refresh_bindings()  # space says Pause or Resume for the highlighted one

@@ -80,8 +80,8 @@ class FilterBar(Input):
     module docstring."""
 
     BINDINGS = [
-        Binding("enter", "submit", "Keep the filter"),
-        Binding("escape", "clear_filter", "Clear the filter"),
+        Binding("enter", "submit", "Keep the filter", id="filter-keep"),
+        Binding("escape", "clear_filter", "Clear the filter", id="filter-clear"),
     ]
 
     class Applied(Message):
