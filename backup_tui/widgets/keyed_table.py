@@ -78,10 +78,13 @@ class KeyedTable(DataTable):
             self.rebuild()
 
     def rebuild(self) -> None:
-        """Columns for the current level, then the rows again."""
+        """Columns for the current level, then the rows again, the cursor on its row."""
+        key = self.cursor_key
         self.clear(columns=True)
         self._add_columns()
         self.refill()
+        if key is not None and key in self.rows:
+            self.move_cursor(row=self.get_row_index(key))
 
     def refill(self) -> None:
         """Show the rows again from the data last shown (after columns or filter changed)."""
