@@ -902,7 +902,7 @@ def test_build_demo_with_a_database(demo_root):
     assert config.databases[0].dsn == demo.cluster.dsn("shop")
     engine = Engine(config)
     assert sorted((s.kind, s.source) for s in engine.snapshots()) == [
-        ("db", "shop"), ("files", "app-data")]
+        ("cluster", "main"), ("db", "shop"), ("files", "app-data")]  # main: the same server
     counts = demo.cluster.psql(
         "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM products), "
         "(SELECT count(*) FROM orders), (SELECT count(*) FROM order_items)", "shop")
@@ -915,7 +915,7 @@ def test_build_demo_with_a_database(demo_root):
             await pick(app, pilot, "shop")
             await settle(app, pilot)
             assert [s.kind for s in engine.snapshots()].count("db") == 2
-            assert table(app).row_count == 3
+            assert table(app).row_count == 4
             assert "PostgreSQL" in detail(app).text and "shop" in detail(app).text
             assert not errors_shown(app)
 
@@ -939,7 +939,7 @@ def test_run_demo_stops_the_servers_even_on_ctrl_c(demo_root, monkeypatch, capsy
         return launch(self)
 
     def interrupted(engine, notice=None, run_scheduler=True):
-        assert run_scheduler is False  # the demo runs no schedule of its own
+        assert run_scheduler is True  # the console runs the demo's short schedule
         assert len(engine.config.databases) == 1
         seen.append(server_running(demo_cluster(demo_root)))
         seen.append(s3_answers(servers[-1]))

@@ -9,6 +9,17 @@
   products, orders and order lines tied by foreign keys, a few thousand rows
   that are the same every time. Without PostgreSQL server binaries the demo has
   files only, and ``Demo.note`` says so;
+- the same server as the ``[[cluster]]`` ``main``: ``archive_mode = on``, its
+  ``archive_command`` running ``backup-tui wal-push`` (with a python the
+  server's OS user can run: ``engine.sandbox.python``, a copy in ``runtime/``
+  as the last resort), ``archive_timeout`` 30 s, a base backup at build, and a
+  small write load (``WriteLoad``: a few rows into ``shop.activity`` every few
+  seconds) while the sandbox's servers run, so WAL keeps flowing and the
+  point-in-time wizard (``t``) has a window to recover into. Under root the
+  repository and state folders get the shared layout of docs/WAL.md (setgid,
+  the server user's group) so that ``wal-push``, run as ``postgres``, can write
+  WAL. When no python runs for that user the demo has no cluster, and
+  ``Demo.note`` says why;
 - two S3 replicas, ``us-east`` (a bucket in us-east-1) and ``eu-west`` (in
   eu-west-1), on the sandbox's own S3-protocol server (``engine.sandbox.S3Server``:
   ``moto_server`` on a free loopback port, all in memory, its output in
@@ -17,33 +28,53 @@
   (``pip install 'moto[server]'``) the demo has no replicas, and ``Demo.note``
   says so;
 - ``config.toml`` with two filesets (``app-data``, ``app-config``), the
-  ``shop`` database, the replicas, a repository in ``repo/`` encrypted with a
-  random password kept in ``repo.pass`` (mode 0600), and the state in ``state/``;
-- one snapshot of ``app-data`` and one of ``shop``, replicated to both
+  ``shop`` database, the ``main`` cluster, the replicas, a repository in
+  ``repo/`` encrypted with a random password kept in ``repo.pass`` (mode 0600;
+  0640 to the server user's group under the shared layout), the state in
+  ``state/``, and a schedule with short intervals (``data.SCHEDULE``: backups
+  every two or three minutes, verify, replicate and drills every few) that the
+  console runs;
+- one snapshot of ``app-data``, one of ``shop`` and a base backup of ``main``,
+  replicated to both
   replicas, then a day's changes (new uploads, a new log, new orders), so the
   next backups have something new to store (and to replicate: the replicas
   have ``replicate_after_backup``).
 
-The servers keep running after ``build_demo``: whoever holds the ``Demo`` stops
-them. ``open_demo`` starts the servers of a sandbox built earlier again.
-``run_demo()`` (console.py) is ``backup-tui --demo``: it builds or reuses the
-sandbox, runs the console on it and stops the servers however the console ends.
+The servers (and the write load) keep running after ``build_demo``: whoever
+holds the ``Demo`` stops them (``stop``), or stops them and removes the sandbox
+(``remove``, for a folder the demo made). ``open_demo`` starts the servers of a
+sandbox built earlier again. ``run_demo()`` (console.py) is ``backup-tui
+--demo``: it builds or reuses the sandbox, runs the console on it, stops the
+servers however the console ends and removes a sandbox it made.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import random
 import secrets
+import shlex
+import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from backup_tui.demo import data
-from backup_tui.demo.data import BUCKET, DATABASE, FIRST_FILESET, REPLICAS, toml_str
+from backup_tui.demo.data import (
+    ACTIVITY_SQL,
+    ARCHIVE_TIMEOUT,
+    BUCKET,
+    CLUSTER,
+    DATABASE,
+    FIRST_FILESET,
+    REPLICAS,
+    toml_str,
+)
 from engine.config import Config, load_config
 from engine.errors import EngineError, UsageError
 from engine.facade import Engine
@@ -55,6 +86,7 @@ from engine.sandbox import (
     make_dirs,
     moto_installed,
 )
+from engine.sandbox.python import SERVER_PYTHON_ENV, server_python
 
 DEMO_DIR_ENV = "BACKUP_TUI_DEMO_DIR"
 CONFIG_NAME = "config.toml"
@@ -62,6 +94,9 @@ CLUSTER_DIR = "postgres"
 S3_LOG = "s3-server.log"  # moto_server's output, in the sandbox
 S3_START_TIMEOUT = 30.0  # seconds
 DEMO_AWS_KEY = "demo"  # the dummy access key and secret of the demo process
+RUNTIME_DIR = "runtime"  # a copy of backup-tui the server's OS user can run, if needed
+LOAD_SECONDS = 3.0  # the write load's pause between two inserts
+SHARED_MODE = 0o2770  # repository and state folders under the shared layout (docs/WAL.md)
 
 # The class the demo makes its PostgreSQL server with (a test replaces it to see
 # the demo without PostgreSQL).
@@ -69,6 +104,35 @@ ScratchCluster = PgCluster
 
 NO_MOTO = "moto[server] is not installed: the demo runs without S3 replicas."
 _CLUSTER_ERRORS = (EngineError, OSError, subprocess.SubprocessError)
+
+
+class WriteLoad:
+    """A few rows into ``shop.activity`` every ``LOAD_SECONDS`` on a thread, until ``stop``:
+    WAL keeps flowing (archived at least every ``ARCHIVE_TIMEOUT`` seconds). A failed
+    insert (the server restarting) is skipped; the next one tries again."""
+
+    def __init__(self, cluster: PgCluster, every: float = LOAD_SECONDS) -> None:
+        self.cluster, self.every = cluster, every
+        self.rounds = 0  # inserts that went through (tests wait on it)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-write-load", daemon=True)
+
+    def start(self) -> WriteLoad:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.cluster.psql(ACTIVITY_SQL, DATABASE, timeout=30)
+                self.rounds += 1
+            except _CLUSTER_ERRORS:
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(60)
 
 
 @dataclass
@@ -85,6 +149,7 @@ class Demo:
     cluster: PgCluster | None = None
     note: str = ""
     s3: S3Server | None = None
+    load: WriteLoad | None = None  # the write load on the shop database, while it runs
 
     def config(self) -> Config:
         """The sandbox's configuration, without its replicas when its S3 server is not
@@ -99,13 +164,31 @@ class Demo:
             self.note = f"{self.note}\n{line}" if self.note else line
 
     def stop(self) -> None:
-        """Stop the servers (the sandbox and its data stay; the replicas' contents go)."""
+        """Stop the write load, then the servers (the sandbox and its data stay; the
+        replicas' contents go)."""
         try:
+            if self.load is not None:
+                self.load.stop()
             if self.cluster is not None:
                 self.cluster.stop()
         finally:
             if self.s3 is not None:
                 self.s3.stop()
+
+    def remove(self) -> None:
+        """Stop everything (the PostgreSQL server fast, else immediate, else killed), then
+        remove the sandbox folder. Only for a folder the demo made itself."""
+        try:
+            if self.load is not None:
+                self.load.stop()
+            if self.cluster is not None:
+                self.cluster.destroy()
+        finally:
+            try:
+                if self.s3 is not None:
+                    self.s3.stop()
+            finally:
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _first_line(error: BaseException, width: int = 160) -> str:
@@ -116,24 +199,69 @@ def _first_line(error: BaseException, width: int = 160) -> str:
 # ------------------------------------------------------------------ the servers
 
 
-def _start_shop(root: Path) -> tuple[PgCluster | None, str]:
-    """A new server under ``root`` with the shop database, or None and why not."""
+def _archiver_python(root: Path, owner: str | None) -> tuple[list[str] | None, str]:
+    """The argv prefix with which the server's OS user runs ``backup-tui wal-push`` (a
+    copy in ``root/runtime`` as the last resort), or None and why not."""
+    try:
+        return server_python(owner, root / RUNTIME_DIR), ""
+    except (EngineError, OSError, subprocess.SubprocessError) as e:
+        return None, (f"The demo's PostgreSQL has no WAL archiving ({_first_line(e)}): no "
+                      f"cluster {CLUSTER!r}, no point-in-time recovery.")
+
+
+def _start_shop(root: Path, archive: bool = True
+                ) -> tuple[PgCluster | None, list[str] | None, str]:
+    """A new server under ``root`` with the shop database, or None and why not; and the
+    python its archive_command will run (None: no archiving, the note says why).
+    ``archive_mode`` is on from the start; the archive_command follows once the
+    repository exists (``_archive``)."""
     try:
         cluster = ScratchCluster(root / CLUSTER_DIR)
     except EngineError as e:  # no server binaries
-        return None, f"{_first_line(e)}: the demo runs with files only."
+        return None, None, f"{_first_line(e)}: the demo runs with files only."
+    python, note = _archiver_python(root, cluster.os_owner) if archive else (None, "")
     try:
-        cluster.init().start()
+        cluster.init()
+        if python is not None:
+            with open(cluster.data_dir / "postgresql.conf", "a") as conf:
+                conf.write(f"# --- the backup-tui demo: WAL archiving (archive_command: "
+                           f"postgresql.auto.conf) ---\narchive_mode = on\n"
+                           f"archive_timeout = {ARCHIVE_TIMEOUT}\nwal_level = replica\n")
+        cluster.start()
         cluster.createdb(DATABASE)
         cluster.psql(data.SHOP_SQL, DATABASE)
     except _CLUSTER_ERRORS as e:
         cluster.destroy()
-        return None, (f"The demo database could not be set up ({_first_line(e)}): "
-                      "the demo runs with files only.")
+        return None, None, (f"The demo database could not be set up ({_first_line(e)}): "
+                            "the demo runs with files only.")
     except BaseException:
         cluster.destroy()
         raise
-    return cluster, ""
+    return cluster, python, note
+
+
+def _share(root: Path, owner: str) -> None:
+    """The shared layout (docs/WAL.md, section 4) for ``owner``, who runs wal-push: the
+    repository and state folders (new, made here) setgid to its group, the password file
+    readable by that group. Before init, so that every later write follows."""
+    gid = pwd.getpwnam(owner).pw_gid
+    for name in ("repo", "state"):
+        folder = root / name
+        folder.mkdir()
+        os.chown(folder, -1, gid)
+        os.chmod(folder, SHARED_MODE)
+    os.chown(root / "repo.pass", -1, gid)
+    os.chmod(root / "repo.pass", 0o640)
+
+
+def _archive(cluster: PgCluster, python: list[str], config_path: Path) -> None:
+    """Point the server's archive_command at ``backup-tui wal-push`` (a reload suffices:
+    archive_mode is on since the start); restore pitr gets the same python."""
+    command = (f"{shlex.join(python)} -m backup_tui.cli --config "
+               f"{shlex.quote(str(config_path))} wal-push %p --cluster {CLUSTER}")
+    cluster.psql("ALTER SYSTEM SET archive_command = '{}'".format(command.replace("'", "''")))
+    cluster.psql("SELECT pg_reload_conf()")
+    os.environ.setdefault(SERVER_PYTHON_ENV, shlex.join(python))
 
 
 def _launch_s3(root: Path, port: int = 0) -> tuple[S3Server | None, str]:
@@ -208,26 +336,36 @@ def _build(demo: Demo, kdf: dict | None, database: bool, s3: S3Server | None,
     fd = os.open(root / "repo.pass", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(24) + "\n")
+    python = None
     if database:
-        demo.cluster, note = _start_shop(root)
+        demo.cluster, python, note = _start_shop(root)
         demo.add_note(note)
     if s3 is not None:
         demo.s3, s3_note = _ready_s3(s3)
     demo.add_note(s3_note)
     cluster = demo.cluster
+    archived = cluster is not None and python is not None
     demo.config_path.write_text(data.config_text(
         root, cluster.dsn(DATABASE) if cluster else None,
-        demo.s3.endpoint_url if demo.s3 else None))
+        demo.s3.endpoint_url if demo.s3 else None,
+        (cluster.dsn(), str(cluster.data_dir)) if archived else None))
+    if archived and cluster.os_owner:
+        _share(root, cluster.os_owner)
     engine = Engine(load_config(demo.config_path), kdf=kdf)
     engine.init()
     engine.backup("files", FIRST_FILESET, replicate=False)
     if cluster is not None:
         engine.backup("db", DATABASE, replicate=False)
+        if archived:
+            _archive(cluster, python, demo.config_path)
+            engine.backup("cluster", CLUSTER, replicate=False)
         cluster.psql(data.SHOP_A_DAY_LATER_SQL, DATABASE)
     if demo.s3 is not None:
         failed = _replicate(engine)
         demo.add_note(f"The demo's replicas could not be filled ({failed})." if failed else "")
     data.a_day_later(root / "data", rng)
+    if cluster is not None:
+        demo.load = WriteLoad(cluster).start()
 
 
 def demo_cluster(root: Path) -> PgCluster | None:
@@ -280,6 +418,12 @@ def _reopen_shop(demo: Demo) -> None:
                       f"backups of {DATABASE} will fail.")
         return
     demo.cluster = cluster
+    if any(s.name == CLUSTER for s in load_config(demo.config_path).sources):
+        python, note = _archiver_python(demo.root, cluster.os_owner)  # for restore pitr
+        if python is not None:
+            os.environ.setdefault(SERVER_PYTHON_ENV, shlex.join(python))
+        demo.add_note(note)
+    demo.load = WriteLoad(cluster).start()
 
 
 def _reopen_s3(demo: Demo, say: Callable[[str], None]) -> None:

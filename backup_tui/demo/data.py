@@ -17,6 +17,7 @@ from pathlib import Path
 SEED = 42
 FIRST_FILESET = "app-data"
 DATABASE = "shop"
+CLUSTER = "main"  # the [[cluster]] of the same server: base backups and archived WAL
 REPLICAS = (("us-east", "us-east-1"), ("eu-west", "eu-west-1"))  # name, region
 BUCKET = "backup-tui-demo-{}"  # the bucket of replica {name}
 S3_PREFIX = "repo"
@@ -76,8 +77,34 @@ INSERT INTO order_items
     FROM generate_series(1, 3000) o
     CROSS JOIN LATERAL generate_series(1, 1 + o % 4) l
     JOIN products p ON p.id = 1 + (o * 13 + l * 101) % 200;
+CREATE TABLE activity (
+    id    bigserial PRIMARY KEY,
+    at    timestamptz NOT NULL DEFAULT now(),
+    event text NOT NULL
+);
 ANALYZE;
 """
+
+# What the demo's write load runs every few seconds while the console is open (a page
+# view and now and then a sign-in): WAL keeps flowing, so the point-in-time wizard has
+# a window to recover into.
+ACTIVITY_SQL = """
+INSERT INTO activity (event)
+    SELECT (ARRAY['view /shop', 'view /cart', 'view /api/products', 'sign-in'])[1 + g % 4]
+    FROM generate_series(1, 1 + (extract(epoch FROM now())::int % 5)) g;
+"""
+
+# The schedule of the demo: short intervals, so that jobs appear while one watches.
+SCHEDULE = (  # (schedule key, cron)
+    ("files", "*/2 * * * *"),  # even minutes
+    ("database", "1-59/2 * * * *"),  # odd minutes
+    ("cluster", "*/3 * * * *"),
+    ("verify", "*/5 * * * *"),
+    ("replicate", "*/4 * * * *"),
+    ("drill", "*/7 * * * *"),
+    ("cleanup", "off"),  # the demo keeps its history
+)
+ARCHIVE_TIMEOUT = 30  # seconds: archive_timeout of the demo's server, a segment at least so often
 
 # A day later: new orders, and stock goes down.
 SHOP_A_DAY_LATER_SQL = """
@@ -182,9 +209,11 @@ def toml_str(value: str | Path) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def config_text(root: Path, dsn: str | None, s3_endpoint: str | None = None) -> str:
-    """config.toml of the sandbox in ``root``: its filesets; the shop database at
-    ``dsn`` and the replicas at ``s3_endpoint`` unless None."""
+def config_text(root: Path, dsn: str | None, s3_endpoint: str | None = None,
+                cluster: tuple[str, str] | None = None) -> str:
+    """config.toml of the sandbox in ``root``: its filesets and schedule; the shop
+    database at ``dsn``, the replicas at ``s3_endpoint`` and the cluster (its dsn and
+    data directory) unless None."""
     lines = [
         "# The backup-tui demo sandbox (see backup_tui/demo/).",
         "[repository]",
@@ -193,6 +222,12 @@ def config_text(root: Path, dsn: str | None, s3_endpoint: str | None = None) -> 
         "",
         "[state]",
         f"dir = {toml_str(root / 'state')}",
+        "",
+        "# Short intervals: the console runs this schedule, and jobs appear live.",
+        "[schedule]",
+        'timezone = "UTC"',
+        "grace_seconds = 5",
+        *(f'{key} = "{cron}"' for key, cron in SCHEDULE),
         "",
         "[[fileset]]",
         f'name = "{FIRST_FILESET}"',
@@ -210,6 +245,19 @@ def config_text(root: Path, dsn: str | None, s3_endpoint: str | None = None) -> 
             "[[database]]",
             f'name = "{DATABASE}"',
             f"dsn = {toml_str(dsn)}",
+            "",
+        ]
+    if cluster is not None:
+        cluster_dsn, pgdata = cluster
+        lines += [
+            "# The same server as a whole: base backups, WAL archived by its archive_command",
+            "# (backup-tui wal-push), point-in-time recovery (t in the console).",
+            "[[cluster]]",
+            f'name = "{CLUSTER}"',
+            f"dsn = {toml_str(cluster_dsn)}",
+            f"pgdata = {toml_str(pgdata)}",
+            "ship_interval_seconds = 30",
+            "drill_delay_minutes = 1",
             "",
         ]
     if s3_endpoint is not None:

@@ -12,7 +12,9 @@ the very same servers (docs/ARCHITECTURE.md, section 6):
 * :mod:`engine.sandbox.proxy` -- ``FaultProxy``, a TCP proxy that drops,
   denies or goes away on request;
 * :mod:`engine.sandbox.common` -- free ports and loopback checks, folders
-  another OS user can reach, ``SandboxError``.
+  another OS user can reach, ``SandboxError``;
+* :mod:`engine.sandbox.python` -- ``server_python``, a python the server's OS
+  user can run backup-tui with (archive_command, restore_command; the demo).
 
 Only 127.0.0.1 / ::1 are ever contacted; the mode and owner of a folder are
 changed only when the sandbox made that folder. Nothing here imports the
