@@ -443,15 +443,17 @@ class RestoreFailed(Message):
 # ------------------------------------------------------------------- the dashboard
 @dataclass
 class DashboardLoaded(Message):
-    """What the dashboard shows: ``Engine.status()``, ``Engine.health()`` and
-    ``Engine.history()``, read together."""
+    """What the dashboard shows: ``Engine.status()`` and ``Engine.health()``, read
+    together, and ``Engine.history()`` when it was read too (else None)."""
 
     status: dict
     health: dict
-    history: dict
+    history: dict | None
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, DashboardLoaded)  # a newer read says all this one would
+        # A newer read says all this one would, unless only this one carries the history.
+        return isinstance(message, DashboardLoaded) and (
+            self.history is None or message.history is not None)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from textual.pilot import Pilot
 
 from backup_tui.app import BackupConsole
 from backup_tui.format import human_bytes
+from backup_tui.screens import dashboard as dashboard_module
 from backup_tui.screens.dashboard import DashboardScreen
 from backup_tui.screens.help import HelpScreen
 from backup_tui.screens.inventory import InventoryScreen
@@ -95,6 +96,32 @@ def test_dashboard_is_first_and_turns_protected_after_a_backup(sandbox):
             assert plot_title(app, "added").startswith(f"Added/day {human_bytes(snap.added)}")
             assert "over 1 backup" in plot_title(app, "duration")
             assert "no passed drill in 30 d" in plot_title(app, "rto")
+
+    asyncio.run(flow())
+
+
+def test_the_timer_picks_up_a_backup_made_elsewhere(sandbox, monkeypatch):
+    """No key pressed: the periodic read sees the new snapshot, and since the sources have
+    another snapshot than at the last history, the plots are read again too."""
+    monkeypatch.setattr(dashboard_module, "REFRESH_SECONDS", 0.05)
+    fill(sandbox.src)
+    engine = sandbox.engine(init=True)
+    app = dashboard_console(engine)
+
+    async def flow():
+        async def until(text: str) -> None:  # the timer keeps reading: no settle()
+            for _ in range(200):  # bounded: the reads land within a few ticks
+                await pilot.pause(0.05)
+                if text in plot_title(app, "duration"):
+                    return
+
+        async with app.run_test(size=SIZE) as pilot:
+            await until("no backup in 30 d")
+            assert "no backup in 30 d" in plot_title(app, "duration")
+            await asyncio.to_thread(sandbox.engine().backup, "files", "src")  # another engine
+            await until("over 1 backup")
+            assert verdict_text(app).startswith("✓ Protected")
+            assert "over 1 backup" in plot_title(app, "duration")
 
     asyncio.run(flow())
 

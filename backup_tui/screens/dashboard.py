@@ -8,12 +8,15 @@ WAL, the failed backups of the last 24 hours), a line per replica (region, last
 success, lag), and four plots (``backup_tui.widgets.dashboard_plots``:
 repository size and bytes added per day, backup durations, drill RTOs).
 
-The figures are the ``health`` command's: ``Engine.status()``,
-``Engine.health()`` and ``Engine.history()``, read together in one thread worker
-(``EngineCaller``, group ``dashboard``) when the screen shows, on ``r`` and every
-``REFRESH_SECONDS`` while it shows; a newer read replaces an older one. A
-failed read says so on the status line above the verdict; the last good figures
-stay. Enter on a source opens the inventory.
+The figures are the ``health`` command's: ``Engine.status()`` and
+``Engine.health()``, read together in one thread worker (``EngineCaller``,
+group ``dashboard``) when the screen shows, on ``r`` and every
+``REFRESH_SECONDS`` while it shows (a tick finding the last read still under
+way skips); a newer read replaces an older one. The plots' ``Engine.history()``
+comes with the read when it shows first, on ``r``, every ``HISTORY_SECONDS``,
+and right after a read whose sources have another snapshot or drill than at the
+last history (``history_key``). A failed read says so on the status line above
+the verdict; the last good figures stay. Enter on a source opens the inventory.
 
 Sizes: ``HORIZONTAL_BREAKPOINTS`` give the screen a class (``-narrow`` under
 76 cells, ``-wide`` from 120) and the table takes the matching column set;
@@ -24,7 +27,9 @@ under 24 rows, 4 under 40, then says how many more.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from functools import partial
 
 from textual import events, on
 from textual.app import ComposeResult
@@ -33,6 +38,7 @@ from textual.containers import Grid, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Header, Static
+from textual.worker import Worker
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import DashboardFailed, DashboardLoaded
@@ -47,8 +53,16 @@ from backup_tui.widgets.dashboard_plots import Plot, series
 from engine.facade import Engine
 
 REFRESH_SECONDS = 5.0
+HISTORY_SECONDS = 60.0  # the plots' figures change with backups and drills, read less often
 HISTORY_DAYS = 30
 PLOTS = ("size", "added", "duration", "rto")
+
+
+def history_key(status: dict) -> tuple:
+    """What changes the history: each source's snapshots and its newest drill."""
+    return tuple((s["kind"], s["name"], s.get("snapshots"), s.get("last"),
+                  ((s.get("drill") or {}).get("last") or {}).get("id"))
+                 for s in status.get("sources") or [])
 
 
 class DashboardScreen(EngineCaller, Screen):
@@ -68,6 +82,10 @@ class DashboardScreen(EngineCaller, Screen):
         super().__init__()
         self.engine = engine
         self.loaded: DashboardLoaded | None = None  # the last good read
+        self.history: dict = {}  # the last history read
+        self._history_key: tuple = ()  # what the sources had then (history_key)
+        self._history_at = -HISTORY_SECONDS  # time.monotonic() of that read
+        self._reading: Worker | None = None
         self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
@@ -90,7 +108,7 @@ class DashboardScreen(EngineCaller, Screen):
     def on_screen_resume(self) -> None:
         self.load()
         if self._timer is None:
-            self._timer = self.set_interval(REFRESH_SECONDS, self.load)
+            self._timer = self.set_interval(REFRESH_SECONDS, self._tick)
         else:
             self._timer.resume()
 
@@ -99,22 +117,37 @@ class DashboardScreen(EngineCaller, Screen):
             self._timer.pause()
 
     def action_refresh(self) -> None:
-        self.load()
+        self.load(history=True)
 
-    def load(self) -> None:
-        """Read the status, the health and the history again."""
-        self.call_engine(self._read, group="dashboard", failed=DashboardFailed)
+    def _tick(self) -> None:
+        # A read that takes longer than the interval (a large repository) is not piled on.
+        if self._reading is None or self._reading.is_finished:
+            self.load()
 
-    def _read(self) -> DashboardLoaded:
-        """In the worker: the three engine reads (stored figures only, no network)."""
+    def load(self, history: bool = False) -> None:
+        """Read the status and the health again, and the history too when asked, when
+        ``HISTORY_SECONDS`` have passed, or before the first one."""
+        history = (history or not self.history
+                   or time.monotonic() - self._history_at >= HISTORY_SECONDS)
+        self._reading = self.call_engine(partial(self._read, history), group="dashboard",
+                                         failed=DashboardFailed)
+
+    def _read(self, history: bool) -> DashboardLoaded:
+        """In the worker: the engine reads (stored figures only, no network)."""
         return DashboardLoaded(self.engine.status(), self.engine.health(),
-                               self.engine.history(HISTORY_DAYS))
+                               self.engine.history(HISTORY_DAYS) if history else None)
 
     def on_dashboard_loaded(self, message: DashboardLoaded) -> None:
         self.loaded = message
         self.query_one("#dash-status", Static).update("")
         self.query_one("#dash-status").display = False
+        key = history_key(message.status)
+        if message.history is not None:
+            self.history, self._history_key = message.history, key
+            self._history_at = time.monotonic()
         self._show()
+        if message.history is None and key != self._history_key:
+            self.load(history=True)  # a backup or a drill since: the plots have more
 
     def on_dashboard_failed(self, message: DashboardFailed) -> None:
         status = self.query_one("#dash-status", Static)
@@ -124,7 +157,7 @@ class DashboardScreen(EngineCaller, Screen):
     # -------------------------------------------------------------- showing
     def _now(self, loaded: DashboardLoaded) -> datetime:
         """The time the engine checked: every age is measured to it."""
-        checked = loaded.health.get("checked") or loaded.history.get("now")
+        checked = loaded.health.get("checked") or self.history.get("now")
         return datetime.fromisoformat(checked) if checked else datetime.now(UTC)
 
     def _show(self) -> None:
@@ -140,7 +173,7 @@ class DashboardScreen(EngineCaller, Screen):
         self.table.show(status.get("sources") or [], [r["name"] for r in replicas], now,
                         layout_for(self.size.width))
         self.query_one("#dash-replicas", Static).update(replica_lines(replicas, now))
-        for one in series(loaded.history):
+        for one in series(self.history):
             self.query_one(f"#plot-{one.key}", Plot).show(one)
 
     def on_resize(self, _event: events.Resize) -> None:
