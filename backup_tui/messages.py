@@ -461,3 +461,20 @@ class DashboardFailed(Message):
     """The dashboard's figures could not be read; ``error`` says why."""
 
     error: str
+
+
+# ------------------------------------------------------------------------ verify
+@dataclass
+class VerifyFinished(Message):
+    """A verify from the console ended: ``report`` (``engine.ops.verify.VerifyReport``: ok,
+    or its problems) of ``what`` ("snapshot 1a2b3c4d", "every snapshot")."""
+
+    report: Any
+    what: str
+
+
+@dataclass
+class VerifyFailed(Message):
+    """A verify stopped before its report (cancelled, or an unexpected error)."""
+
+    error: str

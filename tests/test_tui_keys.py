@@ -55,7 +55,7 @@ def _config_of(engine) -> dict:
 def test_every_binding_of_the_console_has_an_id():
     assert bindings_without_id() == []
     ids = binding_ids()
-    for expected in ("backup", "replicate", "show-replicas", "refresh", "inventory",
+    for expected in ("backup", "replicate", "verify", "show-replicas", "refresh", "inventory",
                      "jobs", "schedule", "help", "quit", "run-now", "cancel-job", "back"):
         assert expected in ids, expected
 

@@ -1,13 +1,17 @@
 """Command palette entries: the inventory's jobs, and the console's screens and schedules.
 
-``JobCommands`` (the inventory): "Back up <label> now: <name>" for each
-source the engine lists ("Back up fileset now: uploads"), with its description
-as the help, "Replicate now" when replicas are configured, and "Restore
-<noun>…" ("Restore database…", "Restore files…") for what the sources restore.
+``JobCommands`` (the inventory): "Verify… snapshot <id>" for the snapshot under
+the cursor and "Verify… every snapshot", each also "reading all data" (verify
+changes nothing: a read-only console has them too), "Back up <label> now:
+<name>" for each source the engine lists ("Back up fileset now: uploads"), with
+its description as the help, "Replicate now" when replicas are configured, and
+"Restore <noun>…" ("Restore database…", "Restore files…") for what the sources
+restore.
 ``ConsoleCommands`` (every screen): "Inventory", "Jobs", "Schedule", and for
 each schedule "Run now: <kind>" and "Pause: <kind>" or "Resume: <kind>" (the
-schedules are read off the UI thread when the palette opens); these post a
-``ScheduleActionRequested`` that the app acts on. Commands that change things
+schedules are read off the UI thread when the palette opens; no "Run now" for a
+schedule with nothing to run); these post a ``ScheduleActionRequested`` that the
+app acts on. Commands that change things
 are left out of a read-only console.
 """
 
@@ -63,11 +67,40 @@ class JobHost(Protocol):
     read_only: bool
 
 
+@runtime_checkable
+class VerifyHost(Protocol):
+    """A screen that verifies snapshots (the inventory)."""
+
+    def selected_snapshot(self) -> str | None: ...
+
+    def start_verify(self, snapshot_id: str | None, read_data: bool = False) -> None: ...
+
+
+VERIFY = "Verify…"
+READ_DATA = ", reading all data"
+
+
+def verify_commands(host: VerifyHost) -> Iterator[tuple[str, Callable[[], None], str]]:
+    """"Verify… snapshot <id>" (the one under the cursor) and "Verify… every snapshot", each
+    quick and reading all data."""
+    selected = host.selected_snapshot()
+    targets = ([(f"snapshot {selected[:8]}", selected)] if selected else []) + [
+        ("every snapshot", None)]
+    for what, ref in targets:
+        yield (f"{VERIFY} {what}", partial(host.start_verify, ref, False),
+               "Check the structure: trees, index, every pack present at its size (v)")
+        yield (f"{VERIFY} {what}{READ_DATA}", partial(host.start_verify, ref, True),
+               "Also read every pack and authenticate every blob: slower (V)")
+
+
 class JobCommands(_ListedCommands):
-    """One command per configured source, and "Replicate now", while a ``JobHost`` is active."""
+    """Verify, one command per configured source, and "Replicate now", while a ``JobHost``
+    is active; only verify in a read-only console."""
 
     def _commands(self) -> Iterator[tuple[str, Callable[[], None], str]]:
         host = self.screen
+        if isinstance(host, VerifyHost):
+            yield from verify_commands(host)
         if not isinstance(host, JobHost) or host.read_only:
             return
         for source in host.backup_choices():
@@ -168,8 +201,9 @@ class ConsoleCommands(_ListedCommands):
                 yield text, partial(host.switch_mode, mode), help_text
         for s in self._schedules:
             kind = s["kind"]
-            yield (f"Run now: {kind}", _request(host, kind, "run"),
-                   f"Ask the scheduler to {s['what']} now")
+            if s.get("runnable", True):  # else there is nothing to run (schedule screen)
+                yield (f"Run now: {kind}", _request(host, kind, "run"),
+                       f"Ask the scheduler to {s['what']} now")
             if s["paused"]:
                 yield (f"Resume: {kind}", _request(host, kind, "resume"),
                        f"Run {kind} on its schedule again ({s['cron']})")

@@ -21,6 +21,13 @@ detail request replaces an older one and the older one's answer is dropped.
 The replica names are read when the screen is built: they shape it (a column
 each, the tab), and the engine answers them from its configuration.
 
+``v`` verifies the snapshot under the cursor (``V``: reading all its data) as a
+job in the panel, which ends with ok or the problems found; the palette verifies
+it or every snapshot, either way (``JobCommands``). Verify stays available in a
+read-only console: it reads the repository and changes nothing in it; the engine
+runs it for anyone and only skips its catalog bookkeeping (the verified time)
+when the catalog cannot be written (``Engine.verify``).
+
 A read-only console (the user is not an admin) shows ``b`` and ``R`` disabled
 and leaves them out of the command palette: they would be refused.
 """
@@ -52,6 +59,8 @@ from backup_tui.messages import (
     SnapshotsFailed,
     SnapshotsLoaded,
     SourcesLoaded,
+    VerifyFailed,
+    VerifyFinished,
 )
 from backup_tui.screens.commands import JobCommands, RecoveryCommands
 from backup_tui.screens.help import ConsoleFooter
@@ -61,7 +70,13 @@ from backup_tui.screens.restore_wizard import RestoreWizard
 from backup_tui.screens.source_picker import SourcePicker
 from backup_tui.screens.sources import SourcesPane
 from backup_tui.widgets.filter_bar import FilterBar
-from backup_tui.widgets.job_panel import BACKUP, REPLICATE, JobPanel, replication_summary
+from backup_tui.widgets.job_panel import (
+    BACKUP,
+    REPLICATE,
+    VERIFY,
+    JobPanel,
+    replication_summary,
+)
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
 from backup_tui.widgets.snapshot_table import SnapshotTable
 from engine.events import CancelToken
@@ -86,6 +101,8 @@ class InventoryScreen(EngineCaller, Screen):
         Binding("o", f"sources_tab('{SOURCES_TAB}')", "Sources", id="show-sources"),
         Binding("o", f"sources_tab('{SNAPSHOTS_TAB}')", "Snapshots", id="sources-back"),
         Binding("r", "refresh", "Refresh", id="refresh"),
+        Binding("v", "verify", "Verify", id="verify"),
+        Binding("V", "verify(True)", "Verify, reading all data", show=False, id="verify-data"),
         Binding("slash", "filter", "Filter", show=False, id="filter"),
         Binding("escape", "clear_filter", "Clear the filter", show=False, id="clear-filter"),
         Binding("escape", "back", "Back to the snapshots", show=False, id="back"),
@@ -151,6 +168,8 @@ class InventoryScreen(EngineCaller, Screen):
             return bool(self.replicas) and mutating
         if action == "pitr":
             return mutating
+        if action == "verify":  # not mutating: a read-only console verifies too
+            return self._tab == SNAPSHOTS_TAB
         if action == "show_tab":
             back = parameters[0] == SNAPSHOTS_TAB
             return bool(self.replicas) and (self._tab == REPLICAS_TAB) == back
@@ -334,7 +353,8 @@ class InventoryScreen(EngineCaller, Screen):
 
     def _job_running(self) -> bool:
         if self._cancel is not None:
-            what = "A replication" if self.query_one(JobPanel).kind == REPLICATE else "A backup"
+            what = {REPLICATE: "A replication", VERIFY: "A verify"}.get(
+                self.query_one(JobPanel).kind, "A backup")
             self.notify(f"{what} is already running; wait for it to end.", severity="warning")
         return self._cancel is not None
 
@@ -405,6 +425,49 @@ class InventoryScreen(EngineCaller, Screen):
         self.load_snapshots(self.query_one(SnapshotTable).selected_id)
 
     def on_replication_failed(self, message: ReplicationFailed) -> None:
+        self._cancel = None  # the notification came from the one error path
+        self.query_one(JobPanel).fail(message.error)
+
+    # ---------------------------------------------------------------- verify
+    def action_verify(self, read_data: bool = False) -> None:
+        snapshot_id = self.query_one(SnapshotTable).selected_id
+        if snapshot_id is None:
+            self.notify("No snapshot to verify yet.", severity="warning", markup=False)
+            return
+        self.start_verify(snapshot_id, read_data)
+
+    def selected_snapshot(self) -> str | None:
+        """The snapshot under the cursor (the palette's "Verify snapshot …")."""
+        tables = self.query("#snapshots").results(SnapshotTable)
+        return next((t.selected_id for t in tables), None)
+
+    def start_verify(self, snapshot_id: str | None, read_data: bool = False) -> None:
+        """Verify one snapshot, or every one (None), in the job panel; ``read_data``: read
+        and authenticate every blob, not only the structure and the packs' sizes."""
+        if self._job_running():
+            return
+        what = f"snapshot {snapshot_id[:8]}" if snapshot_id else "every snapshot"
+        self._cancel = cancel = CancelToken()
+        self.query_one(JobPanel).start(VERIFY, what)
+        relay = EventRelay(self, cancel=cancel, what=f"the verify of {what}")
+        refs = [snapshot_id] if snapshot_id else None
+        self.call_engine(
+            lambda: VerifyFinished(self.engine.verify(refs, read_data, relay, cancel), what),
+            group="job", failed=VerifyFailed, alert=f"Verify of {what} failed")
+
+    def on_verify_finished(self, message: VerifyFinished) -> None:
+        self._cancel = None
+        report = message.report
+        self.query_one(JobPanel).finish_verify(report)
+        if report.ok:
+            self.notify(f"{message.what.capitalize()}: ok.", title="Verified", markup=False)
+        else:
+            self.notify("\n".join(p.message for p in report.problems[:5]),
+                        title=f"Verify of {message.what}: {len(report.problems)} problem(s)",
+                        severity="error", markup=False, timeout=20)
+        self.load_snapshots(self.query_one(SnapshotTable).selected_id)  # verified times
+
+    def on_verify_failed(self, message: VerifyFailed) -> None:
         self._cancel = None  # the notification came from the one error path
         self.query_one(JobPanel).fail(message.error)
 

@@ -1,7 +1,8 @@
 """The job panel: a running job's progress bar and one line of numbers, or the last outcome.
 
 A job is a backup of one source (the screen names it: "fileset uploads",
-"database app") or a replication to the S3 replicas. The panel shows engine
+"database app"), a replication to the S3 replicas, or a verify (of one snapshot
+or all; ``finish_verify``: ok, or its problems). The panel shows engine
 events as they come: bytes and items done of the totals the event carries
 (``~`` before a total the engine only estimates, as a dump's), the rate since
 the engine job's first event, and the event's message (the path being read);
@@ -20,7 +21,7 @@ indeterminate and the numbers say bytes and rate; an ETA only with a total.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -39,7 +40,7 @@ ESTIMATED_PHASES = ("dump",)  # phases whose bytes_total is a guess, shown as "~
 ITEMS = {"replicate": "objects"}  # what a phase's items are; files otherwise
 OUTGROWN_PHASES = ("backup", "dump")  # phases whose byte total is raised to what is done
 RUNNING_CAP = 0.99  # a running job's bar stops here: 100% means it ended
-BACKUP, REPLICATE = "backup", "replicate"  # the job kinds; "replicate" is a phase too
+BACKUP, REPLICATE, VERIFY = "backup", "replicate", "verify"  # the job kinds (phases too)
 
 
 def _tail(path: str, width: int = PATH_WIDTH) -> str:
@@ -160,7 +161,8 @@ class JobPanel(Vertical):
         ``what`` (the replicas' names)."""
         self._job_id, self.kind, self.what, self._saved = None, kind, what, ""
         self._set_state("-running")
-        title = f"Replicating to {what}…" if kind == REPLICATE else f"Backing up {what}…"
+        title = {REPLICATE: f"Replicating to {what}…",
+                 VERIFY: f"Verifying {what}…"}.get(kind, f"Backing up {what}…")
         self._text("job-title", title)
         self.bar.update(total=None, progress=0)
         self._text("job-numbers", "starting")
@@ -248,10 +250,30 @@ class JobPanel(Vertical):
         self._text("job-path" if ok else "job-numbers",
                    "; ".join(f"{r.replica}: {r.error}" for r in failed))
 
+    def finish_verify(self, report: Any) -> None:
+        """A verify ended with its report (``engine.ops.verify.VerifyReport``)."""
+        self.bar.update(total=100, progress=100)
+        how = "read every blob" if report.read_data else "structure and pack sizes"
+        read = f", {human_bytes(report.bytes_read)} read" if report.read_data else ""
+        numbers = (f"{len(report.snapshots)} snapshot(s), {report.packs_checked} pack(s), "
+                   f"{report.blobs_checked} blob(s) checked{read} ({how})")
+        if report.ok:
+            self._set_state("-done")
+            self._text("job-title", f"Verified {self.what}: ok")
+            self._text("job-numbers", numbers)
+            self._text("job-path", "")
+            return
+        self._set_state("-failed")
+        self._text("job-title", f"Verified {self.what}: {len(report.problems)} problem(s)")
+        self._text("job-numbers", "; ".join(p.message for p in report.problems[:3])
+                   + (" …" if len(report.problems) > 3 else ""))
+        self._text("job-path", numbers)
+
     def fail(self, error: str) -> None:
         """The job shown ended without a result."""
         self._set_state("-failed")
-        self._text("job-title", "Replication failed" if self.kind == REPLICATE
-                   else f"Backup of {self.what} failed")
+        self._text("job-title", {REPLICATE: "Replication failed",
+                                 VERIFY: f"Verify of {self.what} failed"}.get(
+                                     self.kind, f"Backup of {self.what} failed"))
         self._text("job-numbers", error)
         self._text("job-path", "")
