@@ -24,6 +24,7 @@ from test_tui import (
     console,
     fill,
     settle,
+    two_replicas,
     utc,  # noqa: F401 - the fixture
 )
 from textual.pilot import Pilot
@@ -184,6 +185,37 @@ def test_d_returns_to_the_dashboard_and_enter_opens_the_inventory(sandbox):
     asyncio.run(flow())
 
 
+def test_replicas_per_region_before_and_after_replication(sandbox, s3_server, s3_buckets):
+    """Two S3 replicas (us-east-1, eu-west-1): the newest backup in neither, then in both."""
+    fill(sandbox.src)
+    sandbox.extra = two_replicas(s3_server, s3_buckets, replicate_after_backup=False)
+    sandbox.write_config()
+    engine = sandbox.engine(init=True)
+    engine.backup("files", "src")
+    app = dashboard_console(engine)
+
+    async def flow():
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(app, pilot)
+            assert row(app, "files:src")["copies"] == "use1 ✗ euw1 ✗"
+            lines = str(app.screen.query_one("#dash-replicas").visual).splitlines()
+            assert lines[0].startswith("use1 us-east-1 ✗ never replicated")
+            assert lines[1].startswith("euw1 eu-west-1 ✗ never replicated")
+            text = verdict_text(app)
+            assert "✗ 2 problems · 1 source, 2 replicas" in text
+            assert "replica use1: never replicated" in text
+            await asyncio.to_thread(engine.replicate)
+            await pilot.press("r")
+            await settle(app, pilot)
+            assert row(app, "files:src")["copies"] == "use1 ✓ euw1 ✓"
+            lines = str(app.screen.query_one("#dash-replicas").visual).splitlines()
+            assert lines[0].startswith("use1 us-east-1 ✓ ") and lines[0].endswith(" ago")
+            assert lines[1].startswith("euw1 eu-west-1 ✓ ")
+            assert verdict_text(app).startswith("✓ Protected · 1 source, 2 replicas")
+
+    asyncio.run(flow())
+
+
 def test_start_picks_the_first_screen(sandbox):
     engine = sandbox.engine(init=True)
     app = console(engine)  # the other console tests: start="inventory"
@@ -254,6 +286,27 @@ class CannedDashboardEngine(CannedEngine):
         return _history()
 
 
+class HealthyEngine(CannedDashboardEngine):
+    """Every source backed up in time, every replica current."""
+
+    def status(self) -> dict:
+        status = super().status()
+        status["sources"] = [dict(e, age_hours=2.5, last_good=_iso(CHECKED - 2.5),
+                                  failures_24h=0, in_replicas={"use1": True, "euw1": True},
+                                  drill=e.get("drill") and {**e["drill"], "last": {
+                                      "id": "d9", "ok": True, "rto_seconds": 35.0,
+                                      "finished": _iso(CHECKED - 5), "started": _iso(49)}},
+                                  wal=None)
+                             for e in status["sources"]]
+        status["replicas"] = [dict(r, failing=False, last_error=None, objects_behind=0,
+                                   bytes_behind=0, last_success=_iso(CHECKED - 0.2))
+                              for r in status["replicas"]]
+        return status
+
+    def health(self) -> dict:
+        return {"ok": True, "reasons": [], "checked": _iso(CHECKED)}
+
+
 class BrokenStatusEngine(CannedDashboardEngine):
     def status(self) -> dict:
         raise EngineError("catalog locked by another process")
@@ -321,3 +374,10 @@ def test_dashboard_look(snap_compare, utc, size):  # noqa: F811 - the fixture
     failing, and the four plots, at each size."""
     assert snap_compare(canned_dashboard(), terminal_size=size, run_before=_loaded)
 
+
+
+def test_dashboard_look_protected(snap_compare, utc):  # noqa: F811 - the fixture
+    """Everything in time: the verdict in green, every cell ticked."""
+    app = dashboard_console(HealthyEngine(),
+                            clock=lambda: datetime.fromisoformat(_iso(CHECKED)).timestamp())
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_loaded)
