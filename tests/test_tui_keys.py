@@ -190,3 +190,64 @@ def test_help_look_remapped(snap_compare, utc):  # noqa: F811 - the fixture
     """The help of a console with [console] keys: the new keys, the same ids."""
     assert snap_compare(remapped({"backup": "B", "show-replicas": "ctrl+r", "quit": "ctrl+q"}),
                         terminal_size=(80, 24), run_before=_then("i", "?"))
+
+
+def _picker_console():
+    from test_tui import CannedEngine, console
+
+    return console(CannedEngine())
+
+
+@pytest.mark.parametrize("size", [(60, 20), (80, 24)])
+def test_source_picker_look(snap_compare, utc, size):  # noqa: F811 - the fixture
+    """b with four sources: the picker fits the screen, long descriptions wrapped."""
+    assert snap_compare(_picker_console(), terminal_size=size, press=["b"],
+                        run_before=_then())
+
+
+@pytest.mark.parametrize("size", [(60, 20), (80, 24)])
+def test_dialogs_fit_the_screen(size):
+    """The help and the source picker stay whole on the screen: nothing cut off."""
+    from backup_tui.screens.source_picker import SourcePicker
+
+    async def flow(app, key, dialog, box, last):
+        async with app.run_test(size=size) as pilot:
+            await settle(app, pilot)
+            await pilot.press(key)
+            await settle(app, pilot)
+            assert isinstance(app.screen, dialog)
+            region = app.screen.query_one(box).region
+            assert region.x >= 0 and region.y >= 0
+            assert region.right <= size[0] and region.bottom <= size[1], region
+            inner = app.screen.query_one(last).region
+            assert inner.height and inner.bottom <= region.bottom, (inner, region)
+
+    asyncio.run(flow(canned_console(), "question_mark", HelpScreen, "#help", "#help-hint"))
+    asyncio.run(flow(_picker_console(), "b", SourcePicker, "#picker", "#picker-options"))
+
+
+@pytest.mark.parametrize("size", [(60, 20), (80, 24)])
+def test_the_quit_question_fits_the_screen(size):
+    """The confirmation (quit while a job runs, cancel a job) at 60x20: its buttons stay on
+    the screen under the longest question the console asks."""
+    from backup_tui.screens.jobs import ConfirmDialog, cancel_effect
+
+    question = ("This console runs the backup of fileset app-data. Quitting cancels it: it "
+                "stops at its next check and ends as interrupted. " + cancel_effect("backup")
+                + "\n\nThis console's scheduler runs verify: it gets 5 s to end, then it is "
+                "interrupted; the repository stays consistent.")
+    app = canned_console()
+
+    async def flow():
+        async with app.run_test(size=size) as pilot:
+            await settle(app, pilot)
+            app.push_screen(ConfirmDialog("Quit while a job runs?", question,
+                                          yes="Quit and cancel", no="Keep running"))
+            await settle(app, pilot)
+            box = app.screen.query_one("#confirm").region
+            assert box.right <= size[0] and box.bottom <= size[1], box
+            for button in ("#confirm-no", "#confirm-yes"):
+                region = app.screen.query_one(button).region
+                assert region.height and region.bottom <= box.bottom, (button, region, box)
+
+    asyncio.run(flow())

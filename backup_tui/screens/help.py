@@ -109,8 +109,15 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll(id="help-keys"):
                 for line in self.keys:
                     yield Static(self._line(line), classes="help-key")
-            yield Static(Content("Esc or ? closes this. In italics: the id that [console] "
-                                 "keys in the config remaps."), id="help-hint")
+            yield Static(Content("Esc or ? closes this. In italics: the [console] keys id."),
+                         id="help-hint")
+
+    def on_resize(self) -> None:
+        # The list scrolls in what the screen leaves it, so the title and the hint stay
+        # (at 60x20 too): border 2, title and its margin 2, the hint and its margin 2+.
+        hint = self.query_one("#help-hint", Static)
+        overhead = 6 + max(0, hint.size.height - 1)
+        self.query_one("#help-keys").styles.max_height = max(3, self.size.height - overhead)
 
     @staticmethod
     def _line(line: KeyHelp) -> Content:

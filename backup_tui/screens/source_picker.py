@@ -3,7 +3,9 @@
 Every configured source, as the engine describes it (``SourceInfo``): its
 label ("fileset", "database"), its name and its one-line description (the
 paths, or where the connection goes), grouped by label in the order the engine
-gives them, a separator between groups. ``sources`` is that display order.
+gives them, a separator between groups. ``sources`` is that display order. The
+dialog is at most 64 columns and never wider or taller than the screen: at 60x20
+a long description wraps and the list scrolls under the title.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from textual.widgets.option_list import Option
 
 if TYPE_CHECKING:
     from engine.sources.base import SourceInfo
+
+OPTIONS_HEIGHT = 16  # rows of the list at most
 
 
 def grouped(sources: list[SourceInfo]) -> list[list[SourceInfo]]:
@@ -60,6 +64,11 @@ class SourcePicker(ModalScreen["SourceInfo | None"]):
             f"{source.name:<{name_width}}",
             (f"  {source.description}" if source.description else "", "$foreground-muted"),
         )
+
+    def on_resize(self) -> None:
+        # The list scrolls in what the screen leaves it: border 2, padding 2, title 2.
+        self.query_one("#picker-options").styles.max_height = max(
+            3, min(OPTIONS_HEIGHT, self.size.height - 6))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
