@@ -6,7 +6,8 @@ database shop, one incomplete) and test_tui_jobs.py (eight jobs: two running, on
 failed replication to euw1): typing filters live, ``kind:``, ``source:`` and
 ``status:``/``state:`` combine with free text, Enter keeps the filter and gives the
 focus back to the table, Esc clears it (in the input, and on the table), a reload
-keeps it, and Enter on a filtered row opens the restore wizard for that row.
+keeps it, and Enter on a filtered row opens the restore wizard for that row. The
+sources and replicas tabs filter their own tables the same way.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from backup_tui.screens.jobs import JobsScreen
 from backup_tui.screens.restore_wizard import SnapshotStep
 from backup_tui.widgets.filter_bar import FilterBar, RowFilter, count_title
 from backup_tui.widgets.job_table import JobTable
+from backup_tui.widgets.replica_table import ReplicaTable
 from backup_tui.widgets.snapshot_detail import SnapshotDetail
 from backup_tui.widgets.snapshot_table import SnapshotTable
+from backup_tui.widgets.source_table import SourceTable
 
 SIZE = (80, 24)
 
@@ -286,5 +289,45 @@ def test_jobs_polls_keep_the_filter_and_esc_clears_then_goes_back():
             await pilot.press("escape")  # nothing to clear: back to the inventory
             await settle(app, pilot)
             assert isinstance(app.screen, InventoryScreen)
+
+    asyncio.run(flow())
+
+
+# --- the sources and replicas tabs ------------------------------------------------
+
+
+def test_the_sources_and_replicas_tabs_filter_their_own_tables():
+    app = inventory()
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            screen = app.screen
+            await pilot.press("o")
+            await settle(app, pilot)
+            sources = screen.query_one(SourceTable)
+            await type_filter(pilot, "status:late")
+            # crm was never backed up, app-config is 48 h old (limit 26 h); the cluster's
+            # drill failed, a status of its own.
+            assert [k.value for k in sources.rows] == ["db:crm", "files:app-config"]
+            assert sources.border_title == "2 of 5 · filter: status:late"
+            await pilot.press("backspace", "backspace", "backspace", "backspace")
+            await type_in(pilot, "failed kind:cluster")
+            assert [k.value for k in sources.rows] == ["cluster:main"]
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert sources.has_focus
+            assert app.screen.query_one(SnapshotTable).border_title == "6 snapshots"
+            await pilot.press("escape")  # clears the sources' filter
+            await settle(app, pilot)
+            assert sources.row_count == 5 and screen._tab == "sources-tab"
+            await pilot.press("p")  # the replicas, from the sources: p goes there
+            await settle(app, pilot)
+            replicas = screen.query_one(ReplicaTable)
+            await type_filter(pilot, "status:failing")
+            assert [k.value for k in replicas.rows] == ["euw1"]
+            await pilot.press("escape", "escape")  # clear and close, then back
+            await settle(app, pilot)
+            assert replicas.row_count == 2 and screen._tab == "snapshots-tab"
 
     asyncio.run(flow())

@@ -87,6 +87,8 @@ if TYPE_CHECKING:
 
 SNAPSHOTS_TAB, REPLICAS_TAB, SOURCES_TAB = "snapshots-tab", "replicas-tab", "sources-tab"
 NO_MATCH = "No snapshot matches the filter: Esc clears it, / changes it."
+FILTERS = {SNAPSHOTS_TAB: "#snapshot-filter", REPLICAS_TAB: "#replica-filter",
+           SOURCES_TAB: "#source-filter"}  # the tab -> its filter bar
 
 
 class InventoryScreen(EngineCaller, Screen):
@@ -177,11 +179,9 @@ class InventoryScreen(EngineCaller, Screen):
             return (self._tab == SOURCES_TAB) == (parameters[0] == SNAPSHOTS_TAB)
         if action == "back":  # Escape goes back: from another tab to the snapshots
             return self._tab != SNAPSHOTS_TAB
-        if action == "filter":
-            return self._tab == SNAPSHOTS_TAB
-        if action == "clear_filter":  # Escape on the snapshots clears a filter in effect
-            tables = self.query("#snapshots").results(SnapshotTable)
-            return self._tab == SNAPSHOTS_TAB and any(bool(t.filter) for t in tables)
+        if action == "clear_filter":  # Escape clears a filter in effect, then goes back
+            bars = self.query(FILTERS[self._tab]).results(FilterBar)
+            return any(bool(bar.table.filter) for bar in bars)
         return True
 
     @property
@@ -200,16 +200,19 @@ class InventoryScreen(EngineCaller, Screen):
         self.action_show_tab(SNAPSHOTS_TAB)
 
     # --------------------------------------------------------------- filter
-    # / (backup_tui/widgets/filter_bar.py): the filter stays through reloads.
+    # / (backup_tui/widgets/filter_bar.py) filters the table of the tab showing; each
+    # tab keeps its own filter, through reloads.
     def action_filter(self) -> None:
-        self.query_one("#snapshot-filter", FilterBar).open()
+        self.query_one(FILTERS[self._tab], FilterBar).open()
 
     def action_clear_filter(self) -> None:
-        self.query_one("#snapshot-filter", FilterBar).action_clear_filter()
+        self.query_one(FILTERS[self._tab], FilterBar).action_clear_filter()
 
-    @on(FilterBar.Applied, "#snapshot-filter")
-    def _filtered(self, _event: FilterBar.Applied) -> None:
+    @on(FilterBar.Applied)
+    def _filtered(self, event: FilterBar.Applied) -> None:
         self.refresh_bindings()
+        if event.bar.id != "snapshot-filter":
+            return  # the tab's pane shows its highlighted row itself
         table = self.query_one(SnapshotTable)
         if table.row_count:
             self._show_detail(table.selected_id)

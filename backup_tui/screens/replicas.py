@@ -9,6 +9,7 @@ older one and the older one's answers are dropped; a failure shows in the
 status line.
 "Replicate now" is a job of the inventory screen (one job panel, one job at a
 time); when it ends, the screen asks this pane to show the stored figures again.
+``/`` filters the replicas (``FilterBar``, opened by the inventory screen).
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from __future__ import annotations
 from functools import partial
 
 from textual.app import ComposeResult
+from textual.content import Content
 from textual.widgets import DataTable, TabPane
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import ReplicasFailed, ReplicasLoaded
+from backup_tui.widgets.filter_bar import FilterBar
 from backup_tui.widgets.replica_table import ReplicaDetail, ReplicaTable, describe_replica
 from engine.facade import Engine
 
 MEASURING = "Measuring the lag: listing the repository and each replica…"
+NO_MATCH = "No replica matches the filter: Esc clears it, / changes it."
 
 
 class ReplicasPane(EngineCaller, TabPane):
@@ -35,6 +39,7 @@ class ReplicasPane(EngineCaller, TabPane):
         self.checking = False  # a lag check is running
 
     def compose(self) -> ComposeResult:
+        yield FilterBar("#replica-table", id="replica-filter")
         yield ReplicaTable(id="replica-table")
         yield ReplicaDetail(id="replica-detail")
 
@@ -77,7 +82,12 @@ class ReplicasPane(EngineCaller, TabPane):
         event.stop()  # the inventory's own table is the only one it follows
         self._show_selected()
 
+    def on_filter_bar_applied(self, _event: FilterBar.Applied) -> None:
+        self._show_selected()
+
     def _show_selected(self) -> None:
         state = self.table.selected
         if state is not None:
             self.detail.show(describe_replica(state))
+        elif self.table.states:
+            self.detail.show(Content.styled(NO_MATCH, "$foreground-muted"))

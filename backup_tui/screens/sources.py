@@ -9,7 +9,8 @@ the health reasons that name it. The figures come from ``Engine.status()`` and
 ``REFRESH_SECONDS`` while the tab shows on the current screen; a newer read
 replaces an older one and the older one's answer is dropped. A failure shows
 in the status line above the detail (no notification: the read repeats) and
-the rows of the last good read stay.
+the rows of the last good read stay. ``/`` filters the sources (``FilterBar``,
+opened by the inventory screen).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from textual.widgets import DataTable, TabPane
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import SourceStatesFailed, SourceStatesLoaded
+from backup_tui.widgets.filter_bar import FilterBar
 from backup_tui.widgets.source_table import SourceDetail, SourceTable, describe_source
 from engine.facade import Engine
 
 REFRESH_SECONDS = 10.0
 READING = "Reading the status of every source…"
+NO_MATCH = "No source matches the filter: Esc clears it, / changes it."
 
 
 class SourcesPane(EngineCaller, TabPane):
@@ -40,6 +43,7 @@ class SourcesPane(EngineCaller, TabPane):
         self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
+        yield FilterBar("#source-table", id="source-filter")
         yield SourceTable(id="source-table")
         with VerticalScroll(id="source-scroll"):  # tab to it to scroll a long detail
             yield SourceDetail(id="source-detail")
@@ -97,7 +101,12 @@ class SourcesPane(EngineCaller, TabPane):
         event.stop()  # the inventory's own table is the only one it follows
         self._show_selected()
 
+    def on_filter_bar_applied(self, _event: FilterBar.Applied) -> None:
+        self._show_selected()
+
     def _show_selected(self) -> None:
         entry = self.table.selected
         if entry is not None:
             self.detail.show(describe_source(entry, self.reasons))
+        elif self.table.entries:
+            self.detail.show(Content.styled(NO_MATCH, "$foreground-muted"))

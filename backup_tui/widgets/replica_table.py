@@ -11,6 +11,9 @@ An error older than the last success is history: it shows dimmed.
 Narrower tables (``KeyedTable`` levels) leave out the bucket and region (from 70
 columns, *compact*: the screen at 80) and the last error too (*narrow*: at 60),
 and show the last success without the year; the detail line has them all.
+The filter (``/``) knows ``source`` (the replica's name) and ``status``:
+``failing`` (its last error is current), ``behind`` (objects to copy), else
+``current``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ def _cut(text: str, width: int = ERROR_WIDTH) -> str:
     return cut(text, width)
 
 
+def replica_fields(state: dict) -> dict[str, tuple[str, ...] | str]:
+    """What the filter's ``source:`` and ``status:`` look at."""
+    if state.get("last_error") and error_is_current(state):
+        status = "failing"
+    else:
+        status = "behind" if state.get("objects_behind") else "current"
+    return {"source": state["name"], "status": status}
+
+
 class ReplicaTable(KeyedTable):
     """Replicas as rows; the row key is the replica name."""
 
@@ -95,7 +107,11 @@ class ReplicaTable(KeyedTable):
         self.clear()
         self.states = {s["name"]: s for s in states}
         for state in states:
-            self.add_row(*self.visible(self._cells(state)), key=state["name"])
+            cells = self._cells(state)
+            text = " ".join([state.get("last_error") or "", *(c.plain for c in cells)])
+            if self.shows(replica_fields(state), text):
+                self.add_row(*self.visible(cells), key=state["name"])
+        self.show_count(len(states))
         if current is not None and current["name"] in self.rows:
             self.move_cursor(row=self.get_row_index(current["name"]))
 

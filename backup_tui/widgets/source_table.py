@@ -16,7 +16,10 @@ archive that cannot be read and a failed drill show in the error colour; a
 replica behind in the warning colour.
 
 Narrow (a table under 70 columns, the screen at 60): the WAL column is left out
-(the detail has it) and names are cut shorter.
+(the detail has it) and names are cut shorter. The filter (``/``) knows ``kind``
+(the kind or its label: ``db`` or ``database``), ``source`` (the name) and
+``status``: ``late`` (no backup within its limit, or WAL past its limit),
+``failed`` (the last drill), else ``ok``.
 """
 
 from __future__ import annotations
@@ -94,6 +97,16 @@ def concerns(reason: str, entry: dict) -> bool:
                for who in (entry["kind"], entry.get("label", entry["kind"])))
 
 
+def source_fields(entry: dict) -> dict[str, tuple[str, ...] | str]:
+    """What the filter's ``kind:``, ``source:`` and ``status:`` look at."""
+    drill = (entry.get("drill") or {}).get("last") or {}
+    wal = entry.get("wal")
+    late = backup_late(entry) or (wal is not None and wal_late(wal))
+    status = ("late",) * late + ("failed",) * (drill.get("ok") is False)
+    return {"kind": (entry["kind"], entry.get("label", entry["kind"])),
+            "source": entry["name"], "status": status or ("ok",)}
+
+
 class SourceTable(KeyedTable):
     """Configured sources as rows; the row key is ``kind:name``."""
 
@@ -129,7 +142,11 @@ class SourceTable(KeyedTable):
         self.clear()
         self.entries = {source_key(e): e for e in entries}
         for entry in entries:
-            self.add_row(*self.visible(self._cells(entry)), key=source_key(entry))
+            cells = self._cells(entry)
+            text = " ".join([entry.get("description", ""), *(c.plain for c in cells)])
+            if self.shows(source_fields(entry), text):
+                self.add_row(*self.visible(cells), key=source_key(entry))
+        self.show_count(len(entries))
         if current is not None and current in self.rows:
             self.move_cursor(row=self.get_row_index(current))
 
