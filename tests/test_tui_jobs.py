@@ -203,7 +203,7 @@ def test_own_scheduler_runs_now_and_pauses(sandbox, monkeypatch, utc):
             assert isinstance(screen, ScheduleScreen)
             await until(pilot, lambda: "files" in screen.table.schedules)
             assert schedule_row(app, "files")["state"] == "active"
-            assert schedule_row(app, "files")["next"].endswith(" 03:00")
+            assert schedule_row(app, "files")["next"].endswith(" 03:00 UTC")
             assert schedule_row(app, "database")["state"] == "off"
             await pilot.press("down", "down")  # database, then cluster, then files
             assert screen.table.selected["kind"] == "files"
@@ -284,7 +284,8 @@ def test_run_now_without_any_scheduler_waits_and_says_so(sandbox):
             assert app.sub_title.endswith(" · scheduler off")
             await pilot.press("s")
             await until(pilot, lambda: app.screen.query_one(ScheduleTable).schedules)
-            await pilot.press("n")  # database: nothing configured, but the request is made
+            await pilot.press("down", "down")  # database, cluster: nothing to run (n disabled)
+            await pilot.press("n")  # files: the request is made
             await until(pilot, lambda: notes(app, "warning"))
             [warning] = notes(app, "warning")
             assert "no scheduler is running" in warning and "--run-scheduler" in warning

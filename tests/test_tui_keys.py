@@ -251,3 +251,12 @@ def test_the_quit_question_fits_the_screen(size):
                 assert region.height and region.bottom <= box.bottom, (button, region, box)
 
     asyncio.run(flow())
+
+
+def test_readme_lists_every_binding_id():
+    """README's "Console keys" table names every id [console] keys can remap."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("### Console keys"):]
+    assert [i for i in binding_ids() if f"`{i}`" not in table] == []

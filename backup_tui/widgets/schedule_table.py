@@ -48,12 +48,12 @@ def runnable(schedule: dict) -> bool:
 
 
 def state_of(schedule: dict) -> str:
-    """``nothing to run``, ``paused``, ``off`` or ``active``."""
+    """``off`` (the config says so), ``nothing to run``, ``paused`` or ``active``."""
+    if is_off(schedule):
+        return "off"
     if not runnable(schedule):
         return NOTHING
-    if schedule["paused"]:
-        return "paused"
-    return "off" if is_off(schedule) else "active"
+    return "paused" if schedule["paused"] else "active"
 
 
 def shown_time(iso: str | None, fmt: str = TIME_FORMAT, none: str = "never") -> str:
