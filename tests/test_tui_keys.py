@@ -37,7 +37,7 @@ from backup_tui.screens.jobs import JobsScreen
 from engine.config import parse_config
 from engine.errors import ConfigError
 
-MODES = ("inventory", "jobs", "schedule")  # and the dashboard once it shows the console footer
+MODES = ("dashboard", "inventory", "jobs", "schedule")
 
 
 def remapped(keys: dict[str, str], admin: bool = True) -> BackupConsole:
