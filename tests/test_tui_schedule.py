@@ -59,7 +59,7 @@ def cells(app: BackupConsole, kind: str) -> list[str]:
     return [str(c) for c in table.get_row(kind)]
 
 
-def test_schedule_screen_greys_what_cannot_run_and_shows_a_pending_run_now(sandbox, utc):
+def test_schedule_screen_greys_what_cannot_run_and_shows_a_pending_run_now(sandbox, utc):  # noqa: F811
     """A files sandbox: drill, database, cluster and replicate have nothing to run (greyed,
     no next run, n disabled); every date says UTC; n on files with no scheduler anywhere
     leaves the request queued: "pending since HH:MM" on its row, and who will take it."""

@@ -2,8 +2,9 @@
 
 A real files engine (Sandbox): ``v`` verifies the snapshot under the cursor as a
 job in the panel and ends with ok; after a pack is corrupted in place (same size),
-``V`` reads the data and names the pack in the panel and a notification. The palette offers "Verify… snapshot <id>" and
-"Verify… every snapshot", each also reading all data, next to "Replicate now".
+``V`` reads the data and names the pack in the panel and a notification. The
+palette offers "Verify… snapshot <id>" and "Verify… every snapshot", each also
+reading all data, next to "Replicate now".
 A read-only console verifies too (verify changes nothing in the repository).
 """
 

@@ -12,8 +12,9 @@ False: no source of its kind, no replica, nothing to drill) is greyed out, its
 state "nothing to run" and no next run; the detail says why. A run now asked for
 and not yet taken by a scheduler (``pending``) shows as "pending since HH:MM" in
 place of the next run. Narrower than 120 columns the table leaves out what each
-schedule does (and under 70 its cron too): the detail has them. Every time carries its zone (the local one: "UTC",
-"CET"), so a reader need not guess which clock the schedule speaks of.
+schedule does (and under 70 its cron too): the detail has them. Every time carries
+its zone (the local one: "UTC", "CET"), so a reader need not guess which clock the
+schedule speaks of.
 """
 
 from __future__ import annotations
