@@ -78,7 +78,12 @@ def keys_of(screen: Screen) -> list[KeyHelp]:
         line[0].append(shown)
         if binding.id and binding.id not in line[3]:
             line[3].append(binding.id)
-    ordered = sorted(lines.items(), key=lambda item: item[0][0])  # stable within a group
+    # In the order the bindings are declared (a remapped key keeps its place), by group.
+    declared = [b.action for node in (screen, app) for cls in type(node).__mro__
+                for b in _own_bindings(cls)]
+    place = {action: declared.index(action) for action in set(declared)}
+    ordered = sorted(lines.items(), key=lambda item: (item[0][0],
+                                                      place.get(item[0][1], len(place))))
     return [KeyHelp(", ".join(sorted(keys, key=len)), _words(description), enabled,
                     ", ".join(ids))
             for _, (keys, description, enabled, ids) in ordered]
