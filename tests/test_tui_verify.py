@@ -17,6 +17,7 @@ from test_tui_jobs import canned_console
 
 from backup_tui.screens.commands import JobCommands, verify_commands
 from backup_tui.widgets.job_panel import JobPanel
+from engine.facade import Engine
 
 SIZE = (110, 30)
 
@@ -98,6 +99,26 @@ def test_the_palette_verifies_the_selected_snapshot_or_every_one(sandbox):
             assert "2 snapshot(s)" in text and "read every blob" in text
             verified = engine.catalog.verified()
             assert first.id in verified and second.id in verified
+
+    asyncio.run(flow())
+
+
+def test_a_read_only_console_verifies_a_real_snapshot(sandbox, monkeypatch):
+    """Not an admin: b is disabled, v verifies (it changes nothing in the repository)."""
+    fill(sandbox.src)
+    engine = sandbox.engine(init=True)
+    result = engine.backup("files", "src")
+    monkeypatch.setattr(Engine, "is_admin", property(lambda self: False))
+    app = console(engine)
+
+    async def flow():
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert app.read_only and app.screen.check_action("backup", ()) is None
+            await pilot.press("v")
+            await settle(app, pilot)
+            assert f"Verified snapshot {result.id[:8]}: ok" in panel(app).text
+            assert not notes(app, "error")
 
     asyncio.run(flow())
 
