@@ -95,7 +95,9 @@ def test_demo_archives_wal_runs_its_schedule_and_removes_its_sandbox(base, monke
         assert [s.name for s in config.sources if s.section == "database"] == [DATABASE]
         assert [s.name for s in config.sources if s.section == "cluster"] == [CLUSTER]
         assert [r.name for r in config.replicas] == ["us-east", "eu-west"]
-        assert {k: config.schedule.cron(k) for k, _ in SCHEDULE} == dict(SCHEDULE)
+        crons = {k: config.schedule.cron(k) for k, _ in SCHEDULE}
+        assert crons.pop("drill").endswith("-59/7 * * * *")  # counted from the build
+        assert crons == {k: c for k, c in SCHEDULE if k != "drill"}
         assert sorted((s.kind, s.source) for s in engine.snapshots()) == [
             ("cluster", CLUSTER), ("db", DATABASE), ("files", "app-data")]
         # WAL archiving works: the segment a switch closes arrives in the repository.

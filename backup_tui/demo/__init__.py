@@ -61,6 +61,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -348,7 +349,8 @@ def _build(demo: Demo, kdf: dict | None, database: bool, s3: S3Server | None,
     demo.config_path.write_text(data.config_text(
         root, cluster.dsn(DATABASE) if cluster else None,
         demo.s3.endpoint_url if demo.s3 else None,
-        (cluster.dsn(), str(cluster.data_dir)) if archived else None))
+        (cluster.dsn(), str(cluster.data_dir)) if archived else None,
+        datetime.now(UTC).minute))
     if archived and cluster.os_owner:
         _share(root, cluster.os_owner)
     engine = Engine(load_config(demo.config_path), kdf=kdf)

@@ -101,9 +101,21 @@ SCHEDULE = (  # (schedule key, cron)
     ("cluster", "*/3 * * * *"),
     ("verify", "*/5 * * * *"),
     ("replicate", "*/4 * * * *"),
-    ("drill", "*/7 * * * *"),
+    ("drill", "*/7 * * * *"),  # see schedule(): the first one 2 minutes after the build
     ("cleanup", "off"),  # the demo keeps its history
 )
+DRILL_EVERY = 7  # minutes
+
+
+def schedule(built_minute: int | None = None) -> tuple[tuple[str, str], ...]:
+    """SCHEDULE, its drills every 7 minutes counted from 2 minutes after ``built_minute``
+    (the minute of the hour the sandbox was built): a cluster drill recovers to a minute
+    ago, which must come after the base backup made at build."""
+    if built_minute is None:
+        return SCHEDULE
+    first = (built_minute + 2) % DRILL_EVERY
+    return tuple((key, f"{first}-59/{DRILL_EVERY} * * * *" if key == "drill" else cron)
+                 for key, cron in SCHEDULE)
 ARCHIVE_TIMEOUT = 30  # seconds: archive_timeout of the demo's server, a segment at least so often
 
 # A day later: new orders, and stock goes down.
@@ -210,10 +222,11 @@ def toml_str(value: str | Path) -> str:
 
 
 def config_text(root: Path, dsn: str | None, s3_endpoint: str | None = None,
-                cluster: tuple[str, str] | None = None) -> str:
-    """config.toml of the sandbox in ``root``: its filesets and schedule; the shop
-    database at ``dsn``, the replicas at ``s3_endpoint`` and the cluster (its dsn and
-    data directory) unless None."""
+                cluster: tuple[str, str] | None = None,
+                built_minute: int | None = None) -> str:
+    """config.toml of the sandbox in ``root``: its filesets and schedule (``schedule``);
+    the shop database at ``dsn``, the replicas at ``s3_endpoint`` and the cluster (its
+    dsn and data directory) unless None."""
     lines = [
         "# The backup-tui demo sandbox (see backup_tui/demo/).",
         "[repository]",
@@ -227,7 +240,7 @@ def config_text(root: Path, dsn: str | None, s3_endpoint: str | None = None,
         "[schedule]",
         'timezone = "UTC"',
         "grace_seconds = 5",
-        *(f'{key} = "{cron}"' for key, cron in SCHEDULE),
+        *(f'{key} = "{cron}"' for key, cron in schedule(built_minute)),
         "",
         "[[fileset]]",
         f'name = "{FIRST_FILESET}"',
