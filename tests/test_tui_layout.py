@@ -18,6 +18,7 @@ from test_tui_jobs import NOW, CannedJobsEngine
 from textual.pilot import Pilot
 
 from backup_tui.app import BackupConsole
+from backup_tui.widgets.filter_bar import FilterBar
 from backup_tui.widgets.job_table import MESSAGE_WIDTH, JobTable
 from backup_tui.widgets.keyed_table import COMPACT, FULL, NARROW
 from backup_tui.widgets.replica_table import ReplicaTable
@@ -179,6 +180,9 @@ def _then(*keys: str):
         for key in keys:
             await pilot.press(key)
             await settle(pilot.app, pilot)
+        while any(bar.pending for bar in pilot.app.screen.query(FilterBar)):
+            await pilot.pause(0.05)  # a typed filter waits for the keys to pause
+        await settle(pilot.app, pilot)
 
     return run_before
 
