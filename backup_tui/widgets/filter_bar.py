@@ -14,9 +14,10 @@ filters its table (``KeyedTable.set_filter``) live, once the keys pause for
 ``SETTLE`` seconds (filling a table of 10,000 snapshots takes a good part of a
 second on the UI thread: once per pause, not once per key); Enter hides it and
 keeps the filter (applied at once), Escape clears the filter and hides it; both
-give the focus back to the table. The table's border title says what is in effect ("2 of 6 · filter: kind:db").
-After applying, the bar posts ``FilterBar.Applied`` so that a screen can show the
-row now under the cursor (or say that none matches).
+give the focus back to the table. The table's border title says what is in
+effect ("2 of 6 · filter: kind:db"). After applying, the bar posts
+``FilterBar.Applied`` so that a screen can show the row now under the cursor (or
+say that none matches).
 """
 
 from __future__ import annotations
