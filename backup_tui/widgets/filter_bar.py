@@ -23,15 +23,12 @@ say that none matches).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, cast
 
 from textual.binding import Binding
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Input
-
-if TYPE_CHECKING:
-    from backup_tui.widgets.keyed_table import KeyedTable
 
 ALIASES = {"state": "status", "target": "source"}  # key typed -> field it filters
 FIELDS = ("kind", "source", "status")
@@ -71,6 +68,17 @@ class RowFilter:
             if not any(v.lower().startswith(prefix) for v in values):
                 return False
         return all(word in text for word in self.words)
+
+
+class Filterable(Protocol):
+    """What the bar needs of its table (``KeyedTable`` has it; this module cannot import
+    that one, which imports this)."""
+
+    filter: RowFilter
+
+    def set_filter(self, query: str) -> None: ...
+
+    def focus(self, scroll_visible: bool = True) -> Any: ...
 
 
 def count_title(noun: str, shown: int, total: int, query: str) -> str:
@@ -113,10 +121,8 @@ class FilterBar(Input):
         return self._timer is not None
 
     @property
-    def table(self) -> KeyedTable:
-        from backup_tui.widgets.keyed_table import KeyedTable
-
-        return self.screen.query_one(self.target, KeyedTable)
+    def table(self) -> Filterable:
+        return cast(Filterable, self.screen.query_one(self.target))
 
     def open(self) -> None:
         """Show the input with the filter in effect, and take the focus."""
