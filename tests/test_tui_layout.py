@@ -152,6 +152,28 @@ def test_jobs_columns_by_width(size, hidden):
     asyncio.run(flow())
 
 
+def test_a_resize_of_the_jobs_screen_recomputes_its_columns():
+    app = jobs()
+
+    async def flow():
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(app, pilot)
+            table = app.screen.query_one(JobTable)
+            await pilot.press("down", "down")  # the failed replication
+            chosen = table.cursor_key
+            assert table.level == FULL and "message" in column_keys(table)
+            await pilot.resize_terminal(60, 20)
+            await settle(app, pilot)
+            assert table.level == NARROW and "message" not in column_keys(table)
+            assert table.cursor_key == chosen and table.row_count == 8
+            await pilot.resize_terminal(80, 24)
+            await settle(app, pilot)
+            assert table.level == COMPACT and "started" in column_keys(table)
+            assert table.cursor_key == chosen
+
+    asyncio.run(flow())
+
+
 @pytest.mark.parametrize("size", [(60, 20), (80, 24)])
 def test_sources_and_replicas_fit_without_scrolling_sideways(size):
     app = inventory()
