@@ -46,6 +46,7 @@ from engine.sources.base import SourceInfo
 
 SIZE = (110, 30)
 LOOK_SIZE = (124, 32)  # wide enough for two replica columns beside the detail pane
+WIDE_SIZE = (160, 40)  # a column per replica (narrower: one tick each, snapshot_table.py)
 CHEAP_KDF = {"name": "scrypt", "n": 2**10, "r": 8, "p": 1}
 
 
@@ -410,7 +411,7 @@ def test_replicate_now_fills_both_replicas(sandbox, s3_server, s3_buckets):
     app = console(engine)
 
     async def flow():
-        async with app.run_test(size=LOOK_SIZE) as pilot:
+        async with app.run_test(size=WIDE_SIZE) as pilot:
             await settle(app, pilot)
             await pilot.press("b")
             await settle(app, pilot)
@@ -460,7 +461,7 @@ def test_backup_replicates_by_itself_and_the_panel_says_so(sandbox, s3_server, s
     shown: list[str] = []
 
     async def flow():
-        async with app.run_test(size=LOOK_SIZE) as pilot:
+        async with app.run_test(size=WIDE_SIZE) as pilot:
             await settle(app, pilot)
             panel = app.screen.query_one(JobPanel)
             original = panel.show_event
@@ -497,7 +498,7 @@ def test_missing_bucket_is_named_and_the_console_keeps_running(sandbox, s3_serve
     app = console(engine)
 
     async def flow():
-        async with app.run_test(size=LOOK_SIZE) as pilot:
+        async with app.run_test(size=WIDE_SIZE) as pilot:
             await settle(app, pilot)
             await pilot.press("b")
             await settle(app, pilot)
