@@ -1,11 +1,15 @@
 """The inventory: snapshots in a table, the selected one's record beside it, jobs on demand.
 
 Tabs over one job panel. "Snapshots": the table (a presence column per S3
-replica) and the selected snapshot's record. "Replicas" (``p``; shown only when
+replica, or one tick each when narrow) and the selected snapshot's record,
+beside the table from 100 columns and folded below it under (``-narrow``,
+app.tcss). "Replicas" (``p``; shown only when
 replicas are configured): see ``backup_tui.screens.replicas``. "Sources"
 (``o``): each source's newest backup, recovery point, WAL in the replicas and
 last restore drill; see ``backup_tui.screens.sources``. ``p`` and ``o`` go back
-to the snapshots from their own tab.
+to the snapshots from their own tab. ``/`` filters the table of the tab showing
+(``backup_tui.widgets.filter_bar``), each tab its own; Escape clears a filter in
+effect before it goes back.
 
 A job is a backup or a replication, one at a time, in the job panel. ``b``
 backs up a source: the engine lists them (``Engine.sources``: fileset,
