@@ -141,7 +141,7 @@ WRITES = frozenset({
     "start_job", "progress", "end_job", "mark_verified", "replica_done", "replica_failed",
     "replica_lag", "set_paused", "schedule_ran", "request_run", "take_requests",
     "mark_interrupted", "audit", "mark_seen", "record_drill", "wal_shipped",
-    "wal_ship_failed",
+    "wal_ship_failed", "cache_snapshot_rows",
 })
 
 
@@ -558,7 +558,9 @@ class Catalog:
     def verified(self) -> dict[str, float]:
         """Snapshot id -> time of the last verify that found it sound."""
         with self._conn() as db:
-            return {r["snapshot"]: r["time"] for r in db.execute("SELECT * FROM verified")}
+            cur = db.cursor()
+            cur.row_factory = None  # plain tuples: one per snapshot, read at each listing
+            return dict(cur.execute("SELECT snapshot, time FROM verified"))
 
     # --------------------------------------------------------------- replicas
     def replica_done(self, replica: str, snapshots: list[str]) -> None:
@@ -736,6 +738,58 @@ class Catalog:
                     "INSERT INTO seen_snapshots (repo, snapshot, seen, removed) VALUES "
                     "(?, ?, ?, ?) ON CONFLICT(repo, snapshot) DO UPDATE SET "
                     "removed=excluded.removed", [(repo_id, sid, now, now) for sid in removed])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        self._write("catalog", write)
+
+    # ----------------------------------------------------- snapshot rows
+    # The inventory's fields of each snapshot record this catalog has read and
+    # authenticated (ops/resolve.py), keyed by repository (``repo_key``: its id and its
+    # config's authenticator, so another repository under the same id has other keys)
+    # and by the record's name, with its stored size. A record is named by the sha256
+    # of its stored bytes: resolve reads a cached one's bytes and checks they still hash
+    # to its name, and opens (decrypts, decompresses, parses) only records it has not
+    # seen. A cache: the table is made by the first write, a rebuild starts it afresh.
+    _ROWS = ("CREATE TABLE IF NOT EXISTS snapshot_rows (repo TEXT NOT NULL, snapshot TEXT "
+             "NOT NULL, stored INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL, "
+             "source TEXT NOT NULL, host TEXT NOT NULL, size INTEGER NOT NULL, added INTEGER "
+             "NOT NULL, complete INTEGER NOT NULL, parent TEXT, files INTEGER NOT NULL, "
+             "PRIMARY KEY (repo, snapshot))")
+    ROW_FIELDS = ("stored", "time", "kind", "source", "host", "size", "added", "complete",
+                  "parent", "files")
+
+    def snapshot_rows(self, repo_key: str) -> dict[str, tuple]:
+        """Snapshot id -> the cached fields (``ROW_FIELDS`` order) of repository
+        ``repo_key``."""
+        try:
+            with self._conn() as db:
+                cur = db.cursor()
+                cur.row_factory = None  # plain tuples: 10,000 rows are read at each listing
+                cur.execute(f"SELECT snapshot, {', '.join(self.ROW_FIELDS)} FROM snapshot_rows "
+                            "WHERE repo=?", (repo_key,))
+                return {r[0]: r[1:] for r in cur}
+        except sqlite3.OperationalError:  # no such table yet: nothing cached
+            return {}
+
+    def cache_snapshot_rows(self, repo_key: str, rows: dict[str, tuple],
+                            gone: list[str] = ()) -> None:
+        """Cache ``rows`` (id -> fields in ``ROW_FIELDS`` order) of repository ``repo_key``
+        and drop the ids in ``gone`` (no longer listed)."""
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(self._ROWS)
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO snapshot_rows (repo, snapshot, "
+                    f"{', '.join(self.ROW_FIELDS)}) VALUES ({', '.join(['?'] * 12)})",
+                    [(repo_key, sid, *(safe_text(v) if isinstance(v, str) else v
+                                       for v in fields)) for sid, fields in rows.items()])
+                db.executemany("DELETE FROM snapshot_rows WHERE repo=? AND snapshot=?",
+                               [(repo_key, sid) for sid in gone])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from engine.catalog import Catalog
-from engine.errors import NotFound, UsageError
+from engine.errors import EngineError, NotFound, UsageError
 from engine.repo.repository import Repository
 
 
@@ -56,22 +56,81 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
 
 
-def _info(snap: dict, verified: float | None, replicas: dict[str, bool]) -> SnapshotInfo:
+def _row(snap: dict, stored: int) -> tuple:
+    """The inventory's fields of a snapshot record, in ``Catalog.ROW_FIELDS`` order."""
     stats = snap.get("stats", {})
+    parent = snap.get("parent")
+    return (  # text as text, whatever a malformed record holds (the catalog stores these)
+        stored,
+        str(snap["time"]),
+        str(snap["kind"]),
+        str(snap.get("source", "")),
+        str(snap.get("host", "")),
+        int(stats.get("size", 0)),
+        int(stats.get("added", 0)),
+        int(not snap.get("incomplete", False)),
+        None if parent is None else str(parent),
+        int(stats.get("files", 0)),
+    )
+
+
+def _info(sid: str, row: tuple, verified: float | None,
+          replicas: dict[str, bool]) -> SnapshotInfo:
+    _stored, time, kind, source, host, size, added, complete, parent, files = row
     return SnapshotInfo(
-        id=snap["id"],
-        time=datetime.fromisoformat(snap["time"]),
-        kind=snap["kind"],
-        source=snap.get("source", ""),
-        host=snap.get("host", ""),
-        size=int(stats.get("size", 0)),
-        added=int(stats.get("added", 0)),
-        complete=not snap.get("incomplete", False),
-        parent=snap.get("parent"),
-        files=int(stats.get("files", 0)),
+        id=sid,
+        time=datetime.fromisoformat(time),
+        kind=kind,
+        source=source,
+        host=host,
+        size=size,
+        added=added,
+        complete=bool(complete),
+        parent=parent,
+        files=files,
         verified=iso(verified),
         replicas=replicas,
     )
+
+
+def repo_key(repo: Repository) -> str:
+    """A repository as the catalog's cache of inventory rows knows it: its id and its config's
+    authenticator (made with its key), so that another repository under the same id (a
+    copy re-keyed, a forgery) never meets rows read from this one."""
+    return f"{repo.id}:{repo.config.get('mac', '')}"
+
+
+def inventory_rows(repo: Repository, catalog: Catalog) -> dict[str, tuple]:
+    """Snapshot id -> inventory fields (``Catalog.ROW_FIELDS``) of every readable snapshot
+    record; unreadable ones are named in ``repo.snapshot_errors`` (as ``repo.snapshots()``
+    does). A record the catalog has read before is only checked: its stored bytes, of the
+    size they had, still hash to its name, so they are the bytes that were read and
+    authenticated then. Others are opened, and their fields cached (when the catalog
+    can be written; a user who may not write it reads every record each time)."""
+    key = repo_key(repo)
+    cached = catalog.snapshot_rows(key)
+    repo.snapshot_errors = {}
+    out: dict[str, tuple] = {}
+    new: dict[str, tuple] = {}
+    for sid in repo.list_ids("snapshots"):
+        row = cached.get(sid)
+        stored = repo.listed_size("snapshots", sid)
+        try:
+            if row is not None and row[0] == stored:
+                repo.stored_record("snapshots", sid)
+                out[sid] = row
+                continue
+            snap = repo.load_snapshot(sid)
+        except EngineError as e:
+            repo.snapshot_errors[sid] = str(e)
+            continue
+        out[sid] = row = _row(snap, stored if stored is not None else -1)
+        if all(-(1 << 63) <= v < 1 << 63 for v in row if isinstance(v, int)):  # SQLite's range
+            new[sid] = row
+    gone = [sid for sid in cached if sid not in out]
+    if new or gone:
+        catalog.lenient().cache_snapshot_rows(key, new, gone)
+    return out
 
 
 def snapshot_infos(repo: Repository, catalog: Catalog, replica_names: list[str],
@@ -80,10 +139,10 @@ def snapshot_infos(repo: Repository, catalog: Catalog, replica_names: list[str],
     verified = catalog.verified()
     presence = catalog.replica_presence()
     out = [
-        _info(s, verified.get(s["id"]),
-              {n: s["id"] in presence.get(n, ()) for n in replica_names})
-        for s in repo.snapshots()
-        if (source is None or s.get("source") == source) and (kind is None or s["kind"] == kind)
+        _info(sid, row, verified.get(sid),
+              {n: sid in presence.get(n, ()) for n in replica_names})
+        for sid, row in inventory_rows(repo, catalog).items()
+        if (source is None or row[3] == source) and (kind is None or row[2] == kind)
     ]
     out.sort(key=lambda i: i.time)
     return out

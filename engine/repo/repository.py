@@ -306,14 +306,26 @@ class Repository:
 
     def load_record(self, folder: str, rid: str) -> Any:
         name = f"{folder}/{rid}"
+        stored = self.stored_record(folder, rid)
+        raw = codec.decode(self.keys.open(stored, name), name, MAX_RECORD)
+        return codec.parse_json(raw, name)
+
+    def stored_record(self, folder: str, rid: str) -> bytes:
+        """A record's stored bytes, checked to hash to its name (not opened): the first half
+        of load_record. Enough to know a record read and authenticated before is unchanged
+        (the catalog's cache of inventory rows, ops/resolve.py)."""
+        name = f"{folder}/{rid}"
         listed = self._listed.get(name)
         if listed is not None and listed > MAX_STORED_RECORD:  # never read it into memory
             raise IntegrityError(f"{name}: {listed} bytes stored, larger than any record", name)
         stored = self.backend.get(name)
         if sha256_hex(stored) != rid:
             raise IntegrityError(f"{name}: content does not match its name (corrupt)", name)
-        raw = codec.decode(self.keys.open(stored, name), name, MAX_RECORD)
-        return codec.parse_json(raw, name)
+        return stored
+
+    def listed_size(self, folder: str, rid: str) -> int | None:
+        """The stored size of ``folder/rid`` as the last ``list_ids(folder)`` saw it."""
+        return self._listed.get(f"{folder}/{rid}")
 
     def list_ids(self, folder: str) -> list[str]:
         """The names under folder/, sorted; their sizes are kept so that load_record
