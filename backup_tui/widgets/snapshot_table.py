@@ -18,7 +18,9 @@ matches the id, the time and every cell.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 
 from rich.text import Text
 
@@ -32,6 +34,9 @@ REPLICA_KEY = "replica:"  # column key prefix of a replica's presence column
 TICKS_KEY = "replicas"  # the compact levels' one column of replica ticks
 SHORT_TIME = "%m-%d %H:%M"
 SOURCE_WIDTH = 14  # the compact levels cut source names here
+FIRST_ROWS = 100  # rows added at once by show(): more than a 160x48 screen shows
+BATCH_ROWS = 250  # then this many at a time,
+FILL_PAUSE = 0.01  # seconds apart (the first paint and keys go between)
 
 
 class SnapshotTable(KeyedTable):
@@ -56,6 +61,7 @@ class SnapshotTable(KeyedTable):
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
         self.replicas = replicas  # names of the configured replicas, one column each
         self.infos: dict[str, SnapshotInfo] = {}  # every snapshot listed, by id
+        self._filling: Iterator | None = None  # the rows show() has still to add
 
     def label(self, key: str, label: str) -> str:
         return "V" if key == "verified" and self.level != FULL else label
@@ -76,20 +82,43 @@ class SnapshotTable(KeyedTable):
 
     def show(self, snapshots: list[SnapshotInfo], select: str | None = None) -> None:
         """Replace the rows (newest first, those the filter lets through) and put the
-        cursor on ``select``, or else the newest."""
+        cursor on ``select``, or else the newest. The first ``FIRST_ROWS`` rows (and
+        those down to ``select``) are added now, the rest ``BATCH_ROWS`` at a time on a
+        timer: with 10,000 snapshots the table paints at once and keys are answered
+        while it fills (DataTable measures every cell of the rows it adds)."""
         self.clear()
         self.infos = {info.id: info for info in snapshots}
-        for info in sorted(snapshots, key=lambda i: i.time, reverse=True):
-            cells = self._cells(info)
-            if self.filter and not self.filter.matches(
-                    self._fields(info), " ".join([info.id, *(c.plain for c in cells)])):
-                continue
-            self.add_row(*self.visible(cells), key=info.id)
+        rows = self._rows(sorted(snapshots, key=lambda i: i.time, reverse=True))
+        self._filling = rows
+        self._fill(rows, FIRST_ROWS, until=select if select in self.infos else None)
         if select is not None and select in self.rows:
             self.move_cursor(row=self.get_row_index(select), scroll=True)
         elif self.row_count:
             self.move_cursor(row=0)
         self.show_count(len(snapshots))
+
+    def _rows(self, infos: list[SnapshotInfo]) -> Iterator[tuple[str, tuple[Text, ...]]]:
+        for info in infos:
+            cells = self._cells(info)
+            if self.filter and not self.filter.matches(
+                    self._fields(info), " ".join([info.id, *(c.plain for c in cells)])):
+                continue
+            yield info.id, self.visible(cells)
+
+    def _fill(self, rows: Iterator[tuple[str, tuple[Text, ...]]], count: int,
+              until: str | None = None) -> None:
+        """Add ``count`` rows (more if ``until`` is not added yet); the rest later."""
+        if rows is not self._filling:  # a newer show replaced these rows
+            return
+        added = 0
+        for key, cells in rows:
+            self.add_row(*cells, key=key)
+            added += 1
+            if added >= count and (until is None or until in self.rows):
+                self.set_timer(FILL_PAUSE, partial(self._fill, rows, BATCH_ROWS))
+                return
+        self._filling = None
+        self.show_count(len(self.infos))  # a filter's count is complete now
 
     def refill(self) -> None:
         self.show(list(self.infos.values()), self.selected_id)
