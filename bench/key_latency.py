@@ -19,6 +19,10 @@ and back) and each key's latency is taken:
   terminal output as a real terminal would be sent it (headless runs skip that
   encoding otherwise). That is the key's answer as a user sees it.
 
+Each key also has the UI thread's own CPU time from the key to its frame
+(``time.thread_time``): when it is close to the latency, the time goes to the
+console's own work on the UI thread, not to waiting for the backup's threads.
+
 Keys are pressed one at a time, each after the previous one is painted and 50 ms
 of quiet. The backup's own figures (bytes, seconds) and whether it was still
 running at each key go to the log; at the end the app exits (which cancels the
@@ -26,7 +30,11 @@ backup). ``tests/test_tui_latency.py`` drives the same rounds in pytest, asserts
 only that every key took effect, and writes the same log.
 
 Results: a section appended to RESULTS.md (machine, other load on this 2-core
-machine) and the per-key log in WORK/key_latency.log.
+machine) and the per-key log in WORK/key_latency.log. ``--profile`` prints cProfile
+of the UI thread for the slowest keys. Experiments, for comparing (``--no-results``):
+``--nice-backup N`` runs the backup's threads at nice N, ``--footer-skip`` makes the
+footer recompose only when its keys changed, ``--switch-interval S`` sets
+``sys.setswitchinterval``.
 """
 
 from __future__ import annotations
@@ -182,6 +190,7 @@ class FrameClock:
             import cProfile
             prof = cProfile.Profile()
             prof.enable()
+        cpu0 = time.thread_time()  # this (the UI) thread's CPU time
         t0 = time.perf_counter()
         message = events.Key(key, char)
         message.set_sender(app)
@@ -195,6 +204,7 @@ class FrameClock:
                 break
             await asyncio.sleep(0.001)
         self.waiting = None
+        ui_cpu = (time.thread_time() - cpu0) * 1000
         if painted and (reflected is None or painted[0] < reflected):
             reflected = painted[0]  # seen by a frame before this loop looked again
         if prof is not None:
@@ -205,6 +215,7 @@ class FrameClock:
             "reflected_ms": None if reflected is None else (reflected - t0) * 1000,
             "painted_ms": (painted[0] - t0) * 1000 if painted else None,
             "took_effect": reflected is not None,
+            "ui_cpu_ms": ui_cpu,
         }
 
 
@@ -282,14 +293,16 @@ def summary(rows: list[dict], which: str = "painted_ms") -> dict:
 
 def log_text(rows: list[dict], header: list[str]) -> str:
     out = [*header, "",
-           f"{'round':>5}  {'key':<14} {'what':<28} {'reflected':>10} {'painted':>9}  "
-           "backup running"]
+           f"{'round':>5}  {'key':<14} {'what':<28} {'reflected':>10} {'painted':>9} "
+           f"{'UI CPU':>9}  backup running"]
     for r in rows:
         ref = "-" if r["reflected_ms"] is None else f"{r['reflected_ms']:.1f} ms"
         pnt = "-" if r["painted_ms"] is None else f"{r['painted_ms']:.1f} ms"
         ran = "yes" if r["backup_running"] else "not yet" if r["round"] == 0 else "no (ended)"
-        out.append(f"{r['round']:>5}  {r['key']:<14} {r['what']:<28} {ref:>10} {pnt:>9}  {ran}")
-    for which in ("reflected_ms", "painted_ms"):
+        cpu = f"{r['ui_cpu_ms']:.1f} ms"
+        out.append(f"{r['round']:>5}  {r['key']:<14} {r['what']:<28} {ref:>10} {pnt:>9} "
+                   f"{cpu:>9}  {ran}")
+    for which in ("reflected_ms", "painted_ms", "ui_cpu_ms"):
         s = summary(rows, which)
         if s["n"]:
             out.append(f"{which[:-3]} while the backup ran: {s['n']} keys, median "
@@ -317,6 +330,10 @@ def main() -> int:
                     help="cProfile the UI thread (the asyncio loop) and print its top functions")
     ap.add_argument("--nice-backup", type=int, default=0,
                     help="run the backup's threads at this nice value (an experiment)")
+    ap.add_argument("--footer-skip", action="store_true",
+                    help="an experiment: the footer recomposes only when the keys it shows "
+                    "changed (backup_tui/screens/help.py ConsoleFooter recomposes on every "
+                    "bindings signal: focus, screen stack)")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="sys.setswitchinterval before the console starts (an experiment)")
     args = ap.parse_args()
@@ -339,6 +356,9 @@ def main() -> int:
     from backup_tui.app import BackupConsole
     from engine.config import load_config
     from engine.facade import Engine
+
+    if args.footer_skip:
+        footer_skip()
     root = args.work / "key-latency"
     made = root / f"big-{args.mib}-mib"  # the data is kept between runs; the rest is not
     for old in (root / "repo", root / "state"):
@@ -426,6 +446,29 @@ def main() -> int:
             f.write("\n" + report(rows, args, w, h, other, now))
         print(f"[key-latency] appended to {args.results}")
     return 0
+
+
+def footer_skip() -> None:
+    """The experiment of ``--footer-skip``: ConsoleFooter.bindings_changed recomposes only
+    when the (key, description, enabled) list it would show differs from the last one."""
+    from backup_tui.screens.help import ConsoleFooter
+
+    changed = ConsoleFooter.bindings_changed
+
+    def signature(footer) -> tuple:
+        active = footer.screen.active_bindings
+        return tuple((b.key, b.description, b.action, bool(e), b.show)
+                     for _n, b, e, _t in active.values())
+
+    def bindings_changed(self, screen) -> None:
+        if self.is_attached and screen is self.screen and self._bindings_ready:
+            sig = signature(self)
+            if sig == getattr(self, "_shown_signature", None):
+                return
+            self._shown_signature = sig
+        changed(self, screen)
+
+    ConsoleFooter.bindings_changed = bindings_changed
 
 
 def report(rows, args, w, h, other, now) -> str:
