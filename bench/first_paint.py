@@ -404,11 +404,11 @@ def main() -> int:
 
 
 def forget_rows(catalog: Path) -> None:
-    """Empty the catalog's cache of inventory rows (engine/catalog.py snapshot_rows)."""
+    """Empty the catalog's cache of inventory rows (engine/catalog.py, table inventory_rows)."""
     import sqlite3
     db = sqlite3.connect(catalog)
     try:
-        db.execute("DELETE FROM snapshot_rows")
+        db.execute("DELETE FROM inventory_rows")
         db.commit()
     except sqlite3.OperationalError:  # no such table: an engine without the cache
         pass

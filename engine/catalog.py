@@ -746,7 +746,7 @@ class Catalog:
 
         self._write("catalog", write)
 
-    # ----------------------------------------------------- snapshot rows
+    # ----------------------------------------------------- inventory rows
     # The inventory's fields of each snapshot record this catalog has read and
     # authenticated (ops/resolve.py), keyed by repository (``repo_key``: its id and its
     # config's authenticator, so another repository under the same id has other keys)
@@ -754,13 +754,13 @@ class Catalog:
     # of its stored bytes: resolve reads a cached one's bytes and checks they still hash
     # to its name, and opens (decrypts, decompresses, parses) only records it has not
     # seen. A cache: the table is made by the first write, a rebuild starts it afresh.
-    _ROWS = ("CREATE TABLE IF NOT EXISTS snapshot_rows (repo TEXT NOT NULL, snapshot TEXT "
+    _ROWS = ("CREATE TABLE IF NOT EXISTS inventory_rows (repo TEXT NOT NULL, snapshot TEXT "
              "NOT NULL, stored INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL, "
              "source TEXT NOT NULL, host TEXT NOT NULL, size INTEGER NOT NULL, added INTEGER "
              "NOT NULL, complete INTEGER NOT NULL, parent TEXT, files INTEGER NOT NULL, "
-             "PRIMARY KEY (repo, snapshot))")
+             "duration REAL, PRIMARY KEY (repo, snapshot))")
     ROW_FIELDS = ("stored", "time", "kind", "source", "host", "size", "added", "complete",
-                  "parent", "files")
+                  "parent", "files", "duration")
 
     def snapshot_rows(self, repo_key: str) -> dict[str, tuple]:
         """Snapshot id -> the cached fields (``ROW_FIELDS`` order) of repository
@@ -769,7 +769,7 @@ class Catalog:
             with self._conn() as db:
                 cur = db.cursor()
                 cur.row_factory = None  # plain tuples: 10,000 rows are read at each listing
-                cur.execute(f"SELECT snapshot, {', '.join(self.ROW_FIELDS)} FROM snapshot_rows "
+                cur.execute(f"SELECT snapshot, {', '.join(self.ROW_FIELDS)} FROM inventory_rows "
                             "WHERE repo=?", (repo_key,))
                 return {r[0]: r[1:] for r in cur}
         except sqlite3.OperationalError:  # no such table yet: nothing cached
@@ -784,11 +784,12 @@ class Catalog:
             db.execute("BEGIN")
             try:
                 db.executemany(
-                    f"INSERT OR REPLACE INTO snapshot_rows (repo, snapshot, "
-                    f"{', '.join(self.ROW_FIELDS)}) VALUES ({', '.join(['?'] * 12)})",
+                    f"INSERT OR REPLACE INTO inventory_rows (repo, snapshot, "
+                    f"{', '.join(self.ROW_FIELDS)}) VALUES "
+                    f"({', '.join(['?'] * (2 + len(self.ROW_FIELDS)))})",
                     [(repo_key, sid, *(safe_text(v) if isinstance(v, str) else v
                                        for v in fields)) for sid, fields in rows.items()])
-                db.executemany("DELETE FROM snapshot_rows WHERE repo=? AND snapshot=?",
+                db.executemany("DELETE FROM inventory_rows WHERE repo=? AND snapshot=?",
                                [(repo_key, sid) for sid in gone])
                 db.execute("COMMIT")
             except BaseException:

@@ -11,6 +11,7 @@ listing everything.
 from __future__ import annotations
 
 import sqlite3
+from unittest.mock import ANY
 
 import pytest
 
@@ -47,7 +48,7 @@ def _rows(engine) -> list[dict]:
 def _cached(sandbox) -> set[str]:
     db = sqlite3.connect(sandbox.state / "catalog.sqlite")
     try:
-        return {r[0] for r in db.execute("SELECT snapshot FROM snapshot_rows")}
+        return {r[0] for r in db.execute("SELECT snapshot FROM inventory_rows")}
     finally:
         db.close()
 
@@ -124,3 +125,17 @@ def _cached_or_none(sandbox) -> set[str]:
         return _cached(sandbox)
     except sqlite3.OperationalError:  # no table: nothing was ever cached
         return set()
+
+
+def test_the_dashboard_history_reads_the_same_rows_without_opening_records(sandbox, opened):
+    engine, ids = _fill(sandbox)
+    uncached = sandbox.engine()
+    uncached.catalog.read_only = "this user may not write it"  # every record opened
+    expected = uncached.history(7)
+    assert [b["time"][:19] for b in expected["backups"]] == [
+        i.time.isoformat()[:19] for i in uncached.snapshots()]
+    assert all(b["seconds"] and b["size"] and b["complete"] for b in expected["backups"])
+    engine.snapshots()  # cached now
+    opened.clear()
+    assert sandbox.engine().history(7) == {**expected, "now": ANY}
+    assert opened == []

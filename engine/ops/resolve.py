@@ -60,6 +60,7 @@ def _row(snap: dict, stored: int) -> tuple:
     """The inventory's fields of a snapshot record, in ``Catalog.ROW_FIELDS`` order."""
     stats = snap.get("stats", {})
     parent = snap.get("parent")
+    duration = stats.get("duration")
     return (  # text as text, whatever a malformed record holds (the catalog stores these)
         stored,
         str(snap["time"]),
@@ -71,12 +72,13 @@ def _row(snap: dict, stored: int) -> tuple:
         int(not snap.get("incomplete", False)),
         None if parent is None else str(parent),
         int(stats.get("files", 0)),
+        float(duration) if isinstance(duration, int | float) else None,
     )
 
 
 def _info(sid: str, row: tuple, verified: float | None,
           replicas: dict[str, bool]) -> SnapshotInfo:
-    _stored, time, kind, source, host, size, added, complete, parent, files = row
+    _stored, time, kind, source, host, size, added, complete, parent, files, _took = row
     return SnapshotInfo(
         id=sid,
         time=datetime.fromisoformat(time),

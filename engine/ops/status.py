@@ -13,9 +13,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from engine.catalog import Catalog
 from engine.ops import drill as drill_op
 from engine.ops import walship
-from engine.ops.resolve import iso
+from engine.ops.resolve import inventory_rows, iso
 from engine.schedule import next_run, runnable
 from engine.sources import registry
 
@@ -141,8 +142,10 @@ def history(engine: Engine, days: int = 30, now: datetime | None = None) -> dict
     since = datetime(first.year, first.month, first.day, tzinfo=tz)
     repo = engine.repo()
     stored = sum(repo.pack_sizes.values())
-    snaps = sorted(((datetime.fromisoformat(s["time"]), s) for s in repo.snapshots()),
-                   key=lambda ts: ts[0])
+    # The inventory's rows (the catalog caches them: 10,000 records are not opened again)
+    rows = inventory_rows(repo, engine.catalog)
+    snaps = sorted(((datetime.fromisoformat(r[1]), dict(zip(Catalog.ROW_FIELDS, r, strict=True)))
+                    for r in rows.values()), key=lambda ts: ts[0])
     daily = {(first + timedelta(days=n)).isoformat(): {"size": 0, "added": 0, "backups": 0,
                                                        "failures": 0} for n in range(days)}
     backups = []
@@ -150,16 +153,14 @@ def history(engine: Engine, days: int = 30, now: datetime | None = None) -> dict
         day = daily.get(when.astimezone(tz).date().isoformat())
         if day is None:
             continue
-        stats = snap.get("stats", {})
-        day["added"] += int(stats.get("added", 0))
+        day["added"] += snap["added"]
         day["backups"] += 1
         backups.append({"time": when.astimezone(UTC).isoformat(timespec="seconds"),
-                        "kind": snap["kind"], "source": snap.get("source", ""),
-                        "seconds": stats.get("duration"), "added": int(stats.get("added", 0)),
-                        "size": int(stats.get("size", 0)),
-                        "complete": not snap.get("incomplete", False)})
+                        "kind": snap["kind"], "source": snap["source"],
+                        "seconds": snap["duration"], "added": snap["added"],
+                        "size": snap["size"], "complete": bool(snap["complete"])})
     later = 0  # bytes added by the snapshots after the day being read
-    pending = [(w, int(s.get("stats", {}).get("added", 0))) for w, s in snaps]
+    pending = [(w, s["added"]) for w, s in snaps]
     for name in reversed(list(daily)):
         end = datetime.fromisoformat(name).replace(tzinfo=tz) + timedelta(days=1)
         while pending and pending[-1][0] >= end:
