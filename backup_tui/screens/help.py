@@ -147,8 +147,8 @@ class HelpScreen(ModalScreen[None]):
 def _binding_classes() -> Iterator[type[DOMNode]]:
     """Every class of ``backup_tui`` (the app, screens, dialogs, widgets) with bindings of
     its own; the modules of ``backup_tui.screens`` and ``backup_tui.widgets`` are imported
-    to find them all."""
-    import backup_tui.app  # noqa: F401 - the app's own bindings
+    to find them all. The app's class is found among them once ``backup_tui.app`` is
+    imported, as it is wherever a console exists (importing it here would be a cycle)."""
     import backup_tui.screens
     import backup_tui.widgets
 
@@ -215,7 +215,10 @@ def clashes(keymap: Mapping[str, str]) -> list[str]:
     """Keys that two bindings of one screen would share after ``keymap`` (with the app's
     keys on a screen that is not a dialog), each as a sentence: a remapped binding on a
     key another binding of a different action keeps (or is remapped to as well)."""
-    from backup_tui.app import BackupConsole
+    apps = [cls for cls in _binding_classes() if issubclass(cls, App)]
+    if len(apps) != 1:
+        raise RuntimeError(f"clashes: import backup_tui.app first (apps found: {apps})")
+    BackupConsole = apps[0]  # noqa: N806 - the console's class, found (see _binding_classes)
 
     generic = [*App.BINDINGS, *Screen.BINDINGS,
                Binding(App.COMMAND_PALETTE_BINDING, "command_palette", "palette")]
