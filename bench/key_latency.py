@@ -32,9 +32,9 @@ only that every key took effect, and writes the same log.
 Results: a section appended to RESULTS.md (machine, other load on this 2-core
 machine) and the per-key log in WORK/key_latency.log. ``--profile`` prints cProfile
 of the UI thread for the slowest keys. Experiments, for comparing (``--no-results``):
-``--nice-backup N`` runs the backup's threads at nice N, ``--footer-skip`` makes the
-footer recompose only when its keys changed, ``--switch-interval S`` sets
-``sys.setswitchinterval``.
+``--nice-backup N`` runs the backup's threads at nice N, ``--switch-interval S`` sets
+``sys.setswitchinterval``. (The footer recomposing only when its keys change, once the
+experiment ``--footer-skip``, is what the console does now.)
 """
 
 from __future__ import annotations
@@ -330,10 +330,6 @@ def main() -> int:
                     help="cProfile the UI thread (the asyncio loop) and print its top functions")
     ap.add_argument("--nice-backup", type=int, default=0,
                     help="run the backup's threads at this nice value (an experiment)")
-    ap.add_argument("--footer-skip", action="store_true",
-                    help="an experiment: the footer recomposes only when the keys it shows "
-                    "changed (backup_tui/screens/help.py ConsoleFooter recomposes on every "
-                    "bindings signal: focus, screen stack)")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="sys.setswitchinterval before the console starts (an experiment)")
     args = ap.parse_args()
@@ -357,8 +353,6 @@ def main() -> int:
     from engine.config import load_config
     from engine.facade import Engine
 
-    if args.footer_skip:
-        footer_skip()
     root = args.work / "key-latency"
     made = root / f"big-{args.mib}-mib"  # the data is kept between runs; the rest is not
     for old in (root / "repo", root / "state"):
@@ -446,29 +440,6 @@ def main() -> int:
             f.write("\n" + report(rows, args, w, h, other, now))
         print(f"[key-latency] appended to {args.results}")
     return 0
-
-
-def footer_skip() -> None:
-    """The experiment of ``--footer-skip``: ConsoleFooter.bindings_changed recomposes only
-    when the (key, description, enabled) list it would show differs from the last one."""
-    from backup_tui.screens.help import ConsoleFooter
-
-    changed = ConsoleFooter.bindings_changed
-
-    def signature(footer) -> tuple:
-        active = footer.screen.active_bindings
-        return tuple((b.key, b.description, b.action, bool(e), b.show)
-                     for _n, b, e, _t in active.values())
-
-    def bindings_changed(self, screen) -> None:
-        if self.is_attached and screen is self.screen and self._bindings_ready:
-            sig = signature(self)
-            if sig == getattr(self, "_shown_signature", None):
-                return
-            self._shown_signature = sig
-        changed(self, screen)
-
-    ConsoleFooter.bindings_changed = bindings_changed
 
 
 def report(rows, args, w, h, other, now) -> str:

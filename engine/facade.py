@@ -491,6 +491,10 @@ class Engine:
     def health(self) -> dict:
         return status_op.health(self)
 
+    def overview(self) -> tuple[dict, dict]:
+        """``status()`` and ``health()`` from one listing of the snapshots (the dashboard)."""
+        return status_op.overview(self)
+
     def history(self, days: int = 30) -> dict:
         """The dashboard's figures over the last ``days`` days: repository size and bytes
         added per day, backup durations, drills' RTO (engine/ops/status.py)."""

@@ -735,6 +735,9 @@ class CannedEngine:
     def health(self) -> dict:
         return {"ok": False, "reasons": list(CANNED_REASONS)}
 
+    def overview(self) -> tuple[dict, dict]:
+        return self.status(), self.health()
+
     def replicate(self, replica=None, repair=False, on_event=None, cancel=None):
         return [
             ReplicaResult("use1", uploaded=0, present=312, seconds=0.4,

@@ -134,7 +134,8 @@ class DashboardScreen(EngineCaller, Screen):
 
     def _read(self, history: bool) -> DashboardLoaded:
         """In the worker: the engine reads (stored figures only, no network)."""
-        return DashboardLoaded(self.engine.status(), self.engine.health(),
+        status, health = self.engine.overview()
+        return DashboardLoaded(status, health,
                                self.engine.history(HISTORY_DAYS) if history else None)
 
     def on_dashboard_loaded(self, message: DashboardLoaded) -> None:
@@ -145,7 +146,8 @@ class DashboardScreen(EngineCaller, Screen):
         if message.history is not None:
             self.history, self._history_key = message.history, key
             self._history_at = time.monotonic()
-        self._show()
+        if self.is_current:  # a late answer for a screen left meanwhile: shown on return
+            self._show()
         if message.history is None and key != self._history_key:
             self.load(history=True)  # a backup or a drill since: the plots have more
 

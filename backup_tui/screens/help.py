@@ -276,6 +276,18 @@ class ConsoleFooter(Footer):
                                 classes="-command-palette", disabled=not palette.enabled,
                                 tooltip=binding.tooltip or binding.description)
 
+    def bindings_changed(self, screen: Screen) -> None:
+        """Recompose only when the keys shown would differ: Textual signals the bindings on
+        every focus change and screen switch, and rebuilding the footer each time was most
+        of a key's time while a backup ran (bench/key_latency.py)."""
+        if self.is_attached and screen is self.screen and self._bindings_ready:
+            shown = tuple((b.key, b.description, b.action, bool(enabled), b.show)
+                          for _node, b, enabled, _tip in screen.active_bindings.values())
+            if shown == getattr(self, "_shown", None):
+                return
+            self._shown = shown
+        super().bindings_changed(screen)
+
     def on_resize(self) -> None:
         width = self.app.size.width
         self.compact = width < COMPACT_BELOW

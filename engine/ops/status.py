@@ -21,7 +21,7 @@ from engine.schedule import next_run, runnable
 from engine.sources import registry
 
 if TYPE_CHECKING:
-    from engine.facade import Engine
+    from engine.facade import Engine, SnapshotInfo
     from engine.sources.base import Source
 
 
@@ -33,8 +33,9 @@ def max_age_hours(engine: Engine, source: Source) -> int:
     return source.max_age_hours or engine.config.health.max_age_hours
 
 
-def status(engine: Engine) -> dict:
-    infos = engine.snapshots()
+def status(engine: Engine, infos: list[SnapshotInfo] | None = None) -> dict:
+    """``infos``: the snapshot list when the caller has just read it (``overview``)."""
+    infos = engine.snapshots() if infos is None else infos
     now = datetime.now(UTC)
     recent = engine.catalog.jobs(500)
     next_runs = engine.next_runs(now)
@@ -87,12 +88,12 @@ def status(engine: Engine) -> dict:
     }
 
 
-def health(engine: Engine) -> dict:
+def health(engine: Engine, infos: list[SnapshotInfo] | None = None) -> dict:
     """ok when every source has a complete backup younger than its max_age_hours and every
     replica had a successful run within replica_max_age_hours; else the reasons."""
     reasons = []
     now = datetime.now(UTC)
-    infos = engine.snapshots()
+    infos = engine.snapshots() if infos is None else infos
     for src in registry.sources(engine.config):
         good = [i for i in infos if i.kind == src.kind and i.source == src.name and i.complete]
         limit = max_age_hours(engine, src)
@@ -120,6 +121,13 @@ def health(engine: Engine) -> dict:
                            f"(limit {limit} h)" + (f"; last error: {r['last_error']}"
                                                    if r["last_error"] else ""))
     return {"ok": not reasons, "reasons": reasons, "checked": now.isoformat()}
+
+
+def overview(engine: Engine) -> tuple[dict, dict]:
+    """``status`` and ``health`` from one listing of the snapshots (the dashboard reads
+    both every few seconds; a listing is most of the cost on a large repository)."""
+    infos = engine.snapshots()
+    return status(engine, infos), health(engine, infos)
 
 
 FAILED_STATES = ("failed", "interrupted", "incomplete")
