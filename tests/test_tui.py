@@ -364,10 +364,13 @@ def test_one_key_backs_up_every_kind_of_source(sandbox):
             await settle(app, pilot)
             ids = {b.binding.id for b in app.active_bindings.values()}
             assert "backup" in ids and "backup-db" not in ids  # no key per kind
-            await pilot.press("d")
+            await pilot.press("d")  # once "back up the database"; now the dashboard
+            await settle(app, pilot)
+            assert app.current_mode == "dashboard" and not app._notifications
+            await pilot.press("i")
             await settle(app, pilot)
             assert app.screen.query_one(JobPanel).has_class("-idle")
-            assert not app._notifications
+            assert app.engine.snapshots() == []
 
     asyncio.run(flow())
 
@@ -1047,7 +1050,7 @@ def test_build_demo_replicates_to_two_regions_and_stops_its_s3_server(tmp_path):
         app = console(engine)
 
         async def flow():
-            async with app.run_test(size=LOOK_SIZE) as pilot:
+            async with app.run_test(size=WIDE_SIZE) as pilot:
                 await settle(app, pilot)
                 assert presence(app, snap.id) == {"us-east": "✓", "eu-west": "✓"}
                 await pilot.press("b", "enter")  # app-data: a day's changes, replicated after
