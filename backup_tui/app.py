@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from textual import events
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
@@ -75,6 +76,8 @@ from engine.errors import EngineError, LockedError
 from engine.events import CancelToken
 from engine.facade import Engine
 
+PREWARM_AFTER = 0.3  # seconds after start before the other screens are built, hidden
+PREWARM_GAP = 0.2  # seconds between two of them: keys pressed meanwhile come first
 STOP_GRACE = 5.0  # seconds a running scheduled job gets to end when the console quits
 RECHECK_SECONDS = 5.0  # how often a console that does not run the schedule looks again
 JOBS_STOP_WAIT = 60.0  # seconds quitting waits for this console's cancelled jobs to end
@@ -204,12 +207,13 @@ class BackupConsole(EngineCaller, App[int]):
 
     def __init__(self, engine: Engine, notice: str | None = None, *,
                  run_scheduler: bool = True, clock: Callable[[], float] = time.time,
-                 start: str = DEFAULT_MODE) -> None:
+                 start: str = DEFAULT_MODE, prewarm: bool = True) -> None:
         """``run_scheduler``: run the schedule here when no daemon does. ``clock``: "now" for
         durations and ETAs (snapshot tests fix it). ``start``: the first screen's mode."""
         self.DEFAULT_MODE = start  # Textual starts in DEFAULT_MODE: this instance's own
         super().__init__()
         self.engine = engine
+        self.prewarm = prewarm  # build the other screens ahead (_prewarm_next)
         keymap, self.key_clashes = console_keymap(engine.config.console.keys,
                                                   str(engine.config.path or "config"))
         self.set_keymap(keymap)  # [console] keys: ConfigError above for an unknown id
@@ -260,6 +264,23 @@ class BackupConsole(EngineCaller, App[int]):
                         "things", severity="warning", timeout=20, markup=False)
         self.settle_scheduler()
         self.set_interval(RECHECK_SECONDS, self._recheck)
+        if self.prewarm:
+            self.set_timer(PREWARM_AFTER, self._prewarm_next)
+
+    def _prewarm_next(self) -> None:
+        """Build one screen not shown yet, hidden, then the next a moment later: a screen's
+        first show mounts its widgets and re-applies the whole stylesheet for their
+        classes (up to 0.4 s on this machine while a backup ran, bench/key_latency.py);
+        built ahead, the first press of j, s, d or i only switches. The screen is resumed
+        and at once suspended, as a switch away from it would."""
+        if self._quitting:
+            return
+        for mode in self._modes:
+            if mode not in self._screen_stacks and mode != self.current_mode:
+                self._init_mode(mode)  # mounts it and posts ScreenResume
+                self._screen_stacks[mode][0].post_message(events.ScreenSuspend())
+                self.set_timer(PREWARM_GAP, self._prewarm_next)
+                return
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "switch_mode":  # not to the screen showing, nor from under a dialog
