@@ -45,7 +45,8 @@ def runs_as(owner: str | None, argv: list[str]) -> str:
     return "" if res.returncode == 0 else (res.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def _system_python() -> str:
+def system_python() -> str:
+    """The system python of this interpreter's version: a copy of the project runs on it."""
     return f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -56,7 +57,7 @@ def candidates() -> list[list[str]]:
     if override:
         found.append(shlex.split(override))
     found.append([sys.executable])
-    system = _system_python()
+    system = system_python()
     if os.path.exists(system):
         paths = sysconfig.get_paths()
         pypath = os.pathsep.join(dict.fromkeys([str(PROJECT), paths["purelib"],
@@ -93,7 +94,7 @@ def runtime_files() -> set[str]:
 def bundle(into: Path) -> list[str]:
     """Copy the project and its runtime packages into ``into`` (new: made here, 0755, so
     every OS user passes through); the argv prefix that runs the system python over it."""
-    system = _system_python()
+    system = system_python()
     if not os.path.exists(system):
         raise SandboxError(f"no {system} to run a copy of backup-tui with")
     if into.exists():
@@ -123,7 +124,7 @@ def server_python(owner: str | None, bundle_dir: Path | None = None) -> list[str
     options = candidates()
     if bundle_dir is not None and (bundle_dir / "src").is_dir():
         options.append(["env", f"PYTHONPATH={bundle_dir / 'src'}{os.pathsep}"
-                        f"{bundle_dir / 'site'}", _system_python()])
+                        f"{bundle_dir / 'site'}", system_python()])
     for argv in options:
         why = runs_as(owner, argv)
         if not why:
