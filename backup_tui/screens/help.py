@@ -260,26 +260,42 @@ class ConsoleFooter(Footer):
         ordered = [a for a in active.values() if a.node is self.app]
         ordered += [a for a in active.values() if a.node is not self.app]
         seen: set[str] = set()
+        compact = "-compact" if self.compact else ""
         for _node, binding, enabled, tooltip in ordered:
             if not binding.show or binding.action in seen:
                 continue
             seen.add(binding.action)
-            yield FooterKey(binding.key, self.app.get_key_display(binding),
-                            binding.description, binding.action, disabled=not enabled,
-                            tooltip=tooltip).data_bind(compact=Footer.compact)
+            yield self._key(FooterKey(binding.key, self.app.get_key_display(binding),
+                                      binding.description, binding.action,
+                                      disabled=not enabled, tooltip=tooltip,
+                                      classes=compact))
         if self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE:
             palette = active.get(self.app.COMMAND_PALETTE_BINDING)
             if palette is not None:
                 binding = palette.binding
-                yield FooterKey(binding.key, self.app.get_key_display(binding),
-                                binding.description, binding.action,
-                                classes="-command-palette", disabled=not palette.enabled,
-                                tooltip=binding.tooltip or binding.description)
+                yield self._key(FooterKey(binding.key, self.app.get_key_display(binding),
+                                          binding.description, binding.action,
+                                          classes="-command-palette -compact",
+                                          disabled=not palette.enabled,
+                                          tooltip=binding.tooltip or binding.description),
+                                compact=True)  # at the right edge, always compact
+
+    def _key(self, key: FooterKey, compact: bool | None = None) -> FooterKey:
+        """A key born compact or not: Textual's footer data-binds ``compact`` to each key,
+        and the binding restyles every key one by one on each recompose (most of a key
+        press's time while a backup ran); a change of ``compact`` recomposes instead."""
+        key.set_reactive(FooterKey.compact, self.compact if compact is None else compact)
+        return key
 
     def bindings_changed(self, screen: Screen) -> None:
         """Recompose only when the keys shown would differ: Textual signals the bindings on
         every focus change and screen switch, and rebuilding the footer each time was most
-        of a key's time while a backup ran (bench/key_latency.py)."""
+        of a key's time while a backup ran (bench/key_latency.py). Nor while a dialog
+        covers this screen, or another screen shows: the keys the app turns off under a
+        dialog (the screen switches) come back when it closes, and a hidden screen's footer
+        is brought up to date when its screen shows again."""
+        if self._bindings_ready and self.is_attached and self.app.screen is not self.screen:
+            return
         if self.is_attached and screen is self.screen and self._bindings_ready:
             shown = tuple((b.key, b.description, b.action, bool(enabled), b.show)
                           for _node, b, enabled, _tip in screen.active_bindings.values())
@@ -290,7 +306,10 @@ class ConsoleFooter(Footer):
 
     def on_resize(self) -> None:
         width = self.app.size.width
-        self.compact = width < COMPACT_BELOW
+        if self.compact != (width < COMPACT_BELOW):
+            self.compact = width < COMPACT_BELOW
+            if self._bindings_ready:  # the keys are born compact or not (_key)
+                self.call_after_refresh(self.recompose)
         # Under PALETTE_BELOW columns the palette key would cover the screen's keys: it
         # stays on ctrl+p, listed in ? like every key.
         if self.show_command_palette != (width >= PALETTE_BELOW):
