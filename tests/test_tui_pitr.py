@@ -657,36 +657,25 @@ async def _result_step(pilot: Pilot) -> None:
     await settle(pilot.app, pilot)
 
 
-async def _plan_step(pilot: Pilot) -> None:
-    await to_step(pilot.app, pilot, "plan")
+LOOK_SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 
 
-async def _time_step(pilot: Pilot) -> None:
-    await to_step(pilot.app, pilot, "time")
+@LOOK_SIZES
+@pytest.mark.parametrize("step", ["source", "time", "plan", "target", "confirm"])
+def test_step_look(snap_compare, utc, size, step):
+    """Each step before the run: the source list; the time step's timeline strip (a row per
+    copy, the base backups, the newest reachable point); the plan (the base backup, the WAL,
+    each copy with euw1 6 segments behind, the newest reachable point, the estimate from the
+    drills); the data directory and port; the typed confirmation."""
+    async def walk(pilot: Pilot) -> None:
+        await to_step(pilot.app, pilot, step)
+
+    assert snap_compare(console(CannedPitrEngine()), terminal_size=size, run_before=walk)
 
 
-def test_plan_step_look_at_80x24(snap_compare, utc):
-    """The plan to a time: the base backup, the WAL, each copy (euw1 6 segments behind),
-    the newest reachable point and the estimate from the drills."""
-    assert snap_compare(console(CannedPitrEngine()), terminal_size=(80, 24),
-                        run_before=_plan_step)
-
-
-def test_plan_step_look_at_160x48(snap_compare, utc):
-    """The plan step at 160x48: the dialog keeps its width, centred."""
-    assert snap_compare(console(CannedPitrEngine()), terminal_size=(160, 48),
-                        run_before=_plan_step)
-
-
-def test_result_step_look_at_80x24(snap_compare, utc):
+@LOOK_SIZES
+def test_result_step_look(snap_compare, utc, size):
     """The result: promotion time, the last replayed point, where it runs, how to connect
     and how to stop it."""
-    assert snap_compare(console(CannedPitrEngine()), terminal_size=(80, 24),
+    assert snap_compare(console(CannedPitrEngine()), terminal_size=size,
                         run_before=_result_step)
-
-
-def test_time_step_look_at_80x24(snap_compare, utc):
-    """The time step: the timeline strip (a row per copy, the base backups, the newest
-    reachable point) and the points to pick."""
-    assert snap_compare(console(CannedPitrEngine()), terminal_size=(80, 24),
-                        run_before=_time_step)

@@ -582,7 +582,7 @@ class CannedRestoreEngine(CannedEngine):
             rows=[("public.customers", 500, 500), ("public.orders", 3060, 3060)])
 
 
-LOOK = (80, 24)
+LOOK_SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 
 
 @pytest.fixture
@@ -604,28 +604,33 @@ def _steps(*keys: str):
     return run
 
 
-def test_look_snapshot_step(snap_compare, utc):
-    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
+@LOOK_SIZES
+def test_look_snapshot_step(snap_compare, utc, size):
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=size,
                         run_before=_steps("enter"))
 
 
-def test_look_target_step(snap_compare, utc):
-    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
+@LOOK_SIZES
+def test_look_target_step(snap_compare, utc, size):
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=size,
                         run_before=_steps("enter", "enter"))
 
 
-def test_look_files_target_step(snap_compare, utc):
+@LOOK_SIZES
+def test_look_files_target_step(snap_compare, utc, size):
     """A files snapshot: the directory field, what is restored, the tree a Tab away."""
-    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=size,
                         run_before=_steps("down", "enter", "enter"))
 
 
-def test_look_review_step(snap_compare, utc):
-    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
+@LOOK_SIZES
+def test_look_review_step(snap_compare, utc, size):
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=size,
                         run_before=_steps("enter", "enter", "enter"))
 
 
-def test_look_confirm_step(snap_compare, utc):
+@LOOK_SIZES
+def test_look_confirm_step(snap_compare, utc, size):
     async def replace(pilot: Pilot) -> None:
         await _steps("enter", "enter")(pilot)
         pilot.app.screen.query_one("#restore-target-choice").focus()
@@ -636,16 +641,18 @@ def test_look_confirm_step(snap_compare, utc):
         pilot.app.screen.query_one("#restore-confirm", Input).value = "shp"
         await pilot.press("enter")
 
-    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=size,
                         run_before=replace)
 
 
-def test_look_result_step(snap_compare, utc):
-    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK,
+@LOOK_SIZES
+def test_look_result_step(snap_compare, utc, size):
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=size,
                         run_before=_steps("enter", "enter", "enter", "enter"))
 
 
-def test_look_tree_step(snap_compare, utc):
+@LOOK_SIZES
+def test_look_tree_step(snap_compare, utc, size):
     async def tree(pilot: Pilot) -> None:
         await _steps("down")(pilot)  # a files snapshot: app-data
         await pilot.press("enter")
@@ -656,14 +663,15 @@ def test_look_tree_step(snap_compare, utc):
         await pilot.press("enter")
         await settle(pilot.app, pilot)
 
-    assert snap_compare(console(CannedRestoreEngine()), terminal_size=LOOK, run_before=tree)
+    assert snap_compare(console(CannedRestoreEngine()), terminal_size=size, run_before=tree)
 
 
-def test_look_error_dialog(snap_compare, utc):
+@LOOK_SIZES
+def test_look_error_dialog(snap_compare, utc, size):
     class Broken(CannedRestoreEngine):
         def plan_restore(self, snap, **options):
             raise EngineError("database 'shop': cannot connect to db-1:5432: server "
                               "unreachable (is it running, and are host and port right?)")
 
-    assert snap_compare(console(Broken()), terminal_size=LOOK,
+    assert snap_compare(console(Broken()), terminal_size=size,
                         run_before=_steps("enter", "enter", "enter"))
