@@ -111,7 +111,7 @@ def test_the_timer_picks_up_a_backup_made_elsewhere(sandbox, monkeypatch):
 
     async def flow():
         async def until(text: str) -> None:  # the timer keeps reading: no settle()
-            for _ in range(200):  # bounded: the reads land within a few ticks
+            for _ in range(600):  # bounded: the reads land within a few ticks (30 s)
                 await pilot.pause(0.05)
                 if text in plot_title(app, "duration"):
                     return

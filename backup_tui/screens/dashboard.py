@@ -126,9 +126,12 @@ class DashboardScreen(EngineCaller, Screen):
 
     def load(self, history: bool = False) -> None:
         """Read the status and the health again, and the history too when asked, when
-        ``HISTORY_SECONDS`` have passed, or before the first one."""
+        ``HISTORY_SECONDS`` have passed, or none was read yet; the very first read is the
+        verdict alone, so that it shows before the plots' read (a large repository)."""
         history = (history or not self.history
                    or time.monotonic() - self._history_at >= HISTORY_SECONDS)
+        if self.loaded is None and self._reading is None:
+            history = False  # the verdict first; its answer asks for the plots at once
         self._reading = self.call_engine(partial(self._read, history), group="dashboard",
                                          failed=DashboardFailed)
 
@@ -148,8 +151,8 @@ class DashboardScreen(EngineCaller, Screen):
             self._history_at = time.monotonic()
         if self.is_current:  # a late answer for a screen left meanwhile: shown on return
             self._show()
-        if message.history is None and key != self._history_key:
-            self.load(history=True)  # a backup or a drill since: the plots have more
+        if message.history is None and (key != self._history_key or not self.history):
+            self.load(history=True)  # none yet, or a backup or a drill since: more to plot
 
     def on_dashboard_failed(self, message: DashboardFailed) -> None:
         status = self.query_one("#dash-status", Static)
