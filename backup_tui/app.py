@@ -283,9 +283,17 @@ class BackupConsole(EngineCaller, App[int]):
                 return
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "switch_mode":  # not to the screen showing, nor from under a dialog
-            return parameters[0] != self.current_mode and not isinstance(self.screen, ModalScreen)
+        if action == "switch_mode":  # not to the screen showing (from under a dialog: below)
+            return parameters[0] != self.current_mode
         return True
+
+    async def action_switch_mode(self, mode: str) -> None:
+        """Switch screens, but never from under a dialog. Refused here rather than in
+        ``check_action``: there, each dialog that opens or closes would change the bindings
+        of the screen below and rebuild its footer (most of a key's time while a backup
+        ran, bench/key_latency.py)."""
+        if not isinstance(self.screen, ModalScreen):
+            self.switch_mode(mode)
 
     def action_help(self) -> None:
         """The keys of the screen showing (``backup_tui.screens.help``)."""

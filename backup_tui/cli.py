@@ -1107,6 +1107,10 @@ def cmd_cleanup(args, engine: Engine) -> int:
             ok = False
             sys.stderr.write(f"cleanup of {part['where']}: FAILED: {part['error']}\n")
             continue
+        if part.get("empty"):
+            print(f"== {part['where']}: no repository there yet (nothing replicated to it): "
+                  "nothing to clean")
+            continue
         title = "would" if part["dry_run"] else "did"
         print(f"== {part['where']} ({'dry run' if part['dry_run'] else 'cleanup'})")
         for d in part["decisions"]:

@@ -27,6 +27,10 @@ class RepositoryError(EngineError):
     """The repository is missing, not initialised, locked or otherwise unusable."""
 
 
+class NoRepository(RepositoryError):
+    """No repository at this location (its ``config`` object does not exist)."""
+
+
 class WrongPassword(RepositoryError):
     """No key of the repository opens with the given password."""
 

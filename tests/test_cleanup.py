@@ -129,3 +129,25 @@ def test_scheduler_runs_cleanup(sandbox):
     finally:
         sched.stop(grace=5)
     assert len(eng.snapshots()) == 1
+
+
+def test_cleanup_passes_over_a_replica_never_replicated_to(sandbox, s3_server, s3_buckets):
+    """A replica holding no repository yet (nothing replicated to it, as while the first
+    backup runs) has nothing to clean: said, and not a failure; a missing bucket still is."""
+    sandbox.extra = (replica_toml("euw1", s3_buckets.euw1, "eu-west-1", s3_server.endpoint_url,
+                                  replicate_after_backup=False)
+                     + replica_toml("gone", "no-such-bucket-btui", "us-east-1",
+                                    s3_server.endpoint_url, replicate_after_backup=False)
+                     + "[retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\n"
+                       "keep_monthly = 0\n")
+    sandbox.write_config()
+    eng = sandbox.engine(init=True)
+    ids = backups(eng, sandbox, 2)
+    reps = {r["where"]: r for r in eng.cleanup()["replicas"]}
+    assert reps["euw1"] == {"where": "euw1", "empty": True}
+    assert "error" in reps["gone"]
+    proc = sandbox.cli("cleanup")
+    out = proc.stdout.decode()
+    assert "== euw1: no repository there yet (nothing replicated to it): nothing to clean" in out
+    assert proc.returncode == 1 and b"cleanup of gone: FAILED" in proc.stderr
+    assert [s.id for s in eng.snapshots()] == ids[1:]

@@ -26,6 +26,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
 
 from backup_tui.app import BackupConsole
+from backup_tui.screens import pitr_wizard
 from backup_tui.screens.inventory import InventoryScreen
 from backup_tui.screens.pitr_wizard import PitrWizard
 from engine.errors import Cancelled, EngineError
@@ -658,11 +659,19 @@ async def _result_step(pilot: Pilot) -> None:
 
 
 LOOK_SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+LOOK_PORT = 48485
+
+
+@pytest.fixture
+def fixed_port(monkeypatch):
+    """The looks show the suggested port: one fixed number, taken as free."""
+    monkeypatch.setattr(pitr_wizard, "free_port", lambda: LOOK_PORT)
+    monkeypatch.setattr(pitr_wizard, "check_port", lambda text: int(text))
 
 
 @LOOK_SIZES
 @pytest.mark.parametrize("step", ["source", "time", "plan", "target", "confirm"])
-def test_step_look(snap_compare, utc, size, step):
+def test_step_look(snap_compare, utc, fixed_port, size, step):
     """Each step before the run: the source list; the time step's timeline strip (a row per
     copy, the base backups, the newest reachable point); the plan (the base backup, the WAL,
     each copy with euw1 6 segments behind, the newest reachable point, the estimate from the
@@ -674,7 +683,7 @@ def test_step_look(snap_compare, utc, size, step):
 
 
 @LOOK_SIZES
-def test_result_step_look(snap_compare, utc, size):
+def test_result_step_look(snap_compare, utc, fixed_port, size):
     """The result: promotion time, the last replayed point, where it runs, how to connect
     and how to stop it."""
     assert snap_compare(console(CannedPitrEngine()), terminal_size=size,

@@ -290,12 +290,8 @@ class ConsoleFooter(Footer):
     def bindings_changed(self, screen: Screen) -> None:
         """Recompose only when the keys shown would differ: Textual signals the bindings on
         every focus change and screen switch, and rebuilding the footer each time was most
-        of a key's time while a backup ran (bench/key_latency.py). Nor while a dialog
-        covers this screen, or another screen shows: the keys the app turns off under a
-        dialog (the screen switches) come back when it closes, and a hidden screen's footer
-        is brought up to date when its screen shows again."""
-        if self._bindings_ready and self.is_attached and self.app.screen is not self.screen:
-            return
+        of a key's time while a backup ran (bench/key_latency.py). (A dialog opening or
+        closing changes no binding of the screen below: ``BackupConsole.action_switch_mode``.)"""
         if self.is_attached and screen is self.screen and self._bindings_ready:
             shown = tuple((b.key, b.description, b.action, bool(enabled), b.show)
                           for _node, b, enabled, _tip in screen.active_bindings.values())

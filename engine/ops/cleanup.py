@@ -6,7 +6,8 @@ older than the oldest kept base backup of its cluster expires, engine/ops/wal_re
 Each
 replica is cleaned as a repository of its own, so a region that was offline is
 cleaned on the next run. Objects a replica keeps under Object Lock are skipped
-and reported, never a failure.
+and reported, never a failure; so is a replica that holds no repository yet (nothing
+was replicated to it: ``{"where": name, "empty": True}``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from engine.errors import EngineError
+from engine.errors import EngineError, NoRepository
 from engine.events import CancelToken, Event, EventCallback
 from engine.ops import prune as prune_op
 from engine.ops import retention as retention_op
@@ -83,6 +84,8 @@ def cleanup(engine: Engine, dry_run: bool, on_event: EventCallback,
             try:
                 out["replicas"].append(engine.for_replica(r.name).cleanup(
                     dry_run, on_event, cancel, replicas=False, lock_wait=lock_wait))
+            except NoRepository:  # never replicated to: nothing there to clean, no failure
+                out["replicas"].append({"where": r.name, "empty": True})
             except EngineError as e:
                 out["replicas"].append({"where": r.name, "error": str(e)})
     return out

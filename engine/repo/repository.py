@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.errors import EngineError, IntegrityError, NotFound, RepositoryError, WrongPassword
+from engine.errors import (
+    EngineError,
+    IntegrityError,
+    NoRepository,
+    NotFound,
+    RepositoryError,
+    WrongPassword,
+)
 from engine.repo import codec
 from engine.repo.crypto import Keys, b64e, unwrap_master, wrap_master
 from engine.repo.pack import (
@@ -215,7 +222,7 @@ class Repository:
         try:
             raw = backend.get("config")
         except NotFound:
-            raise RepositoryError(
+            raise NoRepository(
                 f"{backend.location}: no repository here (run 'backup-tui init' first; or, "
                 "if a [[replica]] holds it, 'backup-tui repository adopt --from REPLICA' "
                 "brings it back)"
