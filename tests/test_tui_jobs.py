@@ -116,8 +116,10 @@ def test_viewer_shows_the_daemons_running_job_live(sandbox, tmp_path, monkeypatc
 
         async def flow():
             async with app.run_test(size=SIZE) as pilot:
-                await until(pilot, lambda: app.scheduler_host.mode == VIEWER, 30, "viewer")
-                assert app.sub_title == f"{sandbox.repo} · viewer: daemon pid {proc.pid}"
+                viewer = f"{sandbox.repo} · viewer: daemon pid {proc.pid}"
+                # the mode changes in the worker, the sub-title when its message arrives
+                await until(pilot, lambda: app.sub_title == viewer, 30, "viewer")
+                assert app.scheduler_host.mode == VIEWER
                 # Resume the schedule from the console: the daemon sees it in the catalog.
                 await pilot.press("s")
                 screen = app.screen
@@ -160,8 +162,9 @@ def test_viewer_shows_the_daemons_running_job_live(sandbox, tmp_path, monkeypatc
                 assert SchedulerLock.holder(sandbox.state) == proc.pid
                 # The daemon stops: the console says so and does not take the schedule over.
                 assert stop_daemon(proc) == 0, log.read_text()
-                await until(pilot, lambda: app.scheduler_host.mode == OFF, 30, "daemon gone")
-                assert app.sub_title == f"{sandbox.repo} · scheduler off"
+                off = f"{sandbox.repo} · scheduler off"
+                await until(pilot, lambda: app.sub_title == off, 30, "daemon gone")
+                assert app.scheduler_host.mode == OFF
                 assert any(f"daemon (pid {proc.pid}) stopped" in n for n in notes(app))
                 assert not started and SchedulerLock.holder(sandbox.state) is None
 
@@ -195,8 +198,9 @@ def test_own_scheduler_runs_now_and_pauses(sandbox, monkeypatch, utc):
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.scheduler_host.mode == OWN, 30, "own scheduler")
-            assert app.sub_title == f"{sandbox.repo} · scheduler: this console"
+            own = f"{sandbox.repo} · scheduler: this console"  # once the message is in
+            await until(pilot, lambda: app.sub_title == own, 30, "own scheduler")
+            assert app.scheduler_host.mode == OWN
             assert SchedulerLock.holder(sandbox.state) == os.getpid()
             await pilot.press("s")
             screen = app.screen
@@ -280,8 +284,8 @@ def test_run_now_without_any_scheduler_waits_and_says_so(sandbox):
 
     async def flow():
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.scheduler_host.mode == OFF)
-            assert app.sub_title.endswith(" · scheduler off")
+            await until(pilot, lambda: app.sub_title.endswith(" · scheduler off"))
+            assert app.scheduler_host.mode == OFF
             await pilot.press("s")
             await until(pilot, lambda: app.screen.query_one(ScheduleTable).schedules)
             await pilot.press("down", "down")  # database, cluster: nothing to run (n disabled)
