@@ -741,6 +741,16 @@ class CannedEngine:
     def overview(self) -> tuple[dict, dict]:
         return self.status(), self.health()
 
+    # What the screens the console builds ahead, hidden, read (app._prewarm_next): nothing.
+    def jobs(self, limit: int = 50) -> list[dict]:
+        return []
+
+    def schedules(self, now=None) -> list[dict]:
+        return []
+
+    def history(self, days: int = 30) -> dict:
+        return {"days": days, "repository_bytes": 0, "daily": [], "backups": [], "drills": []}
+
     def replicate(self, replica=None, repair=False, on_event=None, cancel=None):
         return [
             ReplicaResult("use1", uploaded=0, present=312, seconds=0.4,
