@@ -398,6 +398,43 @@ def build_parser() -> ArgParser:
     lb.add_argument("--replica", help="a lock of this [[replica]]")
     _json_flag(lb)
 
+    roles_help = ("viewer (every read: list, status, health, jobs), operator (also backup, "
+                  "verify, restore into a new target), admin (also what replaces data, "
+                  "cleanup, cancel)")
+    ak = sub.add_parser("api-key", help="keys of the daemon's HTTP API: create, list, revoke",
+                        description="Keys for the daemon's HTTP API ([api] listen). A key is "
+                        "shown once, when it is created; the state directory keeps only a "
+                        "salted hash of it (api-keys.json, mode 0600). Clients send it as "
+                        "'Authorization: Bearer KEY'. Creating and revoking need an admin and "
+                        "are audited; a running daemon sees the change at its next request.",
+                        epilog=_examples("backup-tui api-key create grafana --role viewer",
+                                         "backup-tui api-key list",
+                                         "backup-tui api-key revoke grafana"))
+    aksub = ak.add_subparsers(dest="what", required=True, parser_class=ArgParser,
+                              help="what to do")
+    akc = aksub.add_parser("create", help="make a key and print it, this once (admin; audited)",
+                           description="Make a key and print it on stdout, this once: store "
+                           "it where the client keeps secrets. Roles: " + roles_help + ".",
+                           epilog=_examples("backup-tui api-key create grafana --role viewer",
+                                            "backup-tui api-key create ci-restore --role "
+                                            "operator --json"))
+    akc.add_argument("name", help="a name for the key: 1 to 64 of A-Z a-z 0-9 _ . - (one "
+                     "active key per name)")
+    akc.add_argument("--role", required=True, metavar="ROLE",
+                     help="viewer, operator or admin (each includes the ones before it)")
+    _json_flag(akc)
+    akl = aksub.add_parser("list", help="every key: name, role, created, revoked",
+                           description="Every key, revoked ones too: name, role, when it was "
+                           "created and revoked. Never a key or its hash.",
+                           epilog=_examples("backup-tui api-key list",
+                                            "backup-tui api-key list --json"))
+    _json_flag(akl)
+    akr = aksub.add_parser("revoke", help="revoke a key at once (admin; audited)",
+                           description="Revoke the active key of this name: the API refuses "
+                           "it from the next request on. The name may then be used again.",
+                           epilog=_examples("backup-tui api-key revoke grafana"))
+    akr.add_argument("name", help="the name of an active key (see api-key list)")
+
     d = sub.add_parser(
         "dump", help="write a snapshot's native stream (pax tar, pg_dump) to stdout",
         description="Write a snapshot to stdout in its native form: files (and a "
@@ -1184,6 +1221,34 @@ def cmd_lock(args, engine: Engine) -> int:
     return 0
 
 
+def cmd_api_key(args, engine: Engine) -> int:
+    if args.what == "create":
+        text = engine.api_key_create(args.name, args.role)
+        if args.json:
+            out_json({"name": args.name, "role": args.role, "key": text})
+        else:
+            print(text)
+        sys.stdout.flush()
+        sys.stderr.write(f"API key {args.name!r} ({args.role}) created. It is shown only this "
+                         "once: keep it now. Clients send it as 'Authorization: Bearer "
+                         "<key>'.\n")
+        return 0
+    if args.what == "revoke":
+        engine.api_key_revoke(args.name)
+        print(f"revoked API key {args.name!r}")
+        return 0
+    rows = engine.api_key_list()
+    if args.json:
+        out_json(rows)
+    elif not rows:
+        print("no API keys (backup-tui api-key create NAME --role ROLE makes one)")
+    else:
+        print(f"{'NAME':24} {'ROLE':9} {'CREATED':25} REVOKED")
+        for r in rows:
+            print(f"{r['name']:24} {r['role']:9} {r['created']:25} {r['revoked'] or '-'}")
+    return 0
+
+
 def cmd_forget(args, engine: Engine) -> int:
     if not args.yes:
         lines = []
@@ -1351,6 +1416,7 @@ COMMANDS = {
     "forget": cmd_forget,
     "repair": cmd_repair,
     "lock": cmd_lock,
+    "api-key": cmd_api_key,
     "cleanup": cmd_cleanup,
     "pin": cmd_pin,
     "unpin": cmd_pin,

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from engine import security
 from engine.errors import EngineError
 from engine.events import Event
 
@@ -680,7 +681,7 @@ class Catalog:
         self, action: str, target: str, outcome: str, snapshots: list[str] = (), detail: str = ""
     ) -> None:
         uid = os.getuid()
-        user = _user()
+        user = security.actor() or _user()  # the API's key and client when acting for one
         self._write("admin", lambda db: db.execute(
             "INSERT INTO audit (time, user, uid, action, target, snapshots, outcome, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

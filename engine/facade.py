@@ -553,6 +553,37 @@ class Engine:
     def audit_log(self, limit: int = 200) -> list[dict]:
         return self.catalog.audit_log(limit)
 
+    # -------------------------------------------------------------- API keys
+    def _api_keys(self) -> Any:
+        """The key store of the state directory (engine/api/keys.py), imported only here:
+        the console and wal-push never load engine.api."""
+        from engine.api.keys import KeyStore
+
+        with self._open_lock:
+            if getattr(self, "_key_store", None) is None:
+                self.catalog  # noqa: B018 - makes the state directory with its modes first
+                self._key_store = KeyStore(self.config.state_dir)
+            return self._key_store
+
+    def api_key_create(self, name: str, role: str) -> str:
+        """A new API key for the daemon's HTTP API; returns its text, shown this once (the
+        store keeps a salted hash). Admin only; audited with the name, never the key."""
+        with self.job("api-key create", name, admin="api-key create", record=False) as job:
+            text = self._api_keys().create(name, role)
+            job.outcome, job.detail = "created", f"role {role}"
+        return text
+
+    def api_key_list(self) -> list[dict]:
+        """Every API key, revoked ones too: name, role, created, revoked (no hashes)."""
+        return self._api_keys().list()
+
+    def api_key_revoke(self, name: str) -> None:
+        """Revoke an API key at once (a running daemon rereads the store). Admin only,
+        audited."""
+        with self.job("api-key revoke", name, admin="api-key revoke", record=False) as job:
+            self._api_keys().revoke(name)
+            job.outcome = "revoked"
+
 
 BackupResult = backup_op.BackupResult
 

@@ -4,19 +4,47 @@ Read-only actions (list, show, status, verify, dump, audit) are open to anyone
 who can read the repository; mutating ones (init, backup, restore, cleanup,
 pin, replicate, catalog rebuild, repository adopt, schedule changes) need an
 admin.
+
+Who did it, for the audit log: the OS user, unless the code runs ``acting_as`` someone
+(the HTTP API sets ``api:<key name>@<client address>`` for a request and its job).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import grp
 import os
 import pwd
+from collections.abc import Iterator
 
 from engine.errors import EngineError
 
 
 class NotAdmin(EngineError):
     """A mutating action was asked for by a user who is not an admin."""
+
+
+_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("backup_tui_actor",
+                                                                     default=None)
+
+
+@contextlib.contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Audit lines written inside this block (in this thread or asyncio context only: a
+    new thread starts without it) name ``actor`` as their user instead of the OS user."""
+    if not isinstance(actor, str) or not actor.strip():
+        raise ValueError("acting_as needs a non-empty actor")
+    token = _ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
+def actor() -> str | None:
+    """Whom the audit log names in this context (``acting_as``), or None: the OS user."""
+    return _ACTOR.get()
 
 
 def current_user() -> str:
