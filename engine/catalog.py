@@ -67,6 +67,22 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid_start TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_started ON jobs(started);
+CREATE TABLE IF NOT EXISTS api_jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    source TEXT,
+    state TEXT NOT NULL,
+    requested REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    progress TEXT DEFAULT '{}',
+    error TEXT,
+    result TEXT,
+    requested_by TEXT DEFAULT '',
+    jobs TEXT DEFAULT '[]',
+    pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_jobs_requested ON api_jobs(requested);
 CREATE TABLE IF NOT EXISTS verified (
     snapshot TEXT PRIMARY KEY,
     time REAL NOT NULL,
@@ -513,6 +529,50 @@ class Catalog:
         with self._conn() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             return self._seen_as(dict(row)) if row else None
+
+    # --------------------------------------------------------------- API jobs
+    # What the daemon's HTTP API started (engine/api/jobs.py): one row per request, with
+    # the catalog jobs it ran, so a client polling across a daemon restart finds it.
+    _API_COLUMNS = ("id", "kind", "source", "state", "requested", "started", "ended",
+                    "progress", "error", "result", "requested_by", "jobs", "pid")
+    _API_JSON = ("progress", "result", "jobs")
+
+    def save_api_job(self, job: dict) -> None:
+        values = [json.dumps(job.get(c)) if c in self._API_JSON else job.get(c)
+                  for c in self._API_COLUMNS]
+        marks = ", ".join("?" for _ in self._API_COLUMNS)
+        self._write("catalog", lambda db: db.execute(
+            f"INSERT OR REPLACE INTO api_jobs ({', '.join(self._API_COLUMNS)}) "
+            f"VALUES ({marks})", values))
+
+    def _api_row(self, row: sqlite3.Row) -> dict:
+        d = dict(row)
+        for c in self._API_JSON:
+            d[c] = json.loads(d[c]) if d[c] else None
+        return d
+
+    def api_job(self, job_id: str) -> dict | None:
+        with self._conn() as db:
+            row = db.execute("SELECT * FROM api_jobs WHERE id=?", (job_id,)).fetchone()
+            return self._api_row(row) if row else None
+
+    def api_jobs(self, state: str | None = None, limit: int = 50,
+                 offset: int = 0) -> tuple[list[dict], int]:
+        """The newest first, and how many there are in all (of ``state`` when given)."""
+        where, args = ("WHERE state=?", [state]) if state else ("", [])
+        with self._conn() as db:
+            total = db.execute(f"SELECT COUNT(*) FROM api_jobs {where}", args).fetchone()[0]
+            rows = db.execute(f"SELECT * FROM api_jobs {where} ORDER BY requested DESC "
+                              "LIMIT ? OFFSET ?", [*args, limit, offset])
+            return [self._api_row(r) for r in rows], total
+
+    def end_orphan_api_jobs(self, error: str) -> int:
+        """API jobs left queued or running by a daemon that stopped become failed."""
+        def mark(db: sqlite3.Connection) -> int:
+            return db.execute("UPDATE api_jobs SET state='failed', error=?, ended=? "
+                              "WHERE state IN ('queued', 'running')",
+                              (error, time.time())).rowcount
+        return self._write("catalog", mark) or 0
 
     def _seen_as(self, job: dict) -> dict:
         """A reader who may not write the catalog still sees a dead process's job as

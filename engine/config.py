@@ -84,6 +84,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: the daemon's HTTP API (engine/api/), off unless ``listen`` is set. A
+    non-loopback address needs ``tls_cert`` and ``tls_key``, or ``allow_plaintext``."""
+
+    listen: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    allow_plaintext: bool = False
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True)
 class ReplicaConfig:
     """One ``[[replica]]``: an S3 bucket/prefix holding a complete copy of the repository."""
 
@@ -134,6 +146,7 @@ _TABLES: dict[str, type] = {
     "notify": NotifyConfig,
     "health": HealthConfig,
     "metrics": MetricsConfig,
+    "api": ApiConfig,
     "console": ConsoleConfig,
 }
 
@@ -154,6 +167,7 @@ class Config:
     replicas: tuple[ReplicaConfig, ...] = ()
     sources: tuple[SourceConfig, ...] = ()  # every [[fileset]], [[database]], ... in order
     console: ConsoleConfig = dataclasses.field(default_factory=ConsoleConfig)
+    api: ApiConfig = dataclasses.field(default_factory=ApiConfig)
 
     @property
     def repo_path(self) -> Path:
@@ -421,6 +435,7 @@ def parse_config(data: dict[str, Any], where: str = "config") -> Config:
                 check(where, prefix)
             built[key].append(obj)
     _check_repository(where, tables["repository"])
+    _check_api(where, tables["api"])
     for key, value in tables["retention"].as_dict().items():
         if value < 0:
             raise ConfigError(f"{where}: retention.{key} must not be negative")
@@ -443,6 +458,50 @@ def _check_repository(where: str, repo: RepositoryConfig) -> None:
         raise ConfigError(
             f"{where}: repository.compression must be 'none' or 'zstd:N' (1-19), got {comp!r}"
         )
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` -> (host, port); ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(listen)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_api(where: str, api: ApiConfig) -> None:
+    if not api.listen:
+        return
+    try:
+        host, _port = split_listen(api.listen)
+    except ValueError:
+        raise ConfigError(f"{where}: api.listen must be HOST:PORT (\"127.0.0.1:8700\", "
+                          f"\"[::1]:8700\"), got {api.listen!r}") from None
+    if bool(api.tls_cert) != bool(api.tls_key):
+        raise ConfigError(f"{where}: api.tls_cert and api.tls_key go together: set both "
+                          "or neither")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(api, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{where}: api.{key}: no such file {path!r}")
+    if not is_loopback(host) and not api.tls_cert and not api.allow_plaintext:
+        raise ConfigError(
+            f"{where}: [api] listen = {api.listen!r} is not a loopback address: API keys "
+            "would cross the network in clear text; set api.tls_cert and api.tls_key, or "
+            "api.allow_plaintext = true behind a trusted TLS proxy")
+    if api.max_body_bytes < 1024:
+        raise ConfigError(f"{where}: api.max_body_bytes must be at least 1024")
 
 
 def _check_replica(where: str, prefix: str, rep: ReplicaConfig) -> None:

@@ -293,26 +293,12 @@ class Scheduler:
             if self._stopping.is_set():
                 errors.append(f"{key}: not started (stopping)")
                 break
-            lock = self._source_lock(key)
-            if not lock.acquire(blocking=False):
-                if reason == "schedule":  # the running one does the same work
-                    _info("already running: skipped", kind=kind, target=key)
-                    continue
-                _info("queued behind the running job of the same source", kind=kind,
-                      target=key, reason=reason)
-                lock.acquire()  # a run-now or a missed run waits its turn
-                if self._stopping.is_set():
-                    lock.release()
-                    errors.append(f"{key}: not started (stopping)")
-                    break
-            token = CancelToken()
-            with self._running_guard:
-                self._running[key] = token
-                self._since[key] = time.time()
             start = time.monotonic()
-            _info("job started", kind=kind, target=key, reason=reason)
             try:
-                result = fn(token, self._learner(key))
+                result = self.run_target(key, fn, wait=reason != "schedule", kind=kind,
+                                         reason=reason)
+                if result is _SKIPPED:  # the running one does the same work
+                    continue
                 problems = self._problems(result)
                 if problems:
                     errors.append(f"{key}: {problems}")
@@ -321,25 +307,67 @@ class Scheduler:
                 else:
                     _info("job succeeded", kind=kind, target=key,
                           seconds=round(time.monotonic() - start, 2))
+            except _NotStarted:
+                errors.append(f"{key}: not started (stopping)")
+                break
             except EngineError as e:
                 errors.append(f"{key}: {e}")
                 _warn("job failed", kind=kind, target=key, error=e)
             except Exception as e:  # noqa: BLE001 - a bug in one job must not stop the daemon
                 errors.append(f"{key}: {type(e).__name__}: {e}")
                 log.exception("job crashed", extra={"fields": {"kind": kind, "target": key}})
-            finally:
-                lock.release()
-                with self._running_guard:
-                    self._running.pop(key, None)
-                    self._since.pop(key, None)
-                    for job_id in [j for j, k in self._job_keys.items() if k == key]:
-                        del self._job_keys[job_id]
-                with self._idle:
-                    self._idle.notify_all()
         outcome = "failed" if errors else "succeeded"
         cat.schedule_ran(kind, outcome, "; ".join(errors),
                          missed.timestamp() if missed else None)
         return outcome
+
+    def run_target(self, key: str, fn, wait: bool = True, kind: str = "", reason: str = "",
+                   token: CancelToken | None = None, on_event=None, on_start=None):
+        """Run ``fn(token, on_event)`` as the job of target ``key`` (a source's target, or
+        an operation): never beside another run of the same key (the per-key lock; with
+        ``wait`` it queues behind it, else it returns ``_SKIPPED``), cancellable through
+        ``cancel``, and waited for (then interrupted) by ``stop``. ``on_start()`` is called
+        once the lock is held. The schedule and the HTTP API (engine/api/jobs.py) both run
+        their work here: one queue, one set of locks. Raises what ``fn`` raises, and
+        ``_NotStarted`` when the scheduler stops before the turn comes."""
+        lock = self._source_lock(key)
+        if not lock.acquire(blocking=False):
+            if not wait:
+                _info("already running: skipped", kind=kind, target=key)
+                return _SKIPPED
+            _info("queued behind the running job of the same source", kind=kind,
+                  target=key, reason=reason)
+            while not lock.acquire(timeout=0.5):  # a run-now or an API job waits its turn
+                if self._stopping.is_set() or (token is not None and token.cancelled):
+                    raise _NotStarted(key)
+        if self._stopping.is_set():
+            lock.release()
+            raise _NotStarted(key)
+        token = token or CancelToken()
+        with self._running_guard:
+            self._running[key] = token
+            self._since[key] = time.time()
+        learn = self._learner(key)
+
+        def events(event) -> None:
+            learn(event)
+            if on_event is not None:
+                on_event(event)
+
+        _info("job started", kind=kind, target=key, reason=reason)
+        try:
+            if on_start is not None:
+                on_start()
+            return fn(token, events)
+        finally:
+            lock.release()
+            with self._running_guard:
+                self._running.pop(key, None)
+                self._since.pop(key, None)
+                for job_id in [j for j, k in self._job_keys.items() if k == key]:
+                    del self._job_keys[job_id]
+            with self._idle:
+                self._idle.notify_all()
 
     def _learner(self, key: str):
         """The event callback of a run of ``key``: it learns the catalog job ids the run
@@ -423,6 +451,10 @@ class Scheduler:
                 out.append(f"{len(r.problems)} problem(s)")
         return "; ".join(out)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def running(self) -> list[str]:
         """Targets of the jobs this scheduler is running now."""
         with self._running_guard:
@@ -432,6 +464,16 @@ class Scheduler:
         if self._aps is None:
             return {}
         return {j.id: j.next_run_time for j in self._aps.get_jobs() if j.id != "_requests"}
+
+
+_SKIPPED = object()  # run_target without wait: the key was running already
+
+
+class _NotStarted(EngineError):
+    """run_target: the scheduler stopped (or the caller cancelled) before the turn came."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key}: not started (stopping)")
 
 
 class _SchedulerCancel(CancelToken):
@@ -447,51 +489,10 @@ class _SchedulerCancel(CancelToken):
 
 
 def serve_http(engine, listen: str):
-    """Read-only /health and /metrics on a loopback address. Returns the server."""
-    import ipaddress
-    import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    """``[metrics] listen``: /health and /metrics on a loopback address (engine/api/)."""
+    from engine.api.server import serve_metrics
 
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError
-    except ValueError:
-        raise EngineError(f"metrics.listen {listen!r}: only a loopback address may be used "
-                          "(127.0.0.1:PORT or [::1]:PORT)") from None
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            from engine import metrics
-
-            try:
-                if self.path.split("?")[0] == "/health":
-                    verdict = engine.health()
-                    body = json.dumps(verdict).encode()
-                    self._send(200 if verdict["ok"] else 503, "application/json", body)
-                elif self.path.split("?")[0] == "/metrics":
-                    self._send(200, "text/plain; version=0.0.4", metrics.render(engine).encode())
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-            except Exception as e:  # noqa: BLE001 - answer, never crash the daemon
-                self._send(500, "text/plain", f"error: {e}\n".encode())
-
-        def _send(self, code: int, ctype: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    family_host = host
-    server = ThreadingHTTPServer((family_host, int(port)), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
-    _info("serving /health and /metrics", listen=listen)
-    return server
+    return serve_metrics(engine, listen)
 
 
 def run_daemon(engine) -> int:
@@ -506,13 +507,18 @@ def run_daemon(engine) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sched = Scheduler(engine).start()
-    server = serve_http(engine, engine.config.metrics.listen) \
-        if engine.config.metrics.listen else None
+    servers = []
     try:
+        if engine.config.api.listen:  # the HTTP API (engine/api/), in this process
+            from engine.api.server import serve_api
+
+            servers.append(serve_api(engine, sched))
+        if engine.config.metrics.listen:
+            servers.append(serve_http(engine, engine.config.metrics.listen))
         while not stop.wait(1.0):
             pass
     finally:
-        if server is not None:
-            server.shutdown()
-        sched.stop()
+        sched.stop()  # running jobs (API ones too) get their grace first
+        for server in servers:
+            server.stop()
     return 0
