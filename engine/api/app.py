@@ -582,7 +582,7 @@ class AuditAndLimits:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_body)
             return message
 
         status = 500
@@ -619,8 +619,12 @@ class AuditAndLimits:
             log.warning("cannot write the audit line of %s: %s", action, e)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised by the body reader: an HTTPException, which FastAPI's body parsing passes on
+    (any other exception there becomes a 400 "error parsing the body")."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
 
 
 async def _too_large(send, limit: int) -> None:

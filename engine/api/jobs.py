@@ -69,6 +69,30 @@ def public(row: dict) -> dict:
             "ended": _iso(row.get("ended")), "jobs": row.get("jobs") or []}
 
 
+_CATALOG_STATES = {"running": "running", "succeeded": "succeeded"}  # the rest: failed
+
+
+def catalog_public(job: dict) -> dict:
+    """A catalog job (the schedule's, the console's, the CLI's) in the API's job shape."""
+    state = _CATALOG_STATES.get(job["state"], "failed")
+    if job["state"] == "interrupted" and "cancel" in (job.get("error") or ""):
+        state = "cancelled"  # on request; else the process running it ended
+    progress = {k: job.get(k) or 0 for k in ("bytes_done", "bytes_total", "items_done",
+                                             "items_total")}
+    total, done = progress["bytes_total"] or progress["items_total"], (
+        progress["bytes_done"] if progress["bytes_total"] else progress["items_done"])
+    progress.update(phase=job.get("phase") or "", message=job.get("message") or "",
+                    fraction=min(1.0, done / total) if total else None)
+    error = job.get("error") or None
+    if job["state"] == "incomplete" and not error:
+        error = "incomplete"
+    return {"job_id": job["id"], "kind": job["kind"], "source": job.get("target"),
+            "state": state, "progress": progress, "error": error,
+            "result": None, "requested_by": "", "requested": _iso(job.get("started")),
+            "started": _iso(job.get("started")), "ended": _iso(job.get("ended")),
+            "jobs": [job["id"]]}
+
+
 @dataclass
 class _Live:
     row: dict
@@ -176,7 +200,10 @@ class ApiJobs:
         if live is not None:
             return public(live.row)
         row = self.engine.catalog.api_job(job_id)
-        return public(row) if row else None
+        if row is not None:
+            return public(row)
+        job = self.engine.catalog.job(job_id)  # a scheduled, console or CLI job
+        return catalog_public(job) if job else None
 
     def list(self, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
         with self._guard:
