@@ -580,6 +580,10 @@ def build_parser() -> ArgParser:
     wf.add_argument("dest", help="where to write it (%%p)").complete = _FILE
     wf.add_argument("--cluster", help="a [[cluster]] name (needed when more than one)")
     wf.add_argument("--replica", help="read this [[replica]] alone")
+    wf.add_argument("--spool", help="fetch the next segments ahead into this folder "
+                    "(restore pitr sets it; docs/WAL.md)")
+    wf.add_argument("--prefetch", type=int, choices=range(257), metavar="N",
+                    help="segments fetched ahead with --spool (default 16; 0: none)")
 
     cp = sub.add_parser(
         "completion", help="print a shell completion script (bash or zsh)",
@@ -1405,7 +1409,8 @@ def cmd_completion(args, parser: argparse.ArgumentParser) -> int:
 def cmd_wal(args, engine: Engine) -> int:
     pos = [args.path] if args.command == "wal-push" else [args.name, args.dest]
     return cli_wal.execute(args.config, args.command, pos, args.cluster,
-                           getattr(args, "replica", None))
+                           getattr(args, "replica", None), getattr(args, "spool", None),
+                           getattr(args, "prefetch", None))
 
 
 COMMANDS = {

@@ -19,12 +19,13 @@ COMMANDS = ("wal-push", "wal-fetch")
 USAGE = {
     "wal-push": "backup-tui [--config PATH] wal-push PATH [--cluster NAME]",
     "wal-fetch": "backup-tui [--config PATH] wal-fetch NAME DEST [--cluster NAME] "
-                 "[--replica NAME]",
+                 "[--replica NAME] [--spool DIR [--prefetch N]]",
 }
 
 
 def _parse(argv: list[str]) -> tuple[str | None, str, list[str], dict[str, str]] | None:
-    """(config, command, positional arguments, options: cluster, replica) when argv is a
+    """(config, command, positional arguments, options: cluster, replica, spool, prefetch)
+    when argv is a
     wal command this fast parser understands; None to leave it to the full parser (help,
     other flags)."""
     config = None
@@ -42,7 +43,8 @@ def _parse(argv: list[str]) -> tuple[str | None, str, list[str], dict[str, str]]
     if i >= len(argv) or argv[i] not in COMMANDS:
         return None
     command, rest = argv[i], argv[i + 1:]
-    names = ("--cluster", "--replica") if command == "wal-fetch" else ("--cluster",)
+    names = ("--cluster", "--replica", "--spool", "--prefetch") if command == "wal-fetch" \
+        else ("--cluster",)
     opts: dict[str, str] = {}
     pos: list[str] = []
     j = 0
@@ -74,11 +76,17 @@ def run(argv: list[str]) -> int | None:
     if len(pos) != want:
         sys.stderr.write(f"backup-tui: usage: {USAGE[command]}\n")
         return 2
-    return execute(config, command, pos, opts.get("cluster"), opts.get("replica"))
+    prefetch = opts.get("prefetch")
+    if prefetch is not None and not (prefetch.isdigit() and int(prefetch) <= 256):
+        sys.stderr.write("backup-tui: wal-fetch: --prefetch takes 0 to 256 (segments)\n")
+        return 2
+    return execute(config, command, pos, opts.get("cluster"), opts.get("replica"),
+                   opts.get("spool"), None if prefetch is None else int(prefetch))
 
 
 def execute(config: str | None, command: str, pos: list[str], cluster: str | None,
-            replica: str | None = None) -> int:
+            replica: str | None = None, spool: str | None = None,
+            prefetch: int | None = None) -> int:
     import logging
 
     from engine.errors import EngineError
@@ -86,6 +94,21 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
     # the outcome is the one line below (PostgreSQL logs it); no "waiting for a lock" note
     logging.getLogger("backup_tui").addHandler(logging.NullHandler())
     prepared = None
+    config_path = _find_config(config)
+    if command == "wal-fetch" and spool:
+        # a segment fetched ahead into the spool: checked and renamed, nothing imported
+        # (engine/walspool.py); else a prefetcher starts and the segment is fetched below
+        from engine import walspool
+
+        def prefetcher(sp, after: str, ahead: int, seg_size: int | None) -> None:
+            walspool.run_prefetcher(config_path, cluster, replica, sp, after, ahead, seg_size)
+
+        try:
+            if walspool.serve(spool, pos[0], pos[1], _ahead(prefetch), prefetcher):
+                return 0
+        except Exception as e:  # noqa: BLE001 - the spool only speeds up: fetch it
+            sys.stderr.write(f"backup-tui: wal-fetch: spool {spool}: {type(e).__name__}: "
+                             f"{e} (fetching it)\n")
     if command == "wal-push":  # read and compress the file while the rest is imported
         from engine.walfile import Prepared
 
@@ -93,11 +116,19 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
     from engine import wal
 
     try:
-        settings = wal.WalSettings.load(_find_config(config))
+        settings = wal.WalSettings.load(config_path)
         if command == "wal-push":
             wal.push(settings, pos[0], cluster, prepared)
         else:
             wal.fetch(settings, pos[0], pos[1], cluster, replica)
+            if spool:
+                from engine import walspool
+
+                try:  # the segments after it, fetched ahead (engine/walspool.py)
+                    walspool.fetched(spool, pos[0], pos[1], _ahead(prefetch), prefetcher)
+                except Exception as e:  # noqa: BLE001 - the spool only speeds up
+                    sys.stderr.write(f"backup-tui: wal-fetch: spool {spool}: "
+                                     f"{type(e).__name__}: {e}\n")
         return 0
     except EngineError as e:
         line = " ".join(str(e).split())
@@ -113,6 +144,12 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
     except Exception as e:  # noqa: BLE001 - one line for PostgreSQL's log, exit 1: it retries
         sys.stderr.write(f"backup-tui: {command}: unexpected {type(e).__name__}: {e}\n")
         return wal.WalUnavailable.exit_code if command == "wal-fetch" else 1
+
+
+def _ahead(prefetch: int | None) -> int:
+    from engine import walspool
+
+    return walspool.DEFAULT_AHEAD if prefetch is None else prefetch
 
 
 def _find_config(explicit: str | None) -> str:

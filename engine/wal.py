@@ -699,9 +699,11 @@ class _S3Reader:
                 for o in resp.get("Contents", [])]
 
 
-def write_atomic(dest: str, data: bytes) -> None:
-    """``dest`` written whole or not at all: a temporary file beside it, fsync, rename,
-    fsync of the folder."""
+def write_atomic(dest: str, data: bytes, sync: bool = True) -> None:
+    """``dest`` written whole or not at all: a temporary file beside it, rename (with
+    ``sync``: fsync of the file before and of the folder after). wal-fetch writes without
+    sync: PostgreSQL fsyncs what it keeps of a restored file itself, and after a crash it
+    asks for the file again (pgBackRest's archive-get writes without sync too)."""
     folder = os.path.dirname(os.path.abspath(dest))
     tmp = os.path.join(folder, f".{os.path.basename(dest)}.{secrets.token_hex(6)}.tmp")
     try:
@@ -710,7 +712,8 @@ def write_atomic(dest: str, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, dest)
@@ -718,12 +721,91 @@ def write_atomic(dest: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise WalError(f"wal-fetch: cannot write {dest}: {e.strerror}") from None
+    if not sync:
+        return
     with contextlib.suppress(OSError):
         dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+class Copies:
+    """The copies of the archive wal-fetch reads, in its order: the local repository, then
+    each [[replica]] in config order (``replica``: that one alone). Each copy's keys are
+    opened once (the prefetcher of engine/walspool.py reads many files through one
+    Copies). `get` returns a file's header and bytes, every part checked."""
+
+    def __init__(self, config: Any, cluster: str | None = None, replica: str | None = None):
+        self.settings = settings = WalSettings.of(config)
+        self.cluster = settings.cluster(cluster)
+        self.replica = replica
+        replicas = settings.replicas
+        if replica is not None:
+            replicas = tuple(r for r in settings.replicas if r.name == replica)
+            if not replicas:
+                raise UsageError(f"no [[replica]] named {replica!r} (known: "
+                                 f"{', '.join(r.name for r in settings.replicas) or 'none'})")
+        self.replicas = replicas
+        self.password = settings.password()
+        self._local: Any = None
+        self._readers: dict[str, Any] = {}
+        self._keys: dict[str, Keys] = {}
+
+    def _copies(self, att: _Attempts) -> Iterable[tuple[str, Any]]:
+        if self.replica is not None:
+            pass  # that replica alone
+        elif Path(self.settings.repo_path, "config").exists():
+            if self._local is None:
+                self._local = _local_backend(self.settings)
+            yield "local", self._local
+        else:
+            att.tried.append("local (no repository)")
+        for rep in self.replicas:
+            reader = self._readers.get(rep.name)
+            if reader is None:
+                try:
+                    reader = self._readers[rep.name] = _S3Reader(rep)
+                except Exception as e:  # noqa: BLE001 - a broken replica setting: try the next
+                    att.errors.append(f"{rep.name}: {e}")
+                    continue
+            yield rep.name, reader
+
+    def get(self, name: str) -> tuple[dict, bytes, str]:
+        """(header, file bytes, the copy's label: "local" or the replica's name) of the
+        archived file ``name``. WalNotFound when at least one copy answered that it does
+        not have it and none has it; WalUnavailable when no copy could answer at all."""
+        obj = object_name(self.cluster, name)
+        att = _Attempts()
+        for label, backend in self._copies(att):
+            att.tried.append(label)
+            try:
+                data = backend.get(obj)
+            except NotFound:
+                att.answered.append(label)
+                continue
+            except EngineError as e:
+                att.errors.append(f"{label}: {e}")
+                continue
+            try:
+                keys = self._keys.get(label)
+                if keys is None:
+                    keys, _config = open_keys(backend, self.password, self.settings.state_dir,
+                                              self.settings.password_file)
+                    self._keys[label] = keys
+                header, body = read_object(keys, data, obj, name)
+                return header, body, label
+            except EngineError as e:
+                att.errors.append(f"{label}: {e}")
+        where = ", ".join(att.tried) or "no copy: no local repository, no [[replica]]"
+        errors = ("; " + "; ".join(att.errors)) if att.errors else ""
+        if not att.answered:
+            raise WalUnavailable(f"wal-fetch: {name} of cluster {self.cluster!r}: no copy of "
+                                 f"the archive could be read (tried {where}{errors}); "
+                                 "recovery stops here rather than end early")
+        raise WalNotFound(f"wal-fetch: {name} of cluster {self.cluster!r} is not archived "
+                          f"(looked in {where}{errors})")
 
 
 class _Attempts:
@@ -741,61 +823,6 @@ def fetch(config: Any, name: str, dest: str, cluster: str | None = None,
     answered that it does not have it and none has it; WalUnavailable (exit 126,
     recovery stops) when no copy could answer at all. ``replica``: read that [[replica]]
     alone (restore pitr --replica)."""
-    settings = WalSettings.of(config)
-    cluster = settings.cluster(cluster)
-    obj = object_name(cluster, name)
-    replicas = settings.replicas
-    if replica is not None:
-        replicas = tuple(r for r in settings.replicas if r.name == replica)
-        if not replicas:
-            raise UsageError(f"no [[replica]] named {replica!r} (known: "
-                             f"{', '.join(r.name for r in settings.replicas) or 'none'})")
-    password = settings.password()
-    att = _Attempts()
-
-    def from_backend(label: str, backend: Any) -> bytes | None:
-        att.tried.append(label)
-        try:
-            data = backend.get(obj)
-        except NotFound:
-            att.answered.append(label)
-            return None
-        except EngineError as e:
-            att.errors.append(f"{label}: {e}")
-            return None
-        try:
-            keys, _config = open_keys(backend, password, settings.state_dir,
-                                      settings.password_file)
-            _header, body = read_object(keys, data, obj, name)
-            return body
-        except EngineError as e:
-            att.errors.append(f"{label}: {e}")
-            return None
-
-    if replica is not None:
-        pass  # that replica alone
-    elif Path(settings.repo_path, "config").exists():
-        body = from_backend("local", _local_backend(settings))
-        if body is not None:
-            write_atomic(dest, body)
-            return "local"
-    else:
-        att.tried.append("local (no repository)")
-    for rep in replicas:
-        try:
-            reader = _S3Reader(rep)
-        except Exception as e:  # noqa: BLE001 - a broken replica setting: try the next
-            att.errors.append(f"{rep.name}: {e}")
-            continue
-        body = from_backend(rep.name, reader)
-        if body is not None:
-            write_atomic(dest, body)
-            return rep.name
-    where = ", ".join(att.tried) or "no copy: no local repository, no [[replica]]"
-    errors = ("; " + "; ".join(att.errors)) if att.errors else ""
-    if not att.answered:
-        raise WalUnavailable(f"wal-fetch: {name} of cluster {cluster!r}: no copy of the "
-                             f"archive could be read (tried {where}{errors}); recovery "
-                             "stops here rather than end early")
-    raise WalNotFound(f"wal-fetch: {name} of cluster {cluster!r} is not archived "
-                      f"(looked in {where}{errors})")
+    _header, body, label = Copies(config, cluster, replica).get(name)
+    write_atomic(dest, body, sync=False)
+    return label

@@ -41,6 +41,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine import walspool
 from engine.errors import Cancelled, EngineError, NotFound, UsageError
 from engine.events import CancelToken, Event, EventCallback, ignore
 from engine.ops.resolve import parse_time
@@ -626,27 +627,37 @@ def command_python(owner: str | None) -> list[str]:
 
 
 def restore_command(engine: Engine, cluster: str, replica: str | None,
-                    python: list[str] | None = None) -> str:
+                    python: list[str] | None = None, spool: Path | None = None,
+                    prefetch: int = 0) -> str:
     """The restore_command: this python, this config, wal-fetch (from ``replica`` alone
-    when one is named)."""
+    when one is named; with ``spool``, ``prefetch`` segments fetched ahead into it)."""
     config = engine.config.path
     if config is None:
         raise UsageError("restore pitr needs a config file (wal-fetch reads it)")
     cmd = [*(python or [sys.executable]), "-m", "backup_tui.cli", "--config",
-           str(Path(config).absolute()), "wal-fetch", "%f", "%p", "--cluster", cluster]
+           str(Path(config).absolute()), "wal-fetch", "%f", "%p"]
+    if spool is not None and prefetch > 0:
+        cmd += ["--spool", str(spool), "--prefetch", str(prefetch)]
+    cmd += ["--cluster", cluster]
     if replica:
         cmd += ["--replica", replica]
     return " ".join(c if c in ("%f", "%p") else shlex.quote(c) for c in cmd)
 
 
 def recovery_settings(engine: Engine, plan: PitrPlan, port: int | None,
-                      python: list[str] | None = None,
-                      in_place: bool = False) -> list[tuple[str, str]]:
+                      python: list[str] | None = None, in_place: bool = False,
+                      spool: Path | None = None, prefetch: int = 0) -> list[tuple[str, str]]:
     """The settings a recovery needs. A copy never archives (archive_mode off: its new
     timeline would go into the source's archive); a recovery in place of the cluster's
     own data directory keeps the cluster's archiving, so the new timeline's history file
-    and WAL are archived and a later recovery can follow the switch."""
-    out = [("restore_command", restore_command(engine, plan.source, plan.replica, python))]
+    and WAL are archived and a later recovery can follow the switch. With a ``spool``,
+    wal-fetch fetches ``prefetch`` segments ahead into it, and recovery_end_command
+    removes it when recovery ends (engine/walspool.py)."""
+    out = [("restore_command", restore_command(engine, plan.source, plan.replica, python,
+                                               spool, prefetch))]
+    if spool is not None and prefetch > 0:
+        cmd = [*(python or [sys.executable]), "-m", "engine.walspool", "remove", str(spool)]
+        out.append(("recovery_end_command", " ".join(shlex.quote(c) for c in cmd)))
     out += plan.target.settings()
     out += [("recovery_target_timeline", "latest"),
             ("recovery_target_action", "promote")]
@@ -752,6 +763,22 @@ def prepare_target(engine: Engine, cluster: str, pgdata: Path, replace: bool) ->
         os.rename(pgdata, moved)
     return {"owner": owner, "moved_aside": str(moved) if moved else None,
             "existed": pgdata.is_dir(), "python": python}
+
+
+def make_spool(pgdata: Path, owner: str | None) -> Path | None:
+    """The folder wal-fetch fetches WAL ahead into: ``<pgdata>/pg_wal/backup-tui-spool``,
+    0700, owned by the server's OS user, who runs wal-fetch (engine/walspool.py says why
+    there). None when it cannot be made (recovery then fetches one segment at a time)."""
+    spool = pgdata / "pg_wal" / walspool.SPOOL_DIR
+    try:
+        if spool.is_symlink() or spool.exists():  # from the base backup: not ours
+            return None
+        spool.mkdir(mode=0o700)
+        os.chmod(spool, 0o700)
+        _chown(spool, owner)
+    except OSError:
+        return None
+    return spool
 
 
 def _free_port() -> int:
@@ -931,8 +958,12 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
     try:
         counts = restore_base(engine.repo(), plan.snapshot, pgdata, job_id, on_event, cancel,
                               owner=owner)
+        cfg = _cluster_config(engine, plan.source)
+        prefetch = int(getattr(cfg, "wal_prefetch", walspool.DEFAULT_AHEAD))
+        spool = make_spool(pgdata, owner) if prefetch > 0 else None
         settings = recovery_settings(engine, plan, conf_port, python,
-                                     in_place=prep["moved_aside"] is not None)
+                                     in_place=prep["moved_aside"] is not None,
+                                     spool=spool, prefetch=prefetch)
         write_recovery(pgdata, settings, owner)
     except BaseException as e:
         if not prep["existed"]:
@@ -954,10 +985,10 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
         "moved_aside": prep["moved_aside"], "port": port, "started": False,
         "promoted": False, "settings": dict(settings),
         "restore_seconds": round(time.monotonic() - began, 2),
+        "spool": str(spool) if spool is not None else None,
     }
     if not start:
-        return result
-    cfg = _cluster_config(engine, plan.source)
+        return result  # recovery_end_command removes the spool
     # the server's OS user is its bootstrap superuser as a rule (peer authentication)
     user = owner or pwd.getpwuid(os.geteuid()).pw_name
     if cfg is not None and os.geteuid() != 0:
@@ -977,11 +1008,15 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
         # go; the data directory stays for a look (remove it before another try)
         if result["started"]:
             server.stop("immediate")
+        if spool is not None:  # a prefetcher stopped, nothing fetched ahead left behind
+            walspool.remove(spool)
         shutil.rmtree(log_dir, ignore_errors=True)
         if isinstance(e, EngineError) and not isinstance(e, Cancelled):
             raise EngineError(f"{e}\nthe restored data directory {pgdata} is left as it is "
                               "for a look; remove it before another try") from e
         raise
+    if spool is not None:  # recovery_end_command removed it; a prefetcher it missed stops
+        walspool.remove(spool)
     result.update(promoted=True, seconds_to_promotion=waited["seconds"],
                   replay_lsn=waited["replay_lsn"], replay_time=waited["replay_time"],
                   total_seconds=round(time.monotonic() - began, 2), **_log_facts(server.log))

@@ -50,6 +50,7 @@ class ClusterConfig(SourceConfig):
     drill_delay_minutes: int = 5  # cluster drills recover to now minus this
     drill_max_age_hours: int = 192  # health fails when the last drill is older
     drill_tables: tuple[str, ...] = ()  # tables whose row count a drill reports
+    wal_prefetch: int = 16  # segments wal-fetch fetches ahead in restore pitr (0: none)
 
     def validate(self, where: str, prefix: str) -> None:
         if not self.dsn.strip():
@@ -65,6 +66,8 @@ class ClusterConfig(SourceConfig):
                     "drill_max_age_hours"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}: {prefix}.{key} must not be negative")
+        if not 0 <= self.wal_prefetch <= 256:
+            raise ConfigError(f"{where}: {prefix}.wal_prefetch must be 0 to 256 (segments)")
         if self.max_rate and not self.max_rate.strip().rstrip("kKmM").isdigit():
             raise ConfigError(f"{where}: {prefix}.max_rate must be a number of kB/s, with an "
                               f"optional k or M suffix (pg_basebackup --max-rate), got "
