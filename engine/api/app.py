@@ -19,6 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -214,7 +215,7 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
         nxt = None
         if more:
             query = dict(request.query_params, offset=str(offset + limit), limit=str(limit))
-            nxt = f"{PREFIX}/list?" + "&".join(f"{k}={v}" for k, v in query.items())
+            nxt = f"{PREFIX}/list?" + urlencode(query)
         return {"items": [i.as_json() for i in page], "total": len(infos), "limit": limit,
                 "offset": offset, "next": nxt}
 
@@ -250,7 +251,7 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
     def verify(request: Request, backup_id: str, body: models.VerifyRequest | None = None,
                caller: Caller = Depends(role("operator", "a verify"))) -> Any:
         read_data = bool(body and body.read_data)
-        snap = engine.snapshot(backup_id)  # 404 before any job
+        snap = engine.snapshot(backup_id, body.source if body else None)  # 404 before a job
 
         def work(run):
             report = run("verify", lambda c, ev: engine.verify([snap["id"]], read_data,
@@ -306,8 +307,14 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
     def point_in_time(request: Request, body: models.PitrRequest,
                       caller: Caller = Depends(role("viewer", "a recovery plan"))) -> Any:
         src = _find_source(engine, body.source, None)
+        request.state.no_audit = not body.execute  # a plan changes nothing
         if src.kind == "cluster":
             return _pitr_cluster(request, caller, body, src)
+        form = registry.kind(src.kind).restore_form({"kind": src.kind, "source": src.name})
+        if form.into != "database":
+            raise UsageError(f"{src.info().target}: point-in-time recovery needs a database "
+                             f"or a cluster; a {src.info().label} is restored with "
+                             "restore/files")
         return _pitr_logical(request, caller, body, src)
 
     def _pitr_logical(request: Request, caller: Caller, body: models.PitrRequest, src):
@@ -573,6 +580,8 @@ class AuditAndLimits:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _too_large(send, self.max_body)
+            if scope["method"] in _MUTATING:
+                await run_in_threadpool(self._audit, scope, 413)
             return
         seen = 0
 
@@ -609,8 +618,10 @@ class AuditAndLimits:
         address = client[0] if client else "unknown"
         actor = state.get("actor") or f"api:unauthenticated@{address}"
         target, outcome = state.get("audit") or (scope["path"], "")
-        if not outcome or status >= 400:
+        if status >= 400:
             outcome = f"denied {status}" if status < 500 else f"error {status}"
+        elif not outcome:
+            outcome = f"ok {status}"
         action = "api " + scope["path"].removeprefix(PREFIX + "/")
         try:
             with security.acting_as(actor):

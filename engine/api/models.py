@@ -23,6 +23,8 @@ class TriggerRequest(_Request):
 
 
 class VerifyRequest(_Request):
+    source: str | None = Field(None, description="with backup_id 'latest': whose newest "
+                               "snapshot, when several sources have snapshots")
     read_data: bool = Field(False, description="read and authenticate every blob, not only "
                             "check that the snapshot's blobs are indexed")
 
