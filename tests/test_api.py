@@ -261,6 +261,58 @@ def test_restore_that_replaces_needs_the_targets_name_as_confirm(daemon, pg_clus
         pg_cluster.psql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
+def test_restore_files_into_a_new_directory(daemon, tmp_path):
+    from test_s3 import same_tree
+
+    with daemon.client("ops") as c:
+        job = daemon.wait_job(c, trigger(c, "src")["job_id"])
+        assert job["state"] == "succeeded", job
+        target = tmp_path / "restored"
+        r = c.post(api("restore/files"), json={"snapshot": "latest", "source": "src",
+                                               "target": str(target)})
+        assert r.status_code == 202, r.text
+        done = daemon.wait_job(c, r.json()["job_id"])
+    assert done["kind"] == "restore" and done["state"] == "succeeded", done
+    assert done["result"]["target"] == str(target) and done["result"]["files"] >= 2
+    restored = target / str(daemon.src).lstrip("/")  # the tree keeps its absolute path
+    assert same_tree(daemon.src, restored), sorted(str(p) for p in target.rglob("*"))
+
+
+def test_a_point_in_time_plan_for_a_database_source(daemon, db_snapshot):
+    from datetime import UTC, datetime
+
+    with daemon.client("watcher") as c:
+        r = c.post(api("point-in-time-recovery"),
+                   json={"source": "shop", "target_time": datetime.now(UTC).isoformat()})
+        assert r.status_code == 200, r.text
+        plan = r.json()
+        assert plan["kind"] == "db" and plan["source"] == "shop" and plan["snapshot"]
+        assert plan["seconds_before"] >= 0 and "logical" in plan["note"]
+        # executing it is an operator's
+        r = c.post(api("point-in-time-recovery"),
+                   json={"source": "shop", "target_time": datetime.now(UTC).isoformat(),
+                         "execute": True, "target_db": f"pitr_{uuid.uuid4().hex[:8]}"})
+        assert r.status_code == 403, r.text
+
+
+def test_an_admin_cancels_a_running_job(daemon, pg_cluster, shop):
+    with daemon.client("ops") as c, TableLock(pg_cluster, shop, "orders") as lock:
+        before = snapshot_ids(c, "shop")
+        job_id = trigger(c, "shop")["job_id"]
+        wait_for(lock.waiting, 60, "pg_dump to wait for the table lock", daemon.log_tail)
+        with daemon.client("boss") as admin:
+            r = admin.post(api(f"jobs/{job_id}/cancel"))
+            assert r.status_code == 202, r.text
+            assert r.json()["job_id"] == job_id
+            assert r.json()["state"] in ("running", "cancelled")
+            lock.release()  # the dump goes on and stops at its next check
+            done = daemon.wait_job(admin, job_id)
+            assert done["state"] == "cancelled", done
+            r = admin.post(api(f"jobs/{job_id}/cancel"))
+            assert r.status_code == 409, r.text
+        assert snapshot_ids(c, "shop") == before  # no snapshot of a cancelled backup
+
+
 # --------------------------------------------------------------------- errors
 def test_without_a_key_or_with_a_wrong_one_is_401(daemon):
     with daemon.client() as c:
