@@ -57,6 +57,10 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a cancel request; True once there is one."""
+        return self._event.wait(timeout)
+
     def check(self) -> None:
         if self._event.is_set():
             from engine.errors import Cancelled

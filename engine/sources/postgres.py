@@ -10,13 +10,16 @@ the blobs already stored are only unreferenced garbage for prune.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyfastcdc
@@ -77,6 +80,31 @@ def dump_globals(t: PgTarget, server_major: int) -> tuple[bytes, list[str]]:
     return b"", warnings
 
 
+@contextlib.contextmanager
+def _killed_on_cancel(proc: subprocess.Popen, cancel: CancelToken | None) -> Iterator[None]:
+    """While the body runs, a cancel request kills ``proc`` at once: its reader may be
+    blocked on a pipe that the process, waiting on a table lock, never writes to."""
+    if cancel is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and proc.poll() is None:
+            if cancel.wait(0.2):
+                if not done.is_set():
+                    proc.kill()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True, name="pg_dump-cancel")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=1)
+
+
 def dump_database(
     repo: Repository,
     writer: BlobWriter,
@@ -102,14 +130,17 @@ def dump_database(
         )
         try:
             assert proc.stdout is not None
-            for chunk in cdc.cut_stream(proc.stdout):
-                if not stream and bytes(chunk.data[:5]) != b"PGDMP":
-                    raise EngineError(f"pg_dump of {t.where} did not write a custom archive")
-                stream.append(writer.save(DATA, chunk.data))
-                total += chunk.length
-                progress(total, facts["database_size"])
-                cancel.check()
-            rc = proc.wait()
+            with _killed_on_cancel(proc, cancel):  # a pg_dump waiting on a lock writes nothing
+                for chunk in cdc.cut_stream(proc.stdout):
+                    if not stream and bytes(chunk.data[:5]) != b"PGDMP":
+                        raise EngineError(f"pg_dump of {t.where} did not write a custom "
+                                          "archive")
+                    stream.append(writer.save(DATA, chunk.data))
+                    total += chunk.length
+                    progress(total, facts["database_size"])
+                    cancel.check()
+                rc = proc.wait()
+            cancel.check()  # killed on request: cancelled, not "pg_dump failed"
         except BaseException:
             proc.kill()
             proc.wait()
