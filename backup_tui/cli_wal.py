@@ -87,12 +87,6 @@ def run(argv: list[str]) -> int | None:
 def execute(config: str | None, command: str, pos: list[str], cluster: str | None,
             replica: str | None = None, spool: str | None = None,
             prefetch: int | None = None) -> int:
-    import logging
-
-    from engine.errors import EngineError
-
-    # the outcome is the one line below (PostgreSQL logs it); no "waiting for a lock" note
-    logging.getLogger("backup_tui").addHandler(logging.NullHandler())
     prepared = None
     config_path = _find_config(config)
     if command == "wal-fetch" and spool:
@@ -113,7 +107,13 @@ def execute(config: str | None, command: str, pos: list[str], cluster: str | Non
         from engine.walfile import Prepared
 
         prepared = Prepared(pos[0])
+    import logging
+
     from engine import wal
+    from engine.errors import EngineError
+
+    # the outcome is the one line below (PostgreSQL logs it); no "waiting for a lock" note
+    logging.getLogger("backup_tui").addHandler(logging.NullHandler())
 
     try:
         settings = wal.WalSettings.load(config_path)

@@ -46,11 +46,16 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # prefetch(spool, after, ahead, seg_size or None): the prefetcher's body, run detached
+    Prefetch = Callable[["Spool", str, int, "int | None"], None]
 
 SPOOL_DIR = "backup-tui-spool"  # restore pitr's spool: <pgdata>/pg_wal/backup-tui-spool
 DEFAULT_AHEAD = 16  # segments fetched ahead ([[cluster]] wal_prefetch)
@@ -61,18 +66,14 @@ STATE = "state.json"
 LOG = "prefetch.log"
 TMP = ".tmp-"
 ERROR_PAUSE = 10.0  # no new prefetcher this long after one failed
-_ENTRY = re.compile(r"([0-9A-F]{24})\.([0-9a-f]{64})")
-_SEGMENT = re.compile(r"[0-9A-F]{24}")
+_HEX = "0123456789ABCDEF"  # (no re: the serving path imports as little as it can)
 _READ = 1024 * 1024
-
-# prefetch(spool, after, ahead, seg_size or None): the prefetcher's body, run detached
-Prefetch = Callable[["Spool", str, int, "int | None"], None]
 
 
 def is_segment(name: str) -> bool:
     """A WAL segment name (only segments are spooled: .history, .partial and .backup
     files are always fetched)."""
-    return bool(_SEGMENT.fullmatch(name))
+    return len(name) == 24 and not name.strip(_HEX)
 
 
 def _segno(name: str, seg_size: int) -> int:
@@ -100,10 +101,10 @@ class Spool:
             names = os.listdir(self.path)
         except OSError:
             return out
-        for n in names:
-            m = _ENTRY.fullmatch(n)
-            if m:
-                out[m.group(1)] = n
+        for n in names:  # <24 hex digits>.<64 hex digits, lower case>
+            if len(n) == 89 and n[24] == "." and is_segment(n[:24]) \
+                    and not n[25:].strip("0123456789abcdef"):
+                out[n[:24]] = n
         return out
 
     def take(self, name: str, dest: str, entries: dict[str, str] | None = None) -> bool:
