@@ -352,7 +352,7 @@ class Engine:
         as it is now; the snapshot, if named, must still exist."""
         with repo_locks.reading(self.backend, purpose, wait=locks_op.LOCK_WAIT):
             repo = self.repo()
-            repo.load_index()
+            repo.load_index(reuse=True)
             if snapshot_id and not self.backend.exists(f"snapshots/{snapshot_id}"):
                 raise NotFound(f"snapshot {snapshot_id} no longer exists (a cleanup "
                                "removed it)")

@@ -29,6 +29,7 @@ first, so their mtimes stay as stored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -408,8 +409,12 @@ class _Restorer:
         os.link(fname, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
 
     # ---------------------------------------------------------------- run
-    def run(self, workers: int = 4) -> None:
+    def run(self, workers: int = 4, processes: int = 1) -> None:
+        """``processes`` > 1: the files' content is written by that many forked processes
+        after every entry is made (a restore of a whole data directory into an empty one
+        from the local repository, where the GIL would hold the threads to one core)."""
         plan = self.plan
+        deferred: list[tuple[bytes, dict]] = []
         os.makedirs(self.root, exist_ok=True)
         root_fd = os.open(self.root, _DIR)
         chain, links = DirChain(root_fd), DirChain(root_fd)
@@ -445,7 +450,10 @@ class _Restorer:
                                 with self._lock:
                                     self.files_done += 1
                             continue
-                        if typ == "file":
+                        if typ == "file" and processes > 1:
+                            os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=pfd))
+                            deferred.append((rel, node))
+                        elif typ == "file":
                             fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
                             pending.add(pool.submit(self._write_file, fd, rel, node))
                             if len(pending) >= workers * 4:
@@ -478,6 +486,8 @@ class _Restorer:
                             self.made.add(rel)
                     for f in pending:
                         f.result()
+                    if deferred:
+                        self._write_forked(root_fd, deferred, processes)
                 except BaseException:
                     self.cancel.cancel()
                     raise
@@ -495,6 +505,119 @@ class _Restorer:
             links.close()
             os.close(root_fd)
         self._progress(final=True)
+
+    def _write_forked(self, root_fd: int, files: list[tuple[bytes, dict]],
+                      processes: int) -> None:
+        """Write the files' content and metadata in ``processes`` forked children (shares
+        balanced by size), each reporting its progress, warnings or error as JSON lines on
+        a pipe; a cancel kills them."""
+        import json
+        import selectors
+        import signal
+
+        shares: list[list[tuple[bytes, dict]]] = [[] for _ in range(processes)]
+        loads = [0] * processes
+        for rel, node in sorted(files, key=lambda f: -int(f[1].get("size", 0) or 0)):
+            i = loads.index(min(loads))
+            shares[i].append((rel, node))
+            loads[i] += int(node.get("size", 0) or 0)
+        base_bytes, base_files = self.bytes_done, self.files_done
+        children: dict[int, int] = {}  # read end -> pid
+        done: dict[int, tuple[int, int]] = {}  # read end -> (bytes, files) written
+        open_ends: set[int] = set()  # children still writing
+        error: dict | None = None
+        sel = selectors.DefaultSelector()
+        try:
+            for share in shares:
+                if not share:
+                    continue
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the child: never returns
+                    os.close(r)
+                    self._child(root_fd, share, w)
+                os.close(w)
+                children[r] = pid
+                open_ends.add(r)
+                done[r] = (0, 0)
+                sel.register(r, selectors.EVENT_READ)
+            buffers: dict[int, bytes] = {r: b"" for r in children}
+            while open_ends:
+                if self.cancel.cancelled:
+                    break
+                for key, _ in sel.select(timeout=0.2):
+                    r = key.fd
+                    chunk = os.read(r, 65536)
+                    if not chunk:
+                        sel.unregister(r)
+                        open_ends.discard(r)
+                        continue
+                    buffers[r] += chunk
+                    *lines, buffers[r] = buffers[r].split(b"\n")
+                    for line in lines:
+                        msg = json.loads(line)
+                        if "error" in msg:
+                            error = error or msg
+                        else:
+                            done[r] = (msg["bytes"], msg["files"])
+                            with self._lock:
+                                self.warnings.extend(msg["warnings"])
+                with self._lock:
+                    self.bytes_done = base_bytes + sum(b for b, _ in done.values())
+                    self.files_done = base_files + sum(f for _, f in done.values())
+                self._progress()
+                if error is not None:
+                    break
+        finally:
+            for r, pid in children.items():
+                if r in open_ends:  # still writing: a cancel, an error, or ours
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                os.close(r)
+            sel.close()
+        self.cancel.check()
+        if error is not None:
+            if error["kind"] == "IntegrityError":
+                raise IntegrityError(error["error"], error.get("object", ""))
+            if error["kind"] == "OSError":
+                raise OSError(error.get("errno") or 0, error["error"])
+            raise EngineError(error["error"])
+        if sum(f for _, f in done.values()) != len(files):
+            raise EngineError(f"restore into {self.plan.target}: a writer process ended "
+                              "before its files were written")
+
+    def _child(self, root_fd: int, share: list[tuple[bytes, dict]], w: int) -> None:
+        """A forked writer: its share of files, a JSON line after each, then exit."""
+        import json
+
+        code = 0
+        try:
+            self.bytes_done = self.files_done = 0
+            self.warnings = []
+            chain = DirChain(root_fd)
+            for rel, node in share:
+                parent, _, name = rel.rpartition(b"/")
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=chain.goto(parent))
+                self._write_file(fd, rel, node)
+                line = {"bytes": self.bytes_done, "files": self.files_done,
+                        "warnings": self.warnings}
+                self.warnings = []
+                _write_all(w, [json.dumps(line).encode() + b"\n"])
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+            code = 1
+            kind = ("IntegrityError" if isinstance(e, IntegrityError)
+                    else "OSError" if isinstance(e, OSError) else "EngineError")
+            text = str(e) if isinstance(e, EngineError) else (
+                e.strerror or str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}")
+            msg = {"error": text, "kind": kind, "object": getattr(e, "object_name", ""),
+                   "errno": getattr(e, "errno", None)}
+            with contextlib.suppress(Exception):
+                _write_all(w, [json.dumps(msg).encode() + b"\n"])
+        finally:
+            os._exit(code)
 
     def _progress(self, final: bool = False) -> None:
         self.on_event(
@@ -560,11 +683,18 @@ def execute_restore(
     job_id: str,
     on_event: EventCallback,
     cancel: CancelToken | None = None,
+    processes: int = 1,
 ) -> RestoreResult:
+    """``processes`` > 1: forked writers (_Restorer.run), for the local repository only
+    (a forked child must not share an S3 client's connections)."""
+    from engine.storage.local import LocalBackend
+
+    if not isinstance(repo.backend, LocalBackend):
+        processes = 1
     _check_target(plan.target, plan.force)
     r = _Restorer(repo, plan, job_id, on_event, cancel or CancelToken())
     try:
-        r.run()
+        r.run(processes=processes)
     except OSError as e:
         raise EngineError(f"restore into {plan.target} failed: {e}") from None
     if plan.snapshot.get("incomplete"):

@@ -174,6 +174,7 @@ class Repository:
         self.pack_sizes: dict[str, int] = {}
         self.index_files: set[str] = set()
         self.index_errors: dict[str, str] = {}
+        self._loaded_files: set[str] | None = None  # what the last load_index read
         self.snapshot_errors: dict[str, str] = {}
         self._tree_cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._tree_packs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -344,10 +345,14 @@ class Repository:
         return sorted(ids)
 
     # -------------------------------------------------------------------- index
-    def load_index(self) -> None:
+    def load_index(self, reuse: bool = False) -> None:
+        """``reuse``: keep the index in memory when the index files are exactly those it
+        was read from (they are immutable, named by their hash) and all of them read."""
         index: dict[str, IndexEntry] = {}
         sizes: dict[str, int] = {}
         files = set(self.list_ids("index"))
+        if reuse and files == self._loaded_files == self.index_files and not self.index_errors:
+            return
         errors: dict[str, str] = {}
         for iid in sorted(files):
             try:
@@ -364,6 +369,7 @@ class Repository:
         self.index_errors = errors
         with self._lock:
             self.index, self.pack_sizes, self.index_files = index, sizes, files
+            self._loaded_files = set(files)
 
     def has_blob(self, blob_id: str) -> bool:
         return blob_id in self.index

@@ -379,7 +379,9 @@ def restore_base(repo, snap: dict, pgdata: str | os.PathLike[str], job_id: str,
                         "a data directory of mode 0700 or 0750")
     if not made and ids is not None and st.st_uid != ids[0]:
         warnings.append(f"{target}: not owned by {owner!r}: PostgreSQL will refuse it")
-    result = execute_restore(repo, plan, job_id, on_event, cancel)
+    # forked writers, one a core (at most 4): a data directory is many large files
+    result = execute_restore(repo, plan, job_id, on_event, cancel,
+                             processes=min(4, os.cpu_count() or 1))
     for root, dirs, files in os.walk(target):
         for n in dirs:
             p = os.path.join(root, n)

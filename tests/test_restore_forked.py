@@ -1,0 +1,55 @@
+"""Restore with forked writers (engine/ops/restore.py, ``processes`` > 1: what restore_base
+uses for a data directory): the same tree as the threaded restore, every kind of entry
+and metadata of the fidelity tree included; a damaged blob fails the restore, naming it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_files_backup import restored_root, tree_of
+from test_files_fidelity import fidelity  # noqa: F401 - the fixture
+
+from engine.errors import EngineError, IntegrityError
+from engine.ops.restore import execute_restore
+
+
+def _restore(engine, sid: str, target, processes: int):
+    plan = engine.plan_restore(sid, target=str(target))
+    return execute_restore(engine.repo(), plan, "test", lambda e: None, None,
+                           processes=processes)
+
+
+def test_forked_writers_restore_what_threads_restore(fidelity, tmp_path):  # noqa: F811
+    sandbox, engine, sid = fidelity
+    one = _restore(engine, sid, tmp_path / "threads", 1)
+    forked = _restore(engine, sid, tmp_path / "forked", 3)
+    assert (forked.files, forked.bytes) == (one.files, one.bytes)
+    assert sorted(forked.warnings) == sorted(one.warnings)
+    ta = restored_root(tmp_path / "threads", sandbox.src)
+    tb = restored_root(tmp_path / "forked", sandbox.src)
+    a, b = tree_of(ta), tree_of(tb)
+    assert sorted(a) == sorted(b) and len(a) > 20
+    for k in a:
+        assert a[k] == b[k], k
+    for rel in a:  # the bytes too, and the holes of the sparse file
+        p, q = ta / os.fsdecode(rel), tb / os.fsdecode(rel)
+        if p.is_file() and not p.is_symlink():
+            assert p.read_bytes() == q.read_bytes(), rel
+            assert os.lstat(p).st_blocks == os.lstat(q).st_blocks, rel
+
+
+def test_a_damaged_blob_fails_the_forked_restore(fidelity, tmp_path):  # noqa: F811
+    sandbox, engine, sid = fidelity
+    repo = engine.repo()
+    packs = sorted(p for p in (sandbox.repo / "data").rglob("*") if p.is_file())
+    big = max(packs, key=lambda p: p.stat().st_size)
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    big.write_bytes(bytes(data))
+    repo.drop_caches()
+    with pytest.raises(EngineError) as err:
+        _restore(engine, sid, tmp_path / "damaged", 2)
+    assert isinstance(err.value, IntegrityError), err.value
+    assert big.name in str(err.value.object_name) or big.name in str(err.value)
