@@ -145,8 +145,8 @@ class Spool:
         """An fd holding the prefetcher lock, or None when a prefetcher holds it (or the
         spool is gone)."""
         try:
-            fd = os.open(os.path.join(self.path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(os.path.join(self.path, LOCK),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError:
             return None
         try:
@@ -158,7 +158,8 @@ class Spool:
 
     def state(self) -> dict:
         try:
-            with open(os.path.join(self.path, STATE), "rb") as f:
+            fd = os.open(os.path.join(self.path, STATE), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
                 doc = json.loads(f.read(64 * 1024))
             return doc if isinstance(doc, dict) else {}
         except (OSError, ValueError):
@@ -414,9 +415,22 @@ def served(spool_dir: str | os.PathLike[str]) -> int:
         return 0
 
 
+def _signal_ok(spool: Spool, pid: object) -> bool:
+    """Whether ``pid`` (read from the spool, which the server's OS user writes) may be
+    signalled: a process of the spool's owner, not this one (run as root, `remove` must
+    not be made to kill anybody else's process)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
+        return False
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.lstat(spool.path).st_uid
+    except OSError:
+        return False
+
+
 def remove(spool_dir: str | os.PathLike[str], wait: float = 10.0) -> bool:
     """Stop a running prefetcher (SIGTERM to the pid its state names, while it holds the
-    lock) and delete the spool folder. True when it is gone (or was never there)."""
+    lock, when it is the spool owner's process) and delete the spool folder. True when
+    it is gone (or was never there)."""
     import shutil
 
     spool = Spool(spool_dir)
@@ -428,7 +442,7 @@ def remove(spool_dir: str | os.PathLike[str], wait: float = 10.0) -> bool:
         deadline = time.monotonic() + wait
         signalled = False
         while fd is None and time.monotonic() < deadline and spool.exists():
-            if not signalled and isinstance(pid, int) and pid > 1:
+            if not signalled and _signal_ok(spool, pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
                 signalled = True

@@ -293,3 +293,38 @@ def test_pitr_through_the_spool_reaches_the_exact_target(setup):
         assert served and int(served[0]) >= 4, log[-3000:]
     finally:
         stop_server(out)
+
+
+def test_remove_signals_only_the_spool_owners_processes(tmp_path):
+    """The state file is the server OS user's to write: run as root, `remove` must not be
+    made to kill another user's process through it; nor follow a planted lock link."""
+    import pwd
+    import signal
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a spool owned by another user)")
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    pg = pwd.getpwnam("postgres")
+    os.chown(spool, pg.pw_uid, pg.pw_gid)
+    victim = subprocess.Popen(["sleep", "60"])  # root's
+    try:
+        sp = walspool.Spool(spool)
+        fd = sp.try_lock()  # "a prefetcher runs"
+        assert fd is not None
+        (spool / walspool.STATE).write_text(json.dumps({"pid": victim.pid}))
+        assert not walspool._signal_ok(sp, victim.pid)
+        assert not walspool._signal_ok(sp, 1) and not walspool._signal_ok(sp, "12")
+        walspool.remove(spool, wait=0.3)
+        assert victim.poll() is None  # still running
+        os.close(fd)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    # a lock that is a link: not followed (nothing made where it points)
+    spool.mkdir(exist_ok=True)
+    (spool / walspool.LOCK).unlink(missing_ok=True)
+    os.symlink(tmp_path / "elsewhere", spool / walspool.LOCK)
+    assert walspool.Spool(spool).try_lock() is None
+    assert not (tmp_path / "elsewhere").exists()
+    assert walspool.remove(spool, wait=0.2) and not spool.exists()
