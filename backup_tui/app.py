@@ -273,7 +273,7 @@ class BackupConsole(EngineCaller, App[int]):
         classes (up to 0.4 s on this machine while a backup ran, bench/key_latency.py);
         built ahead, the first press of j, s, d or i only switches. The screen is resumed
         and at once suspended, as a switch away from it would."""
-        if self._quitting:
+        if self._quitting or not self.is_running:  # shutting down: the stacks are closing
             return
         for mode in self._modes:
             if mode not in self._screen_stacks and mode != self.current_mode:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from test_daemon import schedule_toml, start_daemon, stop_daemon, wait_for
@@ -830,6 +831,42 @@ def test_the_job_panel_bar_is_indeterminate_without_a_total():
                                    final=True))
             await pilot.pause()
             assert panel.bar.percentage == 1.0
+
+    asyncio.run(flow())
+
+
+def test_starting_a_job_does_not_change_the_panels_height():
+    """Idle, running and done take the same lines: a key that starts a job moves nothing
+    above the panel (the table keeps its size and is not re-rendered under the key)."""
+    from textual.app import App
+    from textual.widgets import DataTable
+
+    from engine.events import Event
+
+    class PanelApp(App):
+        CSS_PATH = str(Path(app_module.__file__).with_name("app.tcss"))
+
+        def compose(self):
+            yield DataTable(id="above")
+            yield JobPanel("No backup running.", "Press b to back up.")
+
+    async def flow():
+        app = PanelApp()
+        async with app.run_test(size=(100, 30)) as pilot:
+            panel, above = app.query_one(JobPanel), app.query_one("#above")
+            await pilot.pause()
+            assert "Press b to back up." in panel.text  # idle: the keys on the second line
+            heights = [(panel.region.height, above.region.height)]
+            panel.start("backup", "fileset src")
+            panel.show_event(Event("j", "backup", bytes_done=10, bytes_total=20, time=1.0,
+                                   message="/srv/data/" + "x" * 200))
+            await pilot.pause()
+            heights.append((panel.region.height, above.region.height))
+            panel.show_event(Event("j", "done", bytes_done=20, bytes_total=20, time=2.0,
+                                   final=True))
+            await pilot.pause()
+            heights.append((panel.region.height, above.region.height))
+            assert heights[0] == heights[1] == heights[2], heights
 
     asyncio.run(flow())
 

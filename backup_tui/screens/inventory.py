@@ -151,7 +151,7 @@ class InventoryScreen(EngineCaller, Screen):
                 yield ReplicasPane(self.engine, id=REPLICAS_TAB)
             yield SourcesPane(self.engine, id=SOURCES_TAB)
         idle = "No job running" if self.replicas else "No backup running"
-        yield JobPanel(f"{idle}. {self._keys_hint()}", id="job")
+        yield JobPanel(f"{idle}.", self._keys_hint(), id="job")
         yield ConsoleFooter()
 
     def on_mount(self) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
@@ -114,14 +114,21 @@ def progress_line(event: Event, started: float) -> str:
 
 
 class JobPanel(Vertical):
-    """Idle, running (bar + numbers + path), done or failed; the state is a CSS class."""
+    """Idle, running (bar + numbers + path), done or failed; the state is a CSS class.
+
+    Two lines in every state but a failure's long error: the title (and the bar beside
+    it while running), then the numbers and the path (idle: the keys). Starting a job
+    (a key) then changes no layout: a taller panel would shrink the table above it,
+    and re-rendering every row of it is most of a key's time while a backup runs
+    (bench/key_latency.py)."""
 
     STATES = ("-idle", "-running", "-done", "-partial", "-failed")
 
-    def __init__(self, hint: str = "No backup running. Press b to back up now.", *,
-                 id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, hint: str = "No backup running.", keys: str = "Press b to back up now.",
+                 *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
-        self.hint = hint  # the idle line
+        self.hint = hint  # the idle title
+        self.keys = keys  # the idle second line
         self._job_id: str | None = None
         self._started = 0.0
         self.kind: str | None = None  # BACKUP or REPLICATE: the job shown
@@ -129,10 +136,12 @@ class JobPanel(Vertical):
         self._saved = ""  # a backup's "done" message ("snapshot 1a2b3c4d") once it came
 
     def compose(self) -> ComposeResult:
-        yield Static(Content(self.hint), id="job-title")
-        yield ProgressBar(total=100, show_eta=False, id="job-bar")
-        yield Static("", id="job-numbers")
-        yield Static("", id="job-path")
+        with Horizontal(id="job-head"):
+            yield Static(Content(self.hint), id="job-title")
+            yield ProgressBar(total=100, show_eta=False, id="job-bar")
+        with Horizontal(id="job-foot"):
+            yield Static(Content(self.keys), id="job-numbers")
+            yield Static("", id="job-path")
 
     def on_mount(self) -> None:
         self._set_state("-idle")
