@@ -331,12 +331,8 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
                      "time, not the second itself"}
         if not body.execute:
             return plan_json
-        if not body.target_db:
-            raise UsageError("execute needs target_db: the database to restore into")
-        caller.require("operator", "a restore")
-        if body.replace:
-            caller.require("admin", "replacing a database")
-            _confirmed(body.confirm, body.target_db, "replacing a database")
+        _may_execute(caller, body, body.target_db, "target_db: the database to restore into",
+                     "a restore", "replacing a database")
         plan = eng.plan_restore(snap, target_db=body.target_db, replace=body.replace)
 
         def work(run):
@@ -353,12 +349,8 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
             raise HTTPException(409, plan.problems[0])
         if not body.execute:
             return jsonable_encoder(plan.as_json())
-        if not body.pgdata:
-            raise UsageError("execute needs pgdata: the data directory to recover into")
-        caller.require("operator", "a recovery")
-        if body.replace:
-            caller.require("admin", "recovering over the cluster's data directory")
-            _confirmed(body.confirm, body.pgdata, "replace")
+        _may_execute(caller, body, body.pgdata, "pgdata: the data directory to recover into",
+                     "a recovery", "recovering over the cluster's data directory")
 
         def work(run):
             return run(f"restore cluster {src.name}", lambda c, ev: engine.restore_pitr(
@@ -472,6 +464,18 @@ def _confirmed(confirm: str | None, name: str, what: str) -> None:
         raise HTTPException(400, f"{what}: confirm must be the target's name ({name!r}) "
                             + ("(it was not given)" if confirm is None else
                                f"(got {confirm!r})"))
+
+
+def _may_execute(caller: Caller, body: models.PitrRequest, target: str | None, needs: str,
+                 what: str, replacing: str) -> None:
+    """A recovery's execute: its target given, an operator; replacing: an admin who typed
+    the target's name in ``confirm``."""
+    if not target:
+        raise UsageError(f"execute needs {needs}")
+    caller.require("operator", what)
+    if body.replace:
+        caller.require("admin", replacing)
+        _confirmed(body.confirm, target, replacing)
 
 
 def _find_source(engine, name: str, kind: str | None):
