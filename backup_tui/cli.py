@@ -582,8 +582,8 @@ def build_parser() -> ArgParser:
     wf.add_argument("--replica", help="read this [[replica]] alone")
     wf.add_argument("--spool", help="fetch the next segments ahead into this folder "
                     "(restore pitr sets it; docs/WAL.md)")
-    wf.add_argument("--prefetch", type=int, choices=range(257), metavar="N",
-                    help="segments fetched ahead with --spool (default 16; 0: none)")
+    wf.add_argument("--prefetch", type=int, metavar="N",
+                    help="segments fetched ahead with --spool, 0 to 256 (default 16; 0: none)")
 
     cp = sub.add_parser(
         "completion", help="print a shell completion script (bash or zsh)",
@@ -1408,6 +1408,9 @@ def cmd_completion(args, parser: argparse.ArgumentParser) -> int:
 
 def cmd_wal(args, engine: Engine) -> int:
     pos = [args.path] if args.command == "wal-push" else [args.name, args.dest]
+    if not 0 <= (getattr(args, "prefetch", None) or 0) <= 256:
+        sys.stderr.write("backup-tui: wal-fetch: --prefetch takes 0 to 256 (segments)\n")
+        return 2
     return cli_wal.execute(args.config, args.command, pos, args.cluster,
                            getattr(args, "replica", None), getattr(args, "spool", None),
                            getattr(args, "prefetch", None))
