@@ -218,6 +218,24 @@ def test_follow_a_jobs_events_live(daemon, pg_cluster, shop):
     assert again[-1][1]["state"] == "succeeded"
 
 
+def test_a_client_that_goes_away_does_not_cancel_its_job(daemon, pg_cluster, shop):
+    """The client that triggered the job and followed its events disconnects while the job
+    runs (held by a table lock): the job goes on and succeeds."""
+    with TableLock(pg_cluster, shop, "orders") as lock:
+        with daemon.client("ops") as c:
+            job_id = trigger(c, "shop")["job_id"]
+            with daemon.events(c, job_id) as stream:
+                event, first = next(stream)
+                assert event == "state" and first["state"] in ("queued", "running")
+            # the stream and the client are closed here, the job still waits on the lock
+        wait_for(lock.waiting, 60, "pg_dump to wait for the table lock", daemon.log_tail)
+        with daemon.client("watcher") as w:
+            assert daemon.job(w, job_id)["state"] == "running"
+    with daemon.client("watcher") as w:
+        done = daemon.wait_job(w, job_id)
+    assert done["state"] == "succeeded", done
+
+
 # --------------------------------------------------------------------- restore
 def test_restore_a_database_into_a_new_name(daemon, pg_cluster, shop, db_snapshot):
     from test_db_fidelity import row_hashes, schema_dump
