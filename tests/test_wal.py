@@ -36,7 +36,8 @@ from engine.storage.memory import MemoryBackend
 ROOT = Path(__file__).resolve().parent.parent
 SEG = 16 * 1024 * 1024
 FORBIDDEN = ("textual", "rich", "boto3", "botocore", "psycopg2", "apscheduler",
-             "engine.facade", "engine.config", "sqlite3")
+             "engine.facade", "engine.config", "sqlite3",
+             "engine.api", "fastapi", "starlette", "uvicorn", "pydantic")  # the daemon's API
 
 
 # ------------------------------------------------------------------ unit tests
