@@ -62,11 +62,11 @@ def progress_of(event: Event | None) -> dict:
 def public(row: dict) -> dict:
     """A catalog row as the API shows a job."""
     return {"job_id": row["id"], "kind": row["kind"], "source": row.get("source"),
-            "state": row["state"], "progress": row.get("progress") or progress_of(None),
+            "state": row["state"], "progress": dict(row.get("progress") or progress_of(None)),
             "error": row.get("error") or None, "result": row.get("result"),
             "requested_by": row.get("requested_by") or "",
             "requested": _iso(row.get("requested")), "started": _iso(row.get("started")),
-            "ended": _iso(row.get("ended")), "jobs": row.get("jobs") or []}
+            "ended": _iso(row.get("ended")), "jobs": list(row.get("jobs") or [])}
 
 
 _CATALOG_STATES = {"running": "running", "succeeded": "succeeded"}  # the rest: failed
