@@ -311,6 +311,10 @@ def test_a_point_in_time_plan_for_a_database_source(daemon, db_snapshot):
                    json={"source": "shop", "target_time": datetime.now(UTC).isoformat(),
                          "execute": True, "target_db": f"pitr_{uuid.uuid4().hex[:8]}"})
         assert r.status_code == 403, r.text
+        # a fileset has no point in time to recover to: refused at once, saying what to use
+        r = c.post(api("point-in-time-recovery"),
+                   json={"source": "src", "target_time": datetime.now(UTC).isoformat()})
+        assert r.status_code == 400 and "restore/files" in r.json()["detail"], r.text
 
 
 def test_an_admin_cancels_a_running_job(daemon, pg_cluster, shop):

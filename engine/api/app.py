@@ -308,10 +308,10 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
                       caller: Caller = Depends(role("viewer", "a recovery plan"))) -> Any:
         src = _find_source(engine, body.source, None)
         request.state.no_audit = not body.execute  # a plan changes nothing
-        if src.kind == "cluster":
+        if src.archives_wal:  # recovered by WAL replay to the second (engine/ops/pitr.py)
             return _pitr_cluster(request, caller, body, src)
         form = registry.kind(src.kind).restore_form({"kind": src.kind, "source": src.name})
-        if form.into != "database":
+        if form.option != "target_db":  # restored as a database: its newest dump before
             raise UsageError(f"{src.info().target}: point-in-time recovery needs a database "
                              f"or a cluster; a {src.info().label} is restored with "
                              "restore/files")
