@@ -847,8 +847,7 @@ def _restore_files(args, engine: Engine) -> int:
     finally:
         prog.close()
     if args.json:
-        out_json({"snapshot": result.snapshot, "target": result.target, "files": result.files,
-                  "bytes": result.bytes, "warnings": result.warnings})
+        out_json(result.as_json())
     else:
         print(f"restored {result.files} files, {human_bytes(result.bytes)} from "
               f"{result.snapshot[:8]} into {result.target}")
@@ -890,9 +889,7 @@ def _restore_db(args, engine: Engine) -> int:
     finally:
         prog.close()
     if args.json:
-        out_json({"snapshot": result.snapshot, "target_db": result.target_db,
-                  "old_db": result.old_db, "bytes": result.bytes, "warnings": result.warnings,
-                  "notes": result.notes})
+        out_json(result.as_json())
     else:
         print(f"restored snapshot {result.snapshot[:8]} into database {result.target_db!r}"
               + (f"; the previous database is kept as {result.old_db!r}" if result.old_db else ""))

@@ -488,13 +488,6 @@ class _SchedulerCancel(CancelToken):
         self._scheduler.cancel(self._job["id"], self._job)
 
 
-def serve_http(engine, listen: str):
-    """``[metrics] listen``: /health and /metrics on a loopback address (engine/api/)."""
-    from engine.api.server import serve_metrics
-
-    return serve_metrics(engine, listen)
-
-
 def run_daemon(engine) -> int:
     """backup-tui --run-scheduler: run until SIGTERM or SIGINT; exit 0 after a clean stop."""
     setup_logging()
@@ -514,7 +507,9 @@ def run_daemon(engine) -> int:
 
             servers.append(serve_api(engine, sched))
         if engine.config.metrics.listen:
-            servers.append(serve_http(engine, engine.config.metrics.listen))
+            from engine.api.server import serve_metrics
+
+            servers.append(serve_metrics(engine, engine.config.metrics.listen))
         while not stop.wait(1.0):
             pass
     finally:

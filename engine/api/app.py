@@ -73,11 +73,17 @@ class Throttle:
     def __init__(self) -> None:
         self._fails: dict[str, deque[float]] = {}
 
-    def _recent(self, address: str) -> deque[float]:
-        fails = self._fails.setdefault(address, deque())
+    def _recent(self, address: str, fail: bool = False) -> deque[float]:
+        """The address's failures in the window (with one more now, if ``fail``); an
+        address with none is forgotten, so the table does not grow with every client."""
+        fails = self._fails.pop(address, None) or deque()
         now = time.monotonic()
         while fails and now - fails[0] > FAIL_WINDOW:
             fails.popleft()
+        if fail:
+            fails.append(now)
+        if fails:
+            self._fails[address] = fails
         return fails
 
     def blocked_for(self, address: str) -> int:
@@ -88,8 +94,7 @@ class Throttle:
 
     def failed(self, address: str) -> float:
         """Record a failure; the seconds to wait before answering it."""
-        fails = self._recent(address)
-        fails.append(time.monotonic())
+        fails = self._recent(address, fail=True)
         over = len(fails) - FAIL_FREE
         return 0.0 if over <= 0 else min(FAIL_DELAY_CAP, 0.5 * 2 ** (over - 1))
 
@@ -168,10 +173,12 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
         if not open_health:
             (await caller_of(request)).require("viewer", "reading")
 
-    @app.get("/health", include_in_schema=False, dependencies=[Depends(health_access)])
-    def health_plain() -> JSONResponse:
+    def health_answer() -> JSONResponse:
         verdict = engine.health()
         return JSONResponse(jsonable_encoder(verdict), status_code=200 if verdict["ok"] else 503)
+
+    app.get("/health", include_in_schema=False,
+            dependencies=[Depends(health_access)])(health_answer)
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(health_access)])
     def metrics_plain() -> PlainTextResponse:
@@ -227,8 +234,7 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
              responses={503: {"model": models.Health, "description": "not healthy"}},
              summary="200 when healthy, 503 with the reasons when not")
     def health() -> JSONResponse:
-        verdict = engine.health()
-        return JSONResponse(jsonable_encoder(verdict), status_code=200 if verdict["ok"] else 503)
+        return health_answer()
 
     # ------------------------------------------------------------- backup
     @api.post("/trigger", status_code=202, response_model=models.Job,
@@ -280,7 +286,7 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
                                 no_acl=body.no_acl, with_globals=body.with_globals,
                                 create_missing_roles=body.create_missing_roles)
         return start(request, caller, "restore", snap["source"],
-                     lambda run: _restore_db(eng, plan, run), f"database {body.target_db}")
+                     lambda run: _restore(eng, plan, run), f"database {body.target_db}")
 
     @api.post("/restore/files", status_code=202, response_model=models.Job,
               summary="Restore a files snapshot into a directory")
@@ -293,14 +299,8 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
         snap = eng.snapshot(body.snapshot, body.source)
         plan = eng.plan_restore(snap, target=body.target, paths=body.paths, force=body.force)
 
-        def work(run):
-            result = run(f"restore {plan.target_label}",
-                         lambda c, ev: eng.restore(plan, on_event=ev, cancel=c))
-            return {"snapshot": result.snapshot, "target": result.target,
-                    "files": result.files, "bytes": result.bytes,
-                    "warnings": result.warnings[:100]}
-
-        return start(request, caller, "restore", snap["source"], work, body.target)
+        return start(request, caller, "restore", snap["source"],
+                     lambda run: _restore(eng, plan, run), body.target)
 
     @api.post("/point-in-time-recovery", summary="Plan, or run, a recovery to a point in time",
               responses={200: {"description": "the plan"}, 202: {"model": models.Job}})
@@ -336,7 +336,7 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
         plan = eng.plan_restore(snap, target_db=body.target_db, replace=body.replace)
 
         def work(run):
-            out = _restore_db(eng, plan, run)
+            out = _restore(eng, plan, run)
             out["plan"] = plan_json
             return out
 
@@ -547,12 +547,13 @@ def _db_snapshot(engine, ref: str | None, source: str | None, at: str | None) ->
     return engine.snapshot(ref, source)
 
 
-def _restore_db(engine, plan, run) -> dict:
-    result = run(f"restore {plan.target_label}",
-                 lambda c, ev: engine.restore(plan, on_event=ev, cancel=c))
-    return {"snapshot": result.snapshot, "target_db": result.target_db,
-            "old_db": result.old_db, "bytes": result.bytes,
-            "warnings": result.warnings[:100], "notes": result.notes}
+def _restore(engine, plan, run) -> dict:
+    """Execute a restore plan of any kind as the job's step; its result as the CLI's
+    ``--json`` prints it (warnings capped at 100)."""
+    out = run(f"restore {plan.target_label}",
+              lambda c, ev: engine.restore(plan, on_event=ev, cancel=c)).as_json()
+    out["warnings"] = out["warnings"][:100]
+    return out
 
 
 def _pitr_target(engine, body: models.PitrRequest):

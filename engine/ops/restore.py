@@ -35,7 +35,7 @@ import shutil
 import stat
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,9 @@ class RestoreResult:
     files: int
     bytes: int
     warnings: list[str]
+
+    def as_json(self) -> dict:
+        return asdict(self)
 
 
 def _check_target(target: Path, force: bool) -> None:

@@ -47,7 +47,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
@@ -126,6 +126,9 @@ class DbRestoreResult:
     bytes: int
     warnings: list[str]
     notes: list[str] = field(default_factory=list)  # what was applied: properties, roles
+
+    def as_json(self) -> dict:
+        return asdict(self)
 
 
 def _ident(base: str, suffix: str) -> str:
