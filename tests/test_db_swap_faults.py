@@ -331,3 +331,31 @@ def test_dated_names_already_taken_are_not_reused(app_db, pg_cluster):
     finally:
         for name in databases(pg_cluster, f"{sb.db}\\_\\_old\\_%"):
             pg_cluster.psql(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_a_journal_file_killed_half_written_is_removed(tmp_path):
+    """A kill inside the journal's write leaves ``<entry>.<pid>.tmp``, which no entry names:
+    doctor lists it, doctor --fix (and the next restore, ``settle_dead_runs``) removes it
+    once its process is gone; a live process's file is left alone."""
+    from engine.config import parse_config
+    from engine.ops.doctor import doctor
+    from engine.ops.restore_db import journal_dir
+
+    state = tmp_path / "state"
+    folder = state / "restore-db"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = folder / f"restore-x.json.{dead.pid}.tmp"
+    live = folder / f"restore-y.json.{os.getppid()}.tmp"  # our parent: alive
+    left.write_text("{")
+    live.write_text("{")
+    config = parse_config({"repository": {"path": str(tmp_path / "repo")},
+                           "state": {"dir": str(state)}})
+    assert journal_dir(state) == str(folder)
+    report = doctor(config, fix=False)
+    assert report.to_fix == [f"would remove a half-written restore journal file {left}"]
+    assert left.exists()
+    report = doctor(config, fix=True)
+    assert report.fixed == [f"removed a half-written restore journal file {left}"]
+    assert sorted(os.listdir(folder)) == [live.name]

@@ -25,7 +25,14 @@ import psycopg2
 
 from engine.config import Config
 from engine.errors import EngineError
-from engine.ops.restore_db import JournalEntry, _maintenance, journal_entries, settle
+from engine.ops.restore_db import (
+    JournalEntry,
+    _maintenance,
+    half_written,
+    journal_entries,
+    remove_half_written,
+    settle,
+)
 from engine.repo import locks as host
 from engine.sources import registry
 from engine.sources.pgconn import PgTarget
@@ -79,6 +86,12 @@ def doctor(config: Config, fix: bool = False) -> DoctorReport:
     rep = DoctorReport(fix)
     entries, unreadable = journal_entries(config.state_dir)
     rep.problems += [f"restore journal: {b} (remove it once checked)" for b in unreadable]
+    if fix:
+        rep.fixed += [f"removed a half-written restore journal file {p}"
+                      for p in remove_half_written(config.state_dir)]
+    else:
+        rep.to_fix += [f"would remove a half-written restore journal file {p}"
+                       for p in half_written(config.state_dir)]
     recorded: set[tuple[str, str]] = set()
     for entry in entries:
         recorded.add((entry.source, str(entry.entry.get("temp_db"))))

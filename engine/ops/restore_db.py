@@ -754,10 +754,39 @@ def settle(entry: JournalEntry, server: PgTarget, fix: bool = True) -> Settled:
     return out
 
 
+def half_written(state_dir: str | os.PathLike[str]) -> list[str]:
+    """Journal files a run killed inside ``SwapJournal.write`` left (``<entry>.<pid>.tmp``,
+    never renamed into place, so no entry names them) whose process is gone."""
+    folder = journal_dir(state_dir)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        m = re.fullmatch(r".+\.json\.(\d+)\.tmp", name)
+        if m and int(m.group(1)) != os.getpid() and not host.pid_alive(int(m.group(1))):
+            out.append(os.path.join(folder, name))
+    return out
+
+
+def remove_half_written(state_dir: str | os.PathLike[str]) -> list[str]:
+    """Remove ``half_written`` files; what was removed."""
+    gone = []
+    for path in half_written(state_dir):
+        try:
+            os.unlink(path)
+            gone.append(path)
+        except FileNotFoundError:
+            pass
+    return gone
+
+
 def settle_dead_runs(state_dir: str | os.PathLike[str], server: PgTarget) -> list[str]:
     """At the start of a restore: settle what dead runs left on the same server. Returns
     warnings (what was cleaned up, or could not be)."""
-    out: list[str] = []
+    out: list[str] = [f"removed a journal file an interrupted restore left half written: "
+                      f"{p}" for p in remove_half_written(state_dir)]
     entries, _ = journal_entries(state_dir)
     for entry in entries:
         if entry.source != server.name or entry.alive():
