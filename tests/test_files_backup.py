@@ -367,8 +367,10 @@ def test_permission_denied_on_one_file(sandbox):
 
 
 def test_file_grows_and_another_vanishes_during_backup(sandbox, engine, monkeypatch):
-    # One reader thread, so the files of a directory are read in name order and the
-    # deletions below happen after listing and before the reader gets there.
+    # One reader thread in the backup's process (no reader processes, which open every
+    # file as the walk lists it), so the files of a directory are read in name order and
+    # the deletions below happen after listing and before the reader gets there.
+    monkeypatch.setenv("BACKUP_TUI_READERS", "0")
     monkeypatch.setattr("engine.sources.files.READERS", 1)
     monkeypatch.setattr("engine.sources.files.LISTERS", 0)  # no listing ahead either
     src = sandbox.src

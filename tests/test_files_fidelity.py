@@ -575,6 +575,7 @@ def test_restore_accepts_the_limit_and_refuses_one_more(sandbox, engine, tmp_pat
 def test_incomplete_warning_says_what_was_stored(sandbox, engine, tmp_path, monkeypatch):
     """A file read while it grew, and one that vanished: the restore says "read up to N
     bytes" of the first (that much is restored) and "not read at all" of the second."""
+    monkeypatch.setenv("BACKUP_TUI_READERS", "0")  # read in the backup's own process
     monkeypatch.setattr("engine.sources.files.READERS", 1)
     monkeypatch.setattr("engine.sources.files.LISTERS", 0)
     src = sandbox.src

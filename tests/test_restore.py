@@ -530,6 +530,7 @@ def test_dump_into_a_closed_pipe(sandbox):
 def test_restoring_an_incomplete_snapshot_warns(sandbox, engine, tmp_path, monkeypatch):
     # One reader, no listing ahead: files are read in name order, so deleting z_file while
     # a_big is being read makes it vanish after it was listed (an incomplete snapshot).
+    monkeypatch.setenv("BACKUP_TUI_READERS", "0")  # read in the backup's own process
     monkeypatch.setattr("engine.sources.files.READERS", 1)
     monkeypatch.setattr("engine.sources.files.LISTERS", 0)
     big = sandbox.src / "a_big"

@@ -41,6 +41,7 @@ from engine.events import CancelToken
 from engine.repo import codec
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
+from engine.sources.readers import ReaderPool, default_count
 
 if TYPE_CHECKING:
     from engine.sources.fileset import FilesetConfig
@@ -374,6 +375,33 @@ class _Frame:
     subdirs: deque = field(default_factory=deque)
 
 
+@dataclass
+class _InReader:
+    """A file handed to a reader process: its node, completed when the reader is done."""
+
+    node: dict
+    path: bytes
+    future: Future
+
+
+def reader_processes(repo: Repository) -> int:
+    """How many reader processes a files backup of ``repo`` uses: ``BACKUP_TUI_READERS``
+    if set (0: read in this process, with threads), else one per core (at most 4), for a
+    repository in a local directory (readers write their packs there themselves)."""
+    from engine.storage.local import LocalBackend
+
+    if not isinstance(repo.backend, LocalBackend):
+        return 0
+    want = os.environ.get("BACKUP_TUI_READERS", "").strip()
+    if want:
+        try:
+            return max(0, min(16, int(want)))
+        except ValueError:
+            raise EngineError(f"BACKUP_TUI_READERS={want!r}: not a whole number of reader "
+                              "processes (0 reads in the backup's own process)") from None
+    return default_count()
+
+
 class FilesBackup:
     def __init__(
         self,
@@ -384,6 +412,7 @@ class FilesBackup:
         progress: Progress,
         cancel: CancelToken | None = None,
         readers: int | None = None,
+        processes: int | None = None,
     ):
         self.repo = repo
         self.writer = writer
@@ -398,6 +427,9 @@ class FilesBackup:
         self._local = threading.local()
         self._lock = threading.RLock()  # stats, errors, progress: shared with reader threads
         self.readers = readers or READERS
+        # reader processes (engine/sources/readers.py): started at the first file to read
+        self.processes = reader_processes(repo) if processes is None else processes
+        self._procs: ReaderPool | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lister: ThreadPoolExecutor | None = None
         self._listings: dict[bytes, Future] = {}  # directory -> its listing, made ahead
@@ -495,12 +527,19 @@ class FilesBackup:
                         if LISTERS else None)
         root_fd = os.open(b"/", _DIR_FLAGS)
         self._chain = DirChain(root_fd)
+        ok = False
         try:
-            return self._run()
+            tree = self._run()
+            if self._procs is not None:
+                self._procs.finish()  # their last packs, before the skeleton's commit
+            ok = True
+            return tree
         except BaseException:
             self.cancel.cancel()
             raise
         finally:
+            if self._procs is not None:
+                self._procs.close(kill=not ok)
             self._pool.shutdown(wait=True, cancel_futures=True)
             if self._lister is not None:
                 self._lister.shutdown(wait=True, cancel_futures=True)
@@ -567,7 +606,8 @@ class FilesBackup:
                 else:
                     xattrs = read_xattrs(entry_path(fd, name, child))
                     f.nodes.append(self._entry(fd, name, child, st, xattrs, prev))
-            f.nodes = self._resolve(f.nodes)
+            if not self.processes:
+                f.nodes = self._resolve(f.nodes)
             return f
         # This directory's files first (read in parallel), then its subdirectories, so
         # the walk never runs far ahead of the readers; the subdirectories are listed
@@ -588,7 +628,8 @@ class FilesBackup:
                     self._listings[epath] = self._lister.submit(_list_path, epath)
                 continue
             f.nodes.append(self._entry(fd, name, epath, est, xattrs, f.parent.get(name)))
-        f.nodes = self._resolve(f.nodes)
+        if not self.processes:  # reader processes: the walk goes on, resolved at _finish
+            f.nodes = self._resolve(f.nodes)
         return f
 
     def _descend(self, f: _Frame, name: bytes, st: os.stat_result, xattrs, prev: dict | None,
@@ -661,7 +702,7 @@ class FilesBackup:
         return []
 
     def _finish(self, f: _Frame) -> str:
-        nodes = sorted(f.nodes, key=node_name)
+        nodes = sorted(self._resolve(f.nodes), key=node_name)
         parent = f.parent
         if f.parent_tree and self.repo.has_blob(f.parent_tree) and len(nodes) == len(
                 parent) and all(n == parent.get(node_name(n)) for n in nodes):
@@ -675,12 +716,15 @@ class FilesBackup:
             body = encode_tree([])
         return self.writer.save(TREE, body)
 
-    @staticmethod
-    def _resolve(nodes: list) -> list[dict]:
+    def _resolve(self, nodes: list) -> list[dict]:
         """Wait for the files being read; drop those that could not be."""
         out = []
         for n in nodes:
-            if isinstance(n, Future):
+            if isinstance(n, _InReader):
+                if self._procs is not None:
+                    self._procs.kick()
+                n = self._from_reader(n)
+            elif isinstance(n, Future):
                 n = n.result()
             if n is not None:
                 out.append(n)
@@ -731,8 +775,60 @@ class FilesBackup:
                 self.stats.bytes += st.st_size
             self._tick(path)
             return node
+        if self.processes:
+            return self._to_reader(fd, name, path, node, st)
         assert self._pool is not None
         return self._pool.submit(self._read_file, fd, name, path, node, st)
+
+    def _to_reader(self, dir_fd: int, name: bytes, path: bytes, node: dict,
+                   st: os.stat_result) -> _InReader | None:
+        """Open the file here, in its open parent, and hand the descriptor to a reader
+        process (engine/sources/readers.py)."""
+        self.cancel.check()
+        try:
+            try:
+                fd = os.open(name, _OPEN_FLAGS | os.O_NOATIME, dir_fd=dir_fd)
+            except PermissionError:
+                fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            self._error(path, "vanished during backup")
+            return None
+        except PermissionError:
+            self._error(path, "permission denied")
+            return None
+        except OSError as e:
+            self._error(path, "replaced by a symlink during backup" if e.errno == errno.ELOOP
+                        else e.strerror or str(e))
+            return None
+        if self._procs is None:
+            try:
+                self._procs = ReaderPool(self.repo, self.writer, self.processes,
+                                         self._read_some)
+            except BaseException:
+                os.close(fd)
+                raise
+        return _InReader(node, path, self._procs.submit(fd, st, path))
+
+    def _read_some(self, n: int, path: bytes) -> None:
+        with self._lock:
+            self.stats.bytes_read += n
+        self._tick(path)
+
+    def _from_reader(self, r: _InReader) -> dict | None:
+        res = r.future.result()
+        for message, read, stored in res["errors"]:
+            self._error(r.path, message, read, stored)
+        if "content" not in res:
+            return None
+        node = r.node
+        node["content"] = res["content"]
+        node["size"] = res["size"]
+        if res["holes"]:
+            node["holes"] = res["holes"]
+        with self._lock:
+            self.stats.bytes += res["size"]
+        self._tick(r.path)
+        return node
 
     def _read_file(self, fd: int, name: bytes, path: bytes, node: dict,
                    st: os.stat_result) -> dict | None:

@@ -152,6 +152,19 @@ class LocalBackend:
             raise EngineError(f"cannot write {path}: {e.strerror}") from None
         _fsync_dir(folder)
 
+    def put_streamed(self, folder: str) -> StreamedPut:
+        """An object written piece by piece and named at the end (a pack written as its
+        blobs are sealed, so it is never whole in memory): ``write`` parts, then
+        ``finish(name)`` fsyncs it and renames it into place with the guarantees of
+        `put`; ``abort()`` removes it. Until then it is a ``.tmp-*`` file in ``folder``,
+        which prune reclaims if the writer dies."""
+        where = self._path(folder)
+        try:
+            self._make_folder(where)
+        except OSError as e:
+            raise EngineError(f"cannot create {where}: {e.strerror}") from None
+        return StreamedPut(self, where)
+
     def stat(self, name: str) -> ObjectInfo:
         try:
             st = os.stat(self._path(name))
@@ -219,6 +232,68 @@ class LocalBackend:
         try:
             self._path(name).unlink()
         except _MISSING:
+            pass
+
+
+class StreamedPut:
+    """See `LocalBackend.put_streamed`."""
+
+    def __init__(self, backend: LocalBackend, folder: Path):
+        self.backend = backend
+        self.folder = folder
+        self.tmp = folder / f"{_TEMP}{secrets.token_hex(8)}"
+        self.size = 0
+        try:
+            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                          | os.O_CLOEXEC, 0o600)
+            if backend.shared():
+                os.fchmod(self.fd, 0o660)
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> EngineError:
+        self.abort()
+        if e.errno == errno.ENOSPC:
+            return EngineError(f"disk full writing {self.tmp}: no space left on device")
+        return EngineError(f"cannot write {self.tmp}: {e.strerror}")
+
+    def write(self, *parts: bytes | memoryview) -> None:
+        assert self.fd is not None
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    n = os.write(self.fd, view)
+                    view = view[n:]
+                    self.size += n
+        except OSError as e:
+            raise self._error(e) from None
+
+    def finish(self, name: str) -> None:
+        path = self.backend._path(name)
+        try:
+            assert self.fd is not None
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            self.backend._make_folder(path.parent)
+            os.replace(self.tmp, path)
+        except OSError as e:
+            raise self._error(e) from None
+        _fsync_dir(path.parent)
+        if path.parent != self.folder:
+            _fsync_dir(self.folder)
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        try:
+            self.tmp.unlink()
+        except OSError:
             pass
 
 
