@@ -56,6 +56,16 @@ _UNTRUSTED = "the repository is not encrypted, so nothing authenticates its cont
 _RUN_BYTES = 4 * 1024 * 1024
 _RUN_BLOBS = 256
 _IOV_MAX = 1024
+# From a remote backend (S3) the runs of the files to restore are read ahead as segments:
+# the runs of one pack close together (gaps of blobs no file needs up to _SEG_GAP read
+# through), up to _SEG_BYTES a request, _FETCHERS requests in flight, at most _AHEAD_BYTES
+# read and not yet written; a run joins a segment only while the restore is at most
+# _SEG_SPAN bytes further on than the segment's first run, so no segment is held long.
+_SEG_BYTES = 16 * 1024 * 1024
+_SEG_GAP = 1024 * 1024
+_SEG_SPAN = 32 * 1024 * 1024
+_AHEAD_BYTES = 64 * 1024 * 1024
+_FETCHERS = 4
 
 
 @dataclass
@@ -203,6 +213,7 @@ class _Restorer:
         self.inherit = not self.fresh
         self.sources = set(plan.links.values())  # first paths of hard-linked files
         self.made: set[bytes] = set()  # ... of those, the ones this restore made
+        self.prefetch: _Prefetch | None = None  # remote backends: runs read ahead (run)
 
     def _warn(self, message: str) -> None:
         with self._lock:
@@ -359,12 +370,15 @@ class _Restorer:
 
     def _load_run(self, run: list[tuple[Any, Any]]) -> list[bytes]:
         """The blobs of a run, each authenticated and checked against its id."""
-        if len(run) == 1:
+        first: IndexEntry | None = run[0][1]
+        if first is None:  # odd in some way: load_blob names the problem
             return [self.repo.load_blob(run[0][0], "data")]
-        first: IndexEntry = run[0][1]
         name = pack_name(first.pack_id)
         total = sum(e.length for _, e in run)
-        sealed = self.repo.backend.get_range(name, first.offset, total)
+        sealed = self.prefetch.take(first.pack_id, first.offset, total) if self.prefetch \
+            else None
+        if sealed is None:
+            sealed = self.repo.backend.get_range(name, first.offset, total)
         if len(sealed) != total:  # truncated pack: load_blob names the blob
             return [self.repo.load_blob(b, "data") for b, _ in run]
         view = memoryview(sealed)
@@ -375,6 +389,25 @@ class _Restorer:
                                              entry.raw_length))
             pos += entry.length
         return out
+
+    def _start_prefetch(self) -> _Prefetch | None:
+        """Remote backends only: the runs of every file this restore will write (in the
+        order it writes them; hard links and sparse files aside), as segments to read
+        ahead. The local repository is read run by run (a pread each)."""
+        from engine.storage.local import LocalBackend
+
+        if isinstance(self.repo.backend, LocalBackend):
+            return None
+        pf = _Prefetch(self.repo.backend)
+        for rel, node in self.plan.entries:
+            if node["type"] != "file" or rel in self.plan.links or node_holes(node):
+                continue
+            for run in self._runs(node.get("content", [])):
+                first = run[0][1]
+                if first is not None:
+                    pf.add(first.pack_id, first.offset, sum(e.length for _, e in run))
+        pf.start()
+        return pf
 
     def _write_sparse(self, fd: int, node: dict, holes: list[tuple[int, int]]) -> None:
         """Write only the data between the holes: a blob wholly inside a hole is not even
@@ -419,6 +452,8 @@ class _Restorer:
         plan = self.plan
         deferred: list[tuple[bytes, dict]] = []
         os.makedirs(self.root, exist_ok=True)
+        if processes <= 1:
+            self.prefetch = self._start_prefetch()
         root_fd = os.open(self.root, _DIR)
         chain, links = DirChain(root_fd), DirChain(root_fd)
 
@@ -507,6 +542,9 @@ class _Restorer:
             chain.close()
             links.close()
             os.close(root_fd)
+            if self.prefetch is not None:
+                self.prefetch.close()
+                self.prefetch = None
         self._progress(final=True)
 
     def _write_forked(self, root_fd: int, files: list[tuple[bytes, dict]],
@@ -635,6 +673,110 @@ class _Restorer:
                 final=final,
             )
         )
+
+
+class _Segment:
+    __slots__ = ("name", "start", "end", "pos", "uses", "future", "done")
+
+    def __init__(self, name: str, start: int, end: int, pos: int):
+        self.name, self.start, self.end, self.pos = name, start, end, pos
+        self.uses = 0  # runs still to be taken from it
+        self.future: Future | None = None  # its read, once started
+        self.done = False  # every run taken (or the restore ended): nothing more to read
+
+
+class _Prefetch:
+    """Reads the runs of a restore ahead from a remote backend, a segment (a range of
+    one pack covering several runs) per request, several requests at once, in the
+    order the restore writes, with at most _AHEAD_BYTES read and not yet taken.
+
+    ``add`` each run in the restore's order, ``start``, then ``take`` each run's bytes
+    (None: read it yourself). A run whose segment is not read yet (the budget is spent
+    on earlier segments), or whose read failed, gives None: the restore reads that run
+    alone, as it would without read-ahead, so a failure is reported as it was and
+    nothing ever waits for a read that is not under way."""
+
+    def __init__(self, backend: Any):
+        self.backend = backend
+        self.segments: list[_Segment] = []
+        self.open: dict[str, _Segment] = {}  # pack -> its segment runs may still join
+        self.runs: dict[tuple[str, int, int], list[_Segment]] = {}  # run -> its segments
+        self.pos = 0  # bytes of the runs added so far
+        self.next = 0  # the next segment to read
+        self.held = 0  # bytes of the segments read or being read, not yet all taken
+        self.lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.closed = False
+
+    def add(self, pack_id: str, offset: int, length: int) -> None:
+        end = offset + length
+        seg = self.open.get(pack_id)
+        if (seg is None or self.pos - seg.pos > _SEG_SPAN
+                or offset > seg.end + _SEG_GAP or end < seg.start - _SEG_GAP
+                or max(end, seg.end) - min(offset, seg.start) > _SEG_BYTES):
+            seg = _Segment(pack_name(pack_id), offset, end, self.pos)
+            self.segments.append(seg)
+            self.open[pack_id] = seg
+        else:
+            seg.start, seg.end = min(offset, seg.start), max(end, seg.end)
+        seg.uses += 1
+        self.runs.setdefault((pack_id, offset, length), []).append(seg)
+        self.pos += length
+
+    def start(self) -> None:
+        self.open.clear()
+        if self.segments:
+            self.pool = ThreadPoolExecutor(max_workers=_FETCHERS, thread_name_prefix="prefetch")
+            with self.lock:
+                self._pump()
+
+    def _pump(self) -> None:
+        """Start the reads of the next segments while they fit the budget (lock held)."""
+        while self.next < len(self.segments) and not self.closed:
+            seg = self.segments[self.next]
+            if seg.done:
+                self.next += 1
+                continue
+            size = seg.end - seg.start
+            if self.held and self.held + size > _AHEAD_BYTES:
+                return
+            self.held += size
+            seg.future = self.pool.submit(self.backend.get_range, seg.name, seg.start, size)
+            self.next += 1
+
+    def take(self, pack_id: str, offset: int, length: int) -> bytes | memoryview | None:
+        """The bytes of one run, or None when the caller is to read them itself."""
+        with self.lock:
+            segs = self.runs.get((pack_id, offset, length))
+            if not segs:
+                return None
+            seg = segs.pop(0)
+            future = seg.future
+        data = None
+        if future is not None:
+            try:
+                whole = future.result()
+            except Exception:  # noqa: BLE001 - read again alone, which reports it
+                whole = None
+            if whole is not None and len(whole) >= offset - seg.start + length:
+                data = memoryview(whole)[offset - seg.start:offset - seg.start + length]
+        with self.lock:
+            seg.uses -= 1
+            if seg.uses == 0 and not seg.done:
+                seg.done = True
+                if seg.future is not None:
+                    seg.future = None
+                    self.held -= seg.end - seg.start
+                    self._pump()
+        return data
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            for seg in self.segments:
+                seg.future = None
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_all(fd: int, datas: list[bytes]) -> None:

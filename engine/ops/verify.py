@@ -289,20 +289,72 @@ def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Probl
     return len(data), checked, problems
 
 
+# What a forked verify worker checks: the repository (keys, index, backend), the packs'
+# users and blobs. Handed over by fork itself (a fork context's initargs are not
+# pickled), so nothing of the repository is sent to the workers.
+_FORKED: tuple | None = None
+REMOTE_WORKERS = 4  # packs read at once from a remote backend (S3): requests in flight
+
+
+def _init_forked(*state) -> None:
+    global _FORKED
+    _FORKED = state
+
+
+def _check_forked(pid: str) -> tuple[int, int, list[Problem]]:
+    repo, pack_users, needed_blobs, present = _FORKED
+    return _check_pack(repo, pid, sorted(pack_users[pid]), needed_blobs[pid], present)
+
+
+def _use_processes(repo) -> bool:
+    """Local packs are checked by forked processes, one a core: hashing the pack, the
+    blob HMACs, AES-GCM and zstd of one pack hold the GIL long enough that threads use
+    little more than one core (bench/RESULTS.md). A remote backend's client must not be
+    shared with a forked child: threads there, several requests in flight."""
+    from engine.storage.local import LocalBackend
+
+    return (isinstance(repo.backend, LocalBackend) and (os.cpu_count() or 1) > 1
+            and hasattr(os, "fork"))
+
+
 def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel) -> None:
-    """Packs are checked two at a time: hashing, decryption and decompression release
-    the GIL, so two threads keep both cores busy while the next pack is read."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Every pack the snapshots need, read whole and checked (_check_pack); results are
+    taken in the order of the packs, so the report is the same however they are read."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     packs = sorted(pack_users)
     total = sum(repo.pack_sizes.get(p, 0) for p in packs)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
-        results = pool.map(
-            lambda pid: _check_pack(repo, pid, sorted(pack_users[pid]), needed_blobs[pid],
-                                    present) if not cancel.cancelled else (0, 0, []),
-            packs,
-        )
-        for i, (nbytes, checked, problems) in enumerate(results):
+    if not packs:
+        return
+    if _use_processes(repo) and len(packs) > 1:
+        import multiprocessing
+
+        workers = min(os.cpu_count() or 2, len(packs))
+        pool = ProcessPoolExecutor(max_workers=workers,
+                                   mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_init_forked,
+                                   initargs=(repo, pack_users, needed_blobs, present))
+        check = _check_forked
+    else:
+        workers = REMOTE_WORKERS if not _use_processes(repo) else 2
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
+
+        def check(pid: str) -> tuple[int, int, list[Problem]]:
+            if cancel.cancelled:
+                return 0, 0, []
+            return _check_pack(repo, pid, sorted(pack_users[pid]), needed_blobs[pid], present)
+
+    try:
+        # at most two packs a worker submitted ahead: memory stays bounded by the workers
+        futures: dict[int, object] = {}
+        ahead = workers * 2
+        nxt = 0
+        for i in range(len(packs)):
+            while nxt < len(packs) and nxt < i + ahead:
+                futures[nxt] = pool.submit(check, packs[nxt])
+                nxt += 1
+            cancel.check()
+            nbytes, checked, problems = futures.pop(i).result()
             cancel.check()
             if nbytes:
                 report.packs_checked += 1
@@ -311,3 +363,5 @@ def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_even
             report.problems.extend(problems)
             on_event(Event(job_id, "read-data", bytes_done=report.bytes_read, bytes_total=total,
                            items_done=i + 1, items_total=len(packs), message=pack_name(packs[i])))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

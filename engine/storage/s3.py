@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -83,9 +84,15 @@ class S3Backend:
             TimeoutError,
         )
         self._no_credentials = botocore.exceptions.NoCredentialsError
+        # requests sent, by kind (bench/ and tests read them); several threads send at once
         self.requests = {"put": 0, "get": 0, "list": 0, "head": 0, "delete": 0}
+        self._count_lock = threading.Lock()
 
     # ------------------------------------------------------------ plumbing
+    def _count(self, kind: str) -> None:
+        with self._count_lock:
+            self.requests[kind] += 1
+
     def key(self, name: str) -> str:
         return self.prefix + name
 
@@ -137,7 +144,7 @@ class S3Backend:
     # ------------------------------------------------------------ contract
     def get(self, name: str) -> bytes:
         def op() -> bytes:
-            self.requests["get"] += 1
+            self._count("get")
             resp = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
             return resp["Body"].read()
 
@@ -152,7 +159,7 @@ class S3Backend:
             return b""
 
         def op() -> bytes:
-            self.requests["get"] += 1
+            self._count("get")
             try:
                 resp = self.client.get_object(
                     Bucket=self.bucket, Key=self.key(name),
@@ -189,7 +196,7 @@ class S3Backend:
         sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
 
         def op() -> None:
-            self.requests["put"] += 1
+            self._count("put")
             resp = self.client.put_object(
                 Bucket=self.bucket, Key=self.key(name), Body=data, ContentMD5=content_md5,
                 ChecksumAlgorithm="SHA256", ChecksumSHA256=sha,
@@ -210,7 +217,7 @@ class S3Backend:
                  **self._lock_args(name)}
 
         def op() -> None:
-            self.requests["put"] += 1
+            self._count("put")
             self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.key(name),
                                        ExtraArgs=extra, Config=cfg)
 
@@ -220,7 +227,7 @@ class S3Backend:
 
     def stat(self, name: str) -> ObjectInfo:
         def op() -> ObjectInfo:
-            self.requests["head"] += 1
+            self._count("head")
             resp = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
             return ObjectInfo(name, int(resp["ContentLength"]))
 
@@ -244,7 +251,7 @@ class S3Backend:
                 kwargs["ContinuationToken"] = token
 
             def op(kwargs=kwargs):
-                self.requests["list"] += 1
+                self._count("list")
                 return self.client.list_objects_v2(**kwargs)
 
             resp = self._retry(f"list {prefix or '/'}", op)
@@ -259,7 +266,7 @@ class S3Backend:
         """The Object Lock retain-until date of an object, if it is in the future.
         (Read from HEAD: GetObjectRetention is not served by every S3-compatible server.)"""
         def op():
-            self.requests["head"] += 1
+            self._count("head")
             return self.client.head_object(Bucket=self.bucket, Key=self.key(name))
 
         try:
@@ -279,7 +286,7 @@ class S3Backend:
                               f"{until.isoformat()}; not deleted")
 
         def op() -> None:
-            self.requests["delete"] += 1
+            self._count("delete")
             self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
 
         try:
@@ -290,7 +297,7 @@ class S3Backend:
     def check_bucket(self) -> None:
         """Fail early and clearly when the bucket is missing, elsewhere, or closed to us."""
         def op() -> None:
-            self.requests["head"] += 1
+            self._count("head")
             self.client.head_bucket(Bucket=self.bucket)
 
         try:
@@ -299,7 +306,7 @@ class S3Backend:
             raise S3Error(f"{self.location}: bucket {self.bucket!r} does not exist") from None
 
         def where() -> str:
-            self.requests["head"] += 1
+            self._count("head")
             loc = self.client.get_bucket_location(Bucket=self.bucket)
             return loc.get("LocationConstraint") or "us-east-1"
 
