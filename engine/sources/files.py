@@ -41,14 +41,14 @@ from engine.events import CancelToken
 from engine.repo import codec
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
-from engine.sources.readers import ReaderPool, default_count
+from engine.sources.readers import ReaderPool, _Range, default_count, find_holes
 
 if TYPE_CHECKING:
     from engine.sources.fileset import FilesetConfig
 
 READERS = 2  # reader threads per backup
 LISTERS = 2  # threads listing directories ahead of the walk (0: list in the walk itself)
-HOLE_MIN = 64 * 1024  # zero ranges shorter than this are stored as data, not as holes
+PENDING_DIRS = 256  # walked directories waiting for their files' readers, at most
 PREFETCH_PATH_MAX = 3072  # deeper paths are listed by the walk itself (no path look-up)
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -193,50 +193,6 @@ class DirChain:
         self.fds.clear()
         self.ids.clear()
         self.rel = b""
-
-
-class _Range:
-    """A reader over the next ``left`` bytes of a file (FastCDC over one data range)."""
-
-    def __init__(self, f, left: int):
-        self.f = f
-        self.left = left
-
-    def readinto(self, b) -> int:
-        if self.left <= 0:
-            return 0
-        mv = memoryview(b)
-        if len(mv) > self.left:
-            mv = mv[: self.left]
-        n = self.f.readinto(mv) or 0
-        self.left -= n
-        return n
-
-
-def find_holes(fd: int, size: int) -> list[list[int]]:
-    """Zero ranges ``[offset, length]`` of at least HOLE_MIN bytes, by SEEK_DATA/SEEK_HOLE
-    (never reading the file); [] when the file system cannot tell."""
-    holes: list[list[int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno != errno.ENXIO:  # ENXIO: no data after pos, a hole to the end
-                    raise
-                data = size
-            data = min(data, size)
-            if data - pos >= HOLE_MIN:
-                holes.append([pos, data - pos])
-            if data >= size:
-                break
-            pos = os.lseek(fd, data, os.SEEK_HOLE)
-    except OSError:
-        return []
-    finally:
-        os.lseek(fd, 0, os.SEEK_SET)
-    return holes
 
 
 class Excluder:
@@ -564,6 +520,11 @@ class FilesBackup:
         else:
             root = self._frame(b"/", 0, None, self.parent_tree, trie)
         stack = [root]
+        # Walked directories whose trees are still to write, children before parents. With
+        # reader processes the walk goes on while their files are read, and a tree is
+        # written once its files are in (the parent's node gets its subtree id then,
+        # before the parent's own turn).
+        done: deque[_Frame] = deque()
         while True:
             f = stack[-1]
             if f.subdirs:
@@ -571,14 +532,34 @@ class FilesBackup:
                 if child is not None:
                     stack.append(child)
                 continue
-            tree_id = self._finish(f)
             stack.pop()
+            done.append(f)
             if not stack:
-                return tree_id
+                return self._finish_done(done, until_empty=True)
             self._chain.pop()
             assert f.node is not None
-            f.node["subtree"] = tree_id
             stack[-1].nodes.append(f.node)
+            self._finish_done(done)
+
+    def _finish_done(self, done: deque[_Frame], until_empty: bool = False) -> str:
+        """Write the trees of walked directories at the head of ``done`` whose files are all
+        read; wait for the head while more than PENDING_DIRS wait (or ``until_empty``).
+        Returns the last tree id written."""
+        tree_id = ""
+        while done:
+            head = done[0]
+            if not (until_empty or len(done) > PENDING_DIRS or self._files_in(head)):
+                break
+            done.popleft()
+            tree_id = self._finish(head)
+            if head.node is not None:
+                head.node["subtree"] = tree_id
+        return tree_id
+
+    @staticmethod
+    def _files_in(f: _Frame) -> bool:
+        """Whether every file of f is read (its tree can be written without waiting)."""
+        return all(not isinstance(n, _InReader) or n.future.done() for n in f.nodes)
 
     def _frame(self, path: bytes, depth: int, node: dict | None, parent_tree: str | None,
                trie: dict | None, listing: Listing | None = None) -> _Frame:

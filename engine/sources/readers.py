@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -56,8 +57,55 @@ BATCH_BYTES = 4 * 1024 * 1024
 LARGE = 1024 * 1024  # a file above this is a job of its own
 QUEUE = 2  # jobs sent to a reader and not yet done
 WINDOW = 4 * 1024 * 1024  # chunk bytes a reader holds before asking which are new
+HOLE_MIN = 64 * 1024  # zero ranges shorter than this are stored as data, not as holes
 _HDR = struct.Struct("<I")
 _MAX_MSG = 256 * 1024 * 1024
+
+
+# ------------------------------------------------------ reading (shared with files.py)
+class _Range:
+    """A reader over the next ``left`` bytes of a file (FastCDC over one data range)."""
+
+    def __init__(self, f, left: int):
+        self.f = f
+        self.left = left
+
+    def readinto(self, b) -> int:
+        if self.left <= 0:
+            return 0
+        mv = memoryview(b)
+        if len(mv) > self.left:
+            mv = mv[: self.left]
+        n = self.f.readinto(mv) or 0
+        self.left -= n
+        return n
+
+
+def find_holes(fd: int, size: int) -> list[list[int]]:
+    """Zero ranges ``[offset, length]`` of at least HOLE_MIN bytes, by SEEK_DATA/SEEK_HOLE
+    (never reading the file); [] when the file system cannot tell."""
+    holes: list[list[int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no data after pos, a hole to the end
+                    raise
+                data = size
+            data = min(data, size)
+            if data - pos >= HOLE_MIN:
+                holes.append([pos, data - pos])
+            if data >= size:
+                break
+            pos = os.lseek(fd, data, os.SEEK_HOLE)
+    except OSError:
+        return []
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    return holes
+
 
 
 # ------------------------------------------------------------------ framing
@@ -463,8 +511,6 @@ class _Worker:
 
     # -- reading one file (engine/sources/files.py `_read`, on a passed descriptor)
     def read_file(self, fd: int, ino: int, listed_size: int, listed_mtime: int) -> dict:
-        from engine.sources.files import find_holes
-
         errors: list[tuple[str, int | None, str | None]] = []
         try:
             with open(fd, "rb", buffering=0, closefd=True) as f:
@@ -503,8 +549,6 @@ class _Worker:
             return {"errors": [(e.strerror or str(e), None, None)]}
 
     def read_data(self, f, length: int | None, content: list[str], small: bool = False) -> int:
-        from engine.sources.files import _Range
-
         if small or (length is not None and length <= self.min_chunk):
             start = f.tell()
             want = self.min_chunk + 1 if length is None else length
