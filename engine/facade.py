@@ -98,7 +98,8 @@ class Engine:
             if self._repo is None:
                 password = self.config.password()
                 try:
-                    self._repo = Repository.open(self.backend, password)
+                    self._repo = Repository.open(  # parsed index files: index-cache/
+                        self.backend, password, cache_dir=self.config.state_dir / "index-cache")
                 except RepositoryError:
                     init_op.explain_missing_config(self.backend, self.replica_names())
                     raise

@@ -20,7 +20,6 @@ import secrets
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,10 +33,10 @@ from engine.errors import (
 )
 from engine.repo import codec
 from engine.repo.crypto import Keys, b64e, unwrap_master, wrap_master
+from engine.repo.index import CompactIndex, IndexCache, IndexEntry, Segment, check_index
 from engine.repo.pack import (
     BLOB_TYPES,
     DATA,
-    MAX_PACK,
     MAX_SEALED_BLOB,
     TREE,
     BlobEntry,
@@ -57,6 +56,7 @@ TREE_PACK_CACHE_MAX = 24 * 1024 * 1024  # tree packs up to this size are read wh
 
 log = logging.getLogger("backup_tui.engine")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_REPO_ID = re.compile(r"[0-9a-f]{16,64}")  # names the index cache's folder
 
 
 def _whole(v: object) -> bool:
@@ -100,15 +100,6 @@ def check_config(config: dict, where: str) -> None:
         raise bad("encryption", "is not an object or null")
 
 
-@dataclass(frozen=True)
-class IndexEntry:
-    pack_id: str
-    type: str
-    offset: int
-    length: int
-    raw_length: int
-
-
 def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -118,59 +109,36 @@ def _canonical(obj: Any) -> bytes:
 
 
 def parse_index(doc: object, name: str) -> list[tuple[str, int, list[IndexEntry], list[str]]]:
-    """An index record's packs as (pack id, size, entries, blob ids), every row checked:
-    a pack id of 64 hex digits, a size up to MAX_PACK, rows inside the pack (before its
-    header length) with a length up to MAX_SEALED_BLOB. IntegrityError naming the index
-    file, the pack and the blob otherwise."""
-    def bad(why: str) -> IntegrityError:
-        return IntegrityError(f"{name}: {why}"[:500], name)
-
-    if not isinstance(doc, dict) or not isinstance(doc.get("packs", []), list):
-        raise bad("malformed (no list of packs)")
-    out = []
-    for p in doc.get("packs", []):
-        if not isinstance(p, dict):
-            raise bad("malformed pack entry")
-        pid, size, rows = p.get("id"), p.get("size"), p.get("blobs")
-        if not (isinstance(pid, str) and _HEX64.fullmatch(pid)):
-            raise bad(f"malformed pack id {pid!r}")
-        if not (_whole(size) and 4 < size <= MAX_PACK):
-            raise bad(f"pack {pid[:16]}: size {size!r} is not 5..{MAX_PACK}")
-        if not isinstance(rows, list):
-            raise bad(f"pack {pid[:16]}: no list of blobs")
-        entries, ids = [], []
-        end = size - 4
-        for row in rows:
-            if not (isinstance(row, list) and len(row) == 5):
-                raise bad(f"pack {pid[:16]}: malformed row")
-            t, bid, o, n, r = row
-            if not (isinstance(bid, str) and len(bid) == 64):
-                raise bad(f"pack {pid[:16]}: malformed blob id {bid!r}")
-            if t not in BLOB_TYPES:
-                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: unknown type {t!r}")
-            if not (_whole(o) and _whole(n) and _whole(r)):
-                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: offset, length or raw length "
-                          "is not a whole number")
-            if not (0 <= o and 0 < n <= MAX_SEALED_BLOB and o + n <= end):
-                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: offset {o} and length {n} "
-                          f"are outside the pack's {size} bytes")
-            if not 0 <= r <= codec.MAX_RAW:
-                raise bad(f"pack {pid[:16]}: blob {bid[:16]}: raw length {r} out of range")
-            entries.append(IndexEntry(pid, t, o, n, r))
-            ids.append(bid)
-        out.append((pid, size, entries, ids))
+    """An index record's packs as (pack id, size, entries, blob ids), every row checked
+    (``index.check_index``): a pack id of 64 hex digits, a size up to MAX_PACK, rows
+    inside the pack (before its header length) with a length up to MAX_SEALED_BLOB.
+    IntegrityError naming the index file, the pack and the blob otherwise."""
+    c = check_index(doc, name)
+    out: list[tuple[str, int, list[IndexEntry], list[str]]] = [
+        (pid, size, [], []) for pid, size in c.packs]
+    for k, t, bid, o, n, r in zip(c.pack, c.type, c.ids, c.offset, c.length, c.raw,
+                                  strict=True):
+        pid, _size, entries, ids = out[k]
+        entries.append(IndexEntry(pid, BLOB_TYPES[t], o, n, r))
+        ids.append(bid)
     return out
 
 
 class Repository:
     """An open repository. Not thread-safe for writers except through BlobWriter."""
 
-    def __init__(self, backend: Backend, config: dict, keys: Keys):
+    def __init__(self, backend: Backend, config: dict, keys: Keys,
+                 cache_dir: str | os.PathLike[str] | None = None):
         self.backend = backend
         self.config = config
         self.keys = keys
         self.id: str = config["id"]
-        self.index: dict[str, IndexEntry] = {}
+        # blob id -> IndexEntry, compact (engine/repo/index.py); parsed index files are
+        # kept in cache_dir/<repository id>/ when a cache_dir is given (the state dir's)
+        self.index: CompactIndex = CompactIndex()
+        self.index_cache: IndexCache | None = None
+        if cache_dir is not None and isinstance(self.id, str) and _REPO_ID.fullmatch(self.id):
+            self.index_cache = IndexCache(os.path.join(os.fspath(cache_dir), self.id))
         self.pack_sizes: dict[str, int] = {}
         self.index_files: set[str] = set()
         self.index_errors: dict[str, str] = {}
@@ -219,7 +187,10 @@ class Repository:
         return cls(backend, config, keys)
 
     @classmethod
-    def open(cls, backend: Backend, password: str | None) -> Repository:
+    def open(cls, backend: Backend, password: str | None,
+             cache_dir: str | os.PathLike[str] | None = None) -> Repository:
+        """``cache_dir``: where parsed index files are cached (the state directory's
+        ``index-cache``); None reads every index file."""
         try:
             raw = backend.get("config")
         except NotFound:
@@ -256,7 +227,7 @@ class Repository:
                 raise IntegrityError(f"{backend.location}/config: authenticator mismatch", "config")
         else:
             keys = Keys(None)
-        repo = cls(backend, config, keys)
+        repo = cls(backend, config, keys, cache_dir)
         repo.load_index()
         return repo
 
@@ -347,25 +318,14 @@ class Repository:
     # -------------------------------------------------------------------- index
     def load_index(self, reuse: bool = False) -> None:
         """``reuse``: keep the index in memory when the index files are exactly those it
-        was read from (they are immutable, named by their hash) and all of them read."""
-        index: dict[str, IndexEntry] = {}
-        sizes: dict[str, int] = {}
+        was read from (they are immutable, named by their hash) and all of them read.
+        Files are read in ascending name order and a later row for a blob id wins; each
+        comes from the index cache when it has it (engine/repo/index.py)."""
         files = set(self.list_ids("index"))
         if reuse and files == self._loaded_files == self.index_files and not self.index_errors:
             return
-        errors: dict[str, str] = {}
-        for iid in sorted(files):
-            try:
-                packs = parse_index(self.load_record("index", iid), f"index/{iid}")
-            except (EngineError, KeyError, TypeError, ValueError) as e:
-                # A damaged index file must not make the repository unreadable:
-                # verify reports it, and the packs it names are still on disk.
-                errors[iid] = str(e)
-                continue
-            for pid, size, entries, ids in packs:
-                sizes[pid] = size
-                for bid, entry in zip(ids, entries, strict=True):
-                    index[bid] = entry
+        index, sizes, errors = CompactIndex.load(
+            sorted(files), lambda iid: self.load_record("index", iid), self.index_cache)
         self.index_errors = errors
         with self._lock:
             self.index, self.pack_sizes, self.index_files = index, sizes, files
@@ -400,6 +360,9 @@ class Repository:
             ]
         }
         iid = self.save_record("index", doc)
+        del doc
+        if self.index_cache is not None:  # the next load reads it from there
+            self.index_cache.write(iid, Segment.from_packs(packs))
         with self._lock:
             self.index_files.add(iid)
         return iid
@@ -595,12 +558,9 @@ class BlobWriter:
         self.flush()
         ids = self.repo.write_indexes(self.written)
         with self.repo._lock:
-            for pid, size, entries in self.written:
+            for pid, size, _entries in self.written:
                 self.repo.pack_sizes[pid] = size
-                for e in entries:
-                    self.repo.index[e.id] = IndexEntry(
-                        pid, e.type, e.offset, e.length, e.raw_length
-                    )
+            self.repo.index.add_packs(self.written)
         self.written = []
         self.pending.clear()
         return ids[-1] if ids else None
