@@ -158,8 +158,12 @@ class FilesSource(Source):
     @classmethod
     def restore(cls, config, repo, plan, job_id, on_event, cancel):
         from engine.ops.restore import execute_restore
+        from engine.sources.readers import default_count
 
-        return execute_restore(repo, plan, job_id, on_event, cancel)
+        # content written by forked processes, one a core, from a local repository (the
+        # GIL holds one process's writer threads to about one core); elsewhere threads
+        return execute_restore(repo, plan, job_id, on_event, cancel,
+                               processes=default_count())
 
     @classmethod
     def restore_form(cls, snap: dict) -> RestoreForm:
