@@ -41,7 +41,7 @@ from engine.events import CancelToken
 from engine.repo import codec
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
-from engine.sources.readers import ReaderPool, _Range, default_count, find_holes
+from engine.sources.readers import ReaderPool, _Range, find_holes, reader_processes
 
 if TYPE_CHECKING:
     from engine.sources.fileset import FilesetConfig
@@ -338,24 +338,6 @@ class _InReader:
     node: dict
     path: bytes
     future: Future
-
-
-def reader_processes(repo: Repository) -> int:
-    """How many reader processes a files backup of ``repo`` uses: ``BACKUP_TUI_READERS``
-    if set (0: read in this process, with threads), else one per core (at most 4), for a
-    repository in a local directory (readers write their packs there themselves)."""
-    from engine.storage.local import LocalBackend
-
-    if not isinstance(repo.backend, LocalBackend):
-        return 0
-    want = os.environ.get("BACKUP_TUI_READERS", "").strip()
-    if want:
-        try:
-            return max(0, min(16, int(want)))
-        except ValueError:
-            raise EngineError(f"BACKUP_TUI_READERS={want!r}: not a whole number of reader "
-                              "processes (0 reads in the backup's own process)") from None
-    return default_count()
 
 
 class FilesBackup:
