@@ -180,3 +180,20 @@ def test_bad_reader_setting_is_a_clear_error(sandbox, monkeypatch):
     eng = sandbox.engine(init=True)
     with pytest.raises(EngineError, match="BACKUP_TUI_READERS='many'"):
         eng.backup("files", "src")
+
+
+def test_progress_counts_what_readers_read_before_files_are_done(sandbox, monkeypatch):
+    """The bytes reader processes have read show in the progress at once, not only when a
+    file's result comes back (the console's bar must not sit at 0 B)."""
+    for i in range(6):
+        (sandbox.src / f"f{i}").write_bytes(os.urandom(12 * MIB))
+    monkeypatch.setenv("BACKUP_TUI_READERS", "2")
+    eng = sandbox.engine(init=True)
+    events = []
+    res = eng.backup("files", "src", events.append)
+    total = 72 * MIB
+    during = [e for e in events if e.phase == "backup" and not e.final
+              and str(sandbox.src) in (e.message or "")]
+    # the first is sent as a reader reports its first window, before any file is done
+    assert during and 0 < during[0].bytes_done < total, [e.bytes_done for e in during]
+    assert res.size == total

@@ -234,10 +234,12 @@ class FilesStats:
     errors: list[dict] = field(default_factory=list)
     # bytes read so far of each file being read (by reader thread), for smooth progress
     inflight: dict[int, int] = field(default_factory=dict)
+    # bytes reader processes read of files not yet done (engine/sources/readers.py)
+    in_readers: int = 0
 
     @property
     def partial(self) -> int:
-        return sum(self.inflight.values())
+        return sum(self.inflight.values()) + max(0, self.in_readers)
 
 
 def scan(fileset: FilesetConfig, cancel: CancelToken | None = None) -> tuple[int, int]:
@@ -775,6 +777,7 @@ class FilesBackup:
     def _read_some(self, n: int, path: bytes) -> None:
         with self._lock:
             self.stats.bytes_read += n
+            self.stats.in_readers += n
         self._tick(path)
 
     def _from_reader(self, r: _InReader) -> dict | None:
@@ -790,6 +793,7 @@ class FilesBackup:
             node["holes"] = res["holes"]
         with self._lock:
             self.stats.bytes += res["size"]
+            self.stats.in_readers -= res["size"] - sum(h[1] for h in res["holes"])
         self._tick(r.path)
         return node
 
