@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+import time
 
 import pytest
 from test_s3 import replica_toml, same_tree
 
 from engine.errors import EngineError, IntegrityError
+from engine.ops import adopt as adopt_mod
 from engine.ops import restore as restore_mod
 from engine.ops import verify as verify_mod
 from engine.ops.adopt import run_adopt
@@ -186,3 +189,38 @@ def test_verify_processes_report_what_threads_report(replica, sandbox, monkeypat
     assert not forked["ok"]
     named = {p["object"].rsplit("/", 1)[-1] for p in forked["problems"]}
     assert set(damaged) <= named
+
+
+class _CountingGets:
+    """The replica's S3Backend, counting the GETs under way at once (each held a moment)."""
+
+    def __init__(self, remote):
+        self._remote = remote
+        self._lock = threading.Lock()
+        self.now = self.most = 0
+
+    def __getattr__(self, name):
+        return getattr(self._remote, name)
+
+    def get(self, name):
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)
+            return self._remote.get(name)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("budget", [1, adopt_mod.INFLIGHT_BYTES])
+def test_adopt_bytes_in_flight_are_bounded(replica, tmp_path, monkeypatch, budget):
+    """A budget of one byte lets one object at a time through; the default lets several."""
+    eng, sid, remote = replica
+    monkeypatch.setattr(adopt_mod, "INFLIGHT_BYTES", budget)
+    counting = _CountingGets(remote)
+    res = run_adopt(LocalBackend(tmp_path / "adopted"), counting, "use1", "test-password",
+                    "job", lambda e: None)
+    assert res.ok and res.snapshots == [sid]
+    assert (counting.most == 1) == (budget == 1), counting.most

@@ -65,6 +65,10 @@ if TYPE_CHECKING:
 
 MARKER = ".adopting"  # hidden: never listed as an object, never part of the repository
 WORKERS = 8
+# Downloaded and not yet written, at most (an object larger than this is fetched alone):
+# each object comes whole in one GET, WORKERS at once, so memory is bounded by this and
+# not by WORKERS times the largest pack a reader accepts.
+INFLIGHT_BYTES = 128 * 1024 * 1024
 HEX64 = r"[0-9a-f]{64}"
 NAME_RULES = {  # the names of the content-addressed classes; other names there are skipped
     "data/": re.compile(r"data/([0-9a-f]{2})/(\1[0-9a-f]{62})"),
@@ -316,6 +320,20 @@ def run_adopt(local: LocalBackend, remote: Backend, name: str, password: str | N
                                    "started": datetime.now(UTC).isoformat(timespec="seconds")})
     damaged: list[str] = []
     local_root = local.root
+    room = threading.Condition()
+    inflight = [0]
+
+    def hold(size: int) -> None:
+        with room:
+            while inflight[0] and inflight[0] + size > INFLIGHT_BYTES:
+                room.wait(0.5)
+                cancel.check()
+            inflight[0] += size
+
+    def release(size: int) -> None:
+        with room:
+            inflight[0] -= size
+            room.notify_all()
 
     def fetch(obj: str, size: int) -> None:
         cancel.check()
@@ -333,6 +351,13 @@ def run_adopt(local: LocalBackend, remote: Backend, name: str, password: str | N
                 done["bytes"] += size
             emit()
             return  # content-addressed and checked, or a local key/pin record: kept
+        hold(size)
+        try:
+            fetch_checked(obj, size, here)
+        finally:
+            release(size)
+
+    def fetch_checked(obj: str, size: int, here: int | None) -> None:
         data = mem.get(obj) if obj.startswith("keys/") else remote.get(obj)
         why = check_object(repo.keys, obj, data)
         if why is None and len(data) != size:

@@ -61,10 +61,10 @@ _IOV_MAX = 1024
 # through), up to _SEG_BYTES a request, _FETCHERS requests in flight, at most _AHEAD_BYTES
 # read and not yet written; a run joins a segment only while the restore is at most
 # _SEG_SPAN bytes further on than the segment's first run, so no segment is held long.
-_SEG_BYTES = 16 * 1024 * 1024
+_SEG_BYTES = 8 * 1024 * 1024
 _SEG_GAP = 1024 * 1024
-_SEG_SPAN = 32 * 1024 * 1024
-_AHEAD_BYTES = 64 * 1024 * 1024
+_SEG_SPAN = 16 * 1024 * 1024
+_AHEAD_BYTES = 32 * 1024 * 1024
 _FETCHERS = 4
 
 

@@ -293,7 +293,7 @@ def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Probl
 # users and blobs. Handed over by fork itself (a fork context's initargs are not
 # pickled), so nothing of the repository is sent to the workers.
 _FORKED: tuple | None = None
-REMOTE_WORKERS = 4  # packs read at once from a remote backend (S3): requests in flight
+REMOTE_WORKERS = 2  # packs read at once from a remote backend (S3): requests in flight
 
 
 def _init_forked(*state) -> None:
