@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine.errors import EngineError, IntegrityError
 from engine.repo import codec
 from engine.repo.pack import BLOB_TYPES, MAX_PACK, MAX_SEALED_BLOB
@@ -49,6 +47,20 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 TYPE_CODE = {t: i for i, t in enumerate(BLOB_TYPES)}
 _U32 = 2**32
 _LITTLE = sys.byteorder == "little"
+
+
+class _LazyNumpy:
+    """numpy, imported at first use (about 0.1 s): opening the console or running a
+    command that never loads an index does not pay for it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np: Any = _LazyNumpy()
 
 
 @dataclass(frozen=True)
