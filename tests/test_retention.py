@@ -340,7 +340,9 @@ def test_forget_and_prune_remove_unique_data(history, sandbox, tmp_path):
     assert again.bytes_freed == 0
 
 
-def test_repack_keeps_live_blobs_of_a_mostly_garbage_pack(sandbox, tmp_path):
+def test_repack_keeps_live_blobs_of_a_mostly_garbage_pack(sandbox, tmp_path, monkeypatch):
+    # one reader process: both files' blobs in one pack (two readers write a pack each)
+    monkeypatch.setenv("BACKUP_TUI_READERS", "1")
     eng = sandbox.engine(init=True)
     (sandbox.src / "keep.bin").write_bytes(os.urandom(200 * KIB))
     (sandbox.src / "big.bin").write_bytes(os.urandom(3 * 1024 * KIB))
