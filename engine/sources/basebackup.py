@@ -31,9 +31,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -43,7 +41,6 @@ from engine.errors import Cancelled, EngineError
 from engine.events import CancelToken
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, name_fields
-from engine.sources.readers import ReaderPool, reader_processes
 
 BLOCK = 512
 BLOCKS_PER_DIR = 400_000  # block ids one directory's tree may list (~27 MB of JSON)
@@ -52,8 +49,6 @@ MAX_META = 1024 * 1024  # a GNU long name or a pax header larger than this is re
 MAX_MANIFEST = 64 * 1024 * 1024  # a manifest larger than this is stored, not parsed
 READ = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
-POOL_SPAN = 4 * 1024 * 1024  # bytes of a relation file handed to a reader process at once
-QUEUED_MEMBERS = 4096  # members waiting for their readers before the stream waits for them
 INFLIGHT_BYTES = 4 * 1024 * 1024  # blocks of relation files sealing at once (not files')
 
 _RELATION = re.compile(rb"\d+(?:_(?:fsm|vm|init))?(?:\.\d+)?")
@@ -437,38 +432,9 @@ def stream_basebackup(
     buffers: dict[int, bytearray] = {}
     last = 0.0
     inflight = writer.max_inflight  # counted in blobs: sized for ~1 MiB chunks
-    # Members go into the trees in stream order; one whose blocks reader processes still
-    # have waits in ``queued`` (with those after it) until they are done.
-    queued: deque[tuple[Member, list]] = deque()
-    pool = ReaderPool(repo, writer, reader_processes(repo), lambda n, label: None) \
-        if reader_processes(repo) else None
-
-    def add(m: Member | None, content: list) -> None:
-        if m is not None:
-            queued.append((m, content))
-        while queued:
-            head, parts = queued[0]
-            waiting = [p for p in parts if isinstance(p, Future) and not p.done()]
-            if waiting and m is not None and len(queued) <= QUEUED_MEMBERS:
-                return
-            if pool is not None and waiting:
-                pool.kick()
-            ids: list[str] = []
-            for p in parts:
-                if isinstance(p, Future):
-                    res = p.result()
-                    if res["errors"]:
-                        raise EngineError(f"{head.name!r}: {res['errors'][0][0]}")
-                    ids += res["content"]
-                else:
-                    ids.append(p)
-            queued.popleft()
-            trees.add(head, ids)
-
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, bufsize=READ)
-        ok = False
         try:
             assert proc.stdout is not None
             _enlarge_pipe(proc.stdout)
@@ -481,27 +447,10 @@ def stream_basebackup(
                 if m.type == "root":
                     continue
                 if m.type != "file":
-                    add(m, [])
+                    trees.add(m)
                     continue
-                content: list = []
-                if is_relation(m.name) and pool is not None:
-                    # blocks of up to 4 MiB at a time to a reader process, which names,
-                    # compresses, seals and packs them (engine/sources/readers.py)
-                    size = block_for(relation_dir(m.name))
-                    if size != block_for(b""):
-                        used_sizes[relation_dir(m.name).decode(errors="replace")] = size
-                    span = max(size, POOL_SPAN // size * size)
-                    while True:
-                        data = bytes(tar.read_block(bytearray(min(span, tar.left))))
-                        if not data:
-                            break
-                        content.append(pool.submit_blocks(data, size, m.name))
-                        now = time.monotonic()
-                        if now - last > 0.1:
-                            last = now
-                            progress(tar.bytes, m.name.decode(errors="replace"))
-                            cancel.check()
-                elif is_relation(m.name):
+                content: list[str] = []
+                if is_relation(m.name):
                     size = block_for(relation_dir(m.name))
                     if size != block_for(b""):
                         used_sizes[relation_dir(m.name).decode(errors="replace")] = size
@@ -541,8 +490,7 @@ def stream_basebackup(
                     if m.name.startswith(b"pg_wal/") and re.fullmatch(
                             rb"pg_wal/[0-9A-F]{24}", m.name):
                         wal_seg = max(wal_seg, m.size)
-                add(m, content)
-            add(None, [])  # every member in the trees
+                trees.add(m, content)
             rest = proc.stdout.read(READ)  # the tar may be padded to a record size
             while rest:
                 if rest.strip(b"\0"):
@@ -550,9 +498,6 @@ def stream_basebackup(
                 rest = proc.stdout.read(READ)
             rc = proc.wait()
             writer.max_inflight = inflight
-            if pool is not None:
-                pool.finish()  # the readers' last packs, before the commit
-            ok = True
         except Cancelled:
             writer.max_inflight = inflight
             proc.kill()
@@ -571,9 +516,6 @@ def stream_basebackup(
                 proc.wait()
             if not rc or not isinstance(e, EngineError):
                 raise
-        finally:
-            if pool is not None:
-                pool.close(kill=not ok)
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
     if rc != 0:

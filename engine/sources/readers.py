@@ -183,8 +183,7 @@ def _recv(sock: socket.socket, with_fds: bool = False) -> tuple[object, list[int
 @dataclass
 class _File:
     fd: int
-    # inode, size, mtime as the walk saw them; None: a pipe; ("blocks", size, data)
-    listed: tuple | None
+    listed: tuple[int, int, int] | None  # inode, size, mtime as the walk saw them; None: a pipe
     size: int
     future: Future
     label: bytes
@@ -270,18 +269,6 @@ class ReaderPool:
             self.kick()
         return fut
 
-    def submit_blocks(self, data: bytes, block: int, label: bytes) -> Future:
-        """Blocks of ``block`` bytes cut from ``data`` (the last may be shorter), each one
-        blob: the result's ``content`` lists them in order (a base backup's relation files:
-        engine/sources/basebackup.py)."""
-        fut: Future = Future()
-        self.batch.append(_File(-1, ("blocks", block, data), len(data), fut, label))
-        if self.batch_bytes + len(data) >= BATCH_BYTES:
-            self.kick()
-        else:
-            self.batch_bytes += len(data)
-        return fut
-
     def submit_stream(self, fd: int, label: bytes) -> Future:
         """Read a pipe (``fd``, owned from now on) to its end, as one content list: the
         result has ``content``, ``size`` and ``head`` (its first bytes)."""
@@ -308,7 +295,7 @@ class ReaderPool:
                 job = self._job_ids
                 reader.jobs[job] = batch
             self._send_to(reader, ("job", job, [f.listed for f in batch]),
-                          [f.fd for f in batch if f.fd >= 0])
+                          [f.fd for f in batch])
         except BaseException as e:
             for f in batch:
                 if not f.future.done():
@@ -317,8 +304,7 @@ class ReaderPool:
                 raise
         finally:
             for f in batch:
-                if f.fd >= 0:
-                    os.close(f.fd)
+                os.close(f.fd)
 
     def finish(self) -> None:
         """Every reader's last pack written and handed to the BlobWriter."""
@@ -337,8 +323,7 @@ class ReaderPool:
         reader was writing stays a ``.tmp-*`` file for prune)."""
         self.closed = True
         for f in self.batch:
-            if f.fd >= 0:
-                os.close(f.fd)
+            os.close(f.fd)
             if not f.future.done():
                 f.future.cancel()
         self.batch = []
@@ -554,15 +539,9 @@ class _Worker:
             kind = msg[0]
             if kind == "job":
                 _, job, files = msg
-                fds.reverse()
-                results = []
-                for listed in files:
-                    if listed is None:
-                        results.append(self.read_stream(fds.pop()))
-                    elif listed[0] == "blocks":
-                        results.append(self.read_blocks(listed[1], listed[2]))
-                    else:
-                        results.append(self.read_file(fds.pop(), *listed))
+                results = [self.read_stream(fd) if listed is None else
+                           self.read_file(fd, *listed)
+                           for fd, listed in zip(fds, files, strict=True)]
                 self.claim_window()
                 nread, self.nread = self.nread, 0
                 _send(self.sock, ("done", job, results, nread))
@@ -612,12 +591,6 @@ class _Worker:
             return {"errors": [("permission denied", None, None)]}
         except OSError as e:
             return {"errors": [(e.strerror or str(e), None, None)]}
-
-    def read_blocks(self, block: int, data: bytes) -> dict:
-        view = memoryview(data)
-        content = [self.add(bytes(view[i:i + block])) for i in range(0, len(data), block)]
-        self.nread += len(data)
-        return {"content": content, "size": len(data), "holes": [], "errors": []}
 
     def read_stream(self, fd: int) -> dict:
         """A pipe read to its end (a pg_dump archive): content, size and its first bytes."""
