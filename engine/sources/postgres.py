@@ -29,7 +29,6 @@ from engine.events import CancelToken
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import encode_tree, name_fields
 from engine.sources.pgconn import PgTarget, find_tool, server_facts
-from engine.sources.readers import ReaderPool, reader_processes
 
 READ = 1024 * 1024
 
@@ -129,48 +128,23 @@ def dump_database(
             env=t.env(),
             bufsize=READ,
         )
-        pool: ReaderPool | None = None
-        rc: int | None = None
         try:
             assert proc.stdout is not None
             with _killed_on_cancel(proc, cancel):  # a pg_dump waiting on a lock writes nothing
-                if reader_processes(repo):
-                    # a reader process cuts, hashes, compresses, seals and packs the stream
-                    # (engine/sources/readers.py) while pg_dump writes it: two cores
-                    done = [0]
-
-                    def on_read(n: int, _label: bytes) -> None:
-                        done[0] += n
-                        progress(done[0], facts["database_size"])
-
-                    pool = ReaderPool(repo, writer, 1, on_read)
-                    fut = pool.submit_stream(os.dup(proc.stdout.fileno()), t.where.encode())
-                    res = fut.result()
-                    if res["errors"]:
-                        raise EngineError(f"reading pg_dump's output: {res['errors'][0][0]}")
-                    if res["size"] and res["head"][:5] != b"PGDMP":
+                for chunk in cdc.cut_stream(proc.stdout):
+                    if not stream and bytes(chunk.data[:5]) != b"PGDMP":
                         raise EngineError(f"pg_dump of {t.where} did not write a custom "
                                           "archive")
-                    stream, total = res["content"], res["size"]
-                    pool.finish()
-                else:
-                    for chunk in cdc.cut_stream(proc.stdout):
-                        if not stream and bytes(chunk.data[:5]) != b"PGDMP":
-                            raise EngineError(f"pg_dump of {t.where} did not write a custom "
-                                              "archive")
-                        stream.append(writer.save(DATA, chunk.data))
-                        total += chunk.length
-                        progress(total, facts["database_size"])
-                        cancel.check()
+                    stream.append(writer.save(DATA, chunk.data))
+                    total += chunk.length
+                    progress(total, facts["database_size"])
+                    cancel.check()
                 rc = proc.wait()
             cancel.check()  # killed on request: cancelled, not "pg_dump failed"
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-        finally:
-            if pool is not None:
-                pool.close(kill=rc is None)
         _check_exit(t, rc, err)
     if total == 0:
         raise EngineError(f"database {t.name!r}: pg_dump wrote nothing; no snapshot was written")

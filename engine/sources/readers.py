@@ -81,21 +81,6 @@ class _Range:
         return n
 
 
-class _Head:
-    """A reader that keeps the first bytes read through it."""
-
-    def __init__(self, f, keep: int = 16):
-        self.f = f
-        self.keep = keep
-        self.head = b""
-
-    def readinto(self, b) -> int:
-        n = self.f.readinto(b) or 0
-        if len(self.head) < self.keep and n:
-            self.head += bytes(memoryview(b)[: min(n, self.keep - len(self.head))])
-        return n
-
-
 def find_holes(fd: int, size: int) -> list[list[int]]:
     """Zero ranges ``[offset, length]`` of at least HOLE_MIN bytes, by SEEK_DATA/SEEK_HOLE
     (never reading the file); [] when the file system cannot tell."""
@@ -183,7 +168,7 @@ def _recv(sock: socket.socket, with_fds: bool = False) -> tuple[object, list[int
 @dataclass
 class _File:
     fd: int
-    listed: tuple[int, int, int] | None  # inode, size, mtime as the walk saw them; None: a pipe
+    listed: tuple[int, int, int]  # inode, size, mtime as the walk saw them
     size: int
     future: Future
     label: bytes
@@ -267,14 +252,6 @@ class ReaderPool:
         self.batch_bytes += size
         if size > LARGE or len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
             self.kick()
-        return fut
-
-    def submit_stream(self, fd: int, label: bytes) -> Future:
-        """Read a pipe (``fd``, owned from now on) to its end, as one content list: the
-        result has ``content``, ``size`` and ``head`` (its first bytes)."""
-        fut: Future = Future()
-        self.batch.append(_File(fd, None, LARGE + 1, fut, label))
-        self.kick()
         return fut
 
     def kick(self) -> None:
@@ -469,8 +446,7 @@ def _exception(pickled: bytes | None, text: str) -> BaseException:
 
 
 def reader_processes(repo) -> int:
-    """How many reader processes a files backup of ``repo`` uses (a database dump uses one
-    when this is not 0): ``BACKUP_TUI_READERS``
+    """How many reader processes a files backup of ``repo`` uses: ``BACKUP_TUI_READERS``
     if set (0: read in this process, with threads), else one per core (at most 4), for a
     repository in a local directory (readers write their packs there themselves)."""
     from engine.errors import EngineError
@@ -539,8 +515,7 @@ class _Worker:
             kind = msg[0]
             if kind == "job":
                 _, job, files = msg
-                results = [self.read_stream(fd) if listed is None else
-                           self.read_file(fd, *listed)
+                results = [self.read_file(fd, *listed)
                            for fd, listed in zip(fds, files, strict=True)]
                 self.claim_window()
                 nread, self.nread = self.nread, 0
@@ -591,18 +566,6 @@ class _Worker:
             return {"errors": [("permission denied", None, None)]}
         except OSError as e:
             return {"errors": [(e.strerror or str(e), None, None)]}
-
-    def read_stream(self, fd: int) -> dict:
-        """A pipe read to its end (a pg_dump archive): content, size and its first bytes."""
-        with open(fd, "rb", buffering=0, closefd=True) as f:
-            head = _Head(f)
-            content: list[str] = []
-            try:
-                size = self.read_data(head, None, content)
-            except OSError as e:
-                return {"errors": [(e.strerror or str(e), None, None)], "head": head.head}
-        return {"content": content, "size": size, "holes": [], "errors": [],
-                "head": head.head}
 
     def read_data(self, f, length: int | None, content: list[str], small: bool = False) -> int:
         if small or (length is not None and length <= self.min_chunk):
