@@ -400,7 +400,8 @@ def explain_failure(name: str, rc: int, stderr: str, user: str) -> str:
             "no snapshot was written")
 
 
-def _enlarge_pipe(f) -> None:
+def enlarge_pipe(f) -> None:
+    """A 1 MiB pipe buffer (F_SETPIPE_SZ), so the writer goes on while we work on a chunk."""
     try:
         import fcntl
 
@@ -437,7 +438,7 @@ def stream_basebackup(
                                 stdin=subprocess.DEVNULL, env=env, bufsize=READ)
         try:
             assert proc.stdout is not None
-            _enlarge_pipe(proc.stdout)
+            enlarge_pipe(proc.stdout)
             tar = TarStream(proc.stdout)
             while True:
                 m = tar.next()
