@@ -294,6 +294,14 @@ def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Probl
 # pickled), so nothing of the repository is sent to the workers.
 _FORKED: tuple | None = None
 REMOTE_WORKERS = 2  # packs read at once from a remote backend (S3): requests in flight
+MAX_PROCESSES = 8  # each holds a whole pack and its blobs: memory grows with the workers
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _init_forked(*state) -> None:
@@ -313,8 +321,7 @@ def _use_processes(repo) -> bool:
     shared with a forked child: threads there, several requests in flight."""
     from engine.storage.local import LocalBackend
 
-    return (isinstance(repo.backend, LocalBackend) and (os.cpu_count() or 1) > 1
-            and hasattr(os, "fork"))
+    return isinstance(repo.backend, LocalBackend) and _cores() > 1 and hasattr(os, "fork")
 
 
 def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel) -> None:
@@ -329,7 +336,7 @@ def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_even
     if _use_processes(repo) and len(packs) > 1:
         import multiprocessing
 
-        workers = min(os.cpu_count() or 2, len(packs))
+        workers = min(_cores(), MAX_PROCESSES, len(packs))
         pool = ProcessPoolExecutor(max_workers=workers,
                                    mp_context=multiprocessing.get_context("fork"),
                                    initializer=_init_forked,
