@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_tui import (
+from test_tui import (  # noqa: F401 (no_cursor_blink: a fixture, so snapshots hold still)
     SHOP_SQL,
     CannedEngine,
     _database,
     console,
     errors_shown,
     fill,
+    no_cursor_blink,
     settle,
     table,
 )
@@ -263,6 +264,8 @@ def test_the_engine_raising_mid_wizard_shows_an_error_dialog(sandbox, files_engi
 
 
 def test_cancel_during_the_restore_stops_and_says_what_was_left(sandbox, monkeypatch):
+    # files written in this process (no forked writers), so the slowed events below pace it
+    monkeypatch.setenv("BACKUP_TUI_READERS", "0")
     for i in range(300):
         (sandbox.src / f"f{i:03d}.txt").write_text(f"{i}\n" * 100)
     engine = sandbox.engine(init=True)

@@ -34,6 +34,7 @@ import os
 import shutil
 import stat
 import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ _SEG_GAP = 1024 * 1024
 _SEG_SPAN = 16 * 1024 * 1024
 _AHEAD_BYTES = 32 * 1024 * 1024
 _FETCHERS = 4
+FORKED_BATCH = 20_000  # files created, then written by forked writers, at a time
 
 
 @dataclass
@@ -81,7 +83,10 @@ class RestorePlan:
     # capabilities only when allowed
     allow_devices: bool = False
     allow_setid: bool = False
-    entries: list[tuple[bytes, dict]] = field(default_factory=list, repr=False)
+    # every entry to write, in pre-order: walked again from the trees each time it is
+    # iterated (plan_restore walked it once to check and count), so memory does not grow
+    # with the number of files
+    entries: Iterable[tuple[bytes, dict]] = field(default_factory=list, repr=False)
     # hard links: path -> the first path of the same file in this restore
     links: dict[bytes, bytes] = field(default_factory=dict, repr=False)
 
@@ -138,14 +143,10 @@ def plan_restore(
     ]
     plan = RestorePlan(snap, tgt, selections, force=force, allow_devices=allow_devices,
                        allow_setid=allow_setid)
-    seen: set[bytes] = set()
+    plan.entries = _Entries(repo, snap["tree"], selections)
     firsts: dict[tuple, bytes] = {}  # hard link key -> its first path
 
-    def add(p: bytes, n: dict) -> None:
-        if p in seen:  # a parent of several selections, or a selection inside another
-            return
-        seen.add(p)
-        plan.entries.append((p, n))
+    for p, n in plan.entries:
         where = os.fsdecode(p)
         if n["type"] == "file":
             plan.files += 1
@@ -161,18 +162,39 @@ def plan_restore(
             first = firsts.setdefault(key, p)
             if first != p:
                 plan.links[p] = first
-
-    for sel_path, node in selections:
-        # parents of a selected path are restored as directories with their metadata
-        parts = sel_path.split(b"/") if sel_path else []
-        for i in range(1, len(parts)):
-            add(*find(repo, snap["tree"], os.fsdecode(b"/".join(parts[:i]))))
-        if sel_path:
-            add(sel_path, node)
-        if node["type"] == "dir":
-            for p, n in walk(repo, node["subtree"], sel_path):
-                add(p, n)
     return plan
+
+
+class _Entries:
+    """The entries of a restore's selections in pre-order, walked from the trees each time
+    they are iterated (the trees are content-addressed: every walk sees the same)."""
+
+    def __init__(self, repo: Repository, root: str, selections: list[tuple[bytes, dict]]):
+        self.repo, self.root, self.selections = repo, root, selections
+        self.measured = False  # a whole walk passed the walk budget (walk.measure)
+
+    def __iter__(self) -> Iterator[tuple[bytes, dict]]:
+        # several selections may share parents or lie inside one another: then paths are
+        # remembered to give each once (one selection, the usual case, needs no memory)
+        seen: set[bytes] | None = set() if len(self.selections) > 1 else None
+        for sel_path, node in self.selections:
+            # parents of a selected path are restored as directories with their metadata
+            parts = sel_path.split(b"/") if sel_path else []
+            items: list[Iterable[tuple[bytes, dict]]] = [
+                [find(self.repo, self.root, os.fsdecode(b"/".join(parts[:i])))
+                 for i in range(1, len(parts))]]
+            if sel_path:
+                items.append([(sel_path, node)])
+            if node["type"] == "dir":
+                items.append(walk(self.repo, node["subtree"], sel_path, self.measured))
+            for it in items:
+                for p, n in it:
+                    if seen is not None:
+                        if p in seen:
+                            continue
+                        seen.add(p)
+                    yield p, n
+        self.measured = True
 
 
 def _data_ranges(holes: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
@@ -491,6 +513,9 @@ class _Restorer:
                         if typ == "file" and processes > 1:
                             os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=pfd))
                             deferred.append((rel, node))
+                            if len(deferred) >= FORKED_BATCH:  # memory flat with file count
+                                self._write_forked(root_fd, deferred, processes)
+                                deferred = []
                         elif typ == "file":
                             fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
                             pending.add(pool.submit(self._write_file, fd, rel, node))

@@ -154,10 +154,13 @@ def measure(repo: Repository, tree_id: str) -> tuple[int, int]:
     return nodes, size
 
 
-def walk(repo: Repository, tree_id: str, prefix: bytes = b"") -> Iterator[tuple[bytes, dict]]:
+def walk(repo: Repository, tree_id: str, prefix: bytes = b"",
+         measured: bool = False) -> Iterator[tuple[bytes, dict]]:
     """Every entry below tree_id, parents first; tree_id itself is at depth 0. Refused
-    up front when it would pass the walk budget (see `measure`)."""
-    measure(repo, tree_id)
+    up front when it would pass the walk budget (see `measure`; ``measured``: a walk of
+    the same tree already passed it)."""
+    if not measured:
+        measure(repo, tree_id)
     reached = 0
     # one frame per directory on the current path: (tree id, its path, its entries left)
     stack = [(tree_id, prefix, iter(children(repo, tree_id, os.fsdecode(prefix))))]

@@ -158,12 +158,13 @@ class FilesSource(Source):
     @classmethod
     def restore(cls, config, repo, plan, job_id, on_event, cancel):
         from engine.ops.restore import execute_restore
-        from engine.sources.readers import default_count
+        from engine.sources.readers import reader_processes
 
         # content written by forked processes, one a core, from a local repository (the
-        # GIL holds one process's writer threads to about one core); elsewhere threads
+        # GIL holds one process's writer threads to about one core); elsewhere, or with
+        # BACKUP_TUI_READERS=0, threads
         return execute_restore(repo, plan, job_id, on_event, cancel,
-                               processes=default_count())
+                               processes=max(1, reader_processes(repo)))
 
     @classmethod
     def restore_form(cls, snap: dict) -> RestoreForm:

@@ -446,9 +446,10 @@ def _exception(pickled: bytes | None, text: str) -> BaseException:
 
 
 def reader_processes(repo) -> int:
-    """How many reader processes a files backup of ``repo`` uses: ``BACKUP_TUI_READERS``
-    if set (0: read in this process, with threads), else one per core (at most 4), for a
-    repository in a local directory (readers write their packs there themselves)."""
+    """How many reader processes a files backup of ``repo`` uses (and forked writers a
+    files restore): ``BACKUP_TUI_READERS`` if set (0: read and write in this process, with
+    threads), else one per core (at most 4), for a repository in a local directory
+    (readers write their packs there themselves; writers read packs with pread)."""
     from engine.errors import EngineError
     from engine.storage.local import LocalBackend
 
