@@ -15,7 +15,7 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
-from test_tui import (
+from test_tui import (  # noqa: F401 (no_cursor_blink: a fixture, so snapshots hold still)
     CANNED_REASONS,
     CANNED_REPLICAS,
     CannedEngine,
@@ -23,6 +23,7 @@ from test_tui import (
     _iso,
     console,
     fill,
+    no_cursor_blink,
     settle,
     two_replicas,
     utc,  # noqa: F401 - the fixture

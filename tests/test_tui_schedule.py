@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 
-from test_tui import settle
+from test_tui import no_cursor_blink, settle  # noqa: F401 (a fixture: snapshots hold still)
 from test_tui_jobs import (
     CANNED_SCHEDULES,
     canned_console,
