@@ -44,6 +44,7 @@ notifications (``LogToConsole``) instead of lines written over the screen.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -80,6 +81,7 @@ PREWARM_AFTER = 0.3  # seconds after start before the other screens are built, h
 PREWARM_GAP = 0.2  # seconds between two of them: keys pressed meanwhile come first
 STOP_GRACE = 5.0  # seconds a running scheduled job gets to end when the console quits
 RECHECK_SECONDS = 5.0  # how often a console that does not run the schedule looks again
+REFREEZE_SECONDS = 300.0  # how often the frozen heap is collected and frozen again
 JOBS_STOP_WAIT = 60.0  # seconds quitting waits for this console's cancelled jobs to end
 STARTING, OWN, VIEWER, OFF = "starting", "own", "viewer", "off"
 
@@ -286,6 +288,28 @@ class BackupConsole(EngineCaller, App[int]):
                 screen.post_message(events.ScreenSuspend())
                 self.set_timer(PREWARM_GAP, self._prewarm_next)
                 return
+        # every screen built: what lives now lives long
+        self._freeze_heap()
+        self.set_interval(REFREEZE_SECONDS, self._refreeze_heap)
+
+    @staticmethod
+    def _freeze_heap() -> None:
+        """Move the objects alive now (screens, widgets, the inventory's rows) out of the
+        cyclic garbage collector's sight (``gc.freeze``). A full collection otherwise walks
+        all of them, on whatever thread allocates at that moment: while a backup ran, the
+        UI thread met one inside a key's rendering often enough to cost that key 100-200 ms
+        (bench/key_latency.py --profile showed it as time in textual's cache and strip
+        constructors)."""
+        gc.collect()
+        gc.freeze()
+
+    def _refreeze_heap(self) -> None:
+        """Cycles among objects that died after a freeze are collected only here: unfreeze,
+        collect, freeze again (every REFREEZE_SECONDS)."""
+        if self._quitting or not self.is_running:
+            return
+        gc.unfreeze()
+        self._freeze_heap()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "switch_mode":  # not to the screen showing (from under a dialog: below)
