@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import grp
+import itertools
 import os
 import pwd
 import stat
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
 
 READERS = 2  # reader threads per backup
 LISTERS = 2  # threads listing directories ahead of the walk (0: list in the walk itself)
-PENDING_DIRS = 256  # walked directories waiting for their files' readers, at most
+PENDING_DIRS = 64  # walked directories waiting for their files' readers, at most
+PENDING_NODES = 8192  # and the entries they hold (memory: not the whole tree's)
+LIST_AHEAD = 8  # subdirectories of the current directory listed ahead by the listers
 PREFETCH_PATH_MAX = 3072  # deeper paths are listed by the walk itself (no path look-up)
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -378,6 +381,7 @@ class FilesBackup:
         self._chain: DirChain | None = None
         self._zero_ids: dict[int, str] = {}  # length -> id of the blob of that many zeros
         self._empty_tree: str | None = None
+        self._waiting = 0  # entries of walked directories whose trees are not written yet
 
     @property
     def cdc(self) -> pyfastcdc.FastCDC:
@@ -518,6 +522,7 @@ class FilesBackup:
                 continue
             stack.pop()
             done.append(f)
+            self._waiting += len(f.nodes)
             if not stack:
                 return self._finish_done(done, until_empty=True)
             self._chain.pop()
@@ -527,14 +532,17 @@ class FilesBackup:
 
     def _finish_done(self, done: deque[_Frame], until_empty: bool = False) -> str:
         """Write the trees of walked directories at the head of ``done`` whose files are all
-        read; wait for the head while more than PENDING_DIRS wait (or ``until_empty``).
+        read; wait for the head while more than PENDING_DIRS wait, or more than PENDING_NODES
+        entries (or ``until_empty``).
         Returns the last tree id written."""
         tree_id = ""
         while done:
             head = done[0]
-            if not (until_empty or len(done) > PENDING_DIRS or self._files_in(head)):
+            if not (until_empty or len(done) > PENDING_DIRS or self._waiting > PENDING_NODES
+                    or self._files_in(head)):
                 break
             done.popleft()
+            self._waiting -= len(head.nodes)
             tree_id = self._finish(head)
             if head.node is not None:
                 head.node["subtree"] = tree_id
@@ -589,13 +597,22 @@ class FilesBackup:
                 continue
             if stat.S_ISDIR(est.st_mode):
                 f.subdirs.append((name, est, xattrs, f.parent.get(name), None))
-                if self._lister is not None and len(epath) <= PREFETCH_PATH_MAX:
-                    self._listings[epath] = self._lister.submit(_list_path, epath)
                 continue
             f.nodes.append(self._entry(fd, name, epath, est, xattrs, f.parent.get(name)))
         if not self.processes:  # reader processes: the walk goes on, resolved at _finish
             f.nodes = self._resolve(f.nodes)
+        self._list_ahead(f)
         return f
+
+    def _list_ahead(self, f: _Frame) -> None:
+        """Have the lister threads list the next LIST_AHEAD subdirectories of f (not all of
+        them: a directory of many subdirectories would hold all their listings at once)."""
+        if self._lister is None:
+            return
+        for name, _st, _x, _prev, trie in list(itertools.islice(f.subdirs, LIST_AHEAD)):
+            path = os.path.join(f.path, name)
+            if trie is None and path not in self._listings and len(path) <= PREFETCH_PATH_MAX:
+                self._listings[path] = self._lister.submit(_list_path, path)
 
     def _descend(self, f: _Frame, name: bytes, st: os.stat_result, xattrs, prev: dict | None,
                  trie: dict | None) -> _Frame | None:
@@ -603,6 +620,7 @@ class FilesBackup:
         assert self._chain is not None
         path = os.path.join(f.path, name)
         ahead = self._listings.pop(path, None)
+        self._list_ahead(f)
         if f.depth + 1 > MAX_DEPTH:
             self._error(path, f"nested more than {MAX_DEPTH} directories deep (the limit "
                               "of a snapshot), not backed up")
