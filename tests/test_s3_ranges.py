@@ -159,8 +159,20 @@ def test_adopt_fetches_each_object_once(replica, tmp_path):
 
 
 def _corrupt_local(sandbox, eng) -> list[str]:
-    """Damage two packs of the local repository: one flipped byte, one cut short."""
-    packs = sorted(p for p in (sandbox.repo / "data").rglob("*") if p.is_file())
+    """Damage two packs of the local repository holding the snapshots' data: one flipped
+    byte, one cut short. (Chosen among the data packs the snapshots use: which pack sorts
+    first is chance, and a tree pack's damage is reported by the trees it breaks.)"""
+    from engine.repo.walk import walk
+
+    repo = Repository.open(LocalBackend(sandbox.repo), "test-password")
+    repo.load_index()
+    used: set[str] = set()  # data blobs of the snapshots: their packs are what verify reads
+    for sid in repo.list_ids("snapshots"):
+        for _p, n in walk(repo, repo.load_snapshot(sid)["tree"]):
+            used.update(n.get("content", []))
+    data_packs = {repo.index[b].pack_id for b in used}
+    packs = sorted(p for p in (sandbox.repo / "data").rglob("*")
+                   if p.is_file() and p.name in data_packs)
     assert len(packs) >= 2
     data = bytearray(packs[0].read_bytes())
     data[100] ^= 0x01
