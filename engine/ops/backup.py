@@ -133,6 +133,7 @@ def run_backup(
         if parent is not None and not source.usable_parent(parent):
             parent = None
         with repo.writer() as writer:
+            writer.guard = lambda: _still_held(lock, purpose)  # before an index mid-backup
             ctx = BackupContext(repo, writer, parent, job_id, on_event, cancel, Path(scratch))
             out = source.backup(ctx)
             writer.flush()

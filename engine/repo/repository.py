@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -477,7 +477,16 @@ class Repository:
 
 
 class BlobWriter:
-    """Saves new blobs into packs; compress+seal runs on a bounded thread pool."""
+    """Saves new blobs into packs; compress+seal runs on a bounded thread pool.
+
+    Memory stays flat however many blobs a backup adds: once the written packs hold
+    ``CHECKPOINT_BLOBS`` rows they are indexed at once (an index file, on the index
+    thread) and their ids move from ``pending`` into the repository's compact index.
+    A backup that fails afterwards leaves indexed blobs no snapshot names; prune reclaims
+    them, as it reclaims unindexed packs. ``guard``, when set, is called before such an
+    index is written and raises when the backup may no longer add to the repository."""
+
+    CHECKPOINT_BLOBS = 65_536
 
     def __init__(self, repo: Repository, workers: int = 2, max_inflight: int = 8):
         self.repo = repo
@@ -494,6 +503,11 @@ class BlobWriter:
         self._lock = threading.RLock()  # save() may be called from several reader threads
         self.writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-write")
         self.pack_writes: collections.deque[Future] = collections.deque()
+        self._written_rows = 0  # rows in self.written
+        self.index_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-write")
+        self.index_writes: collections.deque[Future] = collections.deque()
+        self.guard: Callable[[], None] | None = None
+        self.checkpoints = 0  # index files written before the commit
 
     def _encode(self, data: bytes) -> bytes:
         return self.repo.keys.seal(codec.encode(data, self.level))
@@ -535,7 +549,36 @@ class BlobWriter:
         self.open_packs[blob_type] = PackBuilder()
         self.pack_writes.append(self.writer_pool.submit(self._finish_and_put, pack))
         while len(self.pack_writes) > 1:  # at most one full pack waiting in memory
-            self.written.append(self.pack_writes.popleft().result())
+            self.add_written(self.pack_writes.popleft().result())
+
+    def add_written(self, pack: tuple[str, int, list[BlobEntry]]) -> None:
+        """A pack now on the backend; indexes the written packs once they are many."""
+        with self._lock:
+            self.written.append(pack)
+            self._written_rows += len(pack[2])
+            if self._written_rows < self.CHECKPOINT_BLOBS:
+                return
+            batch, self.written, self._written_rows = self.written, [], 0
+            while self.index_writes and self.index_writes[0].done():
+                self.index_writes.popleft().result()  # raises a failed checkpoint's error
+            self.index_writes.append(self.index_pool.submit(self._checkpoint, batch))
+
+    def _checkpoint(self, batch: list[tuple[str, int, list[BlobEntry]]]) -> None:
+        if self.guard is not None:
+            self.guard()
+        self.repo.write_indexes(batch)
+        with self._lock, self.repo._lock:
+            for pid, size, _entries in batch:
+                self.repo.pack_sizes[pid] = size
+            self.repo.index.add_packs(batch)
+            for _pid, _size, entries in batch:
+                for e in entries:
+                    self.pending.discard(e.id)
+            self.checkpoints += 1
+
+    def _wait_checkpoints(self) -> None:
+        while self.index_writes:
+            self.index_writes.popleft().result()
 
     def _finish_and_put(self, pack: PackBuilder) -> tuple[str, int, list[BlobEntry]]:
         entries = pack.entries
@@ -551,7 +594,8 @@ class BlobWriter:
             for t in (DATA, TREE):
                 self._write_pack(t)
             while self.pack_writes:
-                self.written.append(self.pack_writes.popleft().result())
+                self.add_written(self.pack_writes.popleft().result())
+        self._wait_checkpoints()
 
     def commit(self) -> str | None:
         """Write remaining packs, then the index naming them; make blobs visible."""
@@ -561,13 +605,14 @@ class BlobWriter:
             for pid, size, _entries in self.written:
                 self.repo.pack_sizes[pid] = size
             self.repo.index.add_packs(self.written)
-        self.written = []
+        self.written, self._written_rows = [], 0
         self.pending.clear()
         return ids[-1] if ids else None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer_pool.shutdown(wait=True, cancel_futures=True)
+        self.index_pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -42,7 +42,7 @@ from engine.events import CancelToken
 from engine.repo import codec
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
-from engine.sources.readers import ReaderPool, _Range, find_holes, reader_processes
+from engine.sources.readers import ReaderPool, _Range, find_holes, one_chunk, reader_processes
 
 if TYPE_CHECKING:
     from engine.sources.fileset import FilesetConfig
@@ -882,23 +882,13 @@ class FilesBackup:
         it looked no bigger than one chunk) into blobs appended to content; returns the
         number of bytes read."""
         me = threading.get_ident()
-        if small or (length is not None and length <= self.min_chunk):
-            # FastCDC never cuts below min_size: a small file (or range) is one chunk.
-            start = f.tell()
-            want = self.min_chunk + 1 if length is None else length
-            data = b""
-            while len(data) < want:
-                more = f.read(want - len(data))
-                if not more:
-                    break
-                data += more
-            if len(data) <= self.min_chunk:
-                if data:
-                    content.append(self.writer.save(DATA, data))
-                with self._lock:
-                    self.stats.bytes_read += len(data)
-                return len(data)
-            f.seek(start)  # a whole file bigger than one chunk
+        data = one_chunk(f, length, self.min_chunk, small)
+        if data is not None:
+            if data:
+                content.append(self.writer.save(DATA, data))
+            with self._lock:
+                self.stats.bytes_read += len(data)
+            return len(data)
         size = 0
         for chunk in self.cdc.cut_stream(f if length is None else _Range(f, length)):
             content.append(self.writer.save(DATA, chunk.data))

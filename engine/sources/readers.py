@@ -81,6 +81,27 @@ class _Range:
         return n
 
 
+def one_chunk(f, length: int | None, min_chunk: int, small: bool) -> bytes | None:
+    """The bytes from the file's position when they make one chunk (FastCDC never cuts
+    below ``min_chunk``): ``length`` bytes (None: to the end) when ``small`` (it looked no
+    bigger than one chunk) or length is at most one chunk. None, with the position where
+    it was, when there is more: then they are cut as a stream."""
+    if not (small or (length is not None and length <= min_chunk)):
+        return None
+    start = f.tell()
+    want = min_chunk + 1 if length is None else length
+    data = b""
+    while len(data) < want:
+        more = f.read(want - len(data))
+        if not more:
+            break
+        data += more
+    if len(data) <= min_chunk:
+        return data
+    f.seek(start)  # a whole file bigger than one chunk
+    return None
+
+
 def find_holes(fd: int, size: int) -> list[list[int]]:
     """Zero ranges ``[offset, length]`` of at least HOLE_MIN bytes, by SEEK_DATA/SEEK_HOLE
     (never reading the file); [] when the file system cannot tell."""
@@ -412,7 +433,7 @@ class ReaderPool:
         entries = [BlobEntry(*row) for row in rows]
         w = self.writer
         with w._lock:
-            w.written.append((pid, size, entries))
+            w.add_written((pid, size, entries))
             w.added_bytes += sum(e.length for e in entries)
             w.added_raw += sum(e.raw_length for e in entries)
             w.new_blobs += len(entries)
@@ -569,21 +590,12 @@ class _Worker:
             return {"errors": [(e.strerror or str(e), None, None)]}
 
     def read_data(self, f, length: int | None, content: list[str], small: bool = False) -> int:
-        if small or (length is not None and length <= self.min_chunk):
-            start = f.tell()
-            want = self.min_chunk + 1 if length is None else length
-            data = b""
-            while len(data) < want:
-                more = f.read(want - len(data))
-                if not more:
-                    break
-                data += more
-            if len(data) <= self.min_chunk:
-                if data:
-                    content.append(self.add(data))
-                self.nread += len(data)
-                return len(data)
-            f.seek(start)
+        data = one_chunk(f, length, self.min_chunk, small)
+        if data is not None:
+            if data:
+                content.append(self.add(data))
+            self.nread += len(data)
+            return len(data)
         size = 0
         for chunk in self.cdc.cut_stream(f if length is None else _Range(f, length)):
             content.append(self.add(bytes(chunk.data)))
