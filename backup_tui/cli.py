@@ -482,6 +482,10 @@ def build_parser() -> ArgParser:
                     help="restore only this path of the snapshot (and what is below it); "
                     "repeat for more")
     rf.add_argument("--force", action="store_true", help="restore into a non-empty directory")
+    rf.add_argument("--resume", action="store_true",
+                    help="finish a restore that stopped part way: files already in the "
+                    "directory with the snapshot's content are kept (checked blob by blob, "
+                    "not fetched again), anything else is written as with --force")
     rf.add_argument("--allow-devices", action="store_true",
                     help="as root from an unencrypted repository: restore device nodes too")
     rf.add_argument("--allow-setid", action="store_true",
@@ -840,7 +844,8 @@ def cmd_restore(args, engine: Engine) -> int:
 def _restore_files(args, engine: Engine) -> int:
     ref = engine.snapshot(args.snapshot, args.source)["id"]
     plan = engine.plan_restore(ref, target=args.target, paths=args.path, force=args.force,
-                               allow_devices=args.allow_devices, allow_setid=args.allow_setid)
+                               allow_devices=args.allow_devices, allow_setid=args.allow_setid,
+                               resume=args.resume)
     prog = TermProgress(sys.stderr.isatty() and not args.json)
     try:
         result = engine.restore(plan, prog)
@@ -851,6 +856,11 @@ def _restore_files(args, engine: Engine) -> int:
     else:
         print(f"restored {result.files} files, {human_bytes(result.bytes)} from "
               f"{result.snapshot[:8]} into {result.target}")
+        if args.resume:
+            print(f"kept {result.skipped_files} files, {human_bytes(result.skipped_bytes)} "
+                  "already there with the snapshot's content; wrote "
+                  f"{result.files - result.skipped_files} files, "
+                  f"{human_bytes(result.bytes - result.skipped_bytes)}")
         for w in result.warnings[:20]:
             sys.stderr.write(f"  warning: {w}\n")
     return 0

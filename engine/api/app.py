@@ -292,12 +292,14 @@ def create_app(engine, scheduler=None, jobs: ApiJobs | None = None, *,
               summary="Restore a files snapshot into a directory")
     def restore_files(request: Request, body: models.RestoreFilesRequest,
                       caller: Caller = Depends(role("operator", "a restore"))) -> Any:
-        if body.force:
-            caller.require("admin", "restoring into a non-empty directory (force)")
-            _confirmed(body.confirm, body.target, "force")
+        if body.force or body.resume:
+            what = "force" if body.force else "resume"
+            caller.require("admin", f"restoring into a non-empty directory ({what})")
+            _confirmed(body.confirm, body.target, what)
         eng = engine.for_replica(body.replica) if body.replica else engine
         snap = eng.snapshot(body.snapshot, body.source)
-        plan = eng.plan_restore(snap, target=body.target, paths=body.paths, force=body.force)
+        plan = eng.plan_restore(snap, target=body.target, paths=body.paths, force=body.force,
+                                resume=body.resume)
 
         return start(request, caller, "restore", snap["source"],
                      lambda run: _restore(eng, plan, run), body.target)

@@ -56,6 +56,9 @@ class RestoreFilesRequest(_Request):
                              "snapshot (and what is below them)")
     force: bool = Field(False, description="restore into a non-empty directory (admin; needs "
                         "confirm = target)")
+    resume: bool = Field(False, description="finish a restore that stopped part way: files "
+                         "already in the directory with the snapshot's content are kept, the "
+                         "rest written as with force (admin; needs confirm = target)")
     confirm: str | None = None
     replica: str | None = None
 

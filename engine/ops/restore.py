@@ -12,6 +12,15 @@ are opened with O_NOFOLLOW, files with O_NOFOLLOW), so depth and paths longer
 than PATH_MAX are no obstacle and nothing can lead outside the target. An
 existing entry in the way (with --force) is removed, not written through.
 
+Resume (``resume``: a restore that stopped part way, run again into the same
+target): an existing regular file with the snapshot's size whose content is
+exactly the snapshot's (read piece by piece, cut at the raw lengths of the
+node's blobs, each piece's keyed id compared with the node's) is kept: its
+content is neither fetched nor written, its metadata is set as for a written
+file (extended attributes the snapshot does not have are removed). Anything
+else in the way is removed and written as with --force. The check runs where
+the content would be written (worker threads, forked writers).
+
 Per entry: content (holes skipped, so a sparse file stays sparse), then owner
 (as root), mode, extended attributes (POSIX ACLs among them; one the target
 refuses is a warning), then times.
@@ -79,6 +88,9 @@ class RestorePlan:
     dirs: int = 0
     bytes: int = 0
     force: bool = False
+    # an existing target is accepted and files already there with the snapshot's content
+    # are kept (module docstring)
+    resume: bool = False
     # as root from an unencrypted repository: device nodes, setuid/setgid bits and file
     # capabilities only when allowed
     allow_devices: bool = False
@@ -113,12 +125,16 @@ class RestoreResult:
     files: int
     bytes: int
     warnings: list[str]
+    # of files/bytes: kept as they were, their content already the snapshot's (resume)
+    skipped_files: int = 0
+    skipped_bytes: int = 0
 
     def as_json(self) -> dict:
         return asdict(self)
 
 
 def _check_target(target: Path, force: bool) -> None:
+    """``force``: --force or --resume, either of which accepts a non-empty target."""
     if target.is_symlink():
         raise UsageError(f"restore target {target} is a symlink; give the real directory")
     if target.exists():
@@ -126,23 +142,24 @@ def _check_target(target: Path, force: bool) -> None:
             raise UsageError(f"restore target {target} exists and is not a directory")
         if any(target.iterdir()) and not force:
             raise UsageError(
-                f"restore target {target} is not empty (use --force to restore into it)"
+                f"restore target {target} is not empty (use --force to restore into it, "
+                "or --resume to finish a restore that stopped part way)"
             )
 
 
 def plan_restore(
     repo: Repository, snap: dict, target: str | os.PathLike[str], paths=(), force=False,
-    allow_devices: bool = False, allow_setid: bool = False,
+    allow_devices: bool = False, allow_setid: bool = False, resume: bool = False,
 ) -> RestorePlan:
     if not os.fspath(target):  # e.g. an unset shell variable: never the current directory
         raise UsageError("restore target is empty: give the directory to restore into")
     tgt = Path(os.path.abspath(target))
-    _check_target(tgt, force)
+    _check_target(tgt, force or resume)
     selections = [find(repo, snap["tree"], p) for p in paths] if paths else [
         (b"", {"type": "dir", "subtree": snap["tree"]})
     ]
-    plan = RestorePlan(snap, tgt, selections, force=force, allow_devices=allow_devices,
-                       allow_setid=allow_setid)
+    plan = RestorePlan(snap, tgt, selections, force=force, resume=resume,
+                       allow_devices=allow_devices, allow_setid=allow_setid)
     plan.entries = _Entries(repo, snap["tree"], selections)
     firsts: dict[tuple, bytes] = {}  # hard link key -> its first path
 
@@ -225,6 +242,9 @@ class _Restorer:
         self.no_setid = untrusted and not plan.allow_setid
         self.bytes_done = 0
         self.files_done = 0
+        self.skipped_files = 0  # resume: kept, their content already the snapshot's
+        self.skipped_bytes = 0
+        self.zero_ids: dict[int, str] = {}  # resume: length -> the id of that many zeros
         self.warnings: list[str] = []
         self._lock = threading.Lock()
         # An empty or new target holds nothing we could write through or must remove;
@@ -236,6 +256,7 @@ class _Restorer:
         self.sources = set(plan.links.values())  # first paths of hard-linked files
         self.made: set[bytes] = set()  # ... of those, the ones this restore made
         self.prefetch: _Prefetch | None = None  # remote backends: runs read ahead (run)
+        self.resume = plan.resume
 
     def _warn(self, message: str) -> None:
         with self._lock:
@@ -360,6 +381,150 @@ class _Restorer:
         with self._lock:
             self.files_done += 1
 
+    # ------------------------------------------------------------- resume
+    def _keepable(self, pfd: int, name: bytes, rel: bytes, node: dict) -> bool:
+        """resume: whether the entry at ``name`` may be the node's file already (a regular
+        file of its size, not linked from outside this restore): then its content is
+        checked where it would be written (_keep_or_open), else it is removed."""
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except OSError:
+            return False
+        return self._may_keep(st, rel, node)
+
+    def _may_keep(self, st: os.stat_result, rel: bytes, node: dict) -> bool:
+        # a file with other names outside this restore is replaced, as --force does: its
+        # metadata is not to be set through them (a hard link the snapshot has is fine)
+        return (stat.S_ISREG(st.st_mode) and st.st_size == int(node.get("size", 0))
+                and (st.st_nlink == 1 or rel in self.sources))
+
+    def _keep_or_open(self, pfd: int, name: bytes, rel: bytes, node: dict) -> int | None:
+        """resume: None when the file at ``name`` has the node's content (its metadata
+        then set and it is counted as kept); else whatever is there is removed and a new
+        empty file made: its descriptor, to write the content into."""
+        self.cancel.check()
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=pfd)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            keep = False
+            try:
+                try:
+                    keep = (self._may_keep(os.fstat(fd), rel, node)
+                            and self._same_content(fd, node))
+                except OSError:  # unreadable: written again, as --force would
+                    keep = False
+                if keep:
+                    self._drop_other_xattrs(fd, node)
+                    self._meta_fd(fd, rel, node)
+            finally:
+                os.close(fd)
+            if keep:
+                size = int(node.get("size", 0))
+                with self._lock:
+                    self.files_done += 1
+                    self.bytes_done += size
+                    self.skipped_files += 1
+                    self.skipped_bytes += size
+                return None
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=pfd)
+            else:
+                os.unlink(name, dir_fd=pfd)
+        return os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
+
+    def _resume_write(self, pfd: int, name: bytes, rel: bytes, node: dict) -> None:
+        """A worker thread's resume of one file: kept, or written. Closes ``pfd`` (a
+        duplicate of the parent's descriptor, which the main thread moves on from)."""
+        try:
+            fd = self._keep_or_open(pfd, name, rel, node)
+        finally:
+            os.close(pfd)
+        if fd is not None:
+            self._write_file(fd, rel, node)
+
+    def _same_content(self, fd: int, node: dict) -> bool:
+        """Whether the open file's bytes are exactly the node's content: cut at the raw
+        lengths of its blobs, each piece's keyed id the blob's. Read a window of pieces of
+        at most _RUN_BYTES (or one blob) at a time; a piece inside one of the node's holes
+        where the file has no data either is the id of that many zeros, not read."""
+        size = int(node.get("size", 0))
+        holes = node_holes(node)
+        blob_id_of = self.repo.keys.blob_id
+        window: list[tuple[int, int, str]] = []  # (offset, raw length, id), back to back
+
+        def same_window() -> bool:
+            self.cancel.check()
+            start = window[0][0]
+            buf = bytearray(window[-1][0] + window[-1][1] - start)
+            view = memoryview(buf)
+            got = 0
+            while got < len(buf):
+                k = os.preadv(fd, [view[got:]], start + got)
+                if k <= 0:
+                    return False  # shorter than it was a moment ago
+                got += k
+            same = all(blob_id_of(view[o - start:o - start + n]) == b for o, n, b in window)
+            window.clear()
+            return same
+
+        off = h = 0
+        for blob_id in node.get("content", []):
+            entry = self.repo.index.get(blob_id) if isinstance(blob_id, str) else None
+            if entry is None or entry.type != "data":
+                return False  # the write names the problem
+            n = entry.raw_length
+            if off + n > size:
+                return False
+            while h < len(holes) and holes[h][0] + holes[h][1] <= off:
+                h += 1
+            if (h < len(holes) and holes[h][0] <= off <= off + n <= sum(holes[h])
+                    and self._no_data(fd, off, n)):
+                if window and not same_window():
+                    return False
+                zid = self.zero_ids.get(n)
+                if zid is None:
+                    zid = self.zero_ids[n] = blob_id_of(bytes(n))
+                if zid != blob_id:
+                    return False
+            else:
+                if window and off + n - window[0][0] > _RUN_BYTES and not same_window():
+                    return False
+                window.append((off, n, blob_id))
+            off += n
+        if window and not same_window():
+            return False
+        return off == size
+
+    @staticmethod
+    def _no_data(fd: int, start: int, length: int) -> bool:
+        """Whether the file has no data (only a hole) in [start, start + length)."""
+        try:
+            return os.lseek(fd, start, os.SEEK_DATA) >= start + length
+        except OSError:  # ENXIO: no data from start to the end
+            return True
+
+    def _drop_other_xattrs(self, fd: int, node: dict) -> None:
+        """A kept file: extended attributes the node does not have removed (a written
+        file has none; the SELinux label is the file system's, kept)."""
+        try:
+            names = os.listxattr(fd)
+        except OSError:
+            return
+        have = {n for n, _ in node_xattrs(node)}
+        for n in names:
+            b = os.fsencode(n)
+            if b not in have and b != b"security.selinux":
+                with contextlib.suppress(OSError):
+                    os.removexattr(fd, n)
+
     def _runs(self, content: list) -> list[list[tuple[Any, Any]]]:
         """A file's blobs in runs stored back to back in one pack (a backup writes a file's
         blocks in order): each run is read with one request and written with one writev.
@@ -424,12 +589,23 @@ class _Restorer:
         for rel, node in self.plan.entries:
             if node["type"] != "file" or rel in self.plan.links or node_holes(node):
                 continue
+            if self.resume and self._predicted_kept(rel, node):
+                continue  # the content is checked, not fetched (one found different is
+                # read run by run, as without read-ahead)
             for run in self._runs(node.get("content", [])):
                 first = run[0][1]
                 if first is not None:
                     pf.add(first.pack_id, first.offset, sum(e.length for _, e in run))
         pf.start()
         return pf
+
+    def _predicted_kept(self, rel: bytes, node: dict) -> bool:
+        """resume: whether a file may be kept (for read-ahead only: the check is later)."""
+        try:
+            st = os.lstat(os.path.join(self.root, rel))
+        except OSError:
+            return False
+        return self._may_keep(st, rel, node)
 
     def _write_sparse(self, fd: int, node: dict, holes: list[tuple[int, int]]) -> None:
         """Write only the data between the holes: a blob wholly inside a hole is not even
@@ -502,9 +678,37 @@ class _Restorer:
                             self._make_dir(pfd, name)
                             dirs.append((rel, node))
                             continue
-                        self._remove_existing(pfd, name)
                         first = plan.links.get(rel)
-                        if first is not None and first in self.made:
+                        linked = first is not None and first in self.made
+                        if (self.resume and typ == "file" and not linked
+                                and self._keepable(pfd, name, rel, node)):
+                            # maybe already there: checked where it would be written
+                            if rel in self.sources:  # before its other names link to it
+                                fd = self._keep_or_open(pfd, name, rel, node)
+                                self.made.add(rel)
+                                if fd is None:
+                                    continue
+                                if processes > 1:
+                                    os.close(fd)
+                                    deferred.append((rel, node, False))
+                                else:
+                                    pending.add(pool.submit(self._write_file, fd, rel, node))
+                            elif processes > 1:
+                                deferred.append((rel, node, True))
+                            else:
+                                pending.add(pool.submit(self._resume_write, os.dup(pfd),
+                                                        name, rel, node))
+                            if len(deferred) >= FORKED_BATCH:
+                                self._write_forked(root_fd, deferred, processes)
+                                deferred = []
+                            if len(pending) >= workers * 4:
+                                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                                for f in done:
+                                    f.result()
+                                self._progress()
+                            continue
+                        self._remove_existing(pfd, name)
+                        if linked:
                             self._link(links, first, pfd, name)
                             if typ == "file":
                                 with self._lock:
@@ -512,7 +716,7 @@ class _Restorer:
                             continue
                         if typ == "file" and processes > 1:
                             os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=pfd))
-                            deferred.append((rel, node))
+                            deferred.append((rel, node, False))
                             if len(deferred) >= FORKED_BATCH:  # memory flat with file count
                                 self._write_forked(root_fd, deferred, processes)
                                 deferred = []
@@ -572,24 +776,26 @@ class _Restorer:
                 self.prefetch = None
         self._progress(final=True)
 
-    def _write_forked(self, root_fd: int, files: list[tuple[bytes, dict]],
+    def _write_forked(self, root_fd: int, files: list[tuple[bytes, dict, bool]],
                       processes: int) -> None:
         """Write the files' content and metadata in ``processes`` forked children (shares
         balanced by size), each reporting its progress, warnings or error as JSON lines on
-        a pipe; a cancel kills them."""
+        a pipe; a cancel kills them. A file with True (resume) is checked first: kept when
+        its content is already the snapshot's, else made again and written."""
         import json
         import selectors
         import signal
 
-        shares: list[list[tuple[bytes, dict]]] = [[] for _ in range(processes)]
+        shares: list[list[tuple[bytes, dict, bool]]] = [[] for _ in range(processes)]
         loads = [0] * processes
-        for rel, node in sorted(files, key=lambda f: -int(f[1].get("size", 0) or 0)):
+        for item in sorted(files, key=lambda f: -int(f[1].get("size", 0) or 0)):
             i = loads.index(min(loads))
-            shares[i].append((rel, node))
-            loads[i] += int(node.get("size", 0) or 0)
-        base_bytes, base_files = self.bytes_done, self.files_done
+            shares[i].append(item)
+            loads[i] += int(item[1].get("size", 0) or 0)
+        base = (self.bytes_done, self.files_done, self.skipped_files, self.skipped_bytes)
         children: dict[int, int] = {}  # read end -> pid
-        done: dict[int, tuple[int, int]] = {}  # read end -> (bytes, files) written
+        # read end -> (bytes, files, skipped files, skipped bytes) done
+        done: dict[int, tuple[int, int, int, int]] = {}
         open_ends: set[int] = set()  # children still writing
         error: dict | None = None
         sel = selectors.DefaultSelector()
@@ -605,7 +811,7 @@ class _Restorer:
                 os.close(w)
                 children[r] = pid
                 open_ends.add(r)
-                done[r] = (0, 0)
+                done[r] = (0, 0, 0, 0)
                 sel.register(r, selectors.EVENT_READ)
             buffers: dict[int, bytes] = {r: b"" for r in children}
             while open_ends:
@@ -625,12 +831,14 @@ class _Restorer:
                         if "error" in msg:
                             error = error or msg
                         else:
-                            done[r] = (msg["bytes"], msg["files"])
+                            done[r] = (msg["bytes"], msg["files"], msg["skipped_files"],
+                                       msg["skipped_bytes"])
                             with self._lock:
                                 self.warnings.extend(msg["warnings"])
                 with self._lock:
-                    self.bytes_done = base_bytes + sum(b for b, _ in done.values())
-                    self.files_done = base_files + sum(f for _, f in done.values())
+                    (self.bytes_done, self.files_done, self.skipped_files,
+                     self.skipped_bytes) = (b + sum(d[k] for d in done.values())
+                                            for k, b in enumerate(base))
                 self._progress()
                 if error is not None:
                     break
@@ -650,26 +858,31 @@ class _Restorer:
             if error["kind"] == "OSError":
                 raise OSError(error.get("errno") or 0, error["error"])
             raise EngineError(error["error"])
-        if sum(f for _, f in done.values()) != len(files):
+        if sum(d[1] for d in done.values()) != len(files):
             raise EngineError(f"restore into {self.plan.target}: a writer process ended "
                               "before its files were written")
 
-    def _child(self, root_fd: int, share: list[tuple[bytes, dict]], w: int) -> None:
+    def _child(self, root_fd: int, share: list[tuple[bytes, dict, bool]], w: int) -> None:
         """A forked writer: its share of files, a JSON line after each, then exit."""
         import json
 
         code = 0
         try:
-            self.bytes_done = self.files_done = 0
+            self.bytes_done = self.files_done = self.skipped_files = self.skipped_bytes = 0
             self.warnings = []
             chain = DirChain(root_fd)
-            for rel, node in share:
+            for rel, node, check in share:
                 parent, _, name = rel.rpartition(b"/")
-                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=chain.goto(parent))
-                self._write_file(fd, rel, node)
+                pfd = chain.goto(parent)
+                if check:  # resume: kept (None), or made again
+                    fd = self._keep_or_open(pfd, name, rel, node)
+                else:
+                    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                if fd is not None:
+                    self._write_file(fd, rel, node)
                 line = {"bytes": self.bytes_done, "files": self.files_done,
-                        "warnings": self.warnings}
+                        "skipped_files": self.skipped_files,
+                        "skipped_bytes": self.skipped_bytes, "warnings": self.warnings}
                 self.warnings = []
                 _write_all(w, [json.dumps(line).encode() + b"\n"])
         except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
@@ -861,7 +1074,7 @@ def execute_restore(
 
     if not isinstance(repo.backend, LocalBackend):
         processes = 1
-    _check_target(plan.target, plan.force)
+    _check_target(plan.target, plan.force or plan.resume)
     r = _Restorer(repo, plan, job_id, on_event, cancel or CancelToken())
     try:
         r.run(processes=processes)
@@ -870,4 +1083,4 @@ def execute_restore(
     if plan.snapshot.get("incomplete"):
         r.warnings[:0] = _incomplete_warnings(plan)
     return RestoreResult(plan.snapshot["id"], str(plan.target), r.files_done, r.bytes_done,
-                         r.warnings)
+                         r.warnings, r.skipped_files, r.skipped_bytes)
