@@ -253,19 +253,8 @@ class Engine:
         ``no_owner``, ``no_acl``, ``create_missing_roles``, ``with_globals``."""
         snap = ref if isinstance(ref, dict) else self.snapshot(ref)
         cls = registry.kind(snap.get("kind", ""))
-        resume = bool(options.pop("resume", False))
-        if resume:
-            # a restore into a directory (files): planned as with force (an existing
-            # target accepted), then marked to keep what already matches
-            if cls.restore_form(snap).option != "target":
-                raise UsageError(f"resume is for a files restore into a directory, not a "
-                                 f"{snap.get('kind', '')} snapshot")
-            options["force"] = True
         with self._reading(f"plan restore {snap['id'][:12]}", snap["id"]):
-            plan = cls.plan_restore(self.config, self.repo(), snap, **options)
-        if resume:
-            plan.resume = True
-        return plan
+            return cls.plan_restore(self.config, self.repo(), snap, **options)
 
     def restore(self, plan: Any, on_event: EventCallback = ignore,
                 cancel: CancelToken | None = None) -> Any:

@@ -146,14 +146,17 @@ class FilesSource(Source):
     def plan_restore(cls, config, repo, snap: dict, target: str = "",
                      paths: list[str] | tuple[str, ...] = (), force: bool = False,
                      allow_devices: bool = False, allow_setid: bool = False,
-                     **unknown: Any):
-        """Options: ``target``, ``paths``, ``force``; as root from an unencrypted
-        repository, ``allow_devices`` / ``allow_setid`` (device nodes, setuid/setgid bits
-        and file capabilities are otherwise left out, with a warning per path)."""
+                     resume: bool = False, **unknown: Any):
+        """Options: ``target``, ``paths``, ``force``, ``resume`` (an existing target
+        accepted; files already there with the snapshot's content are kept, so a restore
+        that stopped part way is finished); as root from an unencrypted repository,
+        ``allow_devices`` / ``allow_setid`` (device nodes, setuid/setgid bits and file
+        capabilities are otherwise left out, with a warning per path)."""
         from engine.ops.restore import plan_restore
 
         cls.reject_options(unknown)
-        return plan_restore(repo, snap, target, paths, force, allow_devices, allow_setid)
+        return plan_restore(repo, snap, target, paths, force, allow_devices, allow_setid,
+                            resume=resume)
 
     @classmethod
     def restore(cls, config, repo, plan, job_id, on_event, cancel):
@@ -171,8 +174,8 @@ class FilesSource(Source):
         """A directory (empty or new), and optionally paths inside the snapshot."""
         return RestoreForm("directory", option="target", paths_option="paths", noun="files",
                            on_stop="the files written so far stay in the target directory "
-                           "and nothing else was changed: remove them, or restore again "
-                           "into an empty directory")
+                           "and nothing else was changed: restore files --resume into "
+                           "it finishes the restore, keeping the files already whole")
 
     @classmethod
     def check_target(cls, value: str) -> None:
@@ -188,7 +191,8 @@ class FilesSource(Source):
         if busy:
             raise UsageError(f"{value} is not empty: the console restores only into an empty "
                              "or new directory, so nothing there is overwritten or mixed in "
-                             "(restore files --force does that from the command line)")
+                             "(from the command line, restore files --resume finishes a "
+                             "restore there and --force overwrites)")
 
     @classmethod
     def check_restore(cls, config, repo, plan, result, drills: list[dict]) -> RestoreCheck:
