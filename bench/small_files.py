@@ -10,12 +10,16 @@ initial backup, no-change backup, restore of the newest snapshot into an empty
 directory. Each restore is compared with the tree (``rsync -a --checksum
 --dry-run``: content, size, mode, times; any difference fails the run).
 
-Per command: wall seconds and two peak memory figures: *peak RSS* as GNU time
-reports it for the command (its largest process), and *tree RSS*, the peak of
-the summed RSS of the command and every process under it, sampled every 20 ms
-(our backups start reader processes: the sum is what the machine pays). The
-targets (issue 14): initial <= 1.0x restic and restore <= 0.8x restic at 300k
-files, tree RSS <= 250 MiB in backup and restore and not growing from 100k to
+Per command: wall seconds and three peak memory figures: *peak RSS* as GNU time
+reports it for the command (its largest process), *tree RSS*, the peak of
+the summed RSS of the command and every process under it, and *tree PSS*, the
+same with each shared page divided among the processes sharing it (forked
+writers share their parent's pages; summed RSS counts them once per process),
+sampled every 20 ms
+(our backups start reader processes, our restores fork writers: the PSS sum is
+what the machine pays). The targets (issue 14): initial <= 1.0x restic and
+restore <= 0.8x restic at 300k files, memory (tree PSS) <= 250 MiB in backup
+and restore and not growing from 100k to
 300k files. A dated section goes to bench/RESULTS.md unless --no-results.
 """
 
@@ -49,8 +53,10 @@ def make_tree(root: Path, n: int, seed: int) -> None:
             (sub / f"f{i:04}.dat").write_bytes(rnd.randbytes(512))
 
 
-def tree_rss_kib(pid: int) -> int:
-    """Summed RSS (KiB) of pid and its descendants, from /proc."""
+def tree_rss_kib(pid: int) -> tuple[int, int]:
+    """Summed RSS and summed PSS (KiB) of pid and its descendants, from /proc. RSS counts a
+    page shared by several processes (a library, a forked child's copy-on-write pages) in
+    each of them; PSS divides it among them, so its sum is what the machine pays."""
     kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -61,31 +67,34 @@ def tree_rss_kib(pid: int) -> int:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         kids.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
+    total, pss, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
         todo += kids.get(p, [])
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
                     total += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
         except OSError:
             pass
-    return total
+    return total, pss
 
 
 def timed(label: str, cmd: list[str], env: dict, cache: benchlib.Cache) -> dict:
     cache.before()
     rss_file = Path(f"/tmp/small-files-{os.getpid()}.rss")
     full = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), "--", *cmd]
-    peak = [0]
+    peak = [0, 0]
     t0 = time.monotonic()
     proc = subprocess.Popen(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss_kib(proc.pid))
+            rss, pss = tree_rss_kib(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             stop.wait(0.02)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -99,8 +108,9 @@ def timed(label: str, cmd: list[str], env: dict, cache: benchlib.Cache) -> dict:
     gnu = int(rss_file.read_text().split()[-1]) if rss_file.exists() else 0
     rss_file.unlink(missing_ok=True)
     benchlib.log(f"{label}: {wall:.2f} s, peak RSS {gnu // 1024} MiB, "
-                 f"tree RSS {peak[0] // 1024} MiB")
-    return {"wall": wall, "rss": gnu // 1024, "tree_rss": peak[0] // 1024}
+                 f"tree RSS {peak[0] // 1024} MiB, tree PSS {peak[1] // 1024} MiB")
+    return {"wall": wall, "rss": gnu // 1024, "tree_rss": peak[0] // 1024,
+            "tree_pss": peak[1] // 1024}
 
 
 def same(src: Path, out: Path) -> None:
@@ -160,9 +170,12 @@ def report(results: dict, info: dict) -> str:
     lines = [f"## {now}: small files at scale (`bench/small_files.py`)", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
              "Trees of 512-byte files, 1,000 to a directory; cold cache before every "
-             "command. Peak RSS: GNU time (the largest process); tree RSS: the summed RSS "
-             "of the command and its child processes (sampled every 20 ms).", "",
-             "| files | phase | ours s | restic s | ours / restic | ours peak / tree RSS MiB "
+             "command. Peak RSS: GNU time (the largest process); tree RSS and tree PSS: the "
+             "peak of the summed RSS and of the summed PSS (shared pages divided among the "
+             "processes sharing them: what the machine pays) of the command and its child "
+             "processes (sampled every 20 ms).", "",
+             "| files | phase | ours s | restic s | ours / restic | ours peak / tree RSS / "
+             "tree PSS MiB "
              "| restic RSS MiB |", "|---:|---|---:|---:|---:|---:|---:|"]
     for n, res in results.items():
         for phase in ("initial", "nochange", "restore"):
@@ -170,10 +183,10 @@ def report(results: dict, info: dict) -> str:
             r = res.get("restic", {}).get(phase)
             ratio = f"{o['wall'] / r['wall']:.2f}x" if r else "-"
             lines.append(f"| {n:,} | {phase} | {o['wall']:.2f} | "
-                         f"{r['wall']:.2f} | {ratio} | {o['rss']} / {o['tree_rss']} | "
+                         f"{r['wall']:.2f} | {ratio} | {o['rss']} / {o['tree_rss']} / {o['tree_pss']} | "
                          f"{r['rss']} |" if r else
                          f"| {n:,} | {phase} | {o['wall']:.2f} | - | - | "
-                         f"{o['rss']} / {o['tree_rss']} | - |")
+                         f"{o['rss']} / {o['tree_rss']} / {o['tree_pss']} | - |")
     return "\n".join(lines) + "\n"
 
 
