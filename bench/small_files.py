@@ -182,11 +182,10 @@ def report(results: dict, info: dict) -> str:
             o = res["ours"][phase]
             r = res.get("restic", {}).get(phase)
             ratio = f"{o['wall'] / r['wall']:.2f}x" if r else "-"
-            lines.append(f"| {n:,} | {phase} | {o['wall']:.2f} | "
-                         f"{r['wall']:.2f} | {ratio} | {o['rss']} / {o['tree_rss']} / {o['tree_pss']} | "
-                         f"{r['rss']} |" if r else
-                         f"| {n:,} | {phase} | {o['wall']:.2f} | - | - | "
-                         f"{o['rss']} / {o['tree_rss']} / {o['tree_pss']} | - |")
+            mem = f"{o['rss']} / {o['tree_rss']} / {o['tree_pss']}"
+            lines.append(f"| {n:,} | {phase} | {o['wall']:.2f} | {r['wall']:.2f} | {ratio} | "
+                         f"{mem} | {r['rss']} |" if r else
+                         f"| {n:,} | {phase} | {o['wall']:.2f} | - | - | {mem} | - |")
     return "\n".join(lines) + "\n"
 
 

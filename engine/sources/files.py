@@ -42,7 +42,14 @@ from engine.events import CancelToken
 from engine.repo import codec
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
-from engine.sources.readers import ReaderPool, _Range, find_holes, one_chunk, reader_processes
+from engine.sources.readers import (
+    ReaderPool,
+    _Range,
+    find_holes,
+    one_chunk,
+    read_error,
+    reader_processes,
+)
 
 if TYPE_CHECKING:
     from engine.sources.fileset import FilesetConfig
@@ -773,15 +780,8 @@ class FilesBackup:
                 fd = os.open(name, _OPEN_FLAGS | os.O_NOATIME, dir_fd=dir_fd)
             except PermissionError:
                 fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            self._error(path, "vanished during backup")
-            return None
-        except PermissionError:
-            self._error(path, "permission denied")
-            return None
         except OSError as e:
-            self._error(path, "replaced by a symlink during backup" if e.errno == errno.ELOOP
-                        else e.strerror or str(e))
+            self._error(path, read_error(e))
             return None
         if self._procs is None:
             try:
@@ -821,17 +821,8 @@ class FilesBackup:
         me = threading.get_ident()
         try:
             content, size, holes = self._read(fd, name, path, st)
-        except FileNotFoundError:
-            self._error(path, "vanished during backup")
-            return None
-        except PermissionError:
-            self._error(path, "permission denied")
-            return None
         except OSError as e:
-            if e.errno == errno.ELOOP:
-                self._error(path, "replaced by a symlink during backup")
-            else:
-                self._error(path, e.strerror or str(e))
+            self._error(path, read_error(e))
             return None
         finally:
             with self._lock:

@@ -81,6 +81,17 @@ class _Range:
         return n
 
 
+def read_error(e: OSError) -> str:
+    """How a file that could not be opened or read is named in a backup's errors."""
+    if isinstance(e, FileNotFoundError):
+        return "vanished during backup"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if e.errno == errno.ELOOP:  # opened with O_NOFOLLOW
+        return "replaced by a symlink during backup"
+    return e.strerror or str(e)
+
+
 def one_chunk(f, length: int | None, min_chunk: int, small: bool) -> bytes | None:
     """The bytes from the file's position when they make one chunk (FastCDC never cuts
     below ``min_chunk``): ``length`` bytes (None: to the end) when ``small`` (it looked no
@@ -582,12 +593,8 @@ class _Worker:
                                    f"{end.st_size}); stored the {size} bytes read", size, None))
                 return {"content": content, "size": size, "errors": errors,
                         "holes": [h for h in holes if h[0] + h[1] <= size]}
-        except FileNotFoundError:
-            return {"errors": [("vanished during backup", None, None)]}
-        except PermissionError:
-            return {"errors": [("permission denied", None, None)]}
         except OSError as e:
-            return {"errors": [(e.strerror or str(e), None, None)]}
+            return {"errors": [(read_error(e), None, None)]}
 
     def read_data(self, f, length: int | None, content: list[str], small: bool = False) -> int:
         data = one_chunk(f, length, self.min_chunk, small)
