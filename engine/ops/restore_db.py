@@ -56,6 +56,7 @@ from psycopg2 import sql
 
 from engine.errors import EngineError, UsageError
 from engine.events import CancelToken, Event, EventCallback
+from engine.ops.restore_db_parallel import RestoreFailed, restore_sections
 from engine.repo import locks as host
 from engine.repo.repository import Repository
 from engine.sources.pgconn import PgTarget, existing_roles, find_tool
@@ -863,6 +864,23 @@ def restore_globals(repo: Repository, plan: DbRestorePlan, tool_major: int) -> l
     return [f"globals: {mask_passwords(e)}" for e in errs[:10]]
 
 
+def _pg_restore_dir(argv: list[str], env: dict) -> None:
+    """pg_restore of a staged directory; RestoreFailed with its stderr when it fails."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)
+        try:
+            _fault_point("pg_restore")
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc != 0:
+            err.seek(0)
+            raise RestoreFailed("directory", err.read().decode("utf-8", "replace"))
+
+
 def execute_restore_db(
     repo: Repository,
     plan: DbRestorePlan,
@@ -930,7 +948,9 @@ def execute_restore_db(
     create, warned = create_statement(plan.temp_db, plan.properties, server_num, tablespaces)
     warnings += warned
     directory = "tree" in plan.snapshot
-    folder = os.path.join(scratch, f"restore-{plan.temp_db}") if directory else None
+    # scratch of this restore: the staged dump (directory format), or the archive's
+    # head and -L lists (custom format, restore_db_parallel)
+    folder = os.path.join(scratch, f"restore-{plan.temp_db}")
     journal = SwapJournal(journal_dir(state), plan, job_id, folder)
     journal.write()  # before anything exists on the server
     _fault_point("journal")
@@ -958,36 +978,31 @@ def execute_restore_db(
                            message=f"pg_restore into {plan.temp_db}"))
             cancel.check()
 
-        if folder:  # parallel restore reads a directory; staged only for this restore
-            written = materialize(repo, plan.snapshot, folder, on_bytes=on_bytes)
-            jobs = int(plan.snapshot.get("postgres", {}).get("jobs", 1))
-            args += ["--format=directory", f"--jobs={max(1, jobs)}", folder]
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if directory else
-                                    subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=err, env=server.with_db(plan.temp_db).env())
+        env = server.with_db(plan.temp_db).env()
+        if directory:  # parallel restore reads a directory; staged only for this restore
             try:
-                if not directory:
-                    written = stream_into(repo, plan.snapshot, proc, on_bytes,
-                                          lambda: _fault_point("pg_restore"))
-                else:
-                    _fault_point("pg_restore")
-                rc = proc.wait()
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            finally:
-                if folder:
-                    shutil.rmtree(folder, ignore_errors=True)
-            if rc != 0:
-                err.seek(0)
-                text = err.read().decode("utf-8", "replace")
+                written = materialize(repo, plan.snapshot, folder, on_bytes=on_bytes)
+                jobs = int(plan.snapshot.get("postgres", {}).get("jobs", 1))
+                _pg_restore_dir(args + ["--format=directory", f"--jobs={max(1, jobs)}",
+                                        folder], env)
+            except RestoreFailed as e:
                 raise EngineError(
                     f"restore of snapshot {plan.snapshot['id'][:8]} failed: "
-                    f"{_explain_restore_error(text, plan.no_owner)}; "
-                    f"database {plan.target_db!r} was not changed"
-                )
+                    f"{_explain_restore_error(e.text, plan.no_owner)}; "
+                    f"database {plan.target_db!r} was not changed") from None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        else:  # streamed custom format: in sections, post-data in parallel
+            try:
+                written = restore_sections(repo, plan.snapshot, tool, args, env, folder,
+                                           on_bytes, cancel, lambda: _fault_point("pg_restore"))
+            except RestoreFailed as e:
+                raise EngineError(
+                    f"restore of snapshot {plan.snapshot['id'][:8]} failed "
+                    f"({e.step}): {_explain_restore_error(e.text, plan.no_owner)}; "
+                    f"database {plan.target_db!r} was not changed") from None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
         _fault_point("restored")
         if plan.properties:
             on_event(Event(job_id, "properties", bytes_done=written, bytes_total=total,

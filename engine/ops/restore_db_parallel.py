@@ -1,0 +1,267 @@
+"""restore db, custom format: the restore in sections, the post-data section in parallel.
+
+A custom-format archive written to a pipe (ours: ``pg_dump --format=custom
+--compress=0`` at backup time) has no data offsets, so ``pg_restore --jobs`` cannot
+read it, and one ``pg_restore`` reading the whole stream on stdin builds every index
+and constraint one after another. The archive's header and table of contents come
+first in the stream, and the post-data items (indexes, constraints, triggers) carry
+no data. So the restore runs in three steps:
+
+1. the head: the stream is fed to ``pg_restore -l`` (which reads only the table of
+   contents) and every byte fed is also written to ``head.dump`` in the scratch
+   folder: a small file holding the archive's header and whole table of contents.
+   The entries are sorted into three lists (``-L`` files): pre-data, data, and
+   post-data; ACLs (``ACL``, ``DEFAULT ACL``) go last, with post-data, as in a full
+   restore (pg_restore's ACL pass), so a grant that takes rights away from the
+   restoring role cannot stop the data load;
+2. pre-data from ``head.dump``, then data: one ``pg_restore -L data.list`` reading
+   the stream on stdin (``DATA_STREAMS`` > 1 splits the table data across as many
+   pg_restore processes, each reading its own stream of the archive);
+3. post-data and ACLs: ``pg_restore --jobs=N -L post.list head.dump`` (N = cores, at
+   most 4). pg_restore keeps the dependencies (a foreign key after the key it needs).
+
+Every step runs with ``--exit-on-error``; a failure of any step fails the restore
+(the caller drops the temporary database). ``RestoreFailed`` carries pg_restore's
+stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+
+from engine.errors import EngineError
+from engine.events import CancelToken
+from engine.repo.repository import Repository
+
+DATA_STREAMS = 1  # pg_restore processes loading table data (each reads its own stream)
+MAX_JOBS = 4
+
+# one entry of `pg_restore -l`: "ID; catalog-oid oid DESC ...", comments start with ";"
+_ENTRY = re.compile(r"^\s*(\d+);\s+\d+\s+\d+\s+(.*)$")
+_ACL_PASS = ("ACL ", "DEFAULT ACL ", "ACL LANGUAGE ")  # pg_restore's ACL pass
+
+
+class RestoreFailed(EngineError):
+    """A pg_restore step failed; ``text`` is its stderr."""
+
+    def __init__(self, step: str, text: str):
+        super().__init__(f"pg_restore ({step}) failed")
+        self.step = step
+        self.text = text
+
+
+def post_jobs() -> int:
+    return max(1, min(MAX_JOBS, os.cpu_count() or 1))
+
+
+def _entries(listing: str) -> list[tuple[int, str, str]]:
+    """(id, description and names, the line) of each entry of a ``pg_restore -l`` text."""
+    out = []
+    for line in listing.splitlines():
+        m = _ENTRY.match(line)
+        if m:
+            out.append((int(m.group(1)), m.group(2), line))
+    return out
+
+
+def _is_acl(rest: str) -> bool:
+    return rest.startswith(_ACL_PASS)
+
+
+def _is_table_data(rest: str) -> bool:
+    return rest.startswith("TABLE DATA ")
+
+
+def split_lists(full: str, pre: str, data: str) -> tuple[list[str], list[str], list[str]]:
+    """The pre-data, data and post-data lists (``-L`` lines, archive order) from the
+    listings of the whole archive and of its pre-data and data sections. Every entry
+    lands in exactly one list; entries of no section land in the last one, and the
+    ACLs at its end."""
+    pre_ids = {i for i, rest, _ in _entries(pre) if not _is_acl(rest)}
+    data_ids = {i for i, rest, _ in _entries(data) if not _is_acl(rest)}
+    pre_l: list[str] = []
+    data_l: list[str] = []
+    post_l: list[str] = []
+    acls: list[str] = []
+    for i, rest, line in _entries(full):
+        (pre_l if i in pre_ids else data_l if i in data_ids else
+         acls if _is_acl(rest) else post_l).append(line)
+    return pre_l, data_l, post_l + acls
+
+
+def split_data(lines: list[str], n: int) -> list[list[str]]:
+    """The data list cut into ``n`` lists of table data, alternating in archive order
+    (the archive says nothing of sizes); the other data entries (sequence values, large
+    objects) stay in the first. Empty lists are left out."""
+    if n <= 1:
+        return [lines] if lines else []
+    out: list[list[str]] = [[] for _ in range(n)]
+    k = 0
+    for line in lines:
+        m = _ENTRY.match(line)
+        if m and _is_table_data(m.group(2)):
+            out[k % n].append(line)
+            k += 1
+        else:
+            out[0].append(line)
+    return [x for x in out if x]
+
+
+def _run(argv: list[str], env: dict, step: str, cancel: CancelToken) -> None:
+    """Run one pg_restore reading a file; RestoreFailed with its stderr when it fails."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    cancel.check()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc != 0:
+            err.seek(0)
+            raise RestoreFailed(step, err.read().decode("utf-8", "replace"))
+
+
+def _listing(tool: str, path: str, args: list[str], env: dict) -> str:
+    proc = subprocess.run([tool, "-l", *args, path], capture_output=True, env=env)
+    if proc.returncode != 0:
+        raise RestoreFailed("table of contents", proc.stderr.decode("utf-8", "replace"))
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def capture_head(repo: Repository, snap: dict, tool: str, path: str, env: dict,
+                 cancel: CancelToken) -> str:
+    """Feed the stream to ``pg_restore -l`` until it has read the table of contents
+    (it then exits), writing every byte fed to ``path`` too. Returns the listing."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            open(path, "wb") as head:
+        proc = subprocess.Popen([tool, "-l"], stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                env=env)
+        assert proc.stdin is not None
+        try:
+            try:
+                for bid in snap.get("stream", []):
+                    data = repo.load_blob(bid, "data")
+                    head.write(data)
+                    proc.stdin.write(data)
+                    cancel.check()
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it has read what it needs
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc != 0:
+            err.seek(0)
+            raise RestoreFailed("table of contents", err.read().decode("utf-8", "replace"))
+        out.seek(0)
+        return out.read().decode("utf-8", "replace")
+
+
+def _stream_step(repo: Repository, snap: dict, argv: list[str], env: dict, step: str,
+                 on_bytes: Callable[[int], None], after_first) -> int:
+    """One pg_restore reading the whole stream on stdin; bytes written."""
+    from engine.ops.restore_db import stream_into
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)
+        try:
+            written = stream_into(repo, snap, proc, on_bytes, after_first)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc != 0:
+            err.seek(0)
+            raise RestoreFailed(step, err.read().decode("utf-8", "replace"))
+        return written
+
+
+def restore_sections(repo: Repository, snap: dict, tool: str, base: list[str], env: dict,
+                     folder: str, on_bytes: Callable[[int], None], cancel: CancelToken,
+                     fault: Callable[[], None], jobs: int | None = None,
+                     streams: int | None = None) -> int:
+    """Restore a streamed custom-format snapshot in sections (module docstring) into the
+    database ``base`` names (``[tool, --exit-on-error, .., -d DB]``); ``folder`` is a
+    scratch folder of this restore (the caller removes it). Returns the stream's bytes.
+    ``fault`` is called while pg_restore runs (after the first bytes of the data)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    head = os.path.join(folder, "head.dump")
+    full = capture_head(repo, snap, tool, head, env, cancel)
+    pre, data, post = split_lists(full, _listing(tool, head, ["--section=pre-data"], env),
+                                  _listing(tool, head, ["--section=data"], env))
+
+    def write_list(name: str, lines: list[str]) -> str:
+        path = os.path.join(folder, name)
+        with open(path, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        return path
+
+    _run([*base, "-L", write_list("pre.list", pre), head], env, "pre-data", cancel)
+    written = 0
+    parts = split_data(data, streams or DATA_STREAMS)
+    if not parts:  # no data: a schema-only archive; the progress still reaches the end
+        fault()
+        written = sum(len(repo.load_blob(b, "data")) for b in snap.get("stream", []))
+        on_bytes(written)
+    elif len(parts) == 1:
+        written = _stream_step(repo, snap, [*base, "-L", write_list("data.list", parts[0])],
+                               env, "data", on_bytes, fault)
+    else:
+        written = _parallel_streams(repo, snap, base, env, parts, write_list, on_bytes,
+                                    fault)
+    if post:
+        _run([*base, f"--jobs={jobs or post_jobs()}", "-L", write_list("post.list", post),
+              head], env, "post-data", cancel)
+    return written
+
+
+def _parallel_streams(repo, snap, base, env, parts, write_list, on_bytes, fault) -> int:
+    """Several pg_restore processes loading table data, each fed its own stream by a
+    thread; the first failure stops the others. Progress follows the first stream."""
+    procs_lock = threading.Lock()
+    results: list[int | BaseException | None] = [None] * len(parts)
+    stop = threading.Event()
+
+    def feed(k: int) -> None:
+        def progress(n: int) -> None:
+            if stop.is_set():
+                raise RestoreFailed("data", "stopped: another data step failed")
+            if k == 0:
+                on_bytes(n)
+
+        try:
+            results[k] = _stream_step(repo, snap,
+                                      [*base, "-L", write_list(f"data{k}.list", parts[k])],
+                                      env, "data", progress, fault if k == 0 else None)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            with procs_lock:
+                results[k] = e
+            stop.set()
+
+    threads = [threading.Thread(target=feed, args=(k,), daemon=True) for k in range(len(parts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:  # the first real failure, not the "stopped" of the others
+        real = [e for e in errors if not (isinstance(e, RestoreFailed)
+                                          and e.text.startswith("stopped:"))]
+        raise (real or errors)[0]
+    return max(int(r) for r in results if isinstance(r, int))
