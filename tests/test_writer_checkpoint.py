@@ -130,3 +130,40 @@ def test_a_lost_lock_stops_the_next_checkpoint(sandbox, monkeypatch):
         eng.backup("files", "src", on_event)
     assert broken and len(index_files(sandbox.repo)) == broken[0]
     assert eng.snapshots() == []
+
+
+def test_the_next_backup_reuses_what_a_stopped_one_indexed(sandbox, monkeypatch):
+    """A long backup that dies is not all lost: the blobs its checkpoints indexed are
+    found by the next backup, which stores only the rest."""
+    monkeypatch.setenv("BACKUP_TUI_READERS", "0")
+    monkeypatch.setattr("engine.repo.repository.PACK_TARGET", 16 * 1024)
+    unique_tree(sandbox.src, 2000)
+    eng = sandbox.engine(init=True)
+    token = CancelToken()
+    before = len(index_files(sandbox.repo))
+
+    def on_event(ev):
+        if len(index_files(sandbox.repo)) >= before + 3:
+            token.cancel()
+
+    with pytest.raises(EngineError):
+        eng.backup("files", "src", on_event, token)
+    repo = sandbox.engine().repo()
+    repo.load_index()
+    kept = {b for b in repo.index if repo.index[b].type == "data"}
+    assert len(kept) >= 3 * THRESHOLD
+    # the bytes of the files whose content the stopped backup did not index
+    rest = [p.stat().st_size for p in sandbox.src.rglob("*") if p.is_file()
+            and repo.keys.blob_id(p.read_bytes()) not in kept]
+    assert 0 < len(rest) < 2000 - 3 * THRESHOLD
+    res = sandbox.engine().backup("files", "src")
+    assert res.complete
+    repo = sandbox.engine().repo()
+    repo.load_index()
+    data = [b for b in repo.index if repo.index[b].type == "data"]
+    assert len(data) == 2000  # each content stored once, across both runs
+    # only the rest was stored (each blob sealed: some 60 bytes more; then the trees)
+    assert sum(rest) < res.added < sum(rest) + 60 * len(rest) + 64 * 1024
+    out = sandbox.root / "out"
+    eng.restore(eng.plan_restore(res.id, target=str(out)))
+    rsync_same(sandbox.src, out / str(sandbox.src).lstrip("/"))
