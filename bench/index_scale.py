@@ -15,8 +15,11 @@ Measure, each in a fresh interpreter: ``Repository.open`` (which loads the index
 wall time and the ``load_index`` part, peak RSS (VmHWM) after the load, after
 1,000,000 ``has_blob`` lookups (half present, half absent) and after a commit of
 20,000 new blobs into the loaded index (a day-2 backup's). Run 1 is the first open
-on this machine (no local index cache); run 2 is the next one (the cache made by run
-1, when the code has one). Issue 14's target: load <= 2 s, <= 300 MiB.
+on this machine (no local index cache: after adopt, on a second host, after another
+host's backup or prune); the runs after it open with the cache it made.
+``--first-opens N`` makes the first N runs first opens (the cache removed before
+each). The CPU time of the open (all threads) is printed beside its wall time: on
+a shared machine it moves less. Issue 14's target: load <= 2 s, <= 300 MiB.
 """
 
 from __future__ import annotations
@@ -104,9 +107,9 @@ def measure(repo_dir: Path, cache_dir: Path, lookups: int) -> None:
     kwargs = {}
     if "cache_dir" in inspect.signature(repomod.Repository.open).parameters:
         kwargs["cache_dir"] = cache_dir
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     repo = repomod.Repository.open(LocalBackend(repo_dir), PASSWORD, **kwargs)
-    open_s = time.perf_counter() - t0
+    open_s, open_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     after_load = {"hwm_mib": vm("VmHWM"), "rss_mib": vm("VmRSS")}
     n = len(repo.index)
     sample = json.loads((repo_dir.parent / "sample.json").read_text())
@@ -141,7 +144,8 @@ def measure(repo_dir: Path, cache_dir: Path, lookups: int) -> None:
     assert all(repo.has_blob(e.id) for _p, _s, es in new for e in es)
     entry = repo.index[sample[0]]
     print(json.dumps({
-        "open_s": round(open_s, 3), "load_index_s": round(timing.get("load_index_s", 0), 3),
+        "open_s": round(open_s, 3), "open_cpu_s": round(open_cpu_s, 3),
+        "load_index_s": round(timing.get("load_index_s", 0), 3),
         "blobs_loaded": n, "lookups": done, "found": found,
         "lookup_s": round(lookup_s, 3), "lookup_us": round(lookup_s / max(1, done) * 1e6, 2),
         "python_rss_mib": round(base_rss, 1), "imported_rss_mib": round(imported_rss, 1),
@@ -159,6 +163,9 @@ def main() -> int:
     ap.add_argument("--lookups", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--runs", type=int, default=2, help="fresh-process loads (default 2)")
+    ap.add_argument("--first-opens", type=int, default=1, metavar="N",
+                    help="how many of the runs start with no index cache (default 1: the "
+                    "first open on a machine, then opens with the cache it made)")
     ap.add_argument("--work", type=Path, help="keep the repository here (default: temp)")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
@@ -176,16 +183,19 @@ def main() -> int:
                   f"{info['index_files']} index files of {info['index_bytes'] / 2**20:.1f} MiB "
                   f"stored (fabricate {info['fabricate_s']} s, write_indexes "
                   f"{info['write_indexes_s']} s)")
-        shutil.rmtree(cache, ignore_errors=True)
         for run in range(1, args.runs + 1):
+            first = run <= args.first_opens
+            if first:
+                shutil.rmtree(cache, ignore_errors=True)
             out = subprocess.run(
                 [sys.executable, __file__, "--measure", str(repo_dir), "--cache", str(cache),
                  "--lookups", str(args.lookups)],
                 check=True, capture_output=True, text=True, cwd=ROOT)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             ok = (r["open_s"] <= 2.0 and r["after_commit"]["hwm_mib"] <= 300)
-            print(f"run {run} ({'no cache yet' if run == 1 else 'cache of run 1'}): "
-                  f"open {r['open_s']:.2f} s (load_index {r['load_index_s']:.2f} s), "
+            print(f"run {run} ({'first open, no cache' if first else 'with the cache'}): "
+                  f"open {r['open_s']:.2f} s ({r['open_cpu_s']:.2f} s CPU; load_index "
+                  f"{r['load_index_s']:.2f} s), "
                   f"{r['blobs_loaded']:,} blobs; peak RSS {r['after_load']['hwm_mib']:.0f} MiB "
                   f"after load, {r['after_lookups']['hwm_mib']:.0f} MiB after "
                   f"{r['lookups']:,} has_blob ({r['lookup_us']:.2f} us each, "

@@ -13,14 +13,19 @@ when the size passes the cap, else decompressed into a buffer of exactly that si
 decompressed a few blocks at a time, stopping once the output passes the cap. So
 neither a lying frame header nor a bomb of RLE blocks makes a reader allocate more.
 `parse_json` refuses nesting deeper than `MAX_JSON_DEPTH` before the parser recurses.
+Inside `raw_json(prefix)`, `parse_json` on that thread leaves texts whose name starts
+with ``prefix`` unparsed (a `RawJSON`): the index loader reads index files through
+`Repository.load_record` and parses the canonical ones itself (engine/repo/index.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import zstandard
@@ -206,10 +211,44 @@ def _deeper_than(raw: bytes, limit: int) -> bool:
     return bool(s) and json_depth(raw) > limit
 
 
+class RawJSON:
+    """A JSON text ``parse_json`` left unparsed inside ``raw_json``: ``data`` (bytes),
+    ``what`` and ``max_depth`` as it was called with; ``parse()`` does what it would
+    have done."""
+
+    __slots__ = ("data", "what", "max_depth")
+
+    def __init__(self, data: bytes, what: str, max_depth: int):
+        self.data, self.what, self.max_depth = data, what, max_depth
+
+    def parse(self) -> Any:
+        return _parse_bounded(self.data, self.what, self.max_depth)
+
+
+@contextlib.contextmanager
+def raw_json(prefix: str) -> Iterator[None]:
+    """Within: ``parse_json`` on this thread returns a ``RawJSON`` (checks nothing) for
+    a text whose ``what`` starts with ``prefix``, for a caller that parses it itself
+    and calls ``RawJSON.parse`` for anything it does not recognise."""
+    was = getattr(_local, "raw_prefix", None)
+    _local.raw_prefix = prefix
+    try:
+        yield
+    finally:
+        _local.raw_prefix = was
+
+
 def parse_json(raw: bytes | str, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """json.loads with the nesting bounded: IntegrityError naming ``what`` for invalid
     JSON or nesting deeper than max_depth (never RecursionError)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    prefix = getattr(_local, "raw_prefix", None)
+    if prefix is not None and what.startswith(prefix):
+        return RawJSON(data, what, max_depth)
+    return _parse_bounded(data, what, max_depth)
+
+
+def _parse_bounded(data: bytes, what: str, max_depth: int) -> Any:
     if _deeper_than(data, max_depth):
         raise IntegrityError(f"{what}: nested deeper than {max_depth}", what)
     try:

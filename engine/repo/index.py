@@ -19,10 +19,18 @@ file of the same columns, with a SHA-256 of its content, its rows checked agains
 same bounds as ``check_index`` when read. A repository of 2 million blobs then loads
 from about 100 MB of columns instead of 220 MB of JSON. A cache file that is missing,
 damaged or unreadable is ignored: the index file is read as usual and cached again.
+
+An index file the cache does not hold (the first open on a machine, after another
+host's backup or prune) is read by ``parse_canonical`` when its text is exactly the
+canonical JSON the program writes: numpy over the bytes into the same columns, with no
+Python object per row. Any other text goes through json.loads and ``check_index`` as
+before, with the same errors. While one such file is parsed, the next is read (fetched,
+decrypted, decompressed) on a thread.
 """
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import gc
 import hashlib
@@ -34,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +83,11 @@ class IndexEntry:
 
 def _whole(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+@contextlib.contextmanager
+def _no_pool() -> Iterator[None]:
+    yield None
 
 
 @contextlib.contextmanager
@@ -243,6 +257,229 @@ class Segment:
         ln = self.length.astype(np.int64)
         return bool(((ln > 0) & (ln <= MAX_SEALED_BLOB) & (off + ln <= sizes[self.pack] - 4)
                      & (self.raw <= codec.MAX_RAW)).all())
+
+
+# ------------------------------------------------- canonical index files, fast
+
+_ROW_DATA, _ROW_TREE = b'["data","', b'["tree","'
+_PACK_OPEN, _PACK_ID, _PACK_SIZE = b'{"blobs":[', b'],"id":"', b'","size":'
+_DOC_OPEN = b'{"packs":['
+
+
+def _each_byte(v: int) -> int:
+    """A 64-bit word of eight bytes ``v``."""
+    return int.from_bytes(bytes([v]) * 8, "little")
+
+
+_X20, _X30, _X7F, _X76, _X80, _X0F = (_each_byte(v) for v in (0x20, 0x30, 0x7F, 0x76, 0x80, 0x0F))
+
+
+def _words(doc: bytes, at: np.ndarray, width: int, pad: bool = False) -> np.ndarray:
+    """The ``width`` (1, 2, 4 or 8) bytes of ``doc`` at each position of ``at``, as
+    little-endian numbers. IndexError for bytes past the end, or with ``pad`` for a
+    position past it (bytes past the end then read as 0)."""
+    last = len(doc) - width
+    view = np.ndarray((last + 1,), f"<u{width}", doc, 0, (1,))
+    if not (pad and len(at) and at.max() > last):
+        return view[at]
+    near = at > last
+    out = np.empty(len(at), view.dtype)
+    out[~near] = view[at[~near]]
+    tail = np.ndarray((width + 1,), view.dtype, doc[last:] + bytes(width), 0, (1,))
+    out[near] = tail[at[near] - last]
+    return out
+
+
+def _is(doc: bytes, at: np.ndarray, text: bytes) -> bool:
+    """Whether ``text`` is at every position of ``at``."""
+    i = 0
+    while i < len(text):
+        w = next(w for w in (8, 4, 2, 1) if w <= len(text) - i)
+        if not (_words(doc, at + i, w) == int.from_bytes(text[i:i + w], "little")).all():
+            return False
+        i += w
+    return True
+
+
+def _hex_ids(doc: bytes, at: np.ndarray) -> np.ndarray | None:
+    """The 64 lowercase hex digits at each position of ``at``, as 32 bytes each (one
+    flat array), or None when any is not that."""
+    windows = np.lib.stride_tricks.sliding_window_view(np.frombuffer(doc, np.uint8), 64)
+    out = np.empty(len(at) * 32, np.uint8)
+    for i in range(0, len(at), 65_536):  # 4 MB of text at a time
+        text = windows[at[i:i + 65_536]]
+        try:
+            raw = binascii.a2b_hex(text)  # hex digits only (no whitespace), either case
+        except binascii.Error:
+            return None
+        # lowercase: a-f and 0-9 have bit 0x20, A-F do not
+        if int(np.bitwise_and.reduce(text.reshape(-1).view(np.uint64))) & _X20 != _X20:
+            return None
+        out[i * 32:i * 32 + len(raw)] = np.frombuffer(raw, np.uint8)
+    return out
+
+
+def _numbers(doc: bytes, at: np.ndarray, then: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The canonical decimal numbers at each position of ``at`` (1 to 9 digits, no
+    leading zero), each followed by the byte ``then``: (values as uint32, the positions
+    of ``then``), or None. Eight bytes at a time, as one 64-bit word each."""
+    if not len(at):
+        return np.empty(0, np.uint32), at
+    u64 = np.uint64
+    x = _words(doc, at, 8, pad=True) ^ u64(_X30)  # a digit byte is now 0..9
+    # bit 7 of each byte that is not a digit (no carry between bytes: at most 0x7f + 0x76)
+    other = (((x & u64(_X7F)) + u64(_X76)) | x) & u64(_X80)
+    lowest = other & (~other + u64(1))  # its first such byte's bit 7, or 0
+    digits = np.bitwise_count(lowest - u64(1)).astype(np.intp) >> 3  # 0..8
+    eight = digits == 8
+    if eight.any():  # a ninth digit after 8
+        digits[eight] += (_words(doc, at[eight] + 8, 1, pad=True) ^ 0x30) < 10
+    nine = digits == 9
+    if digits.min() == 0 or (((x & u64(0xFF)) == 0) & (digits > 1)).any():
+        return None
+    ends = at + digits
+    if not (_words(doc, ends, 1) == then).all():  # also refuses a tenth digit
+        return None
+    # the first min(digits, 8) digits moved to the word's top, then 8 digits to a number
+    x <<= (u64(8) * (u64(8) - np.minimum(digits, 8).astype(u64)))
+    x = ((x & u64(_X0F)) * u64(2561)) >> u64(8)
+    x = ((x & u64(0x00FF00FF00FF00FF)) * u64(6553601)) >> u64(16)
+    x = ((x & u64(0x0000FFFF0000FFFF)) * u64(42949672960001)) >> u64(32)
+    if nine.any():
+        x[nine] = x[nine] * u64(10) + (_words(doc, at[nine] + 8, 1) ^ 0x30)
+    return x.astype(np.uint32), ends
+
+
+def parse_canonical(doc: bytes) -> Segment | None:
+    """The rows of an index file's JSON text, when it is exactly the canonical JSON the
+    program writes (docs/FORMAT.md sections 1.1 and 4) and every row passes
+    ``check_index``: the same columns as ``Segment.from_checked(check_index(...))``,
+    made with numpy over the bytes, with no Python object per row (a 500,000-row file
+    of 53 MB: 0.2 to 0.3 s of CPU and about 35 MB besides the columns, where json.loads
+    and the checks took 0.8 s and 175 MB). None for any other text: the caller then
+    parses it as before (json.loads and check_index, with their errors).
+
+    The text is recognised by tiling: a head ``{"packs":[``, then each pack's
+    ``{"blobs":[``, its rows ``["data"|"tree","<64 hex>",N,N,N]`` joined by ``,``,
+    ``],"id":"<64 hex>","size":N}``, packs joined by ``,``, then ``]}``, every piece
+    starting where the one before ends and each byte of it checked (N: 1 to 9 digits,
+    no leading zero). The rows and packs are found from the ``[`` bytes alone (a row
+    opens with ``["``, a pack's list of rows with ``[[`` or ``[]``); a misplaced or
+    missing one breaks the tiling. So a text that passes is that JSON and nothing else:
+    no whitespace, escape, other key, duplicate key, other type, sign, fraction or
+    exponent."""
+    try:
+        return _parse_canonical(doc)
+    except (IndexError, ValueError):  # a position past the end: not canonical
+        return None
+
+
+def _parse_canonical(doc: bytes) -> Segment | None:
+    if not (doc.startswith(_DOC_OPEN) and doc.endswith(b"]}")) or len(doc) < 16:
+        return None
+    a = np.frombuffer(doc, np.uint8)
+    size = len(a)
+    step = 1 << 22  # a bool per byte at a time: 4 MB, not the file's size
+    opens = np.concatenate([np.flatnonzero(a[i:i + step] == 0x5B) + i
+                            for i in range(0, size, step)])
+    if opens[-1] >= size - 1 or opens[0] != len(_DOC_OPEN) - 1:
+        return None
+    is_row = a[opens + 1] == 0x22  # ["
+    s = opens[is_row]  # row starts
+    q = opens[~is_row][1:] - (len(_PACK_OPEN) - 1)  # pack starts
+    del opens, is_row
+    m, n = len(q), len(s)
+    if not m or q[0] != len(_DOC_OPEN) or not _is(doc, q, _PACK_OPEN):
+        return None
+    u32 = np.uint32
+    if n:
+        pre = _words(doc, s, 8)
+        data = pre == int.from_bytes(_ROW_DATA[:8], "little")
+        if not ((data | (pre == int.from_bytes(_ROW_TREE[:8], "little"))).all()
+                and _is(doc, s + 8, _ROW_DATA[8:])):
+            return None
+        del pre
+        types = np.where(data, np.uint8(TYPE_CODE["data"]), np.uint8(TYPE_CODE["tree"]))
+        del data
+        ids = _hex_ids(doc, s + 9)
+        if ids is None or not _is(doc, s + 73, b'",'):
+            return None
+        got = _numbers(doc, s + 75, 0x2C)
+        if got is None:
+            return None
+        offset, c1 = got
+        got = _numbers(doc, c1 + 1, 0x2C)
+        if got is None:
+            return None
+        length, c2 = got
+        got = _numbers(doc, c2 + 1, 0x5D)
+        if got is None:
+            return None
+        raw, e = got
+        del c1, c2, got
+        pack = np.searchsorted(q, s) - 1  # the pack whose start is the last before the row
+        if pack[0] < 0:
+            return None
+        first = np.ones(n, bool)
+        first[1:] = pack[1:] != pack[:-1]
+        later = np.flatnonzero(~first)
+        # a pack's first row right after its "[", each other row 2 bytes after the last
+        if not ((s[first] == q[pack[first]] + len(_PACK_OPEN)).all()
+                and (s[later] == e[later - 1] + 2).all() and (a[e[later - 1] + 1] == 0x2C).all()):
+            return None
+        del first, later
+        counts = np.bincount(pack, minlength=m)
+        t = np.where(counts > 0, e[np.cumsum(counts) - 1] + 1, q + len(_PACK_OPEN))
+        del counts, e
+    else:
+        t = q + len(_PACK_OPEN)
+    # each pack's end: ],"id":"<hex>","size":N}
+    pids = _hex_ids(doc, t + 8)
+    if pids is None or not (_is(doc, t, _PACK_ID) and _is(doc, t + 72, _PACK_SIZE)):
+        return None
+    got = _numbers(doc, t + 81, 0x7D)
+    if got is None:
+        return None
+    sizes, z = got
+    if not ((q[1:] == z[:-1] + 2).all() and (a[z[:-1] + 1] == 0x2C).all()
+            and z[-1] == size - 3):
+        return None
+    # check_index's bounds
+    sizes64 = sizes.astype(np.int64)
+    if not ((sizes64 > 4) & (sizes64 <= MAX_PACK)).all():
+        return None
+    if n:
+        off64, len64 = offset.astype(np.int64), length.astype(np.int64)
+        if not ((len64 > 0).all() and (len64 <= MAX_SEALED_BLOB).all()
+                and (off64 + len64 <= sizes64[pack] - 4).all() and (raw <= codec.MAX_RAW).all()):
+            return None
+        del off64, len64
+        columns = (ids, pack.astype(u32), offset, length, raw, types)
+    else:
+        columns = (np.empty(0, np.uint8), *(np.empty(0, u32) for _ in range(4)),
+                   np.empty(0, np.uint8))
+    hexes = pids.tobytes().hex()
+    packs = [(hexes[i * 64:(i + 1) * 64], v) for i, v in enumerate(sizes.tolist())]
+    return Segment(packs, *columns)
+
+
+def read_index_doc(read_doc: Callable[[str], Any], iid: str) -> Any:
+    """``read_doc(iid)`` (``Repository.load_record``) with its JSON text left unparsed
+    (a ``codec.RawJSON``) for ``index_segment``."""
+    with codec.raw_json("index/"):
+        return read_doc(iid)
+
+
+def index_segment(doc: Any, iid: str) -> Segment:
+    """The rows of index file ``iid`` from ``read_index_doc``: ``parse_canonical`` when
+    its text is canonical, else parsed and checked as always (``parse_json``,
+    ``check_index``), with their errors."""
+    if isinstance(doc, codec.RawJSON):
+        seg = parse_canonical(doc.data)
+        if seg is not None:
+            return seg
+        doc = doc.parse()
+    return Segment.from_checked(check_index(doc, f"index/{iid}"))
 
 
 # ------------------------------------------------------------------- the cache
@@ -719,9 +956,12 @@ class CompactIndex(Mapping):
         errors: dict[str, str] = {}
         side: dict[str, IndexEntry] = {}
 
-        def parse(iid: str) -> Segment | None:
+        def parse(iid: str, fetched: Future | None = None) -> Segment | None:
             try:
-                seg = Segment.from_checked(check_index(read_doc(iid), f"index/{iid}"))
+                doc = (fetched.result() if fetched is not None
+                       else read_index_doc(read_doc, iid))
+                seg = index_segment(doc, iid)
+                del doc
             except (EngineError, KeyError, TypeError, ValueError) as e:
                 # A damaged index file must not make the repository unreadable:
                 # verify reports it, and the packs it names are still on disk.
@@ -734,17 +974,27 @@ class CompactIndex(Mapping):
         with gc_paused():
             counts: dict[str, int] = {}
             parsed: dict[str, Segment] = {}
+            todo = []
             for iid in files:
                 n = cache.rows(iid) if cache is not None else None
                 if n is None:
-                    seg = parse(iid)
+                    todo.append(iid)
+                else:
+                    counts[iid] = n
+            # the files not cached: one read (fetch, hash, decrypt, decompress; mostly
+            # outside the GIL) on a thread while the one before it is parsed here
+            with ThreadPoolExecutor(1, "index-read") if len(todo) > 1 else _no_pool() as pool:
+                ahead = [pool.submit(read_index_doc, read_doc, todo[0])] if pool is not None else []
+                for k, iid in enumerate(todo):
+                    if pool is not None and k + 1 < len(todo):
+                        ahead.append(pool.submit(read_index_doc, read_doc, todo[k + 1]))
+                    seg = parse(iid, ahead.pop(0) if ahead else None)
                     if seg is None:
                         continue
-                    n = seg.n
-                    if cache is None or cache.rows(iid) != n:
+                    if cache is None or cache.rows(iid) != seg.n:
                         parsed[iid] = seg  # else read back from the cache: less memory
+                    counts[iid] = seg.n
                     del seg
-                counts[iid] = n
             total = sum(counts.values())
             ids = np.empty(total * 32, np.uint8)
             cols = [np.empty(total, np.uint32) for _ in range(4)] + [np.empty(total, np.uint8)]
