@@ -50,6 +50,8 @@ PACK_TARGET = 16 * 1024 * 1024
 CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 256 * 1024, 1024 * 1024, 4 * 1024 * 1024
 MAX_RECORD = 256 * 1024 * 1024  # no record (index, snapshot) decompresses to more
 MAX_STORED_RECORD = MAX_RECORD + 1 + 28  # raw marker, nonce and tag
+TREE_CACHE_BLOBS = 512  # decoded tree blobs kept for walks that read a tree again
+TREE_CACHE_BYTES = 24 * 1024 * 1024  # ... and at most this many bytes of them
 MAX_INDEX_BLOBS = 500_000  # blob rows per index file a backup writes (~55 MB of JSON)
 MAX_KEY_RECORD = 64 * 1024  # a keys/ object larger than this is skipped unread
 TREE_PACK_CACHE_MAX = 24 * 1024 * 1024  # tree packs up to this size are read whole
@@ -144,7 +146,10 @@ class Repository:
         self.index_errors: dict[str, str] = {}
         self._loaded_files: set[str] | None = None  # what the last load_index read
         self.snapshot_errors: dict[str, str] = {}
+        # decoded tree blobs, most recent last: at most TREE_CACHE_BLOBS of them and
+        # TREE_CACHE_BYTES in all (a directory of 1,000 files is a tree of ~250 KB)
         self._tree_cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._tree_cache_bytes = 0
         self._tree_packs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._listed: dict[str, int] = {}  # record name -> size, from the last listing
@@ -394,15 +399,19 @@ class Repository:
         data = self.decode_blob(sealed, blob_id, name, entry.raw_length)
         if entry.type == TREE:
             with self._lock:
-                self._tree_cache[blob_id] = data
-                while len(self._tree_cache) > 512:
-                    self._tree_cache.popitem(last=False)
+                if blob_id not in self._tree_cache:
+                    self._tree_cache[blob_id] = data
+                    self._tree_cache_bytes += len(data)
+                while self._tree_cache and (len(self._tree_cache) > TREE_CACHE_BLOBS
+                                            or self._tree_cache_bytes > TREE_CACHE_BYTES):
+                    self._tree_cache_bytes -= len(self._tree_cache.popitem(last=False)[1])
         return data
 
     def drop_caches(self) -> None:
         """Forget cached trees and tree packs: verify must read what is stored now."""
         with self._lock:
             self._tree_cache.clear()
+            self._tree_cache_bytes = 0
             self._tree_packs.clear()
 
     def _tree_pack_slice(self, entry: IndexEntry, name: str) -> bytes:
