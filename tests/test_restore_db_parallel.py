@@ -195,7 +195,3 @@ def test_lists_put_every_entry_in_one_step_and_acls_last():
     assert [ln.split(";")[0] for ln in data] == ["3371", "3372", "3390", "3373"]
     assert [ln.split(";")[0] for ln in post] == ["3216", "3226", "3381", "3382"]
     assert sorted(pre + data + post) == sorted(lines)
-    one, two = rdp.split_data(data, 2)
-    assert [ln.split(";")[0] for ln in one] == ["3371", "3390", "3373"]
-    assert [ln.split(";")[0] for ln in two] == ["3372"]
-    assert rdp.split_data(data, 1) == [data] and rdp.split_data([], 2) == []

@@ -15,8 +15,9 @@ no data. So the restore runs in three steps:
    restore (pg_restore's ACL pass), so a grant that takes rights away from the
    restoring role cannot stop the data load;
 2. pre-data from ``head.dump``, then data: one ``pg_restore -L data.list`` reading
-   the stream on stdin (``DATA_STREAMS`` > 1 splits the table data across as many
-   pg_restore processes, each reading its own stream of the archive);
+   the stream on stdin. (Two, each loading half the tables from its own stream of the
+   archive, were measured on 2 cores against the bench's databases: no better, since
+   each reads and decrypts the whole stream; bench/RESULTS.md, 2026-11-30 20:15.)
 3. post-data and ACLs: ``pg_restore --jobs=N -L post.list head.dump`` (N = cores, at
    most 4). pg_restore keeps the dependencies (a foreign key after the key it needs).
 
@@ -31,14 +32,12 @@ import os
 import re
 import subprocess
 import tempfile
-import threading
 from collections.abc import Callable
 
 from engine.errors import EngineError
 from engine.events import CancelToken
 from engine.repo.repository import Repository
 
-DATA_STREAMS = 1  # pg_restore processes loading table data (each reads its own stream)
 MAX_JOBS = 4
 
 # one entry of `pg_restore -l`: "ID; catalog-oid oid DESC ...", comments start with ";"
@@ -92,24 +91,6 @@ def split_lists(full: str, pre: str, data: str) -> tuple[list[str], list[str], l
         (pre_l if i in pre_ids else data_l if i in data_ids else
          acls if _is_acl(rest) else post_l).append(line)
     return pre_l, data_l, post_l + acls
-
-
-def split_data(lines: list[str], n: int) -> list[list[str]]:
-    """The data list cut into ``n`` lists of table data, alternating in archive order
-    (the archive says nothing of sizes); the other data entries (sequence values, large
-    objects) stay in the first. Empty lists are left out."""
-    if n <= 1:
-        return [lines] if lines else []
-    out: list[list[str]] = [[] for _ in range(n)]
-    k = 0
-    for line in lines:
-        m = _ENTRY.match(line)
-        if m and _is_table_data(m.group(2)):
-            out[k % n].append(line)
-            k += 1
-        else:
-            out[0].append(line)
-    return [x for x in out if x]
 
 
 def _run(argv: list[str], env: dict, step: str, cancel: CancelToken) -> None:
@@ -194,8 +175,7 @@ def _stream_step(repo: Repository, snap: dict, argv: list[str], env: dict, step:
 
 def restore_sections(repo: Repository, snap: dict, tool: str, base: list[str], env: dict,
                      folder: str, on_bytes: Callable[[int], None], cancel: CancelToken,
-                     fault: Callable[[], None], jobs: int | None = None,
-                     streams: int | None = None) -> int:
+                     fault: Callable[[], None], jobs: int | None = None) -> int:
     """Restore a streamed custom-format snapshot in sections (module docstring) into the
     database ``base`` names (``[tool, --exit-on-error, .., -d DB]``); ``folder`` is a
     scratch folder of this restore (the caller removes it). Returns the stream's bytes.
@@ -213,55 +193,12 @@ def restore_sections(repo: Repository, snap: dict, tool: str, base: list[str], e
         return path
 
     _run([*base, "-L", write_list("pre.list", pre), head], env, "pre-data", cancel)
-    written = 0
-    parts = split_data(data, streams or DATA_STREAMS)
-    if not parts:  # no data: a schema-only archive; the progress still reaches the end
-        fault()
-        written = sum(len(repo.load_blob(b, "data")) for b in snap.get("stream", []))
-        on_bytes(written)
-    elif len(parts) == 1:
-        written = _stream_step(repo, snap, [*base, "-L", write_list("data.list", parts[0])],
-                               env, "data", on_bytes, fault)
-    else:
-        written = _parallel_streams(repo, snap, base, env, parts, write_list, on_bytes,
-                                    fault)
+    # the data even when there is none (a schema-only archive): the stream is read whole,
+    # so it is checked as before and the progress reaches its end
+    written = _stream_step(repo, snap, [*base, "-L", write_list("data.list", data)], env,
+                           "data", on_bytes, fault)
     if post:
         _run([*base, f"--jobs={jobs or post_jobs()}", "-L", write_list("post.list", post),
               head], env, "post-data", cancel)
     return written
 
-
-def _parallel_streams(repo, snap, base, env, parts, write_list, on_bytes, fault) -> int:
-    """Several pg_restore processes loading table data, each fed its own stream by a
-    thread; the first failure stops the others. Progress follows the first stream."""
-    procs_lock = threading.Lock()
-    results: list[int | BaseException | None] = [None] * len(parts)
-    stop = threading.Event()
-
-    def feed(k: int) -> None:
-        def progress(n: int) -> None:
-            if stop.is_set():
-                raise RestoreFailed("data", "stopped: another data step failed")
-            if k == 0:
-                on_bytes(n)
-
-        try:
-            results[k] = _stream_step(repo, snap,
-                                      [*base, "-L", write_list(f"data{k}.list", parts[k])],
-                                      env, "data", progress, fault if k == 0 else None)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            with procs_lock:
-                results[k] = e
-            stop.set()
-
-    threads = [threading.Thread(target=feed, args=(k,), daemon=True) for k in range(len(parts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:  # the first real failure, not the "stopped" of the others
-        real = [e for e in errors if not (isinstance(e, RestoreFailed)
-                                          and e.text.startswith("stopped:"))]
-        raise (real or errors)[0]
-    return max(int(r) for r in results if isinstance(r, int))
