@@ -24,8 +24,8 @@ An index file the cache does not hold (the first open on a machine, after anothe
 host's backup or prune) is read by ``parse_canonical`` when its text is exactly the
 canonical JSON the program writes: numpy over the bytes into the same columns, with no
 Python object per row. Any other text goes through json.loads and ``check_index`` as
-before, with the same errors. While one such file is parsed, the next is read (fetched,
-decrypted, decompressed) on a thread.
+before, with the same errors. The columns grow file by file, so such a file goes into
+them at once (and into its cache file), never read back.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import binascii
 import contextlib
 import gc
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -42,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,6 @@ class IndexEntry:
 
 def _whole(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-@contextlib.contextmanager
-def _no_pool() -> Iterator[None]:
-    yield None
 
 
 @contextlib.contextmanager
@@ -590,10 +585,11 @@ class IndexCache:
             return
         head = _HEAD.pack(_MAGIC, bytes.fromhex(iid), len(seg.packs), seg.n)
         parts = [head, bytes.fromhex("".join(p for p, _s in seg.packs)),
-                 np.array([s for _p, s in seg.packs], "<u8").tobytes(), seg.ids.tobytes(),
-                 seg.pack.astype("<u4").tobytes(), seg.offset.astype("<u4").tobytes(),
-                 seg.length.astype("<u4").tobytes(), seg.raw.astype("<u4").tobytes(),
-                 seg.type.astype(np.uint8).tobytes()]
+                 np.array([s for _p, s in seg.packs], "<u8").tobytes()]
+        # the columns themselves (copied only where not little-endian or not contiguous)
+        parts += [memoryview(np.ascontiguousarray(c, t)).cast("B")
+                  for c, t in ((seg.ids, np.uint8), (seg.pack, "<u4"), (seg.offset, "<u4"),
+                               (seg.length, "<u4"), (seg.raw, "<u4"), (seg.type, np.uint8))]
         h = hashlib.sha256()
         for part in parts:
             h.update(part)
@@ -956,12 +952,9 @@ class CompactIndex(Mapping):
         errors: dict[str, str] = {}
         side: dict[str, IndexEntry] = {}
 
-        def parse(iid: str, fetched: Future | None = None) -> Segment | None:
+        def parse(iid: str) -> Segment | None:
             try:
-                doc = (fetched.result() if fetched is not None
-                       else read_index_doc(read_doc, iid))
-                seg = index_segment(doc, iid)
-                del doc
+                seg = index_segment(read_index_doc(read_doc, iid), iid)
             except (EngineError, KeyError, TypeError, ValueError) as e:
                 # A damaged index file must not make the repository unreadable:
                 # verify reports it, and the packs it names are still on disk.
@@ -971,66 +964,50 @@ class CompactIndex(Mapping):
                 cache.write(iid, seg)
             return seg
 
+        # The columns grow file by file (ndarray.resize: realloc, which moves a large
+        # block's pages without copying them), so a file read from index/ goes into them
+        # at once, neither kept beside them nor read back from its new cache file.
+        ids = np.empty(0, np.uint8)
+        cols = [np.empty(0, np.uint32) for _ in range(4)] + [np.empty(0, np.uint8)]
+        pos = 0
+
+        def room(n: int) -> None:
+            """The columns sized for ``pos + n`` rows (no view of them may be alive)."""
+            ids.resize((pos + n) * 32, refcheck=False)
+            for c in cols:
+                c.resize(pos + n, refcheck=False)
+
+        def take_packs(packs: list[tuple[str, int]]) -> np.ndarray:
+            """The index's number of each pack (numbering new ones, as _pack_number)."""
+            sizes.update(packs)
+            known, before = index._pack_no, len(index._pack_no)
+            numbers = [known.setdefault(p, len(known)) for p, _s in packs]
+            index._packs.extend(itertools.islice(known, before, None))  # in number order
+            return np.array(numbers or [0], np.uint32)
+
+        def from_cache(iid: str, n: int) -> bool:
+            room(n)
+            end = pos + n
+            view = Segment([], ids[pos * 32 : end * 32], cols[0][pos:end], cols[1][pos:end],
+                           cols[2][pos:end], cols[3][pos:end], cols[4][pos:end])
+            if cache is None or cache.read_into(iid, view) is None:
+                return False
+            np.take(take_packs(view.packs), view.pack, out=view.pack)  # buffered: may alias
+            return True
+
         with gc_paused():
-            counts: dict[str, int] = {}
-            parsed: dict[str, Segment] = {}
-            todo = []
             for iid in files:
                 n = cache.rows(iid) if cache is not None else None
-                if n is None:
-                    todo.append(iid)
-                else:
-                    counts[iid] = n
-            # the files not cached: one read (fetch, hash, decrypt, decompress; mostly
-            # outside the GIL) on a thread while the one before it is parsed here
-            with ThreadPoolExecutor(1, "index-read") if len(todo) > 1 else _no_pool() as pool:
-                ahead = [pool.submit(read_index_doc, read_doc, todo[0])] if pool is not None else []
-                for k, iid in enumerate(todo):
-                    if pool is not None and k + 1 < len(todo):
-                        ahead.append(pool.submit(read_index_doc, read_doc, todo[k + 1]))
-                    seg = parse(iid, ahead.pop(0) if ahead else None)
-                    if seg is None:
-                        continue
-                    if cache is None or cache.rows(iid) != seg.n:
-                        parsed[iid] = seg  # else read back from the cache: less memory
-                    counts[iid] = seg.n
-                    del seg
-            total = sum(counts.values())
-            ids = np.empty(total * 32, np.uint8)
-            cols = [np.empty(total, np.uint32) for _ in range(4)] + [np.empty(total, np.uint8)]
-            pos = 0
-            for iid in files:
-                if iid not in counts:
+                if n is not None and from_cache(iid, n):
+                    pos += n
                     continue
-                seg = parsed.pop(iid, None)
-                if seg is None and cache is not None and pos + counts[iid] <= len(cols[0]):
-                    end = pos + counts[iid]
-                    view = Segment([], ids[pos * 32 : end * 32], cols[0][pos:end],
-                                   cols[1][pos:end], cols[2][pos:end], cols[3][pos:end],
-                                   cols[4][pos:end])
-                    if cache.read_into(iid, view) is not None:
-                        gmap = np.array([index._pack_number(p) for p, _s in view.packs] or [0],
-                                        np.uint32)
-                        for p, s in view.packs:
-                            sizes[p] = s
-                        np.take(gmap, view.pack, out=view.pack)  # buffered: may alias
-                        pos = end
-                        continue
+                seg = parse(iid)
                 if seg is None:
-                    seg = parse(iid)
-                    if seg is None:
-                        continue
-                if pos + seg.n > len(cols[0]):  # a cache file changed under us: grow
-                    grow = pos + seg.n - len(cols[0])
-                    ids = np.concatenate([ids, np.empty(grow * 32, np.uint8)])
-                    cols = [np.concatenate([c, np.empty(grow, c.dtype)]) for c in cols]
-                gmap = np.array([index._pack_number(p) for p, _s in seg.packs] or [0],
-                                np.uint32)
-                for p, s in seg.packs:
-                    sizes[p] = s
+                    continue
+                room(seg.n)
                 end = pos + seg.n
                 ids[pos * 32 : end * 32] = seg.ids
-                np.take(gmap, seg.pack, out=cols[0][pos:end])
+                np.take(take_packs(seg.packs), seg.pack, out=cols[0][pos:end])
                 cols[1][pos:end] = seg.offset
                 cols[2][pos:end] = seg.length
                 cols[3][pos:end] = seg.raw
@@ -1040,11 +1017,8 @@ class CompactIndex(Mapping):
                     side[bid] = IndexEntry(seg.packs[k][0], BLOB_TYPES[t], o, n, r)
                 pos = end
                 del seg
-            if pos < len(cols[0]):
-                ids = ids[: pos * 32].copy()
-                cols = [c[:pos].copy() for c in cols]
+            room(0)
             base = _Base(ids, *cols) if pos else None
-            del ids, cols
         index._state = (base, None, side, 0)  # odd ids never match a column row
         if cache is not None:
             cache.sweep(set(files))
