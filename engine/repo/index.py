@@ -325,7 +325,10 @@ def _numbers(doc: bytes, at: np.ndarray, then: int) -> tuple[np.ndarray, np.ndar
     # bit 7 of each byte that is not a digit (no carry between bytes: at most 0x7f + 0x76)
     other = (((x & u64(_X7F)) + u64(_X76)) | x) & u64(_X80)
     lowest = other & (~other + u64(1))  # its first such byte's bit 7, or 0
-    digits = np.bitwise_count(lowest - u64(1)).astype(np.intp) >> 3  # 0..8
+    # which byte that is (0..7), 8 when none: 0 and 0x80 << 8k sorted, k + 1 for the
+    # latter (np.bitwise_count would need numpy 2)
+    k = np.searchsorted(np.array([0] + [0x80 << 8 * b for b in range(8)], u64), lowest)
+    digits = (k + 8) % 9
     eight = digits == 8
     if eight.any():  # a ninth digit after 8
         digits[eight] += (_words(doc, at[eight] + 8, 1, pad=True) ^ 0x30) < 10
