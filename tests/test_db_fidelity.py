@@ -455,8 +455,9 @@ CREATE USER MAPPING FOR frank SERVER s OPTIONS (password 'TO zed');
 
 def test_replace_failing_after_the_data_leaves_the_original_serving(sandbox, pg_cluster,
                                                                     tmp_path, monkeypatch):
-    """pg_restore fails after loading everything: the restore-aside database is dropped,
-    and the original keeps its data, its properties and its application."""
+    """pg_restore fails after loading everything (its last step, the parallel post-data
+    one, the only call with --jobs): the restore-aside database is dropped, and the
+    original keeps its data, its properties and its application."""
     shop = make_shop(pg_cluster)
     configure(sandbox, pg_cluster, shop.db)
     eng = sandbox.engine(init=True)
@@ -467,7 +468,9 @@ def test_replace_failing_after_the_data_leaves_the_original_serving(sandbox, pg_
     real = pg_cluster.bin_dir / "pg_restore"
     fake = tmp_path / "pg_restore"
     fake.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then exec {real} --version; fi\n'
-                    f'{real} "$@" || exit $?\necho "pg_restore: error: simulated" >&2\nexit 1\n')
+                    f'{real} "$@" || exit $?\n'
+                    'case "$*" in *--jobs=*) ;; *) exit 0 ;; esac\n'
+                    'echo "pg_restore: error: simulated" >&2\nexit 1\n')
     fake.chmod(0o755)
     monkeypatch.setenv("BACKUP_TUI_PG_RESTORE", str(fake))
     with pytest.raises(EngineError, match="simulated") as e:
