@@ -39,6 +39,7 @@ import pyfastcdc
 
 from engine.errors import EngineError
 from engine.events import CancelToken
+from engine.memory import tune_malloc
 from engine.repo import codec
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, encode_xattrs, name_fields, node_name
@@ -784,6 +785,9 @@ class FilesBackup:
             self._error(path, read_error(e))
             return None
         if self._procs is None:
+            # this process now only walks, claims and writes trees and index rows: small
+            # objects for hours, between which freed large blocks must not stay on the heap
+            tune_malloc()
             try:
                 self._procs = ReaderPool(self.repo, self.writer, self.processes,
                                          self._read_some)
