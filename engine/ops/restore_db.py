@@ -289,6 +289,25 @@ class ArchiveUnreadable(EngineError):
     """pg_restore could not read the archive (its own words in the message)."""
 
 
+def run_tool(argv: list[str], env: dict | None = None, feed=None, wait=None,
+             stdout=subprocess.DEVNULL) -> tuple[int, str, object]:
+    """Run one client tool (pg_restore): ``feed(proc)`` writes its stdin (else it reads
+    none), then ``wait(proc)`` (default ``proc.wait``) gives its exit status. Killed on
+    any exception (cancel included). Returns (status, stderr text, what feed returned)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                                stdout=stdout, stderr=err, env=env)
+        try:
+            fed = feed(proc) if feed else None
+            rc = wait(proc) if wait else proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        err.seek(0)
+        return rc, err.read().decode("utf-8", "replace"), fed
+
+
 def archive_text(repo: Repository, snap: dict, major: int, args: list[str],
                  what: str = "table of contents") -> str:
     """What ``pg_restore ARGS`` prints over the snapshot's archive, streamed in (custom
@@ -297,27 +316,16 @@ def archive_text(repo: Repository, snap: dict, major: int, args: list[str],
     naming ``what`` with pg_restore's own words when it fails (`ArchiveUnreadable`), or
     the repository's error when the stream cannot be read."""
     tool, _ = find_tool("pg_restore", major)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as folder:
         directory = "tree" in snap
         argv = [tool, *args]
         if directory:
             materialize(repo, snap, folder, only={"toc.dat"})
             argv += ["--format=directory", folder]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if directory else subprocess.PIPE,
-                                stdout=out, stderr=err)
-        try:
-            if not directory:
-                stream_into(repo, snap, proc, lambda n: None)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        rc, err, _ = run_tool(argv, stdout=out, feed=None if directory else
+                              lambda proc: stream_into(repo, snap, proc, lambda n: None))
         if rc != 0:
-            err.seek(0)
-            raise ArchiveUnreadable(f"pg_restore ({what}): "
-                                    + err.read().decode("utf-8", "replace").strip()[-300:])
+            raise ArchiveUnreadable(f"pg_restore ({what}): " + err.strip()[-300:])
         out.seek(0)
         return out.read().decode("utf-8", "replace")
 
@@ -866,19 +874,14 @@ def restore_globals(repo: Repository, plan: DbRestorePlan, tool_major: int) -> l
 
 def _pg_restore_dir(argv: list[str], env: dict) -> None:
     """pg_restore of a staged directory; RestoreFailed with its stderr when it fails."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env)
-        try:
-            _fault_point("pg_restore")
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if rc != 0:
-            err.seek(0)
-            raise RestoreFailed("directory", err.read().decode("utf-8", "replace"))
+
+    def wait(proc: subprocess.Popen) -> int:
+        _fault_point("pg_restore")
+        return proc.wait()
+
+    rc, err, _ = run_tool(argv, env, wait=wait)
+    if rc != 0:
+        raise RestoreFailed("directory", err)
 
 
 def execute_restore_db(
@@ -979,30 +982,23 @@ def execute_restore_db(
             cancel.check()
 
         env = server.with_db(plan.temp_db).env()
-        if directory:  # parallel restore reads a directory; staged only for this restore
-            try:
+        try:
+            if directory:  # parallel restore reads a directory; staged only for this restore
                 written = materialize(repo, plan.snapshot, folder, on_bytes=on_bytes)
                 jobs = int(plan.snapshot.get("postgres", {}).get("jobs", 1))
                 _pg_restore_dir(args + ["--format=directory", f"--jobs={max(1, jobs)}",
                                         folder], env)
-            except RestoreFailed as e:
-                raise EngineError(
-                    f"restore of snapshot {plan.snapshot['id'][:8]} failed: "
-                    f"{_explain_restore_error(e.text, plan.no_owner)}; "
-                    f"database {plan.target_db!r} was not changed") from None
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-        else:  # streamed custom format: in sections, post-data in parallel
-            try:
+            else:  # streamed custom format: in sections, post-data in parallel
                 written = restore_sections(repo, plan.snapshot, tool, args, env, folder,
                                            on_bytes, cancel, lambda: _fault_point("pg_restore"))
-            except RestoreFailed as e:
-                raise EngineError(
-                    f"restore of snapshot {plan.snapshot['id'][:8]} failed "
-                    f"({e.step}): {_explain_restore_error(e.text, plan.no_owner)}; "
-                    f"database {plan.target_db!r} was not changed") from None
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+        except RestoreFailed as e:
+            step = "" if directory else f" ({e.step})"
+            raise EngineError(
+                f"restore of snapshot {plan.snapshot['id'][:8]} failed{step}: "
+                f"{_explain_restore_error(e.text, plan.no_owner)}; "
+                f"database {plan.target_db!r} was not changed") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         _fault_point("restored")
         if plan.properties:
             on_event(Event(job_id, "properties", bytes_done=written, bytes_total=total,

@@ -95,23 +95,18 @@ def split_lists(full: str, pre: str, data: str) -> tuple[list[str], list[str], l
 
 def _run(argv: list[str], env: dict, step: str, cancel: CancelToken) -> None:
     """Run one pg_restore reading a file; RestoreFailed with its stderr when it fails."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env)
-        try:
-            while True:
-                try:
-                    rc = proc.wait(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    cancel.check()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if rc != 0:
-            err.seek(0)
-            raise RestoreFailed(step, err.read().decode("utf-8", "replace"))
+    from engine.ops.restore_db import run_tool
+
+    def wait(proc: subprocess.Popen) -> int:
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                cancel.check()
+
+    rc, err, _ = run_tool(argv, env, wait=wait)
+    if rc != 0:
+        raise RestoreFailed(step, err)
 
 
 def _listing(tool: str, path: str, args: list[str], env: dict) -> str:
@@ -125,29 +120,24 @@ def capture_head(repo: Repository, snap: dict, tool: str, path: str, env: dict,
                  cancel: CancelToken) -> str:
     """Feed the stream to ``pg_restore -l`` until it has read the table of contents
     (it then exits), writing every byte fed to ``path`` too. Returns the listing."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            open(path, "wb") as head:
-        proc = subprocess.Popen([tool, "-l"], stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                env=env)
+    from engine.ops.restore_db import run_tool
+
+    def feed(proc: subprocess.Popen) -> None:
         assert proc.stdin is not None
         try:
-            try:
-                for bid in snap.get("stream", []):
-                    data = repo.load_blob(bid, "data")
-                    head.write(data)
-                    proc.stdin.write(data)
-                    cancel.check()
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it has read what it needs
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+            for bid in snap.get("stream", []):
+                data = repo.load_blob(bid, "data")
+                head.write(data)
+                proc.stdin.write(data)
+                cancel.check()
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it has read what it needs
+
+    with tempfile.TemporaryFile() as out, open(path, "wb") as head:
+        rc, err, _ = run_tool([tool, "-l"], env, feed=feed, stdout=out)
         if rc != 0:
-            err.seek(0)
-            raise RestoreFailed("table of contents", err.read().decode("utf-8", "replace"))
+            raise RestoreFailed("table of contents", err)
         out.seek(0)
         return out.read().decode("utf-8", "replace")
 
@@ -155,22 +145,13 @@ def capture_head(repo: Repository, snap: dict, tool: str, path: str, env: dict,
 def _stream_step(repo: Repository, snap: dict, argv: list[str], env: dict, step: str,
                  on_bytes: Callable[[int], None], after_first) -> int:
     """One pg_restore reading the whole stream on stdin; bytes written."""
-    from engine.ops.restore_db import stream_into
+    from engine.ops.restore_db import run_tool, stream_into
 
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env)
-        try:
-            written = stream_into(repo, snap, proc, on_bytes, after_first)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if rc != 0:
-            err.seek(0)
-            raise RestoreFailed(step, err.read().decode("utf-8", "replace"))
-        return written
+    rc, err, written = run_tool(
+        argv, env, feed=lambda proc: stream_into(repo, snap, proc, on_bytes, after_first))
+    if rc != 0:
+        raise RestoreFailed(step, err)
+    return int(written)
 
 
 def restore_sections(repo: Repository, snap: dict, tool: str, base: list[str], env: dict,
