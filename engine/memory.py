@@ -1,4 +1,4 @@
-"""Process-wide memory settings for long runs (backups, restores, the daemon).
+"""Process-wide malloc settings for a long files backup's own process.
 
 glibc's malloc raises its mmap threshold each time a large block served by mmap is
 freed, up to 32 MiB: from then on the index's column arrays, pack buffers and

@@ -516,7 +516,6 @@ class BlobWriter:
         self.index_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-write")
         self.index_writes: collections.deque[Future] = collections.deque()
         self.guard: Callable[[], None] | None = None
-        self.checkpoints = 0  # index files written before the commit
 
     def _encode(self, data: bytes) -> bytes:
         return self.repo.keys.seal(codec.encode(data, self.level))
@@ -576,14 +575,18 @@ class BlobWriter:
         if self.guard is not None:
             self.guard()
         self.repo.write_indexes(batch)
-        with self._lock, self.repo._lock:
-            for pid, size, _entries in batch:
-                self.repo.pack_sizes[pid] = size
-            self.repo.index.add_packs(batch)
+        with self._lock:
+            self._publish(batch)
             for _pid, _size, entries in batch:
                 for e in entries:
                     self.pending.discard(e.id)
-            self.checkpoints += 1
+
+    def _publish(self, packs: list[tuple[str, int, list[BlobEntry]]]) -> None:
+        """Indexed packs into the repository's in-memory index and pack sizes."""
+        with self.repo._lock:
+            for pid, size, _entries in packs:
+                self.repo.pack_sizes[pid] = size
+            self.repo.index.add_packs(packs)
 
     def _wait_checkpoints(self) -> None:
         while self.index_writes:
@@ -610,10 +613,7 @@ class BlobWriter:
         """Write remaining packs, then the index naming them; make blobs visible."""
         self.flush()
         ids = self.repo.write_indexes(self.written)
-        with self.repo._lock:
-            for pid, size, _entries in self.written:
-                self.repo.pack_sizes[pid] = size
-            self.repo.index.add_packs(self.written)
+        self._publish(self.written)
         self.written, self._written_rows = [], 0
         self.pending.clear()
         return ids[-1] if ids else None
