@@ -118,9 +118,10 @@ def test_demo_archives_wal_runs_its_schedule_and_removes_its_sandbox(base, monke
 
         async def flow():
             async with app.run_test(size=SIZE) as pilot:
-                await until(pilot, lambda: app.scheduler_host.mode == OWN, 30,
+                # the sub-title follows once the scheduler's message reaches the screen
+                await until(pilot, lambda: "scheduler: this console" in app.sub_title, 30,
                             "own scheduler")
-                assert "scheduler: this console" in app.sub_title
+                assert app.scheduler_host.mode == OWN
                 assert SchedulerLock.holder(config.state_dir) == os.getpid()
                 await pilot.press("j")
                 await pilot.pause(0.5)
