@@ -53,3 +53,47 @@ def test_a_damaged_blob_fails_the_forked_restore(fidelity, tmp_path):  # noqa: F
         _restore(engine, sid, tmp_path / "damaged", 2)
     assert isinstance(err.value, IntegrityError), err.value
     assert big.name in str(err.value.object_name) or big.name in str(err.value)
+
+
+def test_forked_writers_read_the_repository_front_to_back(sandbox, engine, tmp_path):
+    """Each writer gets consecutive files in the order their content lies in the packs
+    (pack, then offset), and the shares carry about equal bytes: a cold restore reads
+    each pack front to back instead of seeking for every file."""
+    import random
+
+    from engine.ops.restore import _Restorer
+
+    rnd = random.Random(7)
+    src = sandbox.src
+    for i in range(40):  # sizes from empty to 300 kB, in no order
+        (src / f"f{i:02}").write_bytes(rnd.randbytes(rnd.choice([0, 100, 5_000, 300_000])))
+    engine.backup("files", "src")
+    for i in range(40, 60):  # the second backup's files land in later packs, and in the
+        (src / f"e{i:02}").write_bytes(rnd.randbytes(rnd.choice([100, 200_000])))  # walk
+    sid = engine.backup("files", "src").id  # before the first backup's ones ("e" < "f")
+    repo = engine.repo()
+    plan = engine.plan_restore(sid, target=str(tmp_path / "out"))
+    files = [(rel, node, False) for rel, node in plan.entries if node["type"] == "file"]
+    assert len(files) == 60
+    r = _Restorer(repo, plan, "test", lambda e: None, None)
+    shares = r._shares(files, 3)
+
+    def where(item):
+        content = item[1].get("content") or []
+        if not content:
+            return ("", 0)
+        entry = repo.index.get(content[0])
+        return (entry.pack_id, entry.offset)
+
+    in_order = [item for share in shares for item in share]
+    assert sorted(in_order, key=lambda i: i[0]) == sorted(files, key=lambda i: i[0])
+    assert [where(i) for i in in_order] == sorted(where(i) for i in files)
+    assert len({where(i)[0] for i in in_order if where(i)[0]}) >= 2  # several packs
+    loads = [sum(int(n.get("size", 0)) + 4096 for _, n, _ in share) for share in shares]
+    biggest = max(int(n.get("size", 0)) + 4096 for _, n, _ in files)
+    assert all(share for share in shares)
+    assert max(loads) - min(loads) <= 2 * biggest
+    # and the restore through those shares is the tree
+    forked = _restore(engine, sid, tmp_path / "forked", 3)
+    assert forked.files == 60
+    assert tree_of(restored_root(tmp_path / "forked", src)) == tree_of(src)

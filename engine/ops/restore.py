@@ -779,19 +779,15 @@ class _Restorer:
     def _write_forked(self, root_fd: int, files: list[tuple[bytes, dict, bool]],
                       processes: int) -> None:
         """Write the files' content and metadata in ``processes`` forked children (shares
-        balanced by size), each reporting its progress, warnings or error as JSON lines on
-        a pipe; a cancel kills them. A file with True (resume) is checked first: kept when
-        its content is already the snapshot's, else made again and written."""
+        of about equal bytes, in repository order: ``_shares``), each reporting its
+        progress, warnings or error as JSON lines on a pipe; a cancel kills them. A file
+        with True (resume) is checked first: kept when its content is already the
+        snapshot's, else made again and written."""
         import json
         import selectors
         import signal
 
-        shares: list[list[tuple[bytes, dict, bool]]] = [[] for _ in range(processes)]
-        loads = [0] * processes
-        for item in sorted(files, key=lambda f: -int(f[1].get("size", 0) or 0)):
-            i = loads.index(min(loads))
-            shares[i].append(item)
-            loads[i] += int(item[1].get("size", 0) or 0)
+        shares = self._shares(files, processes)
         base = (self.bytes_done, self.files_done, self.skipped_files, self.skipped_bytes)
         children: dict[int, int] = {}  # read end -> pid
         # read end -> (bytes, files, skipped files, skipped bytes) done
@@ -861,6 +857,33 @@ class _Restorer:
         if sum(d[1] for d in done.values()) != len(files):
             raise EngineError(f"restore into {self.plan.target}: a writer process ended "
                               "before its files were written")
+
+    def _shares(self, files: list[tuple[bytes, dict, bool]],
+                processes: int) -> list[list[tuple[bytes, dict, bool]]]:
+        """The files in the order their content lies in the repository (pack, then offset
+        of the first blob), cut into ``processes`` consecutive shares of about equal bytes:
+        each writer then reads its packs front to back, so a cold page cache is filled by
+        the kernel's read-ahead instead of a seek for every file."""
+        get = self.repo.index.get
+
+        def where(item: tuple[bytes, dict, bool]) -> tuple[str, int]:
+            content = item[1].get("content") or []
+            entry = get(content[0]) if content and isinstance(content[0], str) else None
+            return (entry.pack_id, entry.offset) if entry is not None else ("", 0)
+
+        ordered = sorted(files, key=where)
+        # a file's cost: its bytes and a block's worth for opening and its metadata
+        sizes = [int(item[1].get("size", 0) or 0) + 4096 for item in ordered]
+        total = sum(sizes)
+        shares: list[list[tuple[bytes, dict, bool]]] = [[] for _ in range(processes)]
+        i, done = 0, 0
+        for item, size in zip(ordered, sizes, strict=True):
+            # the next share once this one has its part of the bytes (and files are left)
+            while i < processes - 1 and done >= total * (i + 1) / processes:
+                i += 1
+            shares[i].append(item)
+            done += size
+        return shares
 
     def _child(self, root_fd: int, share: list[tuple[bytes, dict, bool]], w: int) -> None:
         """A forked writer: its share of files, a JSON line after each, then exit."""
