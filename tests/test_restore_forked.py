@@ -13,6 +13,7 @@ from test_files_fidelity import fidelity  # noqa: F401 - the fixture
 
 from engine.errors import EngineError, IntegrityError
 from engine.ops.restore import execute_restore
+from engine.repo.pack import pack_name
 
 
 def _restore(engine, sid: str, target, processes: int):
@@ -97,3 +98,43 @@ def test_forked_writers_read_the_repository_front_to_back(sandbox, engine, tmp_p
     forked = _restore(engine, sid, tmp_path / "forked", 3)
     assert forked.files == 60
     assert tree_of(restored_root(tmp_path / "forked", src)) == tree_of(src)
+
+
+def test_batches_are_written_while_the_next_ones_are_made(sandbox, engine, tmp_path,
+                                                           monkeypatch):
+    """Files go to the writers in batches that grow from FORKED_FIRST; each batch is
+    written while the walk makes the next one's entries. Every file arrives, the counts
+    add up, the progress never goes back, and a damaged blob in a later batch still
+    fails the restore with its name."""
+    import engine.ops.restore as restore_mod
+
+    monkeypatch.setattr(restore_mod, "FORKED_FIRST", 4)
+    src = sandbox.src
+    total = 0
+    for d in range(6):
+        (src / f"d{d}").mkdir()
+        for i in range(25):
+            data = os.urandom(1000 + 37 * i + d)
+            (src / f"d{d}" / f"f{i:02}").write_bytes(data)
+            total += len(data)
+    sid = engine.backup("files", "src").id
+    events = []
+    plan = engine.plan_restore(sid, target=str(tmp_path / "out"))
+    res = execute_restore(engine.repo(), plan, "test", events.append, None, processes=2)
+    assert (res.files, res.bytes) == (150, total)
+    assert tree_of(restored_root(tmp_path / "out", src)) == tree_of(src)
+    done = [(e.items_done, e.bytes_done) for e in events if e.items_done is not None]
+    assert done == sorted(done) and done[-1] == (150, total)
+    # one blob of the last directory's files damaged: found in its batch, named
+    repo = engine.repo()
+    node = next(n for rel, n in plan.entries if rel.endswith(b"d5/f24"))
+    entry = repo.index.get(node["content"][0])
+    pack = next(p for p in (sandbox.repo / "data").rglob("*") if p.name == pack_name(
+        entry.pack_id).rsplit("/", 1)[-1])
+    data = bytearray(pack.read_bytes())
+    data[entry.offset + entry.length // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    repo.drop_caches()
+    plan = engine.plan_restore(sid, target=str(tmp_path / "damaged"))
+    with pytest.raises(IntegrityError):
+        execute_restore(repo, plan, "test", lambda e: None, None, processes=2)

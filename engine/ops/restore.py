@@ -76,7 +76,13 @@ _SEG_GAP = 1024 * 1024
 _SEG_SPAN = 16 * 1024 * 1024
 _AHEAD_BYTES = 32 * 1024 * 1024
 _FETCHERS = 4
-FORKED_BATCH = 20_000  # files created, then written by forked writers, at a time
+# Files are created, then written by forked writers, a batch at a time: the first of
+# FORKED_FIRST files (the writers start early), each next one twice as many up to
+# FORKED_BATCH, or FORKED_BATCH_BYTES of content; a batch is written while the next one's
+# entries are made.
+FORKED_FIRST = 256
+FORKED_BATCH = 20_000
+FORKED_BATCH_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -224,6 +230,21 @@ def _data_ranges(holes: list[tuple[int, int]], size: int) -> list[tuple[int, int
     if pos < size:
         out.append((pos, size))
     return out
+
+
+class _Batch:
+    """Files being written by forked writers (``_Restorer._start_forked``): read end of
+    each writer's pipe -> its pid, what it reported done (bytes, files, skipped files,
+    skipped bytes), the part of a line read so far; the first error reported."""
+
+    def __init__(self, files: int, sel: Any):
+        self.files = files
+        self.sel = sel
+        self.children: dict[int, int] = {}
+        self.done: dict[int, tuple[int, int, int, int]] = {}
+        self.buffers: dict[int, bytes] = {}
+        self.open_ends: set[int] = set()  # writers still writing
+        self.error: dict | None = None
 
 
 class _Restorer:
@@ -648,7 +669,30 @@ class _Restorer:
         after every entry is made (a restore of a whole data directory into an empty one
         from the local repository, where the GIL would hold the threads to one core)."""
         plan = self.plan
-        deferred: list[tuple[bytes, dict]] = []
+        deferred: list[tuple[bytes, dict, bool]] = []
+        deferred_bytes = 0
+        batch_files = FORKED_FIRST  # grows to FORKED_BATCH: the writers start early
+        running: _Batch | None = None  # the forked writers of the batch before
+        seen = 0
+
+        def hand_over() -> None:
+            """The entries made so far to forked writers, once the batch before is done;
+            the walk goes on making the next batch's entries while they write."""
+            nonlocal running, deferred, deferred_bytes, batch_files
+            if running is not None:
+                batch, running = running, None
+                self._wait_forked(batch)
+            if deferred:
+                running = self._start_forked(root_fd, deferred, processes)
+                deferred, deferred_bytes = [], 0
+                batch_files = min(FORKED_BATCH, batch_files * 2)
+
+        def defer(rel: bytes, node: dict, check: bool) -> None:
+            nonlocal deferred_bytes
+            deferred.append((rel, node, check))
+            deferred_bytes += int(node.get("size", 0) or 0)
+            if len(deferred) >= batch_files or deferred_bytes >= FORKED_BATCH_BYTES:
+                hand_over()
         os.makedirs(self.root, exist_ok=True)
         if processes <= 1:
             self.prefetch = self._start_prefetch()
@@ -671,6 +715,11 @@ class _Restorer:
                 try:
                     for rel, node in plan.entries:
                         self.cancel.check()
+                        seen += 1
+                        if running is not None and seen % 64 == 0:
+                            self._drain_forked(running, 0)  # progress; an error ends it
+                            if running.error is not None or not running.open_ends:
+                                hand_over()
                         parent, _, name = rel.rpartition(b"/")
                         pfd = chain.goto(parent, make)
                         typ = node["type"]
@@ -690,17 +739,14 @@ class _Restorer:
                                     continue
                                 if processes > 1:
                                     os.close(fd)
-                                    deferred.append((rel, node, False))
+                                    defer(rel, node, False)
                                 else:
                                     pending.add(pool.submit(self._write_file, fd, rel, node))
                             elif processes > 1:
-                                deferred.append((rel, node, True))
+                                defer(rel, node, True)
                             else:
                                 pending.add(pool.submit(self._resume_write, os.dup(pfd),
                                                         name, rel, node))
-                            if len(deferred) >= FORKED_BATCH:
-                                self._write_forked(root_fd, deferred, processes)
-                                deferred = []
                             if len(pending) >= workers * 4:
                                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                                 for f in done:
@@ -716,10 +762,7 @@ class _Restorer:
                             continue
                         if typ == "file" and processes > 1:
                             os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=pfd))
-                            deferred.append((rel, node, False))
-                            if len(deferred) >= FORKED_BATCH:  # memory flat with file count
-                                self._write_forked(root_fd, deferred, processes)
-                                deferred = []
+                            defer(rel, node, False)  # memory flat with the file count
                         elif typ == "file":
                             fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
                             pending.add(pool.submit(self._write_file, fd, rel, node))
@@ -753,10 +796,12 @@ class _Restorer:
                             self.made.add(rel)
                     for f in pending:
                         f.result()
-                    if deferred:
-                        self._write_forked(root_fd, deferred, processes)
+                    hand_over()  # the last batch to the writers
+                    hand_over()  # and waited for
                 except BaseException:
                     self.cancel.cancel()
+                    if running is not None:
+                        self._stop_forked(running)
                     raise
             # directories last, children before parents (reversed pre-order), each through
             # its own descriptor
@@ -776,27 +821,18 @@ class _Restorer:
                 self.prefetch = None
         self._progress(final=True)
 
-    def _write_forked(self, root_fd: int, files: list[tuple[bytes, dict, bool]],
-                      processes: int) -> None:
-        """Write the files' content and metadata in ``processes`` forked children (shares
-        of about equal bytes, in repository order: ``_shares``), each reporting its
-        progress, warnings or error as JSON lines on a pipe; a cancel kills them. A file
-        with True (resume) is checked first: kept when its content is already the
-        snapshot's, else made again and written."""
-        import json
+    def _start_forked(self, root_fd: int, files: list[tuple[bytes, dict, bool]],
+                      processes: int) -> _Batch:
+        """Fork ``processes`` writers for the files' content and metadata (shares of about
+        equal bytes, in repository order: ``_shares``); each reports its progress,
+        warnings or error as JSON lines on a pipe (read by ``_drain_forked``). A file with
+        True (resume) is checked first: kept when its content is already the snapshot's,
+        else made again and written."""
         import selectors
-        import signal
 
-        shares = self._shares(files, processes)
-        base = (self.bytes_done, self.files_done, self.skipped_files, self.skipped_bytes)
-        children: dict[int, int] = {}  # read end -> pid
-        # read end -> (bytes, files, skipped files, skipped bytes) done
-        done: dict[int, tuple[int, int, int, int]] = {}
-        open_ends: set[int] = set()  # children still writing
-        error: dict | None = None
-        sel = selectors.DefaultSelector()
+        batch = _Batch(len(files), selectors.DefaultSelector())
         try:
-            for share in shares:
+            for share in self._shares(files, processes):
                 if not share:
                     continue
                 r, w = os.pipe()
@@ -805,58 +841,84 @@ class _Restorer:
                     os.close(r)
                     self._child(root_fd, share, w)
                 os.close(w)
-                children[r] = pid
-                open_ends.add(r)
-                done[r] = (0, 0, 0, 0)
-                sel.register(r, selectors.EVENT_READ)
-            buffers: dict[int, bytes] = {r: b"" for r in children}
-            while open_ends:
-                if self.cancel.cancelled:
-                    break
-                for key, _ in sel.select(timeout=0.2):
-                    r = key.fd
-                    chunk = os.read(r, 65536)
-                    if not chunk:
-                        sel.unregister(r)
-                        open_ends.discard(r)
-                        continue
-                    buffers[r] += chunk
-                    *lines, buffers[r] = buffers[r].split(b"\n")
-                    for line in lines:
-                        msg = json.loads(line)
-                        if "error" in msg:
-                            error = error or msg
-                        else:
-                            done[r] = (msg["bytes"], msg["files"], msg["skipped_files"],
-                                       msg["skipped_bytes"])
-                            with self._lock:
-                                self.warnings.extend(msg["warnings"])
+                batch.children[r] = pid
+                batch.open_ends.add(r)
+                batch.done[r] = (0, 0, 0, 0)
+                batch.buffers[r] = b""
+                batch.sel.register(r, selectors.EVENT_READ)
+        except BaseException:
+            self._stop_forked(batch)
+            raise
+        return batch
+
+    def _drain_forked(self, batch: _Batch, timeout: float) -> None:
+        """Read what the writers reported (waiting up to ``timeout`` for a first line):
+        their progress is added to this restore's counters, an error is kept."""
+        import json
+
+        events = batch.sel.select(timeout=timeout)
+        for key, _ in events:
+            r = key.fd
+            chunk = os.read(r, 65536)
+            if not chunk:
+                batch.sel.unregister(r)
+                batch.open_ends.discard(r)
+                continue
+            batch.buffers[r] += chunk
+            *lines, batch.buffers[r] = batch.buffers[r].split(b"\n")
+            for line in lines:
+                msg = json.loads(line)
+                if "error" in msg:
+                    batch.error = batch.error or msg
+                    continue
+                now = (msg["bytes"], msg["files"], msg["skipped_files"],
+                       msg["skipped_bytes"])
+                before, batch.done[r] = batch.done[r], now
                 with self._lock:
-                    (self.bytes_done, self.files_done, self.skipped_files,
-                     self.skipped_bytes) = (b + sum(d[k] for d in done.values())
-                                            for k, b in enumerate(base))
-                self._progress()
-                if error is not None:
-                    break
+                    self.bytes_done += now[0] - before[0]
+                    self.files_done += now[1] - before[1]
+                    self.skipped_files += now[2] - before[2]
+                    self.skipped_bytes += now[3] - before[3]
+                    self.warnings.extend(msg["warnings"])
+        if events:
+            self._progress()
+
+    def _wait_forked(self, batch: _Batch) -> None:
+        """Until the writers of ``batch`` are done; raises the error one reported, or a
+        cancel (which kills them)."""
+        try:
+            while batch.open_ends and batch.error is None and not self.cancel.cancelled:
+                self._drain_forked(batch, 0.2)
         finally:
-            for r, pid in children.items():
-                if r in open_ends:  # still writing: a cancel, an error, or ours
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-                os.close(r)
-            sel.close()
+            self._stop_forked(batch)
         self.cancel.check()
+        error = batch.error
         if error is not None:
             if error["kind"] == "IntegrityError":
                 raise IntegrityError(error["error"], error.get("object", ""))
             if error["kind"] == "OSError":
                 raise OSError(error.get("errno") or 0, error["error"])
             raise EngineError(error["error"])
-        if sum(d[1] for d in done.values()) != len(files):
+        if sum(d[1] for d in batch.done.values()) != batch.files:
             raise EngineError(f"restore into {self.plan.target}: a writer process ended "
                               "before its files were written")
+
+    @staticmethod
+    def _stop_forked(batch: _Batch) -> None:
+        """Kill the writers still writing (a cancel, an error), reap them all."""
+        import signal
+
+        for r, pid in batch.children.items():
+            if r in batch.open_ends:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            with contextlib.suppress(OSError):
+                os.close(r)
+        batch.children.clear()
+        batch.open_ends.clear()
+        batch.sel.close()
 
     def _shares(self, files: list[tuple[bytes, dict, bool]],
                 processes: int) -> list[list[tuple[bytes, dict, bool]]]:
