@@ -6,10 +6,18 @@ every pack the index names exists with the size the index gives.
 read_data: also read every pack the selected snapshots need in full, check its
 SHA-256 against its name, parse its header, and authenticate, decompress and
 hash each blob. Each problem names the object and the snapshots it affects.
+
+Local packs are checked by forked workers, one a core, each reading a pack at a time
+into a buffer it keeps. Verifying every snapshot, they start on every pack of the index
+(each blob its header lists where the index places it too) before the trees are walked,
+so the walk and the packs share the cores; what a pack's check found counts only for
+the blobs the snapshots need, and a pack whose check does not cover them all is checked
+again for them. The report is the same either way (tests/test_verify_split.py).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sqlite3
@@ -100,14 +108,40 @@ def verify(
     # Which packs each snapshot needs.
     pack_users: dict[str, set[str]] = defaultdict(set)
     needed_blobs: dict[str, set[str]] = defaultdict(set)  # pack -> blob ids
-    for i, snap in enumerate(snaps):
-        cancel.check()
-        on_event(Event(job_id, "verify", items_done=i, items_total=len(snaps),
-                       message=f"structure of {snap['id'][:12]}"))
-        _check_structure(repo, snap, report, pack_users, needed_blobs)
-
-    # Packs: present with the right size.
     present = {info.name: info.size for info in repo.backend.list("data/")}
+    early = None
+    if (read_data and snapshot_ids is None and snaps and _use_processes(repo)
+            and len(repo.pack_sizes) > 1):
+        # every snapshot: nearly every pack is needed, so the workers start on every
+        # pack of the index now, while this process walks the trees (_PackChecks)
+        early = _PackChecks(repo, present, sorted(p for p in repo.pack_sizes
+                                                  if pack_name(p) in present))
+    try:
+        for i, snap in enumerate(snaps):
+            cancel.check()
+            on_event(Event(job_id, "verify", items_done=i, items_total=len(snaps),
+                           message=f"structure of {snap['id'][:12]}"))
+            _check_structure(repo, snap, report, pack_users, needed_blobs)
+        _check_sizes(repo, present, pack_users, report)
+        if read_data:
+            _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event,
+                        cancel, early)
+    finally:
+        if early is not None:
+            early.close()
+    if read_data:
+        bad = {sid for p in report.problems for sid in p.snapshots}
+        for snap in snaps:
+            if snap["id"] not in bad:
+                _check_kind(repo, snap, report, job_id, on_event)
+    on_event(Event(job_id, "done", items_done=len(snaps), items_total=len(snaps),
+                   message="ok" if report.ok else f"{len(report.problems)} problem(s)",
+                   final=True))
+    return report
+
+
+def _check_sizes(repo: Repository, present: dict[str, int], pack_users, report) -> None:
+    """Packs: present with the right size; a note for packs no index knows."""
     for pid, size in repo.pack_sizes.items():
         name = pack_name(pid)
         users = sorted(pack_users.get(pid, ()))
@@ -125,17 +159,6 @@ def verify(
             f"{len(orphans)} pack(s) not in any index (left by an interrupted backup; "
             "cleanup removes them)"
         )
-
-    if read_data:
-        _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel)
-        bad = {sid for p in report.problems for sid in p.snapshots}
-        for snap in snaps:
-            if snap["id"] not in bad:
-                _check_kind(repo, snap, report, job_id, on_event)
-    on_event(Event(job_id, "done", items_done=len(snaps), items_total=len(snaps),
-                   message="ok" if report.ok else f"{len(report.problems)} problem(s)",
-                   final=True))
-    return report
 
 
 def seen_key(repo: Repository) -> str:
@@ -245,53 +268,165 @@ def _check_kind(repo: Repository, snap: dict, report: VerifyReport, job_id: str,
         report.archives_checked += 1
 
 
-def _check_pack(repo, pid, users, needed, present) -> tuple[int, int, list[Problem]]:
-    """Read one pack whole and check it: (bytes read, blobs checked, problems)."""
+# A pack's check: (bytes read, the pack's own problems, its blobs' check). The last is
+# None when the pack was not read (missing, unreadable, larger than any pack); for the
+# blobs asked for, (blobs checked, the first problem or None); for every blob of the
+# header, (the 32-byte ids of those that passed, joined in id order, {blob id: problem}
+# of those that did not).
+PackCheck = tuple[int, list[str], "tuple[int, str | None] | tuple[bytes, dict[str, str]] | None"]
+
+
+def _check_pack(repo, pid: str, wanted: set[str] | None, present: dict[str, int],
+                ahead: str | None = None, reuse: bool = False) -> PackCheck:
+    """Read one pack whole and check it: its SHA-256 against its name, its header, and
+    blobs, each authenticated, decoded and hashed against its id where the index places
+    it.
+
+    wanted: the blobs to check, in id order up to the first problem, each compared with
+    the header too. None: every blob the header lists where the index places it too,
+    to the end (verify started before it knew which blobs it needs: `_outcome` takes
+    what it needs, and the pack is checked again, for its blobs, when one is not there).
+    ahead: a pack to have the kernel read in the background (a forked worker's next
+    pack, roughly). reuse: read into this process's buffer (a forked worker's own)."""
     name = pack_name(pid)
     if name not in present:
-        return 0, 0, []  # already reported as missing
+        return 0, [], None  # already reported as missing
     if present[name] > MAX_PACK:  # never read it whole
-        return 0, 0, [Problem(name, f"{name}: {present[name]} bytes, larger than any pack",
-                              users)]
-    try:
-        data = repo.backend.get(name)
-    except NotFound:
-        return 0, 0, []
-    except EngineError as e:  # unreadable: report it and go on with the other packs
-        return 0, 0, [Problem(name, f"{name}: {e}", users)]
+        return 0, [f"{name}: {present[name]} bytes, larger than any pack"], None
+    data = _read_into_buffer(repo.backend, name) if reuse else None
+    if data is None:
+        try:
+            data = memoryview(repo.backend.get(name))
+        except NotFound:
+            return 0, [], None
+        except EngineError as e:  # unreadable: report it and go on with the other packs
+            return 0, [f"{name}: {e}"], None
+    if ahead is not None:
+        _prefetch(repo.backend, ahead)
     problems = []
     if sha256_hex(data) != pid:
-        problems.append(Problem(name, f"{name}: content does not match its name (corrupt)",
-                                users))
+        problems.append(f"{name}: content does not match its name (corrupt)")
     try:
         entries = {e.id: e for e in read_header(repo.keys, data, pid)}
     except IntegrityError as e:
-        problems.append(Problem(name, str(e), users))
+        problems.append(str(e))
         entries = {}
+    index, decode = repo.index, repo.decode_blob
+
+    def check(bid: str, offset: int, length: int, raw_length: int) -> str | None:
+        try:
+            sealed = data[offset : offset + length]
+            if len(sealed) != length:
+                raise IntegrityError(f"{name}: blob {bid[:16]}: the pack ends before offset "
+                                     f"{offset}+{length} (truncated?)", name)
+            decode(sealed, bid, name, raw_length)
+        except IntegrityError as e:
+            return str(e)
+        return None
+
+    if wanted is not None:
+        checked = 0
+        for bid in sorted(wanted):
+            idx = index[bid]
+            bad = check(bid, idx.offset, idx.length, idx.raw_length)
+            if bad is not None:
+                return len(data), problems, (checked, bad)
+            checked += 1
+            h = entries.get(bid)
+            if entries and (h is None or h.offset != idx.offset or h.length != idx.length):
+                return len(data), problems, (checked, f"{name}: header disagrees with the "
+                                                      f"index for blob {bid[:16]}")
+        return len(data), problems, (checked, None)
+    passed: list[str] = []
+    failed: dict[str, str] = {}
+    for bid in sorted(entries):
+        h, idx = entries[bid], index.get(bid)
+        if idx is None or idx.pack_id != pid or (idx.offset, idx.length, idx.raw_length) != (
+                h.offset, h.length, h.raw_length):
+            continue  # the index has it elsewhere: checked there, or again with ``wanted``
+        bad = check(bid, idx.offset, idx.length, idx.raw_length)
+        if bad is None:
+            passed.append(bid)
+        else:
+            failed[bid] = bad
+    return len(data), problems, (bytes.fromhex("".join(passed)), failed)
+
+
+def _outcome(result: PackCheck, needed: set[str]) -> tuple[int, int, list[str]] | None:
+    """(bytes read, blobs checked, problems) of a pack whose ``needed`` blobs are to be
+    checked in id order up to the first problem; None when ``result`` (of every blob of
+    the header) did not check one of them where the index places it."""
+    nbytes, problems, blobs = result
+    if blobs is None:
+        return nbytes, 0, list(problems)
+    first, second = blobs
+    if isinstance(first, int):  # the blobs asked for
+        return nbytes, first, [*problems, second] if second is not None else list(problems)
+    passed = {first[i : i + 32].hex() for i in range(0, len(first), 32)}
+    problems = list(problems)
     checked = 0
     for bid in sorted(needed):
-        idx = repo.index[bid]
+        bad = second.get(bid)
+        if bad is not None:
+            problems.append(bad)
+            break
+        if bid not in passed:
+            return None
+        checked += 1
+    return nbytes, checked, problems
+
+
+_BUFFER = bytearray()  # a forked worker's pack buffer, reused from pack to pack
+
+
+def _read_into_buffer(backend, name: str) -> memoryview | None:
+    """A local pack read whole into this process's reused buffer (no fresh mapping, and
+    its page faults, for every pack); None when that cannot be done (an error, a pack
+    that grew while read): then the backend reads it and names any error."""
+    global _BUFFER
+    try:
+        with open(backend._path(name), "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_PACK:
+                return None
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            if len(_BUFFER) < size + 1:
+                _BUFFER = bytearray(size + 1 + (1 << 20))  # a new one: views of the
+                # old one may live on in a traceback
+            view = memoryview(_BUFFER)
+            n = 0
+            while n <= size:  # one byte past the size, to see the end
+                got = f.readinto(view[n : size + 1])
+                if not got:
+                    break
+                n += got
+            if n != size:
+                return None
+            return view[:n]
+    except (OSError, EngineError):
+        return None
+
+
+def _prefetch(backend, name: str) -> None:
+    """Have the kernel read a local pack in the background (a hint; errors ignored)."""
+    from engine.storage.local import LocalBackend
+
+    if not isinstance(backend, LocalBackend) or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(backend._path(name), os.O_RDONLY)
         try:
-            sealed = data[idx.offset : idx.offset + idx.length]
-            if len(sealed) != idx.length:
-                raise IntegrityError(f"{name}: blob {bid[:16]}: the pack ends before offset "
-                                     f"{idx.offset}+{idx.length} (truncated?)", name)
-            repo.decode_blob(sealed, bid, name, idx.raw_length)
-            checked += 1
-        except IntegrityError as e:
-            problems.append(Problem(name, str(e), users))
-            break
-        h = entries.get(bid)
-        if entries and (h is None or h.offset != idx.offset or h.length != idx.length):
-            problems.append(Problem(name, f"{name}: header disagrees with the index for blob "
-                                          f"{bid[:16]}", users))
-            break
-    return len(data), checked, problems
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+    except (OSError, EngineError):
+        pass
 
 
-# What a forked verify worker checks: the repository (keys, index, backend), the packs'
-# users and blobs. Handed over by fork itself (a fork context's initargs are not
-# pickled), so nothing of the repository is sent to the workers.
+# What a forked verify worker checks with: the repository (keys, index, backend) and the
+# packs present. Handed over by fork itself (a fork context's initargs are not pickled),
+# so nothing of the repository is sent to the workers.
 _FORKED: tuple | None = None
 REMOTE_WORKERS = 2  # packs read at once from a remote backend (S3): requests in flight
 MAX_PROCESSES = 8  # each holds a whole pack and its blobs: memory grows with the workers
@@ -307,11 +442,25 @@ def _cores() -> int:
 def _init_forked(*state) -> None:
     global _FORKED
     _FORKED = state
+    # What the parent left is never scanned by this process's collector (nor its pages
+    # copied by the scan), and freed blob buffers stay in the heap for the next blob
+    # instead of going back to the system and coming back as page faults.
+    gc.freeze()
+    _keep_freed_memory()
 
 
-def _check_forked(pid: str) -> tuple[int, int, list[Problem]]:
-    repo, pack_users, needed_blobs, present = _FORKED
-    return _check_pack(repo, pid, sorted(pack_users[pid]), needed_blobs[pid], present)
+def _keep_freed_memory() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-1, 256 * 1024 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def _check_forked(pid: str, wanted, ahead: str | None) -> PackCheck:
+    repo, present = _FORKED
+    return _check_pack(repo, pid, wanted, present, ahead, reuse=True)
 
 
 def _use_processes(repo) -> bool:
@@ -324,51 +473,86 @@ def _use_processes(repo) -> bool:
     return isinstance(repo.backend, LocalBackend) and _cores() > 1 and hasattr(os, "fork")
 
 
-def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel) -> None:
-    """Every pack the snapshots need, read whole and checked (_check_pack); results are
-    taken in the order of the packs, so the report is the same however they are read."""
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+class _PackChecks:
+    """Packs checked on a pool (`_check_pack`): forked processes, one a core, for a local
+    repository, else threads; the biggest packs first, so the workers end together."""
 
+    def __init__(self, repo, present: dict[str, int], packs: list[str],
+                 wanted: dict[str, set[str]] | None = None,
+                 cancel: CancelToken | None = None) -> None:
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+        self.present = present
+        if _use_processes(repo) and len(packs) > 1:
+            import multiprocessing
+
+            self.workers = min(_cores(), MAX_PROCESSES, len(packs))
+            self.pool = ProcessPoolExecutor(max_workers=self.workers,
+                                            mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_init_forked, initargs=(repo, present))
+            self.check = _check_forked
+        else:
+            self.workers = REMOTE_WORKERS if not _use_processes(repo) else 2
+            self.pool = ThreadPoolExecutor(max_workers=self.workers,
+                                           thread_name_prefix="verify")
+
+            def check(pid: str, wanted, ahead) -> PackCheck:
+                if cancel is not None and cancel.cancelled:
+                    return 0, [], None
+                return _check_pack(repo, pid, wanted, present)
+
+            self.check = check
+        self.futures: dict[str, object] = {}
+        self.submit(packs, wanted)
+
+    def submit(self, packs: list[str], wanted: dict[str, set[str]] | None) -> None:
+        order = sorted(packs, key=lambda p: -self.present.get(pack_name(p), 0))
+        for i, pid in enumerate(order):
+            ahead = order[i + self.workers] if i + self.workers < len(order) else None
+            self.futures[pid] = self.pool.submit(
+                self.check, pid, None if wanted is None else wanted[pid],
+                None if ahead is None else pack_name(ahead))
+
+    def result(self, pid: str) -> PackCheck | None:
+        fut = self.futures.pop(pid, None)
+        return None if fut is None else fut.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event, cancel,
+                early: _PackChecks | None = None) -> None:
+    """Every pack the snapshots need, read whole and checked (_check_pack); results are
+    taken in the order of the packs, so the report is the same however they are read.
+    early: checks of every pack started before the needed blobs were known; a pack whose
+    check there does not cover them all is checked again with them."""
     packs = sorted(pack_users)
     total = sum(repo.pack_sizes.get(p, 0) for p in packs)
-    if not packs:
-        return
-    if _use_processes(repo) and len(packs) > 1:
-        import multiprocessing
-
-        workers = min(_cores(), MAX_PROCESSES, len(packs))
-        pool = ProcessPoolExecutor(max_workers=workers,
-                                   mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_init_forked,
-                                   initargs=(repo, pack_users, needed_blobs, present))
-        check = _check_forked
-    else:
-        workers = REMOTE_WORKERS if not _use_processes(repo) else 2
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
-
-        def check(pid: str) -> tuple[int, int, list[Problem]]:
-            if cancel.cancelled:
-                return 0, 0, []
-            return _check_pack(repo, pid, sorted(pack_users[pid]), needed_blobs[pid], present)
-
+    checks = early
     try:
-        # at most two packs a worker submitted ahead: memory stays bounded by the workers
-        futures: dict[int, object] = {}
-        ahead = workers * 2
-        nxt = 0
-        for i in range(len(packs)):
-            while nxt < len(packs) and nxt < i + ahead:
-                futures[nxt] = pool.submit(check, packs[nxt])
-                nxt += 1
+        if not packs:
+            return
+        if checks is None:
+            checks = _PackChecks(repo, present, packs, needed_blobs, cancel)
+        for i, pid in enumerate(packs):
             cancel.check()
-            nbytes, checked, problems = futures.pop(i).result()
+            needed = needed_blobs[pid]
+            result = checks.result(pid)
+            outcome = None if result is None else _outcome(result, needed)
+            if outcome is None:
+                checks.submit([pid], {pid: needed})
+                outcome = _outcome(checks.result(pid), needed)
             cancel.check()
+            nbytes, checked, problems = outcome
+            users = sorted(pack_users[pid])
             if nbytes:
                 report.packs_checked += 1
             report.bytes_read += nbytes
             report.blobs_checked += checked
-            report.problems.extend(problems)
+            report.problems.extend(Problem(pack_name(pid), p, users) for p in problems)
             on_event(Event(job_id, "read-data", bytes_done=report.bytes_read, bytes_total=total,
-                           items_done=i + 1, items_total=len(packs), message=pack_name(packs[i])))
+                           items_done=i + 1, items_total=len(packs), message=pack_name(pid)))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if checks is not None:
+            checks.close()
