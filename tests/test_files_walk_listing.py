@@ -118,3 +118,47 @@ def test_listers_stop_while_listings_read_nothing_from_disk(sandbox, engine, mon
     second = engine.backup("files", "src")
     assert second.unchanged_files == 150
     assert src_tree(engine, second.id, sandbox.src) == src_tree(engine, res.id, sandbox.src)
+
+
+@pytest.mark.parametrize("quiet", [1, 10**9], ids=["listed in the walk", "listed ahead"])
+def test_directory_replaced_by_a_symlink_during_the_walk(sandbox, engine, monkeypatch,
+                                                          tmp_path, quiet):
+    """A subdirectory listed with its parent and replaced by a symlink (to a directory
+    outside the fileset) before the walk gets there is named, and nothing of the
+    symlink's target is stored, however the walk lists directories. The replacement is
+    made deterministic as in test_files_backup: one reader thread, and the first progress
+    event naming the big file (read before the walk goes into subdirectories)."""
+    monkeypatch.setenv("BACKUP_TUI_READERS", "0")
+    monkeypatch.setattr(files, "READERS", 1)
+    monkeypatch.setattr(files, "LIST_QUIET", quiet)
+    src = sandbox.src
+    big = src / "a_big"
+    big.write_bytes(os.urandom(48 * 1024 * 1024))
+    for d in range(4):  # quiet listings before src's, for LIST_QUIET=1
+        (src / f"b{d}").mkdir()
+        (src / f"b{d}" / "f").write_text("x")
+    (src / "z_dir").mkdir()
+    (src / "z_dir" / "f").write_text("inside\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not in the fileset\n")
+    done = []
+
+    def on_event(ev):
+        if not done and ev.message == str(big):
+            done.append(ev)
+            (src / "z_dir" / "f").unlink()
+            (src / "z_dir").rmdir()
+            os.symlink(outside, src / "z_dir")
+
+    res = engine.backup("files", "src", on_event)
+    assert done, "the progress callback never named the big file"
+    errors = {e["path"]: e["error"] for e in res.errors}
+    assert set(errors) == {str(src / "z_dir")}
+    assert errors[str(src / "z_dir")] in ("replaced during backup",  # ENOTDIR (Linux)
+                                          "replaced by a symlink during backup")  # ELOOP
+    repo = engine.repo()
+    sub = src_tree(engine, res.id, src)
+    names = {node_name(n) for n in repo.load_tree(sub)["nodes"]}
+    assert names == {b"a_big", b"b0", b"b1", b"b2", b"b3"}
+    assert find(repo, engine.snapshot(res.id)["tree"], str(src / "b3" / "f"))[1]["size"] == 1
