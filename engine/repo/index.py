@@ -8,8 +8,10 @@ the type (uint8), about 50 bytes a blob where a dict of dataclasses took about 5
 lookup goes through the ids' first 8 bytes, sorted, and a table of where each value of
 their top bits starts (ids are hashes, so each bucket holds about one id); the whole id
 is compared before a row is used. Rows a commit adds go into a second, smaller set of
-columns (rebuilt at each add, merged into the first once a quarter of its size), so a
-backup's commit costs memory in proportion to what it adds; entries assigned one at a
+columns (merged with each add, and into the first once a quarter of its size: the new
+rows are sorted alone and the sorted views merged, and merged columns keep room to take
+the next rows in place, so no merge copies or sorts every row), so a backup's commit
+costs memory in proportion to what it adds; entries assigned one at a
 time (repair, a small commit) and ids that are not 64 lowercase hex digits live in a
 small dict beside them, folded into the columns when it grows.
 
@@ -41,6 +43,7 @@ import re
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -582,26 +585,37 @@ class IndexCache:
             return None
         return dest.packs
 
-    def write(self, iid: str, seg: Segment) -> None:
+    def write(self, iid: str, seg: Segment, pack_base: int = 0) -> None:
+        """Cache ``seg`` as the rows of ``iid``; its pack column holds the numbers of its
+        packs plus ``pack_base`` (the whole index's, CompactIndex.load)."""
         path = self._path(iid)
         if path is None or seg.odd:
             return
-        head = _HEAD.pack(_MAGIC, bytes.fromhex(iid), len(seg.packs), seg.n)
-        parts = [head, bytes.fromhex("".join(p for p, _s in seg.packs)),
-                 np.array([s for _p, s in seg.packs], "<u8").tobytes()]
-        # the columns themselves (copied only where not little-endian or not contiguous)
-        parts += [memoryview(np.ascontiguousarray(c, t)).cast("B")
-                  for c, t in ((seg.ids, np.uint8), (seg.pack, "<u4"), (seg.offset, "<u4"),
-                               (seg.length, "<u4"), (seg.raw, "<u4"), (seg.type, np.uint8))]
+        n = seg.n
+
+        def parts() -> Iterator[Any]:
+            yield _HEAD.pack(_MAGIC, bytes.fromhex(iid), len(seg.packs), n)
+            yield bytes.fromhex("".join(p for p, _s in seg.packs))
+            yield np.array([s for _p, s in seg.packs], "<u8").tobytes()
+            # the columns themselves (copied only where not little-endian or not
+            # contiguous; the pack column less pack_base a slice at a time)
+            for c, t in ((seg.ids, np.uint8), (seg.pack, "<u4"), (seg.offset, "<u4"),
+                         (seg.length, "<u4"), (seg.raw, "<u4"), (seg.type, np.uint8)):
+                if c is seg.pack and pack_base:
+                    for i in range(0, n, 65_536):
+                        yield memoryview(np.ascontiguousarray(
+                            c[i:i + 65_536] - np.uint32(pack_base), t)).cast("B")
+                else:
+                    yield memoryview(np.ascontiguousarray(c, t)).cast("B")
+
         h = hashlib.sha256()
-        for part in parts:
-            h.update(part)
         tmp = None
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.folder)
             with os.fdopen(fd, "wb") as f:
-                for part in parts:
+                for part in parts():
+                    h.update(part)
                     f.write(part)
                 f.write(h.digest())
             os.replace(tmp, path)
@@ -639,21 +653,76 @@ def _prefixes(ids2: np.ndarray) -> np.ndarray:
     return pre
 
 
+def _stable_order(pre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.argsort(pre, kind="stable")`` and ``pre`` in that order, about twice as fast
+    for millions of rows: each prefix's top bits and its row number in one uint64,
+    sorted by value (all distinct, so any sort is stable; numpy's SIMD sort of values
+    beats its argsort), then a stable sort of the result, nearly sorted already, for
+    the prefixes that differ only in the low bits the row number took."""
+    n = len(pre)
+    b = max(1, (n - 1).bit_length())
+    if b > 32:
+        order = np.argsort(pre, kind="stable")
+        return order, pre[order]
+    u64 = np.uint64
+    key = pre >> u64(b)
+    key <<= u64(b)
+    step = 1 << 16
+    for i in range(0, n, step):  # row numbers a slice at a time: no array of n of them
+        key[i:i + step] |= np.arange(i, min(n, i + step), dtype=u64)
+    key.sort()
+    key &= u64((1 << b) - 1)
+    order = key.view(np.int64)
+    del key
+    out = pre[order]
+    if n > 1 and (out[1:] < out[:-1]).any():
+        fix = np.argsort(out, kind="stable")  # fast: out is sorted but for a few rows
+        order, out = order[fix], out[fix]
+    return order, out
+
+
+_STORE_MIN = 1 << 21  # rows of a _Store at least (about 100 MB of address space)
+
+
+class _Store:
+    """Columns with room for ``rows`` rows, of which the first ``used`` are written: the
+    columns of ``_Base`` views made by ``_Base.merged``, each of the first rows it
+    covers. Rows past ``used`` are written only by the merge that then raises it, which
+    no view reads yet, so older views stay valid for readers on other threads. Room not
+    written yet costs address space, not memory (np.empty: pages untouched)."""
+
+    __slots__ = ("rows", "used", "cols")
+
+    def __init__(self, rows: int):
+        self.rows, self.used = rows, 0
+        self.cols = (np.empty(rows * 32, np.uint8), *(np.empty(rows, np.uint32) for _ in range(4)),
+                     np.empty(rows, np.uint8))
+
+    def put(self, at: int, cols: tuple[np.ndarray, ...]) -> None:
+        """Rows ``cols`` (ids, pack, offset, length, raw, type) written from row ``at``."""
+        n = len(cols[1])
+        for i, (dst, src) in enumerate(zip(self.cols, cols, strict=True)):
+            w = 32 if i == 0 else 1
+            dst[at * w:(at + n) * w] = src
+        self.used = at + n
+
+    def first(self, n: int) -> tuple[np.ndarray, ...]:
+        return tuple(c[:n * (32 if i == 0 else 1)] for i, c in enumerate(self.cols))
+
+
 class _Base:
     """Immutable sorted view of rows: ``pre`` (the ids' first 8 bytes, sorted, one per
     distinct id), ``perm`` (the row of each), ``starts`` (bucket b's first position in
     ``pre``, b = prefix >> shift); the rows' columns themselves stay in load order."""
 
     __slots__ = ("count", "ids", "pack", "offset", "length", "raw", "type", "pre", "perm",
-                 "starts", "shift", "arrays")
+                 "starts", "shift", "arrays", "store")
 
     def __init__(self, ids: np.ndarray, pack: np.ndarray, offset: np.ndarray,
                  length: np.ndarray, raw: np.ndarray, type_: np.ndarray):
         n = len(pack)
         ids2 = ids.reshape(n, 32)
-        pre = _prefixes(ids2)
-        order = np.argsort(pre, kind="stable")
-        pre = pre[order]
+        order, pre = _stable_order(_prefixes(ids2))
         same = pre[1:] == pre[:-1]
         if same.any():
             j = np.flatnonzero(same)
@@ -677,12 +746,76 @@ class _Base:
         else:
             perm = order.astype(np.uint32)
         del order
+        self._finish((ids, pack, offset, length, raw, type_), pre, perm)
+
+    @classmethod
+    def merged(cls, old: _Base, new: _Base) -> _Base:
+        """The view of ``old``'s rows followed by ``new``'s: the same as ``_Base`` of the
+        concatenated columns, made by merging the two sorted views instead of sorting
+        every row again (a row of ``new`` wins over ``old``'s row of the same id)."""
+        a, b = old.arrays, new.arrays
+        rows = len(a[1])
+        total = rows + len(b[1])
+        store = old.store
+        if store is None or store.used != rows or store.rows < total:
+            # new columns with room for as many rows again: until they fill, a merge
+            # writes the new rows after the old ones instead of copying every row
+            store = _Store(max(2 * total, _STORE_MIN))
+            store.put(0, a[:6])
+        store.put(rows, b[:6])  # past every row an older view reads
+        cols = store.first(total)
+        opre, operm, npre, nperm = a[6], a[7], b[6], b[7]
+        lo = np.searchsorted(opre, npre, "left")
+        hi = np.searchsorted(opre, npre, "right")
+        hits = np.flatnonzero(hi > lo)
+        if hits.size:
+            oids, nids = a[0].reshape(-1, 32), b[0].reshape(-1, 32)
+            if (hi[hits] - lo[hits] > 1).any() or not (
+                    oids[operm[lo[hits]]] == nids[nperm[hits]]).all():
+                # a new id shares its first 8 bytes with another old one: sorted anew,
+                # by whole ids (the collision path of __init__)
+                del oids, nids, lo, hi, hits
+                out = cls(*cols)
+                out.store = store
+                return out
+            del oids, nids
+        drop = lo[hits]  # old ids that a new row replaces (sorted)
+        del hi, hits
+        dest = lo
+        dest -= np.searchsorted(drop, lo, "left")
+        dest += np.arange(len(npre))
+        total = len(opre) - len(drop) + len(npre)
+        pre = np.empty(total, np.uint64)
+        perm = np.empty(total, np.uint32)
+        pre[dest] = npre
+        perm[dest] = nperm + np.uint32(rows)
+        mask = np.ones(total, bool)
+        mask[dest] = False
+        del dest
+        if len(drop):
+            pre[mask] = np.delete(opre, drop)
+            perm[mask] = np.delete(operm, drop)
+        else:
+            pre[mask] = opre
+            perm[mask] = operm
+        del mask
+        out = cls.__new__(cls)
+        out._finish(cols, pre, perm)
+        out.store = store
+        return out
+
+    def _finish(self, cols: tuple[np.ndarray, ...], pre: np.ndarray, perm: np.ndarray) -> None:
+        self.store: _Store | None = None
+        ids, pack, offset, length, raw, type_ = cols
         count = len(perm)
         bits = max(1, min(26, count.bit_length()))
         shift = 64 - bits
-        counts = np.bincount((pre >> np.uint64(shift)).astype(np.intp), minlength=1 << bits)
+        top = pre >> np.uint64(shift)  # below 2**26: its int64 view is the same numbers
+        counts = np.bincount(top.view(np.int64), minlength=1 << bits)
+        del top
         starts = np.zeros((1 << bits) + 1, np.uint32)
-        starts[1:] = np.cumsum(counts)
+        starts[1:] = np.cumsum(counts, out=counts)
+        del counts
         self.arrays = (ids, pack, offset, length, raw, type_, pre, perm, starts)
         self.count, self.shift = count, shift
         self.ids = memoryview(np.ascontiguousarray(ids)).cast("B")
@@ -712,12 +845,9 @@ class _Base:
         return IndexEntry(packs[self.pack[r]], BLOB_TYPES[self.type[r]], self.offset[r],
                           self.length[r], self.raw[r])
 
-    def winners(self) -> tuple[np.ndarray, ...]:
-        """The winning rows' columns (one per distinct id), in id order."""
-        ids, pack, offset, length, raw, type_, _pre, perm, _s = self.arrays
-        p = perm.astype(np.intp)
-        return (ids.reshape(-1, 32)[p].reshape(-1), pack[p], offset[p], length[p], raw[p],
-                type_[p])
+    def winner_ids(self) -> np.ndarray:
+        """The winning rows' 32-byte ids (flat), in id order."""
+        return self.arrays[0].reshape(-1, 32)[self.arrays[7].astype(np.intp)].reshape(-1)
 
     def rows(self) -> tuple[np.ndarray, ...]:
         """All rows' columns as loaded (a later row for an id wins)."""
@@ -765,6 +895,31 @@ def _key(key: object) -> tuple[bytes, int] | None:
 def _canonical_id(key: object) -> bytes | None:
     k = _key(key)
     return k[0] if k is not None else None
+
+
+def _first(pair: tuple[str, int]) -> str:
+    return pair[0]
+
+
+def _write_cache(cache: IndexCache, files: list[tuple[str, int, int, Any]], pack_ids: list[str],
+                 ids: np.ndarray, cols: list[np.ndarray]) -> None:
+    """Each file of ``files`` (see CompactIndex.load) into ``cache``, from the whole
+    index's pack ids ``pack_ids`` and columns ``ids`` and ``cols`` (pack, offset,
+    length, raw, type)."""
+    for iid, pos, end, (first, local) in files:
+        try:
+            if isinstance(first, int):  # packs first, first + 1, ... of the index
+                packs = list(zip(pack_ids[first:first + len(local)], local.tolist(),
+                                 strict=True))
+                cache.write(iid, Segment(packs, ids[pos * 32:end * 32], cols[0][pos:end],
+                                         cols[1][pos:end], cols[2][pos:end], cols[3][pos:end],
+                                         cols[4][pos:end]), pack_base=first)
+            else:
+                cache.write(iid, Segment(first, ids[pos * 32:end * 32], local,
+                                         cols[1][pos:end], cols[2][pos:end], cols[3][pos:end],
+                                         cols[4][pos:end]))
+        except Exception:  # noqa: BLE001 - the cache is never needed
+            log.debug("index cache of %s not written", iid, exc_info=True)
 
 
 class CompactIndex(Mapping):
@@ -839,7 +994,7 @@ class CompactIndex(Mapping):
             if layer is None:
                 continue
             ids, perm = layer.ids, layer.perm
-            hidden = (newer.members(layer.winners()[0]) if newer is not None
+            hidden = (newer.members(layer.winner_ids()) if newer is not None
                       else np.zeros(layer.count, bool))
             for i in range(layer.count):
                 if hidden[i]:
@@ -904,10 +1059,9 @@ class CompactIndex(Mapping):
             c.offset.append(e.offset)
             c.length.append(e.length)
             c.raw.append(e.raw_length)
-        parts = [delta.winners()] if delta is not None else []
         side_seg = Segment.from_checked(c)
-        parts.append((side_seg.ids, side_seg.pack, side_seg.offset, side_seg.length,
-                      side_seg.raw, side_seg.type))
+        parts = [(side_seg.ids, side_seg.pack, side_seg.offset, side_seg.length,
+                  side_seg.raw, side_seg.type)]
         if extra is not None:
             gmap = np.array([self._pack_number(p) for p, _s in extra.packs] or [0], np.uint32)
             parts.append((extra.ids, gmap[extra.pack], extra.offset, extra.length, extra.raw,
@@ -921,20 +1075,22 @@ class CompactIndex(Mapping):
             keep = {k: e for k, e in keep.items() if k not in added}
         cols = [np.concatenate([p[i] for p in parts]) for i in range(6)]
         del parts
-        new_delta = _Base(*cols) if len(cols[1]) else None
+        added = _Base(*cols) if len(cols[1]) else None
         del cols
+        # the new rows sorted alone, then merged with the sorted views (no sort of them)
+        if delta is None or added is None:
+            new_delta = added if delta is None else delta
+        else:
+            new_delta = _Base.merged(delta, added)
+        del added
         if base is None or (new_delta is not None and new_delta.count * 4 > base.count):
             if base is not None and new_delta is not None:
-                rows, newer = base.rows(), new_delta.winners()
-                cols = [np.concatenate([rows[i], newer[i]]) for i in range(6)]
-                del rows, newer
-                base, new_delta = _Base(*cols), None
-                del cols
+                base, new_delta = _Base.merged(base, new_delta), None
             elif base is None:
                 base, new_delta = new_delta, None
         dups = 0
         if base is not None and new_delta is not None:
-            dups = int(base.members(new_delta.winners()[0]).sum())
+            dups = int(base.members(new_delta.winner_ids()).sum())
         for key in keep:
             k = _key(key)
             if k is not None and ((new_delta is not None and new_delta.find(*k) >= 0)
@@ -957,15 +1113,12 @@ class CompactIndex(Mapping):
 
         def parse(iid: str) -> Segment | None:
             try:
-                seg = index_segment(read_index_doc(read_doc, iid), iid)
+                return index_segment(read_index_doc(read_doc, iid), iid)
             except (EngineError, KeyError, TypeError, ValueError) as e:
                 # A damaged index file must not make the repository unreadable:
                 # verify reports it, and the packs it names are still on disk.
                 errors[iid] = str(e)
                 return None
-            if cache is not None:
-                cache.write(iid, seg)
-            return seg
 
         # The columns grow file by file (ndarray.resize: realloc, which moves a large
         # block's pages without copying them), so a file read from index/ goes into them
@@ -973,6 +1126,10 @@ class CompactIndex(Mapping):
         ids = np.empty(0, np.uint8)
         cols = [np.empty(0, np.uint32) for _ in range(4)] + [np.empty(0, np.uint8)]
         pos = 0
+        # files read from index/ to cache: (id, first row, end, (the index's number of
+        # its first pack, the sizes) when its packs are numbered in a row, else (its
+        # packs, its pack column))
+        to_cache: list[tuple[str, int, int, Any]] = []
 
         def room(n: int) -> None:
             """The columns sized for ``pos + n`` rows (no view of them may be alive)."""
@@ -984,7 +1141,15 @@ class CompactIndex(Mapping):
             """The index's number of each pack (numbering new ones, as _pack_number)."""
             sizes.update(packs)
             known, before = index._pack_no, len(index._pack_no)
-            numbers = [known.setdefault(p, len(known)) for p, _s in packs]
+            pids = list(map(_first, packs))
+            known.update(zip(pids, range(before, before + len(pids)), strict=True))
+            if len(known) == before + len(pids):
+                # the usual case: every pack new to the index, numbered in file order
+                index._packs.extend(pids)
+                return np.arange(before, before + max(1, len(pids)), dtype=np.uint32)
+            # a pack named twice: numbered again as _pack_number does
+            index._pack_no = known = dict(zip(index._packs, range(before), strict=True))
+            numbers = [known.setdefault(p, len(known)) for p in pids]
             index._packs.extend(itertools.islice(known, before, None))  # in number order
             return np.array(numbers or [0], np.uint32)
 
@@ -1010,7 +1175,18 @@ class CompactIndex(Mapping):
                 room(seg.n)
                 end = pos + seg.n
                 ids[pos * 32 : end * 32] = seg.ids
-                np.take(take_packs(seg.packs), seg.pack, out=cols[0][pos:end])
+                numbers = take_packs(seg.packs)
+                np.take(numbers, seg.pack, out=cols[0][pos:end])
+                if cache is not None and not seg.odd:
+                    # cached once the columns are whole (below), from their rows: the
+                    # file's packs and its own pack numbers are the index's from the
+                    # first on (its sizes kept), or else kept
+                    first = int(numbers[0])
+                    if (numbers == np.arange(first, first + len(numbers))).all():
+                        kept: Any = (first, np.array([v for _p, v in seg.packs], np.uint64))
+                    else:
+                        kept = (seg.packs, seg.pack)
+                    to_cache.append((iid, pos, end, kept))
                 cols[1][pos:end] = seg.offset
                 cols[2][pos:end] = seg.length
                 cols[3][pos:end] = seg.raw
@@ -1021,7 +1197,20 @@ class CompactIndex(Mapping):
                 pos = end
                 del seg
             room(0)
-            base = _Base(ids, *cols) if pos else None
+            # the columns are whole and never resized again: the new cache files are
+            # written from them by a thread while the sorted view is built here (the
+            # writes, the hashing and numpy's sort all release the GIL)
+            writer = None
+            if to_cache:
+                writer = threading.Thread(
+                    target=_write_cache, name="index-cache-write",
+                    args=(cache, to_cache, index._packs, ids, cols), daemon=True)
+                writer.start()
+            try:
+                base = _Base(ids, *cols) if pos else None
+            finally:
+                if writer is not None:
+                    writer.join()
         index._state = (base, None, side, 0)  # odd ids never match a column row
         if cache is not None:
             cache.sweep(set(files))
