@@ -59,7 +59,9 @@ if TYPE_CHECKING:
     from engine.sources.fileset import FilesetConfig
 
 READERS = 2  # reader threads per backup
-LISTERS = 2  # threads listing directories ahead of the walk (0: list in the walk itself)
+# threads listing directories ahead of the walk (0: list in the walk itself); one: a
+# second only took the GIL from the walk more often (cold no-change bench: more CPU)
+LISTERS = 1
 PENDING_DIRS = 64  # walked directories waiting for their files' readers, at most
 PENDING_NODES = 8192  # and the entries they hold (memory: not the whole tree's)
 LIST_AHEAD = 8  # subdirectories of the current directory listed ahead by the listers
