@@ -110,7 +110,7 @@ def _check(index: CompactIndex, expected: dict) -> None:
         assert index[bid] == e
 
 
-@pytest.mark.parametrize("store_min", [1 << 21, 4096])
+@pytest.mark.parametrize("store_min", [4096, 1 << 20])
 def test_adds_merge_into_columns_and_older_states_stay_readable(monkeypatch, store_min):
     """A backup's checkpoints: bulk adds (some re-adding ids with new rows: the last
     wins) that merge into the sorted views and write into the same columns; a state

@@ -681,7 +681,7 @@ def _stable_order(pre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, out
 
 
-_STORE_MIN = 1 << 21  # rows of a _Store at least (about 100 MB of address space)
+_STORE_MIN = 1 << 16  # rows of a _Store at least (3 MB: below numpy's huge-page size)
 
 
 class _Store:
@@ -758,9 +758,10 @@ class _Base:
         total = rows + len(b[1])
         store = old.store
         if store is None or store.used != rows or store.rows < total:
-            # new columns with room for as many rows again: until they fill, a merge
-            # writes the new rows after the old ones instead of copying every row
-            store = _Store(max(2 * total, _STORE_MIN))
+            # new columns with room for three times as many rows more: until they
+            # fill, a merge writes the new rows after the old ones instead of copying
+            # every row (room costs address space: 196 bytes a row in all)
+            store = _Store(max(4 * total, _STORE_MIN))
             store.put(0, a[:6])
         store.put(rows, b[:6])  # past every row an older view reads
         cols = store.first(total)
