@@ -123,3 +123,30 @@ def test_reused_buffer_reads_what_a_fresh_read_gives(world):  # noqa: F811 (fixt
     assert again == verify_mod._check_pack(repo, pid, by_pack[pid], present)
     nbytes, checked, problems = verify_mod._outcome(again, by_pack[pid])
     assert nbytes == info["offset"] + 10 and problems
+
+
+def test_structure_walk_decodes_each_tree_once(sandbox):
+    """A walk loads every tree twice (measured, then walked); verify keeps them all in
+    the tree cache for the second time (within its bytes), not the usual 512."""
+    from engine.ops.verify import verify
+
+    for i in range(600):  # more trees than the usual 512 the cache keeps
+        d = sandbox.src / f"d{i:03}"
+        d.mkdir()
+        (d / "f").write_text(str(i))
+    eng = sandbox.engine(init=True)
+    eng.backup("files", "src")
+    repo = eng.repo()
+    decoded: dict[str, int] = defaultdict(int)
+    real = repo.decode_blob
+
+    def counting(sealed, blob_id, where, raw_length=None):
+        decoded[blob_id] += 1
+        return real(sealed, blob_id, where, raw_length)
+
+    repo.decode_blob = counting
+    before = repo.tree_cache_blobs
+    report = verify(repo, None, False, "job", lambda e: None)
+    assert report.ok, report.problems
+    assert len(decoded) > 600 and set(decoded.values()) == {1}
+    assert repo.tree_cache_blobs == before  # as it was, after the walk

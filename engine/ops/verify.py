@@ -116,17 +116,23 @@ def verify(
         # pack of the index now, while this process walks the trees (_PackChecks)
         early = _PackChecks(repo, present, sorted(p for p in repo.pack_sizes
                                                   if pack_name(p) in present))
+    # A walk loads every tree twice (measured first, then walked): keep them all for the
+    # second time, within the cache's bytes (TREE_CACHE_BYTES), instead of 512 of them.
+    cache_blobs = repo.tree_cache_blobs
     try:
+        repo.tree_cache_blobs = max(cache_blobs, WALK_TREE_CACHE_BLOBS)
         for i, snap in enumerate(snaps):
             cancel.check()
             on_event(Event(job_id, "verify", items_done=i, items_total=len(snaps),
                            message=f"structure of {snap['id'][:12]}"))
             _check_structure(repo, snap, report, pack_users, needed_blobs)
+        repo.tree_cache_blobs = cache_blobs
         _check_sizes(repo, present, pack_users, report)
         if read_data:
             _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event,
                         cancel, early)
     finally:
+        repo.tree_cache_blobs = cache_blobs
         if early is not None:
             early.close()
     if read_data:
@@ -428,6 +434,7 @@ def _prefetch(backend, name: str) -> None:
 # packs present. Handed over by fork itself (a fork context's initargs are not pickled),
 # so nothing of the repository is sent to the workers.
 _FORKED: tuple | None = None
+WALK_TREE_CACHE_BLOBS = 1 << 20  # trees kept during the structure walk (bytes bound it)
 REMOTE_WORKERS = 2  # packs read at once from a remote backend (S3): requests in flight
 MAX_PROCESSES = 8  # each holds a whole pack and its blobs: memory grows with the workers
 

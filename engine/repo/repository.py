@@ -147,7 +147,9 @@ class Repository:
         self._loaded_files: set[str] | None = None  # what the last load_index read
         self.snapshot_errors: dict[str, str] = {}
         # decoded tree blobs, most recent last: at most TREE_CACHE_BLOBS of them and
-        # TREE_CACHE_BYTES in all (a directory of 1,000 files is a tree of ~250 KB)
+        # TREE_CACHE_BYTES in all (a directory of 1,000 files is a tree of ~250 KB); a
+        # walk that reads every tree twice (verify's, measured first) may raise the count
+        self.tree_cache_blobs = TREE_CACHE_BLOBS
         self._tree_cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._tree_cache_bytes = 0
         self._tree_packs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -402,7 +404,7 @@ class Repository:
                 if blob_id not in self._tree_cache:
                     self._tree_cache[blob_id] = data
                     self._tree_cache_bytes += len(data)
-                while self._tree_cache and (len(self._tree_cache) > TREE_CACHE_BLOBS
+                while self._tree_cache and (len(self._tree_cache) > self.tree_cache_blobs
                                             or self._tree_cache_bytes > TREE_CACHE_BYTES):
                     self._tree_cache_bytes -= len(self._tree_cache.popitem(last=False)[1])
         return data
