@@ -127,6 +127,7 @@ def verify(
                            message=f"structure of {snap['id'][:12]}"))
             _check_structure(repo, snap, report, pack_users, needed_blobs)
         repo.tree_cache_blobs = cache_blobs
+        repo.drop_caches()  # the trees kept for the walk (up to TREE_CACHE_BYTES)
         _check_sizes(repo, present, pack_users, report)
         if read_data:
             _read_packs(repo, pack_users, needed_blobs, present, report, job_id, on_event,
