@@ -43,7 +43,11 @@ def export_code(rev: str, work: Path) -> tuple[dict, list[str], str]:
         code_dir.mkdir(parents=True)
         short = sh(["git", "-C", str(ROOT), "rev-parse", "--short", rev]).strip()
         sh(f"git -C {ROOT} archive {short} engine backup_tui | tar -x -C {code_dir}")
-        label = f"{short} (git archive of engine/ and backup_tui/ at that commit)"
+        # compiled to bytecode, as `pip install` leaves a package (with
+        # PYTHONDONTWRITEBYTECODE set, every command would compile every module)
+        sh([PYTHON, "-m", "compileall", "-q", str(code_dir)])
+        label = (f"{short} (git archive of engine/ and backup_tui/ at that commit, compiled "
+                 "to bytecode)")
     env["PYTHONPATH"] = str(code_dir)
     where = sh([PYTHON, "-P", "-c", "import engine; print(engine.__file__)"], env=env)
     if not where.startswith(str(code_dir)):
