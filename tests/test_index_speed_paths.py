@@ -10,6 +10,7 @@ import random
 
 import numpy as np
 import pytest
+from test_index_compact import _packs  # fabricated writer rows
 
 from engine.repo import codec
 from engine.repo import index as index_mod
@@ -22,7 +23,7 @@ from engine.repo.index import (
     index_segment,
     read_index_doc,
 )
-from engine.repo.pack import DATA, TREE, BlobEntry
+from engine.repo.pack import DATA, TREE
 from engine.repo.repository import Repository, sha256_hex
 from engine.storage.local import LocalBackend
 
@@ -82,20 +83,6 @@ def test_merged_views_equal_a_view_sorted_anew(collide):
     for bid in (old_ids[17], old_ids[5], new_ids[0], new_ids[-1]):
         p = int.from_bytes(bid[:8], "big")
         assert merged.find(bid, p) == anew.find(bid, p) >= 0
-
-
-def _packs(rng: random.Random, n_packs: int, per_pack: int, ids=None):
-    out = []
-    it = iter(ids) if ids is not None else None
-    for _ in range(n_packs):
-        entries, off = [], 0
-        for _ in range(per_pack):
-            bid = next(it) if it is not None else rng.randbytes(32).hex()
-            length = rng.randrange(30, 5000)
-            entries.append(BlobEntry(rng.choice([DATA, TREE]), bid, off, length, length - 29))
-            off += length
-        out.append((rng.randbytes(32).hex(), off + 100, entries))
-    return out
 
 
 def _entries(packs):
