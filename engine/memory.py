@@ -9,13 +9,17 @@ Fixing the threshold (and the trim threshold) at 128 KiB, as the ``MALLOC_MMAP_T
 and ``MALLOC_TRIM_THRESHOLD_`` environment variables would, keeps such blocks in their
 own mappings, returned when freed: the same backup stays at 118-160 MiB.
 
-Used by a files backup whose content goes to reader processes (engine/sources/files.py):
-its own process then only walks, claims chunks and writes trees and index rows. Not in
-the readers, nor for restores or database streams, whose megabyte-sized buffers would each
-cost a mapping and its page faults (a 1 GiB initial backup with the readers tuned too took
-15-20% longer; a restore whose forked writers inherited it, 6% longer).
+``tune_malloc``: used by a files backup whose content goes to reader processes
+(engine/sources/files.py): its own process then only walks, claims chunks and writes
+trees and index rows. Not in the readers, nor for restores or database streams, whose
+megabyte-sized buffers would each cost a mapping and its page faults (a 1 GiB initial
+backup with the readers tuned too took 15-20% longer; a restore whose forked writers
+inherited it, 6% longer).
 
-Only on glibc; elsewhere, or when the environment already sets them, nothing is done.
+``set_trim_threshold``: a verify worker keeps freed pack buffers for the next pack.
+
+Only on glibc; elsewhere (or for tune_malloc, when the environment already sets them),
+nothing is done.
 """
 
 from __future__ import annotations
@@ -41,12 +45,28 @@ def tune_malloc() -> bool:
 def _set_thresholds() -> bool:
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, THRESHOLD))
+
+
+def set_trim_threshold(value: int) -> bool:
+    """Keep up to ``value`` bytes of freed memory at the heap's top instead of returning it
+    (a verify worker, engine/ops/verify.py: its next pack's blobs reuse it without page
+    faults); True when set."""
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_TRIM_THRESHOLD, value))
+
+
+def _mallopt():
+    """glibc's ``mallopt``, or None (not glibc)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
+    except (OSError, AttributeError):
+        return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, THRESHOLD))
+    return mallopt

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from engine.catalog import Catalog
 from engine.errors import EngineError, IntegrityError, NotFound
 from engine.events import CancelToken, Event, EventCallback
+from engine.memory import set_trim_threshold
 from engine.repo.pack import MAX_PACK, pack_name, read_header
 from engine.repo.repository import Repository, parse_index, sha256_hex
 from engine.repo.walk import walk
@@ -454,16 +455,7 @@ def _init_forked(*state) -> None:
     # copied by the scan), and freed blob buffers stay in the heap for the next blob
     # instead of going back to the system and coming back as page faults.
     gc.freeze()
-    _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-1, 256 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc
+    set_trim_threshold(256 * 1024 * 1024)
 
 
 def _check_forked(pid: str, wanted, ahead: str | None) -> PackCheck:
