@@ -82,7 +82,10 @@ class _Totals:
         passed = bytes_done > nbytes or files_done > files
         if passed and self._scan is None:  # a grown fileset: count it now
             self._start_scan()
-        if passed or (files, nbytes) == (0, 0):
+        # reached, not passed: the last file is read but the trees are still to write, so
+        # a total equal to what is done would read 100% before the end (unknown instead)
+        reached = bytes_done >= nbytes and files_done >= files
+        if passed or reached or (files, nbytes) == (0, 0):
             return 0, 0
         return files, nbytes
 
