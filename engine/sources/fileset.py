@@ -82,10 +82,7 @@ class _Totals:
         passed = bytes_done > nbytes or files_done > files
         if passed and self._scan is None:  # a grown fileset: count it now
             self._start_scan()
-        # reached, not passed: the last file is read but the trees are still to write, so
-        # a total equal to what is done would read 100% before the end (unknown instead)
-        reached = bytes_done >= nbytes and files_done >= files
-        if passed or reached or (files, nbytes) == (0, 0):
+        if passed or (files, nbytes) == (0, 0):
             return 0, 0
         return files, nbytes
 
@@ -127,6 +124,8 @@ class FilesSource(Source):
         def progress(stats: FilesStats, current: str) -> None:
             done = stats.bytes + stats.partial
             n_files, n_bytes = totals.get(stats.files, done)
+            if done >= n_bytes and stats.files >= n_files:  # reached: the trees are still
+                n_files = n_bytes = 0  # to write, so not 100% before the end (unknown)
             ctx.on_event(Event(ctx.job_id, "backup", bytes_done=done, bytes_total=n_bytes,
                                items_done=stats.files, items_total=n_files, message=current))
 
