@@ -11,11 +11,14 @@ terminal size and time zone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -94,6 +97,47 @@ def spy_on_scheduler_start(monkeypatch) -> list[Scheduler]:
 # --- the done-when: a console attached to a daemon shows its running job live ---------
 
 
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, as /proc lists them now."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return found
+
+
+@contextlib.contextmanager
+def throttled(pid: int, run: float = 0.1, pause: float = 0.2) -> Iterator[None]:
+    """Let process ``pid`` and its children run ``run`` seconds of every ``run + pause``
+    (SIGSTOP / SIGCONT) while the block runs, so that a backup in another process lasts
+    long enough to be watched however fast this machine backs it up; all continued after."""
+    done = threading.Event()
+
+    def signal_all(sig: int) -> None:
+        for p in _process_tree(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+
+    def loop() -> None:
+        while not done.wait(run):
+            signal_all(signal.SIGSTOP)
+            done.wait(pause)
+            signal_all(signal.SIGCONT)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        signal_all(signal.SIGCONT)
+
 def test_viewer_shows_the_daemons_running_job_live(sandbox, tmp_path, monkeypatch):
     # The source arrives only once the console watches, so the daemon's first backup of it
     # (no parent snapshot: real totals) runs for seconds in front of it.
@@ -132,33 +176,36 @@ def test_viewer_shows_the_daemons_running_job_live(sandbox, tmp_path, monkeypatc
                 await until(pilot, lambda: not next(s for s in engine.schedules()
                                                     if s["kind"] == "files")["paused"])
                 os.rename(staging, data)
-                await pilot.press("j")
-                jobs = app.screen
-                assert isinstance(jobs, JobsScreen)
-                table = jobs.table
+                # The daemon runs a tenth of a second in three: its backup lasts long enough
+                # to be seen running, and moving, however fast this machine backs it up.
+                with throttled(proc.pid):
+                    await pilot.press("j")
+                    jobs = app.screen
+                    assert isinstance(jobs, JobsScreen)
+                    table = jobs.table
 
-                def running() -> dict | None:
-                    job = next((j for j in table.jobs.values()
-                                if j["state"] == "running" and j["bytes_done"] > 0), None)
-                    if job is None:
-                        return None
-                    progress = table.get_row(job["id"])[5].plain  # "" until the scan's total
-                    seen.append((job["bytes_done"], progress))
-                    return job if progress.rstrip("%") not in ("", "0") else None
+                    def running() -> dict | None:
+                        job = next((j for j in table.jobs.values()
+                                    if j["state"] == "running" and j["bytes_done"] > 0), None)
+                        if job is None:
+                            return None
+                        progress = table.get_row(job["id"])[5].plain  # "" until the scan's total
+                        seen.append((job["bytes_done"], progress))
+                        return job if progress.rstrip("%") not in ("", "0") else None
 
-                job = await until(pilot, running, 60, "a running job with progress")
-                assert job["target"] == "files:src" and job["pid"] == proc.pid
-                assert table.get_row(job["id"])[2].plain == "running"
-                assert int(table.get_row(job["id"])[5].plain.rstrip("%")) > 0
-                assert table.selected["id"] == job["id"]  # the newest: highlighted
-                detail = jobs.query_one(JobDetail)
-                assert detail.has_class("-running") and detail.bar.percentage > 0
-                assert f"run by the daemon (pid {proc.pid})" in detail.text
-                await until(pilot, lambda: (running() or True)
-                            and table.jobs[job["id"]]["state"] == "succeeded", 90, "success")
-                assert table.get_row(job["id"])[2].plain == "succeeded"
-                assert table.get_row(job["id"])[5].plain == "100%"
-                assert len({b for b, _ in seen}) >= 2, seen  # live: it moved while we watched
+                    job = await until(pilot, running, 60, "a running job with progress")
+                    assert job["target"] == "files:src" and job["pid"] == proc.pid
+                    assert table.get_row(job["id"])[2].plain == "running"
+                    assert int(table.get_row(job["id"])[5].plain.rstrip("%")) > 0
+                    assert table.selected["id"] == job["id"]  # the newest: highlighted
+                    detail = jobs.query_one(JobDetail)
+                    assert detail.has_class("-running") and detail.bar.percentage > 0
+                    assert f"run by the daemon (pid {proc.pid})" in detail.text
+                    await until(pilot, lambda: (running() or True)
+                                and table.jobs[job["id"]]["state"] == "succeeded", 90, "success")
+                    assert table.get_row(job["id"])[2].plain == "succeeded"
+                    assert table.get_row(job["id"])[5].plain == "100%"
+                    assert len({b for b, _ in seen}) >= 2, seen  # live: it moved while we watched
                 assert app.scheduler_host.scheduler is None and not started
                 assert SchedulerLock.holder(sandbox.state) == proc.pid
                 # The daemon stops: the console says so and does not take the schedule over.
@@ -533,6 +580,25 @@ def slow_tree(tmp_path_factory):
     shutil.rmtree(where, ignore_errors=True)
 
 
+
+def hold_backups(engine) -> None:
+    """Every backup run through ``engine`` (by the console or its scheduler) stays running,
+    at its first event, until it is cancelled: a test that cancels, or quits under, a
+    running backup must not race that backup's end (the slow tree alone got backed up
+    in the few seconds such a test takes once the walk got faster)."""
+    real = engine.backup
+
+    def backup(kind, name, on_event=None, cancel=None, replicate=True):
+        def held(event):
+            if on_event is not None:
+                on_event(event)
+            while cancel is not None and not cancel.wait(0.05):
+                pass
+
+        return real(kind, name, held, cancel, replicate)
+
+    engine.backup = backup
+
 def cli_backup(sandbox, name: str) -> subprocess.Popen:
     """``backup-tui backup files NAME`` in a process of its own (not this console's)."""
     env = dict(os.environ)
@@ -607,6 +673,7 @@ def test_cancel_a_running_backup_after_confirming(sandbox, slow_tree):
     sandbox.filesets = {"src": [str(slow_tree)]}
     sandbox.write_config()
     engine = sandbox.engine(init=True)
+    hold_backups(engine)
     app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
@@ -656,6 +723,7 @@ def test_quit_during_a_job_asks_no_keeps_it_yes_cancels_it(sandbox, slow_tree):
     sandbox.filesets = {"src": [str(slow_tree)]}
     sandbox.write_config()
     engine = sandbox.engine(init=True)
+    hold_backups(engine)
     app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
@@ -709,6 +777,7 @@ def test_b_during_a_running_job_refuses_before_the_picker(sandbox, slow_tree):
     sandbox.filesets["big"] = [str(slow_tree)]
     sandbox.write_config()
     engine = sandbox.engine(init=True)
+    hold_backups(engine)
     app = BackupConsole(engine, start="inventory", run_scheduler=False)
 
     async def flow():
@@ -933,6 +1002,7 @@ def test_cancel_a_job_of_the_consoles_own_scheduler(sandbox, slow_tree):
     sandbox.extra = schedule_toml(files="0 3 * * *")
     sandbox.write_config()
     engine = sandbox.engine(init=True)
+    hold_backups(engine)
     app = BackupConsole(engine, start="inventory", run_scheduler=True)
     cancelled = []
 

@@ -146,7 +146,7 @@ class InventoryScreen(EngineCaller, Screen):
                 yield FilterBar("#snapshots", id="snapshot-filter")
                 with Horizontal(id="inventory"):
                     yield SnapshotTable(tuple(self.replicas), id="snapshots")
-                    yield SnapshotDetail(id="detail")
+                    yield SnapshotDetail("Loading snapshots…", id="detail")
             if self.replicas:
                 yield ReplicasPane(self.engine, id=REPLICAS_TAB)
             yield SourcesPane(self.engine, id=SOURCES_TAB)
@@ -155,7 +155,6 @@ class InventoryScreen(EngineCaller, Screen):
         yield ConsoleFooter()
 
     def on_mount(self) -> None:
-        self.query_one(SnapshotDetail).show_message("Loading snapshots…")
         self.load_snapshots()
         self.load_sources()
         self.load_restore_nouns()

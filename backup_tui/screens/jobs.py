@@ -141,11 +141,8 @@ class JobsScreen(EngineCaller, Screen):
         yield Header(show_clock=False)
         yield FilterBar("#jobs", id="jobs-filter")
         yield JobTable(id="jobs")
-        yield JobDetail(id="jobs-detail")
+        yield JobDetail("Reading the jobs…", id="jobs-detail")
         yield ConsoleFooter()
-
-    def on_mount(self) -> None:
-        self.query_one(JobDetail).show_message("Reading the jobs…")
 
     @property
     def table(self) -> JobTable:

@@ -317,8 +317,15 @@ class JobTable(KeyedTable):
 class JobDetail(Vertical):
     """The highlighted job: a title, a progress bar while it runs, its numbers and words."""
 
+    def __init__(self, message: str = "", *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._first = message  # shown until the first show(): composed with the parts
+
     def compose(self) -> ComposeResult:
-        yield Static("", id="jobs-title")
+        # The first message is composed in, not set from the screen's on_mount: a screen
+        # built ahead while the app shuts down is mounted with its parts cut short.
+        yield Static(Content.styled(self._first, "$text-muted") if self._first else "",
+                     id="jobs-title")
         yield ProgressBar(total=100, show_eta=False, id="jobs-bar")
         yield Static("", id="jobs-numbers")
         yield Static("", id="jobs-when")

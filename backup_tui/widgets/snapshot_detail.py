@@ -233,13 +233,15 @@ def describe(record: dict, info: SnapshotInfo | None = None, width: int = WIDTH)
 class SnapshotDetail(VerticalScroll):
     """Shows one snapshot record, or a short message when there is none."""
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, message: str = "", *, id: str | None = None,
+                 classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
+        self._first = message  # shown until the first show(): composed with the body
         self.snapshot_id: str | None = None
         self._shown: tuple[dict, SnapshotInfo | None] | None = None  # laid out again on resize
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="detail-body")
+        yield Static(Content(self._first), id="detail-body")
 
     @property
     def text(self) -> str:
