@@ -29,6 +29,7 @@ import os
 import pwd
 import resource
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -75,6 +76,11 @@ PREFETCH_PATH_MAX = 3072  # deeper paths are listed by the walk itself (no path 
 # system: no block reads).
 LIST_QUIET = 64
 LIST_SLOW = 0.002
+# A process of its own (engine/sources/warm.py) reads the directories up to WARM_AHEAD
+# ahead of the walk into the kernel's caches, several at a time, while the walk waits
+# for one at a time (0: none); the walk tells it how far it got every WARM_EVERY.
+WARM_AHEAD = 1024
+WARM_EVERY = 32
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
 
 _first = operator.itemgetter(0)
@@ -434,6 +440,7 @@ class FilesBackup:
         self._zero_ids: dict[int, str] = {}  # length -> id of the blob of that many zeros
         self._empty_tree: str | None = None
         self._waiting = 0  # entries of walked directories whose trees are not written yet
+        self._warm: subprocess.Popen | None = None  # engine/sources/warm.py
 
     @property
     def cdc(self) -> pyfastcdc.FastCDC:
@@ -525,6 +532,7 @@ class FilesBackup:
                         if LISTERS else None)
         root_fd = os.open(b"/", _DIR_FLAGS)
         self._chain = DirChain(root_fd)
+        self._warm = self._start_warm()
         ok = False
         try:
             tree = self._run()
@@ -536,6 +544,7 @@ class FilesBackup:
             self.cancel.cancel()
             raise
         finally:
+            self._stop_warm()
             if self._procs is not None:
                 self._procs.close(kill=not ok)
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -543,6 +552,48 @@ class FilesBackup:
                 self._lister.shutdown(wait=True, cancel_futures=True)
             self._chain.close()
             os.close(root_fd)
+
+    def _start_warm(self) -> subprocess.Popen | None:
+        """The process reading directories ahead of the walk (engine/sources/warm.py);
+        None if none (WARM_AHEAD 0, or it could not be started: it is only a help)."""
+        if not WARM_AHEAD:
+            return None
+        args = [sys.executable, "-I", "-S", os.path.join(os.path.dirname(__file__), "warm.py"),
+                str(os.getpid()), str(WARM_AHEAD), "1" if self.fileset.one_file_system else "0",
+                *(os.path.normpath(p) for p in self.fileset.paths)]
+        if self.fileset.exclude:
+            args += ["--", *self.fileset.exclude]
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, cwd="/")
+        except OSError:
+            return None
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)  # a full pipe never stops the walk
+        return proc
+
+    def _tell_warm(self) -> None:
+        """Tell the warm process how many directories the walk has walked."""
+        assert self._warm is not None and self._warm.stdin is not None
+        try:
+            os.write(self._warm.stdin.fileno(), b"%d\n" % self.stats.dirs)
+        except OSError:  # it has ended (all read, or the cache was warm): no more news
+            self._stop_warm()
+
+    def _stop_warm(self) -> None:
+        proc, self._warm = self._warm, None
+        if proc is None:
+            return
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        proc.wait()
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
 
     def _run(self) -> str:
         assert self._chain is not None
@@ -725,6 +776,8 @@ class FilesBackup:
             xattrs = read_xattrs(fd)
         node = self._meta(name, fst, "dir", self._xattrs(path, xattrs))
         self.stats.dirs += 1
+        if self._warm is not None and not self.stats.dirs % WARM_EVERY:
+            self._tell_warm()
         prev_tree = prev.get("subtree") if prev and prev.get("type") == "dir" else None
         if trie is not None:
             return self._frame(path, f.depth + 1, node, prev_tree, trie)
