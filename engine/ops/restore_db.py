@@ -56,7 +56,7 @@ from psycopg2 import sql
 
 from engine.errors import EngineError, UsageError
 from engine.events import CancelToken, Event, EventCallback
-from engine.ops.restore_db_parallel import RestoreFailed, restore_sections
+from engine.ops.restore_db_parallel import RestoreFailed, restore_directory, restore_sections
 from engine.repo import locks as host
 from engine.repo.repository import Repository
 from engine.sources.pgconn import PgTarget, existing_roles, find_tool
@@ -872,18 +872,6 @@ def restore_globals(repo: Repository, plan: DbRestorePlan, tool_major: int) -> l
     return [f"globals: {mask_passwords(e)}" for e in errs[:10]]
 
 
-def _pg_restore_dir(argv: list[str], env: dict) -> None:
-    """pg_restore of a staged directory; RestoreFailed with its stderr when it fails."""
-
-    def wait(proc: subprocess.Popen) -> int:
-        _fault_point("pg_restore")
-        return proc.wait()
-
-    rc, err, _ = run_tool(argv, env, wait=wait)
-    if rc != 0:
-        raise RestoreFailed("directory", err)
-
-
 def execute_restore_db(
     repo: Repository,
     plan: DbRestorePlan,
@@ -983,16 +971,16 @@ def execute_restore_db(
 
         env = server.with_db(plan.temp_db).env()
         try:
-            if directory:  # parallel restore reads a directory; staged only for this restore
-                written = materialize(repo, plan.snapshot, folder, on_bytes=on_bytes)
-                jobs = int(plan.snapshot.get("postgres", {}).get("jobs", 1))
-                _pg_restore_dir(args + ["--format=directory", f"--jobs={max(1, jobs)}",
-                                        folder], env)
+            if directory:  # in sections, the tables' data streamed by parallel COPYs
+                written = restore_directory(
+                    repo, plan.snapshot, tool, args + ["--format=directory"], env, folder,
+                    lambda: server.connect(plan.temp_db), on_bytes, cancel,
+                    lambda: _fault_point("pg_restore"))
             else:  # streamed custom format: in sections, post-data in parallel
                 written = restore_sections(repo, plan.snapshot, tool, args, env, folder,
                                            on_bytes, cancel, lambda: _fault_point("pg_restore"))
         except RestoreFailed as e:
-            step = "" if directory else f" ({e.step})"
+            step = f" ({e.step})"
             raise EngineError(
                 f"restore of snapshot {plan.snapshot['id'][:8]} failed{step}: "
                 f"{_explain_restore_error(e.text, plan.no_owner)}; "
