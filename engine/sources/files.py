@@ -80,7 +80,7 @@ LIST_SLOW = 0.002
 # ahead of the walk into the kernel's caches, several at a time, while the walk waits
 # for one at a time (0: none); the walk tells it how far it got every WARM_EVERY.
 WARM_AHEAD = 1024
-WARM_EVERY = 32
+WARM_EVERY = 128
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
 
 _first = operator.itemgetter(0)
