@@ -589,9 +589,9 @@ class FilesBackup:
             return
         try:
             proc.kill()
-        except OSError:
+            proc.wait(timeout=10)  # a read stuck on a hung network mount: not the backup's end
+        except (OSError, subprocess.TimeoutExpired):
             pass
-        proc.wait()
         if proc.stdin is not None:
             try:
                 proc.stdin.close()
