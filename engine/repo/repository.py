@@ -32,7 +32,6 @@ from engine.errors import (
     WrongPassword,
 )
 from engine.repo import codec
-from engine.repo import index as _index
 from engine.repo.crypto import Keys, b64e, unwrap_master, wrap_master
 from engine.repo.index import CompactIndex, IndexCache, IndexEntry, Segment, check_index
 from engine.repo.pack import (
@@ -228,7 +227,7 @@ class Repository:
                     f"{backend.location}: the repository is encrypted and no password was "
                     "given (repository.password_file or $BACKUP_TUI_PASSWORD)"
                 )
-            master = cls._unwrap_overlapped(backend, password, enc)
+            master = cls._unwrap_any(backend, password, enc)
             keys = Keys(master)
             body = _canonical({k: v for k, v in config.items() if k != "mac"})
             if not keys.mac_matches(body, config.get("mac")):
@@ -238,29 +237,6 @@ class Repository:
         repo = cls(backend, config, keys, cache_dir)
         repo.load_index()
         return repo
-
-    @classmethod
-    def _unwrap_overlapped(cls, backend: Backend, password: str, enc: dict) -> bytes:
-        """``_unwrap_any`` on a thread (scrypt, about 65 ms, runs in C without the GIL)
-        while this one imports numpy for the index load that follows (about 70 ms on a
-        cold cache: engine/repo/index.py imports it at first use)."""
-        out: list = []
-
-        def derive() -> None:
-            try:
-                out.append(cls._unwrap_any(backend, password, enc))
-            except BaseException as e:  # raised again below, in the caller's thread
-                out.append(e)
-
-        t = threading.Thread(target=derive, name="key-derivation", daemon=True)
-        t.start()
-        try:
-            _index.np.ndarray  # noqa: B018 - the import, nothing else
-        finally:
-            t.join()
-        if isinstance(out[0], BaseException):
-            raise out[0]
-        return out[0]
 
     @staticmethod
     def _unwrap_any(backend: Backend, password: str, enc: dict) -> bytes:
