@@ -55,7 +55,7 @@ from functools import partial
 from textual import events
 from textual.app import App
 from textual.binding import Binding
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 
 from backup_tui.engine_calls import EngineCaller
 from backup_tui.messages import (
@@ -78,7 +78,7 @@ from engine.events import CancelToken
 from engine.facade import Engine
 
 PREWARM_AFTER = 0.3  # seconds after start before the other screens are built, hidden
-PREWARM_GAP = 0.2  # seconds between two of them: keys pressed meanwhile come first
+PREWARM_GAP = 0.1  # seconds between two steps of it: keys pressed meanwhile come first
 STOP_GRACE = 5.0  # seconds a running scheduled job gets to end when the console quits
 RECHECK_SECONDS = 5.0  # how often a console that does not run the schedule looks again
 REFREEZE_SECONDS = 300.0  # how often the frozen heap is collected and frozen again
@@ -216,6 +216,7 @@ class BackupConsole(EngineCaller, App[int]):
         super().__init__()
         self.engine = engine
         self.prewarm = prewarm  # build the other screens ahead (_prewarm_next)
+        self._built_ahead: Screen | None = None  # built at the last step, to render ahead
         keymap, self.key_clashes = console_keymap(engine.config.console.keys,
                                                   str(engine.config.path or "config"))
         self.set_keymap(keymap)  # [console] keys: ConfigError above for an unknown id
@@ -226,10 +227,15 @@ class BackupConsole(EngineCaller, App[int]):
         self._quitting = False
         self.job_tokens = JobTokens()  # the jobs this console runs (EventRelay fills it)
         self._log = LogToConsole(self)
-        self.add_mode("dashboard", lambda: DashboardScreen(engine))
-        self.add_mode("inventory", lambda: InventoryScreen(engine, read_only=self.read_only))
-        self.add_mode("jobs", lambda: JobsScreen(engine, clock, self._runner, self._canceller))
-        self.add_mode("schedule", lambda: ScheduleScreen(engine, read_only=self.read_only))
+        ro = self.read_only
+        modes: dict[str, Callable[[], Screen]] = {
+            "dashboard": lambda: DashboardScreen(engine),
+            "inventory": lambda: InventoryScreen(engine, read_only=ro),
+            "jobs": lambda: JobsScreen(engine, clock, self._runner, self._canceller),
+            "schedule": lambda: ScheduleScreen(engine, read_only=ro),
+        }
+        for mode, make in modes.items():
+            self.add_mode(mode, self._mode_screen(make))
         self._show_sub_title()
 
     def _show_sub_title(self) -> None:
@@ -274,23 +280,59 @@ class BackupConsole(EngineCaller, App[int]):
         first show mounts its widgets and re-applies the whole stylesheet for their
         classes (up to 0.4 s on this machine while a backup ran, bench/key_latency.py);
         built ahead, the first press of j, s, d or i only switches. The screen is resumed
-        and at once suspended, as a switch away from it would."""
+        and at once suspended, as a switch away from it would. At the next step, once its
+        data has had time to arrive, the screen built before is rendered once, hidden
+        (``_render_ahead``)."""
         if self._quitting or not self.is_running:  # shutting down: the stacks are closing
+            return
+        if self._built_ahead is not None:
+            self._render_ahead(self._built_ahead)
+            self._built_ahead = None
+        elif self.screen._css_update_count != self._css_update_count:
+            # The first screen was mounted after the start's refresh_css (the theme's) and
+            # is not marked styled: refresh once here, not at the first switch back to it.
+            self.refresh_css(animate=False)
+            self.set_timer(PREWARM_GAP, self._prewarm_next)
             return
         for mode in self._modes:
             if mode not in self._screen_stacks and mode != self.current_mode:
                 self._init_mode(mode)  # mounts it and posts ScreenResume
                 screen = self._screen_stacks[mode][0]
-                # _init_mode styled it (its refresh_css walks every screen of the app)
-                # but marks only the screen showing as up to date: without this, the
-                # first switch to it would parse the whole stylesheet again (~0.1 s).
-                screen._css_update_count = self._css_update_count
                 screen.post_message(events.ScreenSuspend())
+                self._built_ahead = screen
                 self.set_timer(PREWARM_GAP, self._prewarm_next)
                 return
         # every screen built: what lives now lives long
         self._freeze_heap()
         self.set_interval(REFREEZE_SECONDS, self._refreeze_heap)
+
+    def _mode_screen(self, make: Callable[[], Screen]) -> Callable[[], Screen]:
+        """A mode's screen factory whose screens are marked styled as of their making.
+        They are: each widget is styled as it is registered. Unmarked, ``_init_mode`` and
+        then ``switch_mode`` would each call refresh_css, which parses the whole stylesheet
+        again and restyles every screen: 0.07-0.3 s of the UI thread while a backup ran
+        (bench/key_latency.py --profile), whether the screen was built ahead or at its
+        first key. A theme changed later still restyles a screen at its next show."""
+        def build() -> Screen:
+            screen = make()
+            stacks = self._screen_stacks.get(self.current_mode)
+            # Only while the screen showing is up to date, so is the stylesheet: the first
+            # screen comes before the theme's refresh_css, and is left to Textual.
+            if stacks and stacks[-1]._css_update_count == self._css_update_count:
+                screen._css_update_count = self._css_update_count
+            return screen
+        return build
+
+    def _render_ahead(self, screen: Screen) -> None:
+        """Lay ``screen`` out and render every widget of it once, hidden, the lines thrown
+        away: its widgets keep what they rendered (a DataTable its rows and cells, each
+        widget its styled lines), so its first show only composes them. Rendered at its
+        first show instead, the jobs table alone took 0.15-0.25 s of the UI thread while a
+        backup ran (bench/key_latency.py --profile)."""
+        if screen.is_current or not screen.is_attached or not screen.is_running:
+            return
+        screen._refresh_layout(self.size)
+        screen._compositor.render_update(full=True)
 
     @staticmethod
     def _freeze_heap() -> None:
