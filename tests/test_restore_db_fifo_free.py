@@ -205,3 +205,41 @@ def test_a_corrupt_blob_in_one_tables_file_fails_the_restore_naming_it(dir_sandb
     assert restoring_dbs(pg_cluster) == []
     assert pg_cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{target}'"
                            ).strip() == "0"
+
+
+def test_format_auto_chooses_by_size_and_scratch_room():
+    """format = "auto" (the default): custom below AUTO_DIRECTORY_BYTES, directory from
+    it when the scratch folder has the database's size free, else custom, saying why."""
+    from engine.sources.database import (
+        AUTO_DIRECTORY_BYTES,
+        DatabaseConfig,
+        choose_format,
+        dump_jobs,
+    )
+
+    auto = DatabaseConfig(name="app")
+    assert auto.format == "auto" and auto.jobs == 0
+    assert 1 <= dump_jobs(auto) <= 4 and dump_jobs(DatabaseConfig(name="a", jobs=3)) == 3
+    big = AUTO_DIRECTORY_BYTES
+    assert choose_format(auto, big - 1, 10 * big)[0] == "custom"
+    fmt, why = choose_format(auto, big, 10 * big)
+    assert fmt == "directory" and "format auto" in why
+    fmt, why = choose_format(auto, 2 * big, big)
+    assert fmt == "custom" and "free" in why
+    for configured in ("custom", "directory"):
+        assert choose_format(DatabaseConfig(name="a", format=configured), 10 * big,
+                             0)[0] == configured
+
+
+def test_format_auto_backs_up_a_small_database_as_one_stream(sandbox, pg_cluster):
+    name = f"fifo_free_{uuid.uuid4().hex[:8]}"
+    pg_cluster.createdb(name)
+    pg_cluster.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g", name)
+    sandbox.extra = f'[[database]]\nname = "shop"\ndsn = "{pg_cluster.dsn(name)}"\n'
+    sandbox.write_config()
+    eng = sandbox.engine(init=True)
+    messages = []
+    snap = eng.snapshot(eng.backup("db", "shop", on_event=lambda ev: messages.append(
+        ev.message)).id)
+    assert snap["postgres"]["format"] == "custom" and snap["stream"] and "tree" not in snap
+    assert any("format auto: custom" in m for m in messages), messages

@@ -32,14 +32,51 @@ class DatabaseConfig(SourceConfig):
     section = "database"
 
     dsn: str = ""  # empty: $DATABASE_URL, else libpq's defaults (PG* variables, ~/.pgpass)
-    format: str = "custom"  # or "directory" (pg_dump -Fd, with jobs > 1)
-    jobs: int = 1
+    # "auto": "directory" for a database of AUTO_DIRECTORY_BYTES or more (when the scratch
+    # folder has room for its largest files), else "custom"; see choose_format
+    format: str = "auto"
+    jobs: int = 0  # pg_dump -Fd -j; 0: the machine's cores, at most MAX_AUTO_JOBS
     drill_tables: tuple[str, ...] = ()  # tables whose row count a restore drill reports
     drill_max_age_hours: int = 0  # health: a last drill older fails it; 0: 192 h
 
     def validate(self, where: str, prefix: str) -> None:
-        if self.format not in ("custom", "directory"):
-            raise ConfigError(f"{where}: {prefix}.format must be 'custom' or 'directory'")
+        if self.format not in FORMATS:
+            raise ConfigError(f"{where}: {prefix}.format must be 'auto', 'custom' or "
+                              "'directory'")
+        if self.jobs < 0:
+            raise ConfigError(f"{where}: {prefix}.jobs must be 0 (the cores) or more")
+
+
+FORMATS = ("auto", "custom", "directory")
+AUTO_DIRECTORY_BYTES = 512 << 20  # format "auto": directory from this database size on
+MAX_AUTO_JOBS = 4
+
+
+def dump_jobs(config: DatabaseConfig) -> int:
+    """pg_dump -j for the directory format: the configured jobs, else the cores (<= 4)."""
+    import os
+
+    return config.jobs or max(1, min(MAX_AUTO_JOBS, os.cpu_count() or 1))
+
+
+def choose_format(config: DatabaseConfig, database_size: int, free: int) -> tuple[str, str]:
+    """The format of this backup and why: the configured one, or with ``auto`` the
+    directory format (tables dumped and restored in parallel) for a database of
+    ``AUTO_DIRECTORY_BYTES`` or more whose scratch folder has ``free`` bytes for it (its
+    files sit there while pg_dump writes them: up to the largest tables), else custom
+    (one stream, nothing on disk)."""
+    if config.format != "auto":
+        return config.format, f"format {config.format} (configured)"
+    mib = f"{database_size / (1 << 20):,.0f} MiB"
+    if database_size < AUTO_DIRECTORY_BYTES:
+        return "custom", (f"format auto: custom, the database is {mib} (directory from "
+                          f"{AUTO_DIRECTORY_BYTES >> 20} MiB)")
+    if free < database_size:
+        return "custom", (f"format auto: custom, the database is {mib} but the scratch "
+                          f"folder has only {free / (1 << 20):,.0f} MiB free for the "
+                          "directory format's files")
+    return "directory", (f"format auto: directory with {dump_jobs(config)} jobs, the "
+                         f"database is {mib}")
 
 
 class DatabaseSource(Source):
@@ -80,11 +117,22 @@ class DatabaseSource(Source):
                                "user": t.user}}
 
     def backup(self, ctx: BackupContext) -> BackupOutput:
+        import os
+        import shutil
+
+        from engine.sources.pgconn import server_facts
         from engine.sources.postgres import dump_database, dump_database_directory
 
         target = self.target()
         ctx.on_event(Event(ctx.job_id, "connect", message=f"connecting to {target.where}"))
         previous = int(ctx.parent.get("stats", {}).get("size", 0)) if ctx.parent else 0
+        facts = server_facts(target)  # also proves we can connect, with a clear error
+        free = 0
+        if self.config.format == "auto" and facts["database_size"] >= AUTO_DIRECTORY_BYTES:
+            os.makedirs(ctx.scratch, exist_ok=True)
+            free = shutil.disk_usage(ctx.scratch).free
+        fmt, why = choose_format(self.config, facts["database_size"], free)
+        ctx.on_event(Event(ctx.job_id, "connect", message=f"{target.where}: {why}"))
 
         def progress(done: int, db_size: int) -> None:
             # the total is an estimate: the last dump's size, else the database's size
@@ -93,12 +141,13 @@ class DatabaseSource(Source):
                                message=f"pg_dump {target.where}"))
 
         fields: dict[str, Any] = {}
-        if self.config.format == "directory":
+        if fmt == "directory":
             fields["tree"], dumped = dump_database_directory(
-                ctx.repo, ctx.writer, target, self.config.jobs, str(ctx.scratch), progress,
-                ctx.cancel)
+                ctx.repo, ctx.writer, target, dump_jobs(self.config), str(ctx.scratch),
+                progress, ctx.cancel, facts=facts)
         else:
-            dumped = dump_database(ctx.repo, ctx.writer, target, progress, ctx.cancel)
+            dumped = dump_database(ctx.repo, ctx.writer, target, progress, ctx.cancel,
+                                   facts=facts)
         fields.update(stream=dumped.stream, globals=dumped.globals, postgres=dumped.facts,
                       warnings=dumped.warnings)
         return BackupOutput(fields=fields, size=dumped.bytes,

@@ -112,8 +112,10 @@ def dump_database(
     t: PgTarget,
     progress,
     cancel: CancelToken,
+    facts: dict | None = None,
 ) -> DumpResult:
-    facts = server_facts(t)  # also proves we can connect, with a clear error if not
+    """``facts``: the server's (``server_facts``), when the caller has them already."""
+    facts = facts or server_facts(t)  # also proves we can connect, with a clear error if not
     tool, version = find_tool("pg_dump", facts["server_major"])
     mn, avg, mx, seed = repo.chunker_params()
     cdc = pyfastcdc.FastCDC(avg, min_size=mn, max_size=mx, seed=seed)
@@ -211,32 +213,73 @@ def dump_database_directory(
     scratch: str,
     progress,
     cancel: CancelToken,
+    facts: dict | None = None,
 ) -> tuple[str, DumpResult]:
-    """pg_dump -Fd -j N: each file is taken into the repository as soon as pg_dump has
-    closed it, then deleted, so at most the files being written sit on disk."""
-    facts = server_facts(t)
+    """pg_dump -Fd -j N: each file is taken into the repository while pg_dump writes it
+    (read as it grows, cut and sealed as the custom format's stream is, on up to N + 1
+    threads) and deleted once pg_dump has closed it and it is read to its end, so at
+    most the files being written sit on disk. ``toc.dat`` is written last, and taken
+    when pg_dump has exited."""
+    facts = facts or server_facts(t)
     tool, version = find_tool("pg_dump", facts["server_major"])
     mn, avg, mx, seed = repo.chunker_params()
-    cdc = pyfastcdc.FastCDC(avg, min_size=mn, max_size=mx, seed=seed)
     os.makedirs(scratch, exist_ok=True)
     outdir = os.path.join(scratch, f"pgdump-{uuid.uuid4().hex}")
     start = time.monotonic()
     taken: dict[str, tuple[list[str], int]] = {}
+    lock = threading.Lock()
+    busy: set[str] = set()  # files pg_dump holds open, as of the last look
+    done = threading.Event()  # pg_dump has exited: nothing grows any more
+    stop = threading.Event()  # a failure or a cancel: the takers give up
+    emitting = threading.Lock()
     total = 0
+
+    class Growing:
+        """A file pg_dump may still be writing: reads wait at its end until it grows or
+        pg_dump has closed it (then one last read finds what came before the close)."""
+
+        def __init__(self, name: str):
+            self.name = name
+            self.f = open(os.path.join(outdir, name), "rb", buffering=0)  # noqa: SIM115
+            self.closed_seen = False
+
+        def readinto(self, buf) -> int:
+            while True:
+                if stop.is_set():
+                    raise EngineError("stopped")
+                n = self.f.readinto(buf)
+                if n or self.closed_seen:
+                    return n or 0
+                with lock:
+                    open_now = self.name in busy and not done.is_set()
+                if not open_now:
+                    self.closed_seen = True
+                    continue
+                time.sleep(0.005)
 
     def take(name: str) -> None:
         nonlocal total
-        path = os.path.join(outdir, name)
+        cdc = pyfastcdc.FastCDC(avg, min_size=mn, max_size=mx, seed=seed)
         content, size = [], 0
-        with open(path, "rb", buffering=0) as f:
-            for chunk in cdc.cut_stream(f):
+        src = Growing(name)
+        try:
+            for chunk in cdc.cut_stream(src):
                 content.append(writer.save(DATA, chunk.data))
                 size += chunk.length
-                total += chunk.length
-                progress(total, facts["database_size"])
-        os.unlink(path)
-        taken[name] = (content, size)
+                with emitting:  # progress events one at a time, in order
+                    total += chunk.length
+                    progress(total, facts["database_size"])
+        finally:
+            src.f.close()
+        os.unlink(os.path.join(outdir, name))
+        with lock:
+            taken[name] = (content, size)
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs) + 1,
+                              thread_name_prefix="pg_dump-take")
+    started: dict[str, object] = {}
     try:
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
@@ -251,24 +294,35 @@ def dump_database_directory(
                         names = sorted(os.listdir(outdir))
                     except FileNotFoundError:
                         names = []
-                    busy = set() if finished else _open_files(proc.pid, outdir)
+                    now_busy = set() if finished else _open_files(proc.pid, outdir)
+                    with lock:
+                        busy.clear()
+                        busy.update(now_busy)
+                    if finished:
+                        done.set()
                     for name in names:
-                        if name in taken or name in busy:
-                            continue
-                        if name == "toc.dat" and not finished:
-                            continue  # written last; complete only when pg_dump is done
-                        take(name)
+                        if name in started or (name == "toc.dat" and not finished):
+                            continue  # toc.dat: written last, complete when pg_dump is done
+                        started[name] = pool.submit(take, name)
+                    for fut in started.values():
+                        if fut.done() and fut.exception() is not None:
+                            raise fut.exception()
                     cancel.check()
                     if finished:
                         break
                     time.sleep(0.05)
                 rc = proc.wait()
+                _check_exit(t, rc, err)
+                for fut in started.values():
+                    fut.result()
             except BaseException:
+                stop.set()
                 proc.kill()
                 proc.wait()
                 raise
-            _check_exit(t, rc, err)
     finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(outdir, ignore_errors=True)
     if "toc.dat" not in taken:
         raise EngineError(f"database {t.name!r}: pg_dump wrote no toc.dat; no snapshot written")
