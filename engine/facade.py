@@ -20,31 +20,19 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, tzinfo
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from zoneinfo import ZoneInfo
 
-from engine import metrics, notify, security
+from engine import security
 from engine.catalog import Catalog
 from engine.config import Config, warn_password_unused
 from engine.errors import EngineError, NotFound, RepositoryError, UsageError
 from engine.events import CancelToken, EventCallback, ignore
 from engine.jobs import Job, run_job
-from engine.ops import adopt as adopt_op
 from engine.ops import backup as backup_op
-from engine.ops import cleanup as cleanup_op
-from engine.ops import doctor as doctor_op
 from engine.ops import dump as dump_op
 from engine.ops import init as init_op
-from engine.ops import locks as locks_op
-from engine.ops import pitr as pitr_op
-from engine.ops import prune as prune_op
-from engine.ops import rebuild as rebuild_op
-from engine.ops import repair as repair_op
-from engine.ops import replicate as replicate_op
 from engine.ops import resolve as resolve_op
-from engine.ops import retention as retention_op
-from engine.ops import status as status_op
-from engine.ops import verify as verify_op
 from engine.ops.resolve import SnapshotInfo
 from engine.repo import keycache
 from engine.repo import locks as repo_locks
@@ -53,6 +41,14 @@ from engine.sources import registry
 from engine.sources.base import SourceInfo
 from engine.storage.base import Backend
 from engine.storage.local import LocalBackend
+
+if TYPE_CHECKING:  # the operations a command may not need are imported where used
+    from engine.ops import adopt as adopt_op
+    from engine.ops import doctor as doctor_op
+    from engine.ops import repair as repair_op
+    from engine.ops import replicate as replicate_op
+    from engine.ops import retention as retention_op
+    from engine.ops import verify as verify_op
 
 log = logging.getLogger("backup_tui.engine")
 
@@ -138,9 +134,14 @@ class Engine:
     def _after_job(self, job_id: str) -> None:
         """Notifications and the metrics file; neither may ever fail the job."""
         job = self.catalog.job(job_id) or {"id": job_id}
-        notify.notify(self.config.notify, job)
+        if self.config.notify.webhook_url or self.config.notify.command:
+            from engine import notify  # urllib and http.client: only when configured
+
+            notify.notify(self.config.notify, job)
         textfile = self.config.metrics.textfile
         if textfile:
+            from engine import metrics
+
             try:
                 metrics.write_textfile(self, textfile)
             except (OSError, EngineError) as e:
@@ -228,6 +229,8 @@ class Engine:
     def verify(self, refs: list[str] | None = None, read_data: bool = False,
                on_event: EventCallback = ignore,
                cancel: CancelToken | None = None) -> verify_op.VerifyReport:
+        from engine.ops import verify as verify_op
+
         repo = self.repo()
         ids = [self.snapshot(r)["id"] for r in refs] if refs else None
         target = ",".join(i[:8] for i in ids) if ids else "all"
@@ -308,11 +311,15 @@ class Engine:
     def pitr_target(self, kind: str, value: str | None, inclusive: bool = True) -> Any:
         """A recovery target (engine/ops/pitr.py): kind time|lsn|xid|name|immediate; a
         time without an offset is read in the schedule's time zone."""
+        from engine.ops import pitr as pitr_op
+
         return pitr_op.Target.parse(kind, value, self.timezone, inclusive)
 
     def pitr_plan(self, cluster: str, target: Any, replica: str | None = None) -> Any:
         """Which base backup and WAL recover ``cluster`` to ``target``, whether every
         segment is there (locally, in each replica), gaps, the newest reachable point."""
+        from engine.ops import pitr as pitr_op
+
         with self.job("pitr-plan", pitr_op.JOB_TARGET + cluster, read_only=True) as job:
             result = pitr_op.plan(self, cluster, target, replica)
             job.audited = False  # a plan changes nothing
@@ -326,6 +333,8 @@ class Engine:
         """Recover ``cluster`` to ``target`` into data directory ``pgdata`` (absent or
         empty; the cluster's own, stopped, with replace), optionally start it and wait
         for promotion. From ``replica`` alone when named (no local repository needed)."""
+        from engine.ops import pitr as pitr_op
+
         self._admin("restore")
         src = self.for_replica(replica) if replica and self.replica_name != replica else self
         with self.job("restore", pitr_op.JOB_TARGET + cluster, on_event) as job:
@@ -352,6 +361,8 @@ class Engine:
     def _reading(self, purpose: str, snapshot_id: str | None = None) -> Iterator[None]:
         """A shared repository lock for a reader (a prune waits for it), then the index
         as it is now; the snapshot, if named, must still exist."""
+        from engine.ops import locks as locks_op
+
         with repo_locks.reading(self.backend, purpose, wait=locks_op.LOCK_WAIT):
             repo = self.repo()
             repo.load_index(reuse=True)
@@ -363,22 +374,30 @@ class Engine:
     # --------------------------------------------------------------- cleanup
     def policy_for(self, kind: str, source: str) -> retention_op.Policy:
         """[retention], with the source's own retention table over it."""
+        from engine.ops import cleanup as cleanup_op
+
         return cleanup_op.policy_for(self, kind, source)
 
     def plan_cleanup(self) -> list[retention_op.Decision]:
         """What the retention policy keeps and forgets, with the rule that decides each."""
+        from engine.ops import cleanup as cleanup_op
+
         return cleanup_op.plan(self)
 
     def cleanup(self, dry_run: bool = False, on_event: EventCallback = ignore,
                 cancel: CancelToken | None = None, replicas: bool = True,
                 lock_wait: float = 300.0) -> dict:
         """Apply retention (forget) and prune, here and then on every replica."""
+        from engine.ops import cleanup as cleanup_op
+
         if not dry_run:
             self._admin("cleanup")
         return cleanup_op.cleanup(self, dry_run, on_event, cancel, replicas, lock_wait)
 
     def pin(self, ref: str, note: str = "", pinned: bool = True) -> str:
         """Pin (or unpin) a snapshot: pinned snapshots are never forgotten by cleanup."""
+        from engine.ops import prune as prune_op
+
         verb = "pin" if pinned else "unpin"
         self._admin(verb)
         sid = self.snapshot(ref)["id"]
@@ -390,6 +409,8 @@ class Engine:
     def forget(self, refs: list[str], force: bool = False) -> dict:
         """Delete snapshot records (ids, prefixes, 'latest'); pinned ones only with force
         (unpinned first). Their data goes with the next cleanup. Admin only, audited."""
+        from engine.ops import repair as repair_op
+
         self._admin("forget")
         return repair_op.forget(self, refs, force)
 
@@ -398,6 +419,8 @@ class Engine:
                cancel: CancelToken | None = None) -> repair_op.RepairReport:
         """Rebuild the index from the packs, fetch damaged or missing objects from a
         replica, save intact blobs of damaged packs, prune, and report what is lost."""
+        from engine.ops import repair as repair_op
+
         self._admin("repair")
         return repair_op.repair(self, dry_run, from_replica, on_event, cancel)
 
@@ -406,6 +429,8 @@ class Engine:
         return [r.name for r in self.config.replicas]
 
     def replica_backend(self, name: str) -> Backend:
+        from engine.ops import replicate as replicate_op
+
         return replicate_op.backend_for(self.config.replica(name))
 
     def for_replica(self, name: str) -> Engine:
@@ -421,6 +446,8 @@ class Engine:
                   only_auto: bool = False) -> list[replicate_op.ReplicaResult]:
         """Copy what each replica lacks. repair: read-verify the replica first and upload
         again every object found damaged there."""
+        from engine.ops import locks as locks_op
+
         self._admin("replicate")
         if replica:
             self.config.replica(replica)
@@ -430,6 +457,8 @@ class Engine:
 
     def replica_states(self, check: bool = False) -> list[dict]:
         """Each replica: last success, last error, how far behind (check=True: measure now)."""
+        from engine.ops import replicate as replicate_op
+
         return replicate_op.replica_states(self, check)
 
     def _replicate_after_backup(self, on_event, cancel) -> list:
@@ -439,6 +468,8 @@ class Engine:
 
     def rebuild_catalog(self, from_replica: str | None = None) -> dict:
         """Recreate the catalog from the local repository, or a replica after losing the host."""
+        from engine.ops import rebuild as rebuild_op
+
         self._admin("catalog rebuild")
         return rebuild_op.rebuild_catalog(self, from_replica)
 
@@ -447,6 +478,8 @@ class Engine:
         """Make the local repository from a replica after losing the host: same id and keys,
         every object checked as it lands; a second run resumes. Records the replica's
         presence in the catalog."""
+        from engine.ops import adopt as adopt_op
+
         self._admin("adopt")
         result = adopt_op.adopt(self, replica, on_event, cancel)
         self._repo = None  # open the adopted repository afresh
@@ -488,25 +521,37 @@ class Engine:
         return self.catalog.jobs(limit)
 
     def status(self) -> dict:
+        from engine.ops import status as status_op
+
         return status_op.status(self)
 
     def health(self) -> dict:
+        from engine.ops import status as status_op
+
         return status_op.health(self)
 
     def overview(self) -> tuple[dict, dict]:
         """``status()`` and ``health()`` from one listing of the snapshots (the dashboard)."""
+        from engine.ops import status as status_op
+
         return status_op.overview(self)
 
     def history(self, days: int = 30) -> dict:
         """The dashboard's figures over the last ``days`` days: repository size and bytes
         added per day, backup durations, drills' RTO (engine/ops/status.py)."""
+        from engine.ops import status as status_op
+
         return status_op.history(self, days)
 
     # ------------------------------------------------------------- schedule
     def next_runs(self, now: datetime | None = None) -> dict[str, datetime | None]:
+        from engine.ops import status as status_op
+
         return status_op.next_runs(self, now)
 
     def schedules(self, now: datetime | None = None) -> list[dict]:
+        from engine.ops import status as status_op
+
         return status_op.schedules(self, now)
 
     def _schedule_kind(self, kind: str) -> None:
@@ -531,10 +576,14 @@ class Engine:
     # ----------------------------------------------------------------- locks
     def locks(self) -> list[dict]:
         """Every repository lock: owner, host, pid (alive?), age, stale and why."""
+        from engine.ops import locks as locks_op
+
         return locks_op.locks(self.backend)
 
     def break_lock(self, lock_id: str | None = None, stale: bool = False) -> list[dict]:
         """Remove one lock by id (prefix), or every stale one (admin; audited)."""
+        from engine.ops import locks as locks_op
+
         with self.job("lock break", lock_id or "stale", admin="lock break",
                       record=False) as job:
             removed = locks_op.break_lock(self.backend, lock_id, stale)
@@ -545,6 +594,8 @@ class Engine:
     def doctor(self, fix: bool = False) -> doctor_op.DoctorReport:
         """What interrupted runs left behind (temporary databases of killed restores, their
         staged folders); fix=True (admin, audited) cleans up what this tool recorded."""
+        from engine.ops import doctor as doctor_op
+
         if not fix:
             return doctor_op.doctor(self.config)
         with self.job("doctor", "fix", admin="doctor --fix", record=False) as job:
