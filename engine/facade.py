@@ -94,8 +94,11 @@ class Engine:
             if self._repo is None:
                 password = self.config.password()
                 try:
-                    self._repo = Repository.open(  # parsed index files: index-cache/
-                        self.backend, password, cache_dir=self.config.state_dir / "index-cache")
+                    # parsed index files: index-cache/; the key from the key cache when
+                    # it holds this config's and password's (engine/repo/keycache.py)
+                    self._repo = Repository.open(
+                        self.backend, password, cache_dir=self.config.state_dir / "index-cache",
+                        key_cache=self.config.state_dir if self.replica_name is None else None)
                 except RepositoryError:
                     init_op.explain_missing_config(self.backend, self.replica_names())
                     raise

@@ -31,7 +31,7 @@ from engine.errors import (
     RepositoryError,
     WrongPassword,
 )
-from engine.repo import codec
+from engine.repo import codec, keycache
 from engine.repo.crypto import Keys, b64e, unwrap_master, wrap_master
 from engine.repo.index import CompactIndex, IndexCache, IndexEntry, Segment, check_index
 from engine.repo.pack import (
@@ -195,9 +195,13 @@ class Repository:
 
     @classmethod
     def open(cls, backend: Backend, password: str | None,
-             cache_dir: str | os.PathLike[str] | None = None) -> Repository:
+             cache_dir: str | os.PathLike[str] | None = None,
+             key_cache: str | os.PathLike[str] | None = None) -> Repository:
         """``cache_dir``: where parsed index files are cached (the state directory's
-        ``index-cache``); None reads every index file."""
+        ``index-cache``); None reads every index file. ``key_cache``: the state directory
+        whose key cache (engine/repo/keycache.py) may hold the master key, bound to this
+        config and password and checked against the config's authenticator, so the
+        scrypt derivation is skipped; None (or a miss) derives it from the password."""
         try:
             raw = backend.get("config")
         except NotFound:
@@ -227,11 +231,14 @@ class Repository:
                     f"{backend.location}: the repository is encrypted and no password was "
                     "given (repository.password_file or $BACKUP_TUI_PASSWORD)"
                 )
-            master = cls._unwrap_any(backend, password, enc)
-            keys = Keys(master)
             body = _canonical({k: v for k, v in config.items() if k != "mac"})
-            if not keys.mac_matches(body, config.get("mac")):
-                raise IntegrityError(f"{backend.location}/config: authenticator mismatch", "config")
+            cached = keycache.load(key_cache, config, password) if key_cache else None
+            keys = Keys(cached) if cached is not None else None
+            if keys is None or not keys.mac_matches(body, config.get("mac")):
+                keys = Keys(cls._unwrap_any(backend, password, enc))
+                if not keys.mac_matches(body, config.get("mac")):
+                    raise IntegrityError(f"{backend.location}/config: authenticator mismatch",
+                                         "config")
         else:
             keys = Keys(None)
         repo = cls(backend, config, keys, cache_dir)
