@@ -124,7 +124,8 @@ class SchedulerHost:
             pid = SchedulerLock.holder(state_dir)
             if pid is None and self.enabled and self.mode == STARTING:  # at start only
                 try:
-                    self.scheduler = Scheduler(self.engine).start()
+                    self.scheduler = Scheduler(
+                        self.engine, job_nice=self.engine.config.console.job_nice).start()
                 except LockedError:  # a daemon started between the look and the start
                     pid = SchedulerLock.holder(state_dir)
                 except EngineError as e:  # say so once, and do not try again
@@ -215,6 +216,7 @@ class BackupConsole(EngineCaller, App[int]):
         self.DEFAULT_MODE = start  # Textual starts in DEFAULT_MODE: this instance's own
         super().__init__()
         self.engine = engine
+        self.job_nice = engine.config.console.job_nice  # call_engine(job=True): below the UI
         self.prewarm = prewarm  # build the other screens ahead (_prewarm_next)
         self._built_ahead: Screen | None = None  # built at the last step, to render ahead
         keymap, self.key_clashes = console_keymap(engine.config.console.keys,

@@ -35,6 +35,7 @@ from textual.message import Message
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import EngineError
+from engine.jobs import run_niced
 
 Work = Callable[[], Message | None]
 
@@ -58,11 +59,17 @@ class EngineCaller:
     """Mixin for a Textual node (app, screen, widget) that calls the engine."""
 
     def call_engine(self, work: Work, *, group: str, failed: Callable[[str], Message] | None = None,
-                    alert: str | None = None, exclusive: bool = True) -> Worker[None]:
+                    alert: str | None = None, exclusive: bool = True,
+                    job: bool = False) -> Worker[None]:
         """Run ``work`` in a thread worker of ``group`` and post the message it returns.
-        On failure, post ``failed(text)`` and notify ``text`` titled ``alert`` (each if given)."""
+        On failure, post ``failed(text)`` and notify ``text`` titled ``alert`` (each if given).
+        ``job``: ``work`` runs a job (backup, verify, restore...): on a thread of its own
+        ``[console] job_nice`` steps below the console's, so that keys are answered while
+        it uses every core (``engine.jobs.run_niced``)."""
         node = cast(DOMNode, self)
-        worker = node.run_worker(lambda: self.post_answer(work()), name=group, group=group,
+        nice = getattr(node.app, "job_nice", 0) if job else 0
+        worker = node.run_worker(lambda: self.post_answer(run_niced(work, nice)), name=group,
+                                 group=group,
                                  exit_on_error=False, exclusive=exclusive, thread=True)
         self._failures[worker] = _Failure(failed, alert)
         return worker

@@ -135,6 +135,9 @@ class ConsoleConfig:
     (backup_tui/screens/help.py): the engine only knows they are strings."""
 
     keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # the jobs the console runs (its keys, its own scheduler's) run this many nice steps
+    # below it, so that its keys are answered while they use every core (0: same priority)
+    job_nice: int = 0
 
 
 _TABLES: dict[str, type] = {
@@ -368,7 +371,11 @@ def _schedule(where: str, raw: Any, defaults: dict[str, tuple[str, str]]) -> Sch
 
 def _console(where: str, raw: Any) -> ConsoleConfig:
     """``[console]``: ``keys`` a table of binding id -> key string (see ConsoleConfig)."""
-    values = _check_table(where, "console", raw, {"keys": (dict, {})})
+    values = _check_table(where, "console", raw, {"keys": (dict, {}),
+                                                  "job_nice": (int, ConsoleConfig.job_nice)})
+    if not 0 <= values["job_nice"] <= 19:
+        raise ConfigError(f"{where}: console.job_nice must be 0 to 19 (nice steps below the "
+                          f"console), got {values['job_nice']}")
     keys: dict[str, str] = {}
     for binding_id, value in values["keys"].items():
         parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else []
@@ -377,7 +384,7 @@ def _console(where: str, raw: Any) -> ConsoleConfig:
                               f"separated by commas (\"B\", \"ctrl+r\", \"f5,ctrl+l\"), "
                               f"got {value!r}")
         keys[binding_id] = ",".join(parts)
-    return ConsoleConfig(keys=keys)
+    return ConsoleConfig(keys=keys, job_nice=values["job_nice"])
 
 
 def schedule_kinds() -> dict[str, tuple[str, str]]:

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import EngineError, LockedError
 from engine.events import CancelToken
+from engine.jobs import run_niced
 from engine.ops import walship
 from engine.schedule import make_trigger, missed_since
 from engine.sources import registry
@@ -118,8 +119,11 @@ class SchedulerLock:
 
 
 class Scheduler:
-    def __init__(self, engine, poll_seconds: float = 1.0):
+    def __init__(self, engine, poll_seconds: float = 1.0, job_nice: int = 0):
+        """``job_nice``: its jobs run this many nice steps lower (a console running the
+        schedule keeps answering keys; ``engine.jobs.run_niced``)."""
         self.engine = engine
+        self.job_nice = job_nice
         self.config = engine.config
         self.tz = ZoneInfo(self.config.schedule.timezone)
         self.poll = poll_seconds
@@ -358,7 +362,7 @@ class Scheduler:
         try:
             if on_start is not None:
                 on_start()
-            return fn(token, events)
+            return run_niced(lambda: fn(token, events), self.job_nice)
         finally:
             lock.release()
             with self._running_guard:

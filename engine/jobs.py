@@ -12,17 +12,63 @@ message, audited, and is raised on.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import os
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from engine.catalog import Catalog
 from engine.errors import Cancelled, EngineError
 from engine.events import Event, EventCallback
 
 log = logging.getLogger("backup_tui.engine")
+T = TypeVar("T")
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Run the calling thread ``nice`` steps below the priority it has (at most nice 19),
+    and with it every thread and process it starts from now on: on Linux the nice value
+    belongs to a thread and is inherited. A console runs its jobs so, on a thread of their
+    own, for the keys it answers while they run (``[console] job_nice``). The loss for
+    the job is only the CPU that others ask for meanwhile. No-op where unsupported."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # not Linux, or not allowed: the job runs as it is
+        pass
+
+
+def run_niced(fn: Callable[[], T], nice: int) -> T:
+    """``fn()`` on a thread of its own run ``nice`` steps lower (``lower_thread_priority``),
+    in a copy of the caller's context variables, its result or exception passed on; the
+    calling thread (often a pool's, reused for other work) keeps its priority. ``nice``
+    0: ``fn()`` here."""
+    if nice <= 0:
+        return fn()
+    out: list = []
+
+    def body() -> None:
+        lower_thread_priority(nice)
+        try:
+            out.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller
+            out.append((False, e))
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(body,),
+                              name="niced-job", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 def new_job_id(kind: str) -> str:

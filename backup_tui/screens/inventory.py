@@ -374,7 +374,7 @@ class InventoryScreen(EngineCaller, Screen):
         self.call_engine(
             lambda: BackupFinished(self.engine.backup(source.kind, source.name, relay, cancel)),
             group="job", failed=partial(BackupFailed, source),
-            alert=f"Backup of {source.title} failed")
+            alert=f"Backup of {source.title} failed", job=True)
 
     def on_job_progress(self, message: JobProgress) -> None:
         self.query_one(JobPanel).show_event(message.event)
@@ -419,7 +419,7 @@ class InventoryScreen(EngineCaller, Screen):
                            + ", ".join(self.replicas))
         self.call_engine(
             lambda: ReplicationFinished(self.engine.replicate(on_event=relay, cancel=cancel)),
-            group="job", failed=ReplicationFailed, alert="Replication failed")
+            group="job", failed=ReplicationFailed, alert="Replication failed", job=True)
 
     def on_replication_finished(self, message: ReplicationFinished) -> None:
         self._cancel = None
@@ -459,7 +459,7 @@ class InventoryScreen(EngineCaller, Screen):
         refs = [snapshot_id] if snapshot_id else None
         self.call_engine(
             lambda: VerifyFinished(self.engine.verify(refs, read_data, relay, cancel), what),
-            group="job", failed=VerifyFailed, alert=f"Verify of {what} failed")
+            group="job", failed=VerifyFailed, alert=f"Verify of {what} failed", job=True)
 
     def on_verify_finished(self, message: VerifyFinished) -> None:
         self._cancel = None

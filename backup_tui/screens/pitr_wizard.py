@@ -661,7 +661,7 @@ class PitrWizard(EngineCaller, ModalScreen["dict | None"]):
             f"the point-in-time recovery of {self.choice.info.title}" if self.choice.by_wal
             else f"the restore of {self.choice.info.title} into {self.target.target}"))
         self.call_engine(partial(self._execute, self.choice, self.target, relay, cancel),
-                         group="pitr-run", failed=PitrFailed)
+                         group="pitr-run", failed=PitrFailed, job=True)
 
     def _execute(self, choice: Choice, target: PitrTargetChecked, relay: EventRelay,
                  cancel: CancelToken) -> PitrFinished:

@@ -464,7 +464,7 @@ class RunStep(WizardStep):
             result = self.engine.restore(plan, relay, cancel)
             return RestoreFinished(result, self.engine.check_restore(plan, result))
 
-        self.call_engine(run, group="restore", failed=RestoreFailed)
+        self.call_engine(run, group="restore", failed=RestoreFailed, job=True)
 
     def on_job_progress(self, message: JobProgress) -> None:
         event = message.event
