@@ -313,7 +313,7 @@ def test_console_keys(sandbox):
                                       "quit": "ctrl+q,f10"}
     assert dict(parse_config({"repository": {"path": "/r"}}).console.keys) == {}
     for text, expected in [
-        ('[console]\nkeymap = { backup = "B" }\n', "unknown key console.keymap (known: keys)"),
+        ('[console]\nkeymap = { backup = "B" }\n', "unknown key console.keymap (known: keys, job_nice)"),
         ('[console]\nkeys = { backup = "" }\n', "console.keys.backup must be a key"),
         ('[console]\nkeys = { backup = "ctrl r" }\n', "console.keys.backup must be a key"),
         ('[console]\nkeys = { backup = 2 }\n', "console.keys.backup must be a key"),
