@@ -32,8 +32,9 @@ Timing is bench/run.py's: ``/usr/bin/time -f %M`` per command, the page cache
 dropped before each, a wait for a quiet machine, the code under test from
 ``git archive HEAD`` of engine/ and backup_tui/. A ``CHECKPOINT`` precedes each
 timed command, so nobody pays for the previous one's dirty buffers.
-``--variants custom,directory`` adds a second of our configurations
-(``format = "directory", jobs = 2``) in its own repository.
+``--variants custom,directory,auto`` adds more of our configurations
+(``format = "directory", jobs = 2``; ``format = "auto"``, the config's default,
+which picks directory with jobs = cores from 512 MiB), each in its own repository.
 
 A dated section is appended to bench/RESULTS.md.
 """
@@ -67,8 +68,9 @@ RESTORE_WALL_TARGET = 1.2
 RSS_TARGET_MIB = 250
 
 VARIANTS = {
-    "custom": 'format = "custom"\n',  # the default
+    "custom": 'format = "custom"\n',
     "directory": 'format = "directory"\njobs = 2\n',
+    "auto": 'format = "auto"\n',  # the default: directory (jobs = cores) from 512 MiB
 }
 
 
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3,
                     help="day-1 samples of ours (custom) and pg_dump -Fc; the median is used")
     ap.add_argument("--variants", default="custom",
-                    help="our configurations, comma-separated: custom (default), directory")
+                    help="our configurations, comma-separated: custom (default), directory, "
+                    "auto (the config's default format)")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "db")
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--no-results", action="store_true")
@@ -449,8 +452,9 @@ def render(args, variants, info, cache, runner, gen, mut, res, checks, started, 
     L.append("")
     L.extend(bl.other_load_lines(runner))
     ours_keys = [f"ours-{v}" for v in variants]
-    names = {"ours-custom": "backup-tui (format custom, default)",
+    names = {"ours-custom": "backup-tui (format custom)",
              "ours-directory": "backup-tui (format directory, jobs 2)",
+             "ours-auto": "backup-tui (format auto, the default)",
              "pg_dump": "pg_dump -Fc -f FILE",
              "zstd": "pg_dump -Fc -Z0 \\| zstd -3 (reference)",
              "pg_restore": "createdb + pg_restore -j2 FILE",
