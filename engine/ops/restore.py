@@ -51,7 +51,7 @@ from typing import Any
 
 from engine.errors import EngineError, IntegrityError, UnsafeEntry, UsageError
 from engine.events import CancelToken, Event, EventCallback
-from engine.repo.pack import MAX_SEALED_BLOB, pack_name
+from engine.repo.pack import MAX_SEALED_BLOB, open_blob, pack_name
 from engine.repo.repository import IndexEntry, Repository
 from engine.repo.tree import hardlink_key, link_target, node_holes, node_xattrs
 from engine.repo.walk import find, walk
@@ -83,6 +83,17 @@ _FETCHERS = 4
 FORKED_FIRST = 256
 FORKED_BATCH = 20_000
 FORKED_BATCH_BYTES = 256 * 1024 * 1024
+FORKED_AT_ONCE = 2  # batches being written at once (their writers overlap)
+# What a forked writer does before writing a file: open the file the walk made (a hard
+# link's first name, made before its other names link to it; or one made again by a
+# resume), check it first (resume: kept when its content is already the snapshot's), or
+# create it (every other file: the walk only makes the directories, so it keeps ahead of
+# the writers, and the creations run on all the writers at once)
+_OPEN, _CHECK, _CREATE = 0, 1, 2
+# a forked writer's malloc (_writer_memory): blocks up to this size from the heap (glibc's
+# largest mmap threshold), and up to that much freed memory kept at its top
+_WRITER_MMAP_THRESHOLD = 32 * 1024 * 1024
+_WRITER_TRIM_THRESHOLD = 64 * 1024 * 1024
 
 
 @dataclass
@@ -576,7 +587,7 @@ class _Restorer:
             runs.append(run)
         return runs
 
-    def _load_run(self, run: list[tuple[Any, Any]]) -> list[bytes]:
+    def _load_run(self, run: list[tuple[Any, Any]]) -> list[bytes | memoryview]:
         """The blobs of a run, each authenticated and checked against its id."""
         first: IndexEntry | None = run[0][1]
         if first is None:  # odd in some way: load_blob names the problem
@@ -590,11 +601,12 @@ class _Restorer:
         if len(sealed) != total:  # truncated pack: load_blob names the blob
             return [self.repo.load_blob(b, "data") for b, _ in run]
         view = memoryview(sealed)
+        keys = self.repo.keys
         out = []
         pos = 0
-        for blob_id, entry in run:
-            out.append(self.repo.decode_blob(view[pos:pos + entry.length], blob_id, name,
-                                             entry.raw_length))
+        for blob_id, entry in run:  # Repository.decode_blob's checks, without copies
+            out.append(open_blob(keys, view[pos:pos + entry.length], blob_id, name,
+                                 entry.raw_length))
             pos += entry.length
         return out
 
@@ -669,25 +681,28 @@ class _Restorer:
         after every entry is made (a restore of a whole data directory into an empty one
         from the local repository, where the GIL would hold the threads to one core)."""
         plan = self.plan
-        deferred: list[tuple[bytes, dict, bool]] = []
+        deferred: list[tuple[bytes, dict, int]] = []
         deferred_bytes = 0
         batch_files = FORKED_FIRST  # grows to FORKED_BATCH: the writers start early
-        running: _Batch | None = None  # the forked writers of the batch before
+        running: list[_Batch] = []  # the forked writers of the batches before, oldest first
         seen = 0
 
         def hand_over() -> None:
-            """The entries made so far to forked writers, once the batch before is done;
-            the walk goes on making the next batch's entries while they write."""
-            nonlocal running, deferred, deferred_bytes, batch_files
-            if running is not None:
-                batch, running = running, None
-                self._wait_forked(batch)
+            """The entries made so far to forked writers, once fewer than FORKED_AT_ONCE
+            batches are being written; the walk goes on making the next batch's entries
+            while they write. Batches overlap: the writers of one that finish early (a
+            share is never exactly as long as the others) leave their core to the next
+            batch's, instead of it waiting for the slowest."""
+            nonlocal deferred, deferred_bytes, batch_files
+            while len(running) >= FORKED_AT_ONCE:
+                self._wait_forked(running[0], running[1:])
+                running.pop(0)
             if deferred:
-                running = self._start_forked(root_fd, deferred, processes)
+                running.append(self._start_forked(root_fd, deferred, processes))
                 deferred, deferred_bytes = [], 0
                 batch_files = min(FORKED_BATCH, batch_files * 2)
 
-        def defer(rel: bytes, node: dict, check: bool) -> None:
+        def defer(rel: bytes, node: dict, check: int) -> None:
             nonlocal deferred_bytes
             deferred.append((rel, node, check))
             deferred_bytes += int(node.get("size", 0) or 0)
@@ -699,8 +714,13 @@ class _Restorer:
         root_fd = os.open(self.root, _DIR)
         chain, links = DirChain(root_fd), DirChain(root_fd)
 
-        def make(pfd: int, name: bytes) -> None:  # a parent the plan did not list
-            os.mkdir(name, 0o700, dir_fd=pfd)
+        # A fresh target with forked writers: the walk makes no directory and no file
+        # whose content is written; each writer makes the directories of its files as it
+        # goes (_mkdir_missing), the walk those of the entries it makes itself, and the
+        # last pass over the directories any left (empty ones). The walk, which the writers
+        # wait for, is then only the walk, and directories are made on every core.
+        lazy = processes > 1 and self.fresh
+        make = _mkdir_missing  # a parent the plan did not list, or not made yet (lazy)
 
         try:
             if not self.inherit:
@@ -716,13 +736,23 @@ class _Restorer:
                     for rel, node in plan.entries:
                         self.cancel.check()
                         seen += 1
-                        if running is not None and seen % 64 == 0:
-                            self._drain_forked(running, 0)  # progress; an error ends it
-                            if running.error is not None or not running.open_ends:
-                                hand_over()
+                        if running and seen % 64 == 0:
+                            for batch in list(running):  # progress; an error ends it
+                                self._drain_forked(batch, 0)
+                                if batch.error is not None or not batch.open_ends:
+                                    running.remove(batch)
+                                    self._wait_forked(batch, running)
                         parent, _, name = rel.rpartition(b"/")
-                        pfd = chain.goto(parent, make)
                         typ = node["type"]
+                        if lazy:
+                            if typ == "dir":
+                                dirs.append((rel, node))
+                                continue
+                            if (typ == "file" and rel not in self.sources
+                                    and rel not in plan.links):
+                                defer(rel, node, _CREATE)
+                                continue
+                        pfd = chain.goto(parent, make)
                         if typ == "dir":
                             self._make_dir(pfd, name)
                             dirs.append((rel, node))
@@ -739,11 +769,11 @@ class _Restorer:
                                     continue
                                 if processes > 1:
                                     os.close(fd)
-                                    defer(rel, node, False)
+                                    defer(rel, node, _OPEN)
                                 else:
                                     pending.add(pool.submit(self._write_file, fd, rel, node))
                             elif processes > 1:
-                                defer(rel, node, True)
+                                defer(rel, node, _CHECK)
                             else:
                                 pending.add(pool.submit(self._resume_write, os.dup(pfd),
                                                         name, rel, node))
@@ -761,8 +791,11 @@ class _Restorer:
                                     self.files_done += 1
                             continue
                         if typ == "file" and processes > 1:
-                            os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=pfd))
-                            defer(rel, node, False)  # memory flat with the file count
+                            if rel in self.sources:  # other names link to it: made now
+                                os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=pfd))
+                                defer(rel, node, _OPEN)
+                            else:  # made by its writer
+                                defer(rel, node, _CREATE)  # memory flat with the file count
                         elif typ == "file":
                             fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
                             pending.add(pool.submit(self._write_file, fd, rel, node))
@@ -797,17 +830,22 @@ class _Restorer:
                     for f in pending:
                         f.result()
                     hand_over()  # the last batch to the writers
-                    hand_over()  # and waited for
+                    while running:  # and every batch waited for
+                        self._wait_forked(running[0], running[1:])
+                        running.pop(0)
                 except BaseException:
                     self.cancel.cancel()
-                    if running is not None:
-                        self._stop_forked(running)
+                    for batch in running:
+                        self._stop_forked(batch)
                     raise
             # directories last, children before parents (reversed pre-order), each through
             # its own descriptor
             for rel, node in reversed(dirs):
                 parent, _, name = rel.rpartition(b"/")
-                fd = os.open(name, _DIR, dir_fd=chain.goto(parent))
+                pfd = chain.goto(parent, make)
+                if lazy:
+                    _mkdir_missing(pfd, name)
+                fd = os.open(name, _DIR, dir_fd=pfd)
                 try:
                     self._meta_fd(fd, rel, node)
                 finally:
@@ -821,12 +859,12 @@ class _Restorer:
                 self.prefetch = None
         self._progress(final=True)
 
-    def _start_forked(self, root_fd: int, files: list[tuple[bytes, dict, bool]],
+    def _start_forked(self, root_fd: int, files: list[tuple[bytes, dict, int]],
                       processes: int) -> _Batch:
         """Fork ``processes`` writers for the files' content and metadata (shares of about
         equal bytes, in repository order: ``_shares``); each reports its progress,
-        warnings or error as JSON lines on a pipe (read by ``_drain_forked``). A file with
-        True (resume) is checked first: kept when its content is already the snapshot's,
+        warnings or error as JSON lines on a pipe (read by ``_drain_forked``). A file marked
+        _CHECK (resume) is checked first: kept when its content is already the snapshot's,
         else made again and written."""
         import selectors
 
@@ -883,12 +921,15 @@ class _Restorer:
         if events:
             self._progress()
 
-    def _wait_forked(self, batch: _Batch) -> None:
+    def _wait_forked(self, batch: _Batch, others: list[_Batch] | tuple = ()) -> None:
         """Until the writers of ``batch`` are done; raises the error one reported, or a
-        cancel (which kills them)."""
+        cancel (which kills them). What the writers of ``others`` (batches still being
+        written) report is read meanwhile too, so none waits on a full pipe."""
         try:
             while batch.open_ends and batch.error is None and not self.cancel.cancelled:
-                self._drain_forked(batch, 0.2)
+                self._drain_forked(batch, 0.05 if others else 0.2)
+                for other in others:
+                    self._drain_forked(other, 0)
         finally:
             self._stop_forked(batch)
         self.cancel.check()
@@ -920,15 +961,15 @@ class _Restorer:
         batch.open_ends.clear()
         batch.sel.close()
 
-    def _shares(self, files: list[tuple[bytes, dict, bool]],
-                processes: int) -> list[list[tuple[bytes, dict, bool]]]:
+    def _shares(self, files: list[tuple[bytes, dict, int]],
+                processes: int) -> list[list[tuple[bytes, dict, int]]]:
         """The files in the order their content lies in the repository (pack, then offset
         of the first blob), cut into ``processes`` consecutive shares of about equal bytes:
         each writer then reads its packs front to back, so a cold page cache is filled by
         the kernel's read-ahead instead of a seek for every file."""
         get = self.repo.index.get
 
-        def where(item: tuple[bytes, dict, bool]) -> tuple[str, int]:
+        def where(item: tuple[bytes, dict, int]) -> tuple[str, int]:
             content = item[1].get("content") or []
             entry = get(content[0]) if content and isinstance(content[0], str) else None
             return (entry.pack_id, entry.offset) if entry is not None else ("", 0)
@@ -937,7 +978,7 @@ class _Restorer:
         # a file's cost: its bytes and a block's worth for opening and its metadata
         sizes = [int(item[1].get("size", 0) or 0) + 4096 for item in ordered]
         total = sum(sizes)
-        shares: list[list[tuple[bytes, dict, bool]]] = [[] for _ in range(processes)]
+        shares: list[list[tuple[bytes, dict, int]]] = [[] for _ in range(processes)]
         i, done = 0, 0
         for item, size in zip(ordered, sizes, strict=True):
             # the next share once this one has its part of the bytes (and files are left)
@@ -947,20 +988,23 @@ class _Restorer:
             done += size
         return shares
 
-    def _child(self, root_fd: int, share: list[tuple[bytes, dict, bool]], w: int) -> None:
+    def _child(self, root_fd: int, share: list[tuple[bytes, dict, int]], w: int) -> None:
         """A forked writer: its share of files, a JSON line after each, then exit."""
         import json
 
         code = 0
         try:
+            _writer_memory()
             self.bytes_done = self.files_done = self.skipped_files = self.skipped_bytes = 0
             self.warnings = []
             chain = DirChain(root_fd)
             for rel, node, check in share:
                 parent, _, name = rel.rpartition(b"/")
-                pfd = chain.goto(parent)
-                if check:  # resume: kept (None), or made again
+                pfd = chain.goto(parent, _mkdir_missing)
+                if check == _CHECK:  # resume: kept (None), or made again
                     fd = self._keep_or_open(pfd, name, rel, node)
+                elif check == _CREATE:
+                    fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
                 else:
                     fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
                 if fd is not None:
@@ -1102,7 +1146,31 @@ class _Prefetch:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_all(fd: int, datas: list[bytes]) -> None:
+def _mkdir_missing(pfd: int, name: bytes) -> None:
+    """A directory made (as the walk makes one: 0700 until its metadata is set last),
+    unless it was made meanwhile (by another writer, or the walk)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=pfd)
+
+
+def _writer_memory() -> None:
+    """A forked writer's memory: what the parent left is never scanned by its collector
+    (nor its pages copied by the scan), and its megabyte-sized buffers (a run read, each
+    blob decrypted and decompressed) come from the heap and stay there when freed, for
+    the next run, instead of a fresh mapping each and a page fault for every 4 KiB of it
+    (0.3 million faults for a 1 GiB restore)."""
+    import gc
+
+    from engine.memory import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _mallopt
+
+    gc.freeze()
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, _WRITER_MMAP_THRESHOLD)
+        mallopt(_M_TRIM_THRESHOLD, _WRITER_TRIM_THRESHOLD)
+
+
+def _write_all(fd: int, datas: list[bytes | memoryview]) -> None:
     """All of ``datas`` written at the file position, with as few writev calls as can."""
     views = [memoryview(d) for d in datas if d]
     while views:

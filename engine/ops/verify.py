@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from engine.catalog import Catalog
 from engine.errors import EngineError, IntegrityError, NotFound
 from engine.events import CancelToken, Event, EventCallback
-from engine.memory import set_trim_threshold
-from engine.repo.pack import MAX_PACK, pack_name, read_header
+from engine.memory import _M_MMAP_THRESHOLD, _mallopt, set_trim_threshold
+from engine.repo.pack import MAX_PACK, open_blob, pack_name, read_header
 from engine.repo.repository import Repository, parse_index, sha256_hex
 from engine.repo.walk import walk
 from engine.sources import registry
@@ -319,7 +319,7 @@ def _check_pack(repo, pid: str, wanted: set[str] | None, present: dict[str, int]
     except IntegrityError as e:
         problems.append(str(e))
         entries = {}
-    index, decode = repo.index, repo.decode_blob
+    index, keys = repo.index, repo.keys
 
     def check(bid: str, offset: int, length: int, raw_length: int) -> str | None:
         try:
@@ -327,7 +327,8 @@ def _check_pack(repo, pid: str, wanted: set[str] | None, present: dict[str, int]
             if len(sealed) != length:
                 raise IntegrityError(f"{name}: blob {bid[:16]}: the pack ends before offset "
                                      f"{offset}+{length} (truncated?)", name)
-            decode(sealed, bid, name, raw_length)
+            # Repository.decode_blob's checks and errors, without copying the blob
+            open_blob(keys, sealed, bid, name, raw_length)
         except IntegrityError as e:
             return str(e)
         return None
@@ -452,10 +453,16 @@ def _init_forked(*state) -> None:
     global _FORKED
     _FORKED = state
     # What the parent left is never scanned by this process's collector (nor its pages
-    # copied by the scan), and freed blob buffers stay in the heap for the next blob
-    # instead of going back to the system and coming back as page faults.
+    # copied by the scan), and blob buffers (decrypted, decompressed: up to megabytes)
+    # come from the heap and stay there when freed, for the next blob, instead of going
+    # back to the system and coming back as page faults. (The trim threshold alone
+    # does not do it: setting it fixes glibc's mmap threshold at 128 KiB, so every larger
+    # buffer was a fresh mapping.)
     gc.freeze()
     set_trim_threshold(256 * 1024 * 1024)
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest
 
 
 def _check_forked(pid: str, wanted, ahead: str | None) -> PackCheck:

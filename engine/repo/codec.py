@@ -74,6 +74,14 @@ def decode(payload: bytes | memoryview, what: str, max_size: int = MAX_RAW) -> b
     """The plaintext of an encoded payload, at most max_size bytes; IntegrityError naming
     ``what`` for anything else (unknown marker, a damaged or oversized frame, bytes
     after the frame)."""
+    data = decode_view(payload, what, max_size)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def decode_view(payload: bytes | memoryview, what: str,
+                max_size: int = MAX_RAW) -> bytes | memoryview:
+    """``decode``, but a payload stored as is comes back as a view into ``payload``
+    instead of a copy (a restore writes it, a verify only hashes it)."""
     if not payload:
         raise IntegrityError(f"{what}: empty payload", what)
     kind = payload[0]
@@ -81,7 +89,7 @@ def decode(payload: bytes | memoryview, what: str, max_size: int = MAX_RAW) -> b
         if len(payload) - 1 > max_size:
             raise IntegrityError(f"{what}: {len(payload) - 1} bytes, more than the "
                                  f"{max_size} a reader accepts", what)
-        return bytes(payload[1:])
+        return memoryview(payload)[1:]
     if kind == ZSTD:
         return _inflate(memoryview(payload)[1:], what, max_size)
     raise IntegrityError(f"{what}: unknown payload encoding {kind}", what)

@@ -119,3 +119,27 @@ def read_header(keys: Keys, pack: bytes, pack_id: str) -> list[BlobEntry]:
     start, hlen = header_span(len(pack), bytes(pack[-4:]), what)
     raw = codec.decode(keys.open(pack[start : start + hlen], what), what)
     return parse_header(raw, start, what)
+
+
+def open_blob(keys: Keys, sealed: bytes | memoryview, blob_id: str, where: str,
+              raw_length: int) -> bytes | memoryview:
+    """A stored blob opened, decoded (exactly ``raw_length`` bytes, at most the blob cap)
+    and checked against its id: what ``Repository.decode_blob`` does, with the same
+    errors (IntegrityError naming ``where``, the pack), but with no copies: the sealed
+    bytes may be a view into a pack read whole or a run of blobs, and a blob stored
+    uncompressed comes back as a view into its plaintext. For the restore's writers and
+    the verify's pack checks, which only write or hash what they get."""
+    what = f"{where} (blob {blob_id[:16]})"
+    if len(sealed) == 0:
+        raise IntegrityError(f"{what}: truncated", where)
+    try:
+        data = codec.decode_view(keys.open(sealed, what), what,
+                                 min(codec.MAX_RAW, raw_length))
+    except IntegrityError as e:  # named by the blob; object_name stays the pack
+        raise IntegrityError(str(e), where) from None
+    if len(data) != raw_length:
+        raise IntegrityError(f"{what}: decodes to {len(data)} bytes, the index says "
+                             f"{raw_length}", where)
+    if keys.blob_id(data) != blob_id:
+        raise IntegrityError(f"{what}: content does not match blob id (corrupt)", where)
+    return data
