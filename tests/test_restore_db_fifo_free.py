@@ -243,3 +243,26 @@ def test_format_auto_backs_up_a_small_database_as_one_stream(sandbox, pg_cluster
         ev.message)).id)
     assert snap["postgres"]["format"] == "custom" and snap["stream"] and "tree" not in snap
     assert any("format auto: custom" in m for m in messages), messages
+
+
+def test_cancel_during_a_directory_backup_stops_pg_dump_and_the_readers(dir_sandbox):
+    """The directory format's files are read while pg_dump writes them: a cancel ends
+    pg_dump, the reader threads and the scratch folder, and writes no snapshot."""
+    sb = dir_sandbox
+    eng = sb.engine(init=True)
+    cancel = CancelToken()
+
+    def on_event(ev) -> None:
+        if ev.phase == "dump" and ev.bytes_done > 0:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        eng.backup("db", "shop", on_event=on_event, cancel=cancel)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("pg_dump-take")] == []
+    assert children() == []
+    scratch = sb.state / "tmp"
+    assert not scratch.exists() or not [p for p in scratch.iterdir()
+                                        if p.name.startswith("pgdump-")]
+    assert eng.snapshots(source="shop") == []
+    res = eng.backup("db", "shop")  # and the next one works
+    assert eng.snapshot(res.id)["postgres"]["format"] == "directory"

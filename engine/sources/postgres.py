@@ -245,7 +245,8 @@ def dump_database_directory(
 
         def readinto(self, buf) -> int:
             while True:
-                if stop.is_set():
+                if stop.is_set() or cancel.cancelled:
+                    cancel.check()
                     raise EngineError("stopped")
                 n = self.f.readinto(buf)
                 if n or self.closed_seen:
@@ -315,6 +316,7 @@ def dump_database_directory(
                 _check_exit(t, rc, err)
                 for fut in started.values():
                     fut.result()
+                cancel.check()  # asked while the last files were read
             except BaseException:
                 stop.set()
                 proc.kill()
