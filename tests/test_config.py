@@ -313,7 +313,8 @@ def test_console_keys(sandbox):
                                       "quit": "ctrl+q,f10"}
     assert dict(parse_config({"repository": {"path": "/r"}}).console.keys) == {}
     for text, expected in [
-        ('[console]\nkeymap = { backup = "B" }\n', "unknown key console.keymap (known: keys, job_nice)"),
+        ('[console]\nkeymap = { backup = "B" }\n',
+         "unknown key console.keymap (known: keys, job_nice)"),
         ('[console]\nkeys = { backup = "" }\n', "console.keys.backup must be a key"),
         ('[console]\nkeys = { backup = "ctrl r" }\n', "console.keys.backup must be a key"),
         ('[console]\nkeys = { backup = 2 }\n', "console.keys.backup must be a key"),
@@ -322,3 +323,26 @@ def test_console_keys(sandbox):
         write(sandbox, base(sandbox) + text)
         line = one_line_error(sandbox.cli("list"))
         assert str(sandbox.config_path) in line and expected in line, (text, line)
+
+
+def test_every_default_cron_expression_parses():
+    """Config loading skips parsing the default expressions (it would import APScheduler
+    for every command): they are checked here instead."""
+    from zoneinfo import ZoneInfo
+
+    from engine.config import schedule_kinds
+    from engine.schedule import make_trigger
+
+    for kind, (cron, _what) in schedule_kinds().items():
+        assert cron in ("", "off") or make_trigger(cron, ZoneInfo("UTC")) is not None, kind
+
+
+def test_a_bad_cron_expression_is_still_refused(tmp_path):
+    import tomllib
+
+    from engine.config import parse_config
+
+    text = (f"[repository]\npath = \"{tmp_path / 'repo'}\"\n[state]\ndir = \"{tmp_path}\"\n"
+            "[schedule]\nfiles = \"61 * * * *\"\n")
+    with pytest.raises(ConfigError, match="schedule.files: cannot parse cron"):
+        parse_config(tomllib.loads(text))

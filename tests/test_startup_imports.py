@@ -13,7 +13,8 @@ from support import Sandbox
 
 FORBIDDEN = ("textual", "rich", "boto3", "botocore", "urllib.request", "http.client",
              "engine.ops.doctor", "engine.ops.drill", "engine.ops.verify", "engine.ops.adopt",
-             "engine.ops.restore_db", "engine.notify", "engine.metrics")
+             "engine.ops.restore_db", "engine.notify", "engine.metrics", "psycopg2",
+             "apscheduler")
 
 
 def _imported(sb: Sandbox, *args: str) -> set[str]:

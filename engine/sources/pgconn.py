@@ -16,9 +16,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-import psycopg2
-import psycopg2.extensions
-
 from engine.errors import ConfigError, EngineError
 
 _ENV_KEYS = {
@@ -81,6 +78,8 @@ class PgTarget:
         if dbname:
             params["dbname"] = dbname
         params.setdefault("connect_timeout", "10")
+        import psycopg2  # here, not at the top: a files backup imports this module
+
         try:
             conn = psycopg2.connect(**params)
         except psycopg2.OperationalError as e:
@@ -104,6 +103,8 @@ def resolve(db) -> PgTarget:
     if not dsn:
         dsn = os.environ.get("DATABASE_URL", "")
         origin = "DATABASE_URL" if dsn else "libpq defaults"
+    import psycopg2.extensions
+
     try:
         params = psycopg2.extensions.parse_dsn(dsn) if dsn else {}
     except psycopg2.ProgrammingError as e:
