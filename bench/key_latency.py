@@ -32,7 +32,8 @@ only that every key took effect, and writes the same log.
 Results: a section appended to RESULTS.md (machine, other load on this 2-core
 machine) and the per-key log in WORK/key_latency.log. ``--profile`` prints cProfile
 of the UI thread for the slowest keys. Experiments, for comparing (``--no-results``):
-``--nice-backup N`` runs the backup's threads at nice N, ``--switch-interval S`` sets
+``--job-nice N`` sets ``[console] job_nice`` (the console's jobs N nice steps below
+it), ``--switch-interval S`` sets
 ``sys.setswitchinterval``. (The footer recomposing only when its keys change, once the
 experiment ``--footer-skip``, is what the console does now.)
 """
@@ -45,7 +46,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -330,8 +330,8 @@ def main() -> int:
     ap.add_argument("--no-results", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the UI thread (the asyncio loop) and print its top functions")
-    ap.add_argument("--nice-backup", type=int, default=0,
-                    help="run the backup's threads at this nice value (an experiment)")
+    ap.add_argument("--job-nice", type=int, default=None,
+                    help="[console] job_nice for the run (default: the config's default)")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="seconds to wait after the rows show before the first key, as a "
                     "person reads the screen first (0: at once, while the console still "
@@ -343,16 +343,6 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    if args.nice_backup:  # an experiment: the backup's threads at a lower OS priority
-        from engine.facade import Engine as _E
-        _backup = _E.backup
-
-        def niced(self, *a, **kw):
-            if threading.current_thread() is not threading.main_thread():
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.nice_backup)
-            return _backup(self, *a, **kw)
-        _E.backup = niced
-
     import shutil
 
     from backup_tui.app import BackupConsole
@@ -379,8 +369,11 @@ def main() -> int:
         "[repository]", f'path = "{root / "repo"}"', f'password_file = "{root / "repo.pass"}"',
         "[state]", f'dir = "{root / "state"}"',
         "[[fileset]]", 'name = "small"', f'paths = ["{root / "small"}"]',
-        "[[fileset]]", 'name = "big"', f'paths = ["{root / "big"}"]']) + "\n")
+        "[[fileset]]", 'name = "big"', f'paths = ["{root / "big"}"]',
+        *(["[console]", f"job_nice = {args.job_nice}"] if args.job_nice is not None else [])])
+        + "\n")
     engine = Engine(load_config(cfg))
+    args.job_nice = engine.config.console.job_nice  # as the console runs it (the report)
     engine.init()
     for _ in range(5):
         engine.backup("files", "small", replicate=False)
@@ -472,7 +465,9 @@ def report(rows, args, w, h, other, now) -> str:
            f"Console headless at {w}x{h}; a backup of {args.mib} MiB (incompressible, 4 MiB "
            f"files and 1,500 small ones) started with `b` "
            + (f"{args.settle:g} s after the rows showed" if args.settle else
-              "as soon as the rows showed") + f"; {len(rows)} keys in "
+              "as soon as the rows showed")
+           + f" ([console] job_nice {args.job_nice})"
+           + f"; {len(rows)} keys in "
            f"{args.rounds} round(s) (`j s d i`, down/up, `?` twice, ctrl+p/escape, `o`/"
            f"escape), {ran} of them while the backup ran. Every key took effect.", "",
            "| while the backup ran | keys | median | p90 | max | over 100 ms | target "

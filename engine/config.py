@@ -136,8 +136,9 @@ class ConsoleConfig:
 
     keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # the jobs the console runs (its keys, its own scheduler's) run this many nice steps
-    # below it, so that its keys are answered while they use every core (0: same priority)
-    job_nice: int = 0
+    # below it, so that its keys are answered while they use every core (0: same priority;
+    # bench/key_latency.py); the daemon and the command line run theirs as they are
+    job_nice: int = 10
 
 
 _TABLES: dict[str, type] = {

@@ -661,10 +661,12 @@ class PitrWizard(EngineCaller, ModalScreen["dict | None"]):
             f"the point-in-time recovery of {self.choice.info.title}" if self.choice.by_wal
             else f"the restore of {self.choice.info.title} into {self.target.target}"))
         self.call_engine(partial(self._execute, self.choice, self.target, relay, cancel),
-                         group="pitr-run", failed=PitrFailed, job=True)
+                         group="pitr-run", failed=PitrFailed)  # not niced: _execute
 
     def _execute(self, choice: Choice, target: PitrTargetChecked, relay: EventRelay,
                  cancel: CancelToken) -> PitrFinished:
+        # Run at the console's own priority, not [console] job_nice below it: the server
+        # this starts is the recovered database and lives on, with the priority it gets.
         if choice.by_wal:
             when = self.engine.pitr_target("time", self.target_text)
             return PitrFinished(self.engine.restore_pitr(
