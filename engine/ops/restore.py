@@ -90,6 +90,7 @@ FORKED_AT_ONCE = 2  # batches being written at once (their writers overlap)
 # create it (every other file: the walk only makes the directories, so it keeps ahead of
 # the writers, and the creations run on all the writers at once)
 _OPEN, _CHECK, _CREATE = 0, 1, 2
+_REPORT_EVERY = 0.05  # seconds: a forked writer's progress lines at most this often
 # a forked writer's malloc (_writer_memory): blocks up to this size from the heap (glibc's
 # largest mmap threshold), and up to that much freed memory kept at its top
 _WRITER_MMAP_THRESHOLD = 32 * 1024 * 1024
@@ -989,8 +990,12 @@ class _Restorer:
         return shares
 
     def _child(self, root_fd: int, share: list[tuple[bytes, dict, int]], w: int) -> None:
-        """A forked writer: its share of files, a JSON line after each, then exit."""
+        """A forked writer: its share of files, then exit. What it has done so far goes to
+        the parent as a JSON line after a file once _REPORT_EVERY has passed since the
+        last line (not after every one: thousands of small files would cost as many
+        lines, wake-ups of the parent and parses there), and after its last file."""
         import json
+        import time
 
         code = 0
         try:
@@ -998,7 +1003,9 @@ class _Restorer:
             self.bytes_done = self.files_done = self.skipped_files = self.skipped_bytes = 0
             self.warnings = []
             chain = DirChain(root_fd)
-            for rel, node, check in share:
+            last = len(share) - 1
+            reported = time.monotonic()
+            for i, (rel, node, check) in enumerate(share):
                 parent, _, name = rel.rpartition(b"/")
                 pfd = chain.goto(parent, _mkdir_missing)
                 if check == _CHECK:  # resume: kept (None), or made again
@@ -1009,6 +1016,10 @@ class _Restorer:
                     fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
                 if fd is not None:
                     self._write_file(fd, rel, node)
+                now = time.monotonic()
+                if i < last and now - reported < _REPORT_EVERY:
+                    continue
+                reported = now
                 line = {"bytes": self.bytes_done, "files": self.files_done,
                         "skipped_files": self.skipped_files,
                         "skipped_bytes": self.skipped_bytes, "warnings": self.warnings}
