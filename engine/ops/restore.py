@@ -94,7 +94,7 @@ _REPORT_EVERY = 0.05  # seconds: a forked writer's progress lines at most this o
 # a forked writer's malloc (_writer_memory): blocks up to this size from the heap (glibc's
 # largest mmap threshold), and up to that much freed memory kept at its top
 _WRITER_MMAP_THRESHOLD = 32 * 1024 * 1024
-_WRITER_TRIM_THRESHOLD = 64 * 1024 * 1024
+_WRITER_TRIM_THRESHOLD = 32 * 1024 * 1024
 
 
 @dataclass
