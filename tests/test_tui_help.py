@@ -149,3 +149,40 @@ def test_help_look(snap_compare, utc):  # noqa: F811 - the fixture
     """? on the jobs screen at 80x24: its keys, then the app's, then focus and copy."""
     assert snap_compare(canned_console(), terminal_size=SIZE,
                         run_before=_then("j", "question_mark"))
+
+
+def test_the_help_of_a_screen_is_kept_and_shows_the_keys_as_they_are_now():
+    """? opens the same help again (built once per screen, for a quick second open), with
+    its lines rewritten when the screen's keys changed meanwhile."""
+    from textual.widgets import Static
+
+    app = canned_console()
+
+    async def flow():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("question_mark")
+            await settle(app, pilot)
+            first = app.screen
+            assert isinstance(first, HelpScreen)
+            await pilot.press("escape")
+            await settle(app, pilot)
+            assert not isinstance(app.screen, HelpScreen)
+            await pilot.press("question_mark")
+            await settle(app, pilot)
+            assert app.screen is first
+            lines = first.query_one("#help-lines", Static)
+            before = lines.visual.plain
+            changed = [KeyHelp(k.keys, k.description, not k.enabled, k.ids) for k in first.keys]
+            first.show_keys(changed)
+            await settle(app, pilot)
+            assert lines.visual.plain != before and "(not now)" in lines.visual.plain
+            assert first.text == lines.visual.plain
+            await pilot.press("escape")
+            await pilot.press("j")  # another screen: a help of its own
+            await settle(app, pilot)
+            await pilot.press("question_mark")
+            await settle(app, pilot)
+            assert isinstance(app.screen, HelpScreen) and app.screen is not first
+
+    asyncio.run(flow())

@@ -108,12 +108,20 @@ class HelpScreen(ModalScreen[None]):
         self.title_text = title
         self.keys = keys
 
+    def show_keys(self, keys: list[KeyHelp]) -> None:
+        """Show ``keys`` from now on: the app keeps one help per screen and opens it again
+        (laid out and rendered already), its lines rewritten only when they changed."""
+        if [(k, k.ids) for k in keys] == [(k, k.ids) for k in self.keys]:
+            return
+        self.keys = keys
+        if self.is_mounted:
+            self.query_one("#help-lines", Static).update(self._lines())
+
     def compose(self) -> ComposeResult:
         with Vertical(id="help"):
             yield Static(Content(f"Keys: {self.title_text}"), id="help-title")
             with VerticalScroll(id="help-keys"):  # one widget: quicker to open than one a line
-                yield Static(Content("\n").join(self._line(line) for line in self.keys),
-                             id="help-lines")
+                yield Static(self._lines(), id="help-lines")
             yield Static(Content("Esc or ? closes this. In italics: the [console] keys id."),
                          id="help-hint")
 
@@ -123,6 +131,9 @@ class HelpScreen(ModalScreen[None]):
         hint = self.query_one("#help-hint", Static)
         overhead = 6 + max(0, hint.size.height - 1)
         self.query_one("#help-keys").styles.max_height = max(3, self.size.height - overhead)
+
+    def _lines(self) -> Content:
+        return Content("\n").join(self._line(line) for line in self.keys)
 
     @staticmethod
     def _line(line: KeyHelp) -> Content:
