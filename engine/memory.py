@@ -16,7 +16,9 @@ megabyte-sized buffers would each cost a mapping and its page faults (a 1 GiB in
 backup with the readers tuned too took 15-20% longer; a restore whose forked writers
 inherited it, 6% longer).
 
-``set_trim_threshold``: a verify worker keeps freed pack buffers for the next pack.
+``keep_freed``: the opposite, for a worker that reuses megabyte-sized buffers (restore's
+forked writers, verify's pack workers): they come from the heap and stay there when freed,
+for the next blob or pack, instead of a fresh mapping and its page faults each time.
 
 Only on glibc; elsewhere (or for tune_malloc, when the environment already sets them),
 nothing is done.
@@ -52,12 +54,14 @@ def _set_thresholds() -> bool:
         mallopt(_M_TRIM_THRESHOLD, THRESHOLD))
 
 
-def set_trim_threshold(value: int) -> bool:
-    """Keep up to ``value`` bytes of freed memory at the heap's top instead of returning it
-    (a verify worker, engine/ops/verify.py: its next pack's blobs reuse it without page
-    faults); True when set."""
+def keep_freed(mmap_threshold: int, trim_threshold: int) -> bool:
+    """A worker process that reuses large buffers: blocks up to ``mmap_threshold`` bytes
+    come from the heap instead of a fresh mapping each, and up to ``trim_threshold`` bytes
+    of freed memory stay at the heap's top for the next ones (no page fault per 4 KiB of
+    each); True when set. Used by restore's forked writers and verify's pack workers."""
     mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(_M_TRIM_THRESHOLD, value))
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 def _mallopt():

@@ -1172,13 +1172,10 @@ def _writer_memory() -> None:
     (0.3 million faults for a 1 GiB restore)."""
     import gc
 
-    from engine.memory import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _mallopt
+    from engine.memory import keep_freed
 
     gc.freeze()
-    mallopt = _mallopt()
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, _WRITER_MMAP_THRESHOLD)
-        mallopt(_M_TRIM_THRESHOLD, _WRITER_TRIM_THRESHOLD)
+    keep_freed(_WRITER_MMAP_THRESHOLD, _WRITER_TRIM_THRESHOLD)
 
 
 def _write_all(fd: int, datas: list[bytes | memoryview]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from engine.catalog import Catalog
 from engine.errors import EngineError, IntegrityError, NotFound
 from engine.events import CancelToken, Event, EventCallback
-from engine.memory import _M_MMAP_THRESHOLD, _mallopt, set_trim_threshold
+from engine.memory import keep_freed
 from engine.repo.pack import MAX_PACK, open_blob, pack_name, read_header
 from engine.repo.repository import Repository, parse_index, sha256_hex
 from engine.repo.walk import walk
@@ -459,10 +459,7 @@ def _init_forked(*state) -> None:
     # does not do it: setting it fixes glibc's mmap threshold at 128 KiB, so every larger
     # buffer was a fresh mapping.)
     gc.freeze()
-    set_trim_threshold(256 * 1024 * 1024)
-    mallopt = _mallopt()
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest
+    keep_freed(32 * 1024 * 1024, 256 * 1024 * 1024)  # glibc's largest mmap threshold
 
 
 def _check_forked(pid: str, wanted, ahead: str | None) -> PackCheck:
