@@ -60,14 +60,20 @@ def src_tree(engine, sid: str, src: Path) -> str:
     return find(engine.repo(), engine.snapshot(sid)["tree"], str(src))[1]["subtree"]
 
 
-@pytest.mark.parametrize("mode", ["always ahead", "in the walk", "ahead until quiet"])
-def test_same_trees_however_directories_are_listed(sandbox_factory, monkeypatch, mode):
+def twin_sandboxes(sandbox_factory):
+    """Two sandboxes backing up the same tree (make_tree) into repositories of their own:
+    (the first sandbox, its engine, the other's engine)."""
     ref = sandbox_factory()
     make_tree(ref.src)
     other = sandbox_factory()
     other.filesets = {"src": [str(ref.src)]}
     other.write_config()
-    ref_engine, engine = ref.engine(init=True), other.engine(init=True)
+    return ref, ref.engine(init=True), other.engine(init=True)
+
+
+@pytest.mark.parametrize("mode", ["always ahead", "in the walk", "ahead until quiet"])
+def test_same_trees_however_directories_are_listed(sandbox_factory, monkeypatch, mode):
+    ref, ref_engine, engine = twin_sandboxes(sandbox_factory)
     first = ref_engine.backup("files", "src")  # as configured
     assert first.complete, first.errors
     if mode == "always ahead":

@@ -8,7 +8,7 @@ import os
 import threading
 from pathlib import Path
 
-from test_files_walk_listing import expand, make_tree, src_tree
+from test_files_walk_listing import expand, src_tree, twin_sandboxes
 
 from engine.sources import files
 from engine.sources.warm import Warmer
@@ -88,12 +88,7 @@ def _warm_children() -> list[int]:
 
 
 def test_same_trees_with_or_without_the_warm_process(sandbox_factory, monkeypatch):
-    ref = sandbox_factory()
-    make_tree(ref.src)
-    other = sandbox_factory()
-    other.filesets = {"src": [str(ref.src)]}
-    other.write_config()
-    ref_engine, engine = ref.engine(init=True), other.engine(init=True)
+    ref, ref_engine, engine = twin_sandboxes(sandbox_factory)
     monkeypatch.setattr(files, "WARM_AHEAD", 0)
     first = ref_engine.backup("files", "src")
     monkeypatch.setattr(files, "WARM_AHEAD", 4)
