@@ -1,8 +1,8 @@
 """A directory-format snapshot restored in parallel without staging its data.
 
-The brief's idea was FIFOs in place of the data files; pg_restore refuses them ('"N.dat"
-is not a regular file', pg_restore 15.20), so the tables' data goes through COPY on
-parallel connections of ours instead (engine/ops/restore_db_parallel.py,
+FIFOs in place of the data files under ``pg_restore -Fd -j`` were tried first; pg_restore
+refuses them ('"N.dat" is not a regular file', pg_restore 15.20), so the tables' data goes
+through COPY on parallel connections of ours instead (engine/ops/restore_db_parallel.py,
 ``restore_directory``). These tests use a real server (the pg_cluster fixture): the
 restored database matches its source, nothing of the data is staged on disk, a cancel
 leaves no thread, process, session or database behind, and a corrupt blob in one table's
@@ -71,7 +71,7 @@ def fingerprint(cluster, db: str) -> dict:
 
 @pytest.fixture
 def dir_sandbox(sandbox, pg_cluster):
-    name = f"fifo_free_{uuid.uuid4().hex[:8]}"
+    name = f"dirfmt_{uuid.uuid4().hex[:8]}"
     pg_cluster.createdb(name)
     pg_cluster.psql(SCHEMA, name)
     sandbox.extra = (f'[[database]]\nname = "shop"\ndsn = "{pg_cluster.dsn(name)}"\n'
@@ -232,7 +232,7 @@ def test_format_auto_chooses_by_size_and_scratch_room():
 
 
 def test_format_auto_backs_up_a_small_database_as_one_stream(sandbox, pg_cluster):
-    name = f"fifo_free_{uuid.uuid4().hex[:8]}"
+    name = f"dirfmt_{uuid.uuid4().hex[:8]}"
     pg_cluster.createdb(name)
     pg_cluster.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g", name)
     sandbox.extra = f'[[database]]\nname = "shop"\ndsn = "{pg_cluster.dsn(name)}"\n'
