@@ -240,6 +240,8 @@ class Engine:
         catalog = self.catalog.lenient()  # a read-only command: bookkeeping if it can
         with self.job("verify", target, on_event, read_only=True) as job, \
                 self._reading("verify"):
+            if repo.key_from_cache:  # the key records themselves: open did not read them
+                repo.check_key_records(self.config.password())
             report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel, catalog)
             bad = {sid for p in report.problems for sid in p.snapshots}
             catalog.mark_verified([s for s in report.snapshots if s not in bad], read_data)

@@ -97,3 +97,25 @@ def test_no_key_cache_without_a_state_dir_or_for_a_replica(tmp_path, derivations
     eng.repo()
     assert len(derivations) == 2
 
+
+
+def test_verify_reads_the_key_records_that_an_open_from_the_cache_skips(tmp_path):
+    """With the key cache, a damaged key record does not stop the open (the cache holds
+    the key), but verify still reads the records, as an open without the cache must."""
+    from engine.repo.crypto import wrap_master
+
+    sb = Sandbox(tmp_path)
+    master = sb.engine(init=True).repo().keys.master_key()
+    (sb.repo / "keys").mkdir(exist_ok=True)
+    (sb.repo / "keys" / "alt").write_text(json.dumps(wrap_master("another one", master)))
+    sb.pwfile.write_text("another one")  # only keys/alt opens with it
+    (sb.src / "f").write_text("x")
+    assert sb.engine().backup("files", "src").complete  # derives, writes the cache
+    assert sb.engine().verify().ok
+    record = sb.repo / "keys" / "alt"
+    os.chmod(record, 0o600)
+    record.write_text("{}")  # damaged
+    engine = sb.engine()
+    assert engine.repo().key_from_cache  # still opens: the key came from the cache
+    with pytest.raises(WrongPassword, match="key"):
+        engine.verify()

@@ -134,6 +134,7 @@ class Repository:
         self.backend = backend
         self.config = config
         self.keys = keys
+        self.key_from_cache = False  # open took the master key from the key cache
         self.id: str = config["id"]
         # blob id -> IndexEntry, compact (engine/repo/index.py); parsed index files are
         # kept in cache_dir/<repository id>/ when a cache_dir is given (the state dir's)
@@ -234,16 +235,35 @@ class Repository:
             body = _canonical({k: v for k, v in config.items() if k != "mac"})
             cached = keycache.load(key_cache, config, password) if key_cache else None
             keys = Keys(cached) if cached is not None else None
-            if keys is None or not keys.mac_matches(body, config.get("mac")):
+            from_cache = keys is not None and keys.mac_matches(body, config.get("mac"))
+            if not from_cache:
                 keys = Keys(cls._unwrap_any(backend, password, enc))
                 if not keys.mac_matches(body, config.get("mac")):
                     raise IntegrityError(f"{backend.location}/config: authenticator mismatch",
                                          "config")
         else:
-            keys = Keys(None)
+            keys, from_cache = Keys(None), False
+        assert keys is not None
         repo = cls(backend, config, keys, cache_dir)
+        repo.key_from_cache = from_cache
         repo.load_index()
         return repo
+
+    def check_key_records(self, password: str | None) -> None:
+        """That ``password`` still opens this repository's own key records (the config's
+        encryption or a ``keys/`` record) to the master key in use. An open from the key
+        cache does not read them, so a damaged or missing record would go unseen until a
+        process without the cache (another user, a replica's adopt) could not get in:
+        verify calls this. WrongPassword or IntegrityError, named as open names them."""
+        enc = self.config.get("encryption")
+        if not enc:
+            return
+        if not password:
+            raise WrongPassword(f"{self.backend.location}: the repository is encrypted and no "
+                                "password was given")
+        if self._unwrap_any(self.backend, password, enc) != self.keys.master_key():
+            raise IntegrityError(f"{self.backend.location}: the key that the password opens "
+                                 "is not the one of this repository's config", "keys")
 
     @staticmethod
     def _unwrap_any(backend: Backend, password: str, enc: dict) -> bytes:
