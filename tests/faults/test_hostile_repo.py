@@ -383,7 +383,8 @@ def test_malformed_chunker_unencrypted(world):
 def test_unusable_key_records_are_skipped_and_named(encrypted):
     """config.encryption does not open with the password; keys/ holds garbage, a record
     with a malformed kdf, a record nested deep, and one that opens: the repository
-    opens. Without the good one, the error names each skipped record."""
+    opens. Without the good one, the error names each skipped record (verify, when the key
+    cache let the open in; any command without the cache)."""
     from engine.repo.crypto import unwrap_master, wrap_master
 
     sb = encrypted
@@ -402,6 +403,13 @@ def test_unusable_key_records_are_skipped_and_named(encrypted):
     assert rc == 0 and "Traceback" not in err, err
     assert "skipped unusable key record keys/" in err, err  # those tried before it
     (keys / "4-good").unlink()
+    # The first list wrote the key cache: list opens from it, verify reads the records.
+    rc, out, err, _ = run(sb, "verify")
+    assert rc == 1 and "wrong password" in err and "keys/1-garbage" in err, err
+    # Without the cache (another user, another machine), the open itself refuses.
+    from engine.repo import keycache
+
+    keycache.cache_path(sb.state).unlink()
     rc, out, err, _ = run(sb, "list")
     assert rc == 1 and "wrong password" in err, err
     for name in ("keys/1-garbage", "keys/2-badkdf: kdf.r", "keys/3-deep: nested deeper"):
