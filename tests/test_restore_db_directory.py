@@ -91,8 +91,25 @@ def sessions_on(cluster, pattern: str) -> list[str]:
                         f"'{pattern}'").split()
 
 
+_BEFORE: set[int] = set()  # this process's children when the test began
+
+
+@pytest.fixture(autouse=True)
+def _children_before():
+    """The suite's own long-lived children (a server a fixture started earlier) are not
+    this test's: children() reports only processes started since the test began."""
+    _BEFORE.clear()
+    _BEFORE.update(_all_children())
+    yield
+
+
 def children() -> list[int]:
-    """Processes whose parent is this one (a pg_restore left running would be one)."""
+    """Processes whose parent is this one and that this test started (a pg_restore left
+    running would be one)."""
+    return [pid for pid in _all_children() if pid not in _BEFORE]
+
+
+def _all_children() -> list[int]:
     me, out = os.getpid(), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
