@@ -238,11 +238,12 @@ class Engine:
         ids = [self.snapshot(r)["id"] for r in refs] if refs else None
         target = ",".join(i[:8] for i in ids) if ids else "all"
         catalog = self.catalog.lenient()  # a read-only command: bookkeeping if it can
-        with self.job("verify", target, on_event, read_only=True) as job, \
-                self._reading("verify"):
+        with self.job("verify", target, on_event, read_only=True) as job:
             if repo.key_from_cache:  # the key records themselves: open did not read them
                 repo.check_key_records(self.config.password())
-            report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel, catalog)
+            with self._reading("verify"):
+                report = verify_op.verify(repo, ids, read_data, job.id, job.emit, cancel,
+                                          catalog)
             bad = {sid for p in report.problems for sid in p.snapshots}
             catalog.mark_verified([s for s in report.snapshots if s not in bad], read_data)
             job.audit_target = "read-data" if read_data else "quick"

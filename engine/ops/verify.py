@@ -88,13 +88,17 @@ def verify(
     cancel = cancel or CancelToken()
     repo.drop_caches()
     report = VerifyReport(read_data=read_data)
+    # The snapshots first, then the index as it is now: a backup writes its index file
+    # before its snapshot, so every snapshot listed has its blobs in the index read after
+    # (one committed by a concurrent backup after the caller's read would not).
+    all_snaps = repo.list_ids("snapshots")
+    repo.load_index(reuse=True)
     # Index files and snapshots: each must decode and match its name.
     for iid in repo.list_ids("index"):
         try:
             parse_index(repo.load_record("index", iid), f"index/{iid}")
         except EngineError as e:
             report.problems.append(Problem(f"index/{iid}", str(e)))
-    all_snaps = repo.list_ids("snapshots")
     wanted = snapshot_ids if snapshot_ids is not None else all_snaps
     snaps: list[dict] = []
     for sid in wanted:
