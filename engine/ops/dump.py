@@ -26,6 +26,10 @@ own ``tar --format=pax --xattrs --acls`` archive:
   The holes are first checked to be zeros in the content (reading only the
   blobs that overlap them, each once); if they are not, or the blobs' sizes
   do not add up, the file is written plainly, which is always right;
+- a file whose blocks are partly stored as deltas (``xor``, format 1.2,
+  engine/repo/xorblocks.py) has those blocks rebuilt from their two blobs and
+  checked against their ids; its ``xor`` list is checked before its member is
+  written, and it is always written plainly (never as a sparse member);
 - sockets are skipped with a warning (they cannot be restored).
 
 A stream snapshot (a custom-format pg_dump archive) is written as its bytes.
@@ -53,6 +57,7 @@ from engine.errors import IntegrityError, UsageError
 from engine.repo.repository import Repository
 from engine.repo.tree import link_target
 from engine.repo.walk import find, walk
+from engine.repo.xorblocks import load_piece, node_xor
 
 log = logging.getLogger("backup_tui.engine.dump")
 
@@ -77,11 +82,17 @@ def socket_skipped(path: bytes) -> str:
 
 
 class BlobStream(io.RawIOBase):
-    """A read-only file over a list of blob ids, each verified on read."""
+    """A read-only file over a list of blob ids, each verified on read. ``xor``: the
+    blocks stored as deltas (``{i: (x_id, base_id)}``, engine/repo/xorblocks.py), each
+    rebuilt from its two blobs and checked against its id (IntegrityError naming
+    ``where`` and the block)."""
 
-    def __init__(self, repo: Repository, blob_ids: list[str]):
+    def __init__(self, repo: Repository, blob_ids: list[str],
+                 xor: dict[int, tuple[str, str]] | None = None, where: str = ""):
         self.repo = repo
         self.ids = list(blob_ids)
+        self.xor = xor or {}
+        self.where = where
         self.pos = 0
         self.buf = memoryview(b"")
 
@@ -90,7 +101,12 @@ class BlobStream(io.RawIOBase):
 
     def readinto(self, b) -> int:  # type: ignore[override]
         while not self.buf and self.pos < len(self.ids):
-            self.buf = memoryview(self.repo.load_blob(self.ids[self.pos], "data"))
+            pair = self.xor.get(self.pos) if self.xor else None
+            if pair is None:
+                self.buf = memoryview(self.repo.load_blob(self.ids[self.pos], "data"))
+            else:
+                self.buf = memoryview(load_piece(self.repo, self.ids[self.pos], *pair,
+                                                 f"{self.where} (block {self.pos})"))
             self.pos += 1
         n = min(len(b), len(self.buf))
         b[:n] = self.buf[:n]
@@ -270,7 +286,7 @@ def _hardlink_key(node: dict) -> tuple | None:
 
 def _same_file(a: dict, b: dict) -> bool:
     """Two nodes of one (dev, inode) that agree on what a link would share."""
-    keys = ("type", "content", "size", "rdev", "target", "target_b64")
+    keys = ("type", "content", "xor", "size", "rdev", "target", "target_b64")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -460,12 +476,15 @@ def dump_files(repo: Repository, snap: dict, out: BinaryIO, path: str | None = N
                 content = node.get("content", [])
                 if not isinstance(content, list):
                     raise IntegrityError(f"{ti.name}: malformed content list in the snapshot")
-                sparse = sparse_member(repo, ti, node)
+                # blocks stored as deltas (format 1.2): checked before anything of the
+                # member is written; such a file is written plainly, never as sparse
+                xor = node_xor(node, ti.name)
+                sparse = sparse_member(repo, ti, node) if not xor else None
                 if sparse is not None:
                     tar.addfile(*sparse)
                     count += 1
                     continue
-                data = io.BufferedReader(BlobStream(repo, content), COPY_BUFFER)
+                data = io.BufferedReader(BlobStream(repo, content, xor, ti.name), COPY_BUFFER)
                 try:
                     tar.addfile(ti, data)
                 except OSError as e:
