@@ -198,9 +198,10 @@ class Reader:
                 os.mkdir(path)
                 self.restore(node["subtree"], path, depth + 1, seen | {tree_id})
             elif typ == "file":
+                xor = self.xor_entries(node)
                 with open(path, "wb") as f:
-                    for bid in node["content"]:
-                        f.write(self.blob(bid, "data"))
+                    for i, bid in enumerate(node["content"]):
+                        f.write(self.block(bid, *xor[i]) if i in xor else self.blob(bid, "data"))
                 assert os.path.getsize(path) == node["size"]
             elif typ == "symlink":
                 os.symlink(raw_name(node, "target"), path)
@@ -211,6 +212,32 @@ class Reader:
             if typ != "symlink":
                 os.chmod(path, node["mode"])
             os.utime(path, ns=(node["mtime_ns"], node["mtime_ns"]), follow_symlinks=False)
+
+
+    # format 1.2 (FORMAT.md 5.2): blocks stored as the XOR of two data blobs
+    @staticmethod
+    def xor_entries(node: dict) -> dict[int, tuple[str, str]]:
+        """``xor`` as {i: (x_id, base_id)}, checked as untrusted input."""
+        out: dict[int, tuple[str, str]] = {}
+        last = -1
+        for e in node.get("xor", []):
+            assert isinstance(e, list) and len(e) == 3, "malformed xor entry"
+            i, x_id, base_id = e
+            assert type(i) is int and last < i < len(node["content"]), "malformed xor entry"
+            for bid in (x_id, base_id):
+                assert isinstance(bid, str) and len(bid) == 64
+                assert set(bid) <= set("0123456789abcdef"), "malformed xor entry"
+            out[i] = (x_id, base_id)
+            last = i
+        return out
+
+    def block(self, full_id: str, x_id: str, base_id: str) -> bytes:
+        """plaintext(x_id) XOR plaintext(base_id), which must have the id full_id."""
+        x, base = self.blob(x_id, "data"), self.blob(base_id, "data")
+        assert len(x) == len(base), "xor of blobs of different lengths"
+        data = (int.from_bytes(x, "big") ^ int.from_bytes(base, "big")).to_bytes(len(x), "big")
+        assert self.blob_id(data) == full_id, "block rebuilt from its delta does not match"
+        return data
 
 
 def raw_name(node: dict, key: str) -> bytes:
@@ -345,3 +372,67 @@ def test_canonical_json_matches_the_engine_byte_for_byte():
              "f": [0.0, 1.5, 12.0, 1e-07, 1e16, -0.0, 2**70], "t": True}
     expected = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
     assert canonical(value) == expected
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_independent_reader_rebuilds_blocks_stored_as_xor(sandbox_factory, tmp_path,
+                                                          encrypted):
+    """Format 1.2: a cluster snapshot whose relation file has blocks stored as the XOR of
+    two data blobs (made by hand with the engine's writer: the program writes them only
+    in cluster backups after a parent)."""
+    from engine.repo.tree import encode_tree
+
+    sb = sandbox_factory("test-password" if encrypted else None)
+    eng = sb.engine(init=True)
+    repo = eng.repo()
+    block = 16 * 1024
+    bases = [os.urandom(block), os.urandom(5000)]  # the parent's blocks, stored whole
+    newer = []
+    for b in bases:
+        c = bytearray(b)
+        for k in range(0, len(c), 997):
+            c[k] ^= 0x5A
+        newer.append(bytes(c))
+    whole = os.urandom(block)
+    data = whole + newer[0] + newer[1]
+    node = {"name": "16384", "type": "file", "mode": 0o600, "uid": os.getuid(),
+            "gid": os.getgid(), "user": "", "group": "", "mtime_ns": 1_700_000_000 * 10**9,
+            "ctime_ns": 1_700_000_000 * 10**9, "inode": 0, "size": len(data)}
+    with repo.writer() as w:
+        base_ids = [w.save("data", b) for b in bases]
+        x_ids = [w.save("data", bytes(p ^ q for p, q in zip(n, b, strict=True)))
+                 for n, b in zip(newer, bases, strict=True)]
+        node["content"] = [w.save("data", whole)] + [repo.keys.blob_id(n) for n in newer]
+        node["xor"] = [[1, x_ids[0], base_ids[0]], [2, x_ids[1], base_ids[1]]]
+        sub = w.save("tree", encode_tree([node]))
+        meta = {k: v for k, v in node.items() if k not in ("content", "xor")}
+        root = w.save("tree", encode_tree([{**meta, "name": "base", "type": "dir",
+                                            "mode": 0o700, "size": 0, "subtree": sub}]))
+        w.commit()
+    repo.save_snapshot({"version": 1, "time": "2026-12-01T00:00:00+00:00", "kind": "cluster",
+                        "source": "pg", "host": "h", "tags": [], "parent": None,
+                        "incomplete": False, "stats": {}, "program": "backup-tui test",
+                        "tree": root, "block_size": block, "pgdata": "", "postgres": {}})
+
+    reader = Reader(sb.repo, sb.password)
+    _sid, snap = reader.latest("cluster", "pg")
+    for bid in node["content"][1:]:
+        assert bid not in reader.index  # a reader that ignores xor fails: missing blob
+    out = tmp_path / "restored"
+    out.mkdir()
+    reader.restore(snap["tree"], os.fsencode(out))
+    assert (out / "base" / "16384").read_bytes() == data
+
+    # the reader's checks can fail: a delta that xors to other bytes of the same length
+    with repo.writer() as w:
+        other = w.save("data", os.urandom(block))
+        sub = w.save("tree", encode_tree([{**node, "xor": [[1, other, base_ids[0]]]}]))
+        root = w.save("tree", encode_tree([{**meta, "name": "base", "type": "dir",
+                                            "mode": 0o700, "size": 0, "subtree": sub}]))
+        w.commit()
+    repo.save_snapshot({**snap, "time": "2026-12-02T00:00:00+00:00", "tree": root})
+    reader = Reader(sb.repo, sb.password)
+    _sid, snap = reader.latest("cluster", "pg")
+    (out / "again").mkdir()
+    with pytest.raises(AssertionError, match="rebuilt from its delta does not match"):
+        reader.restore(snap["tree"], os.fsencode(out / "again"))

@@ -67,6 +67,7 @@ from engine.repo import codec
 from engine.repo.locks import STALE, RepoLock, list_locks
 from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name
 from engine.repo.repository import PACK_TARGET, Repository
+from engine.repo.xorblocks import stored_ids
 from engine.storage.base import Backend
 
 LOCK_WAIT = 60.0
@@ -173,7 +174,9 @@ def used_blobs(repo: Repository) -> set[str]:
     """Every blob id that a snapshot in the repository references.
 
     Files snapshots: the root ``tree``, every subtree and every file's content
-    blobs; db snapshots: ``stream``, ``globals`` and, for the directory format,
+    blobs (for a block stored as a XOR delta, format 1.2, its two blobs: the base
+    stays while a kept snapshot's delta needs it, whichever snapshot stored it); db
+    snapshots: ``stream``, ``globals`` and, for the directory format,
     ``tree``. Shared subtrees are read once. Raises `PruneRefused` when an index
     file is damaged (``repo.index_errors``), a snapshot cannot be read or is of
     a newer format, or a tree cannot be read: what it references is unknown.
@@ -240,7 +243,9 @@ def _snapshot_blobs(repo: Repository, snap: dict, used: set[str], seen: set[str]
             content = node.get("content") or []
             if not isinstance(content, list) or not all(isinstance(b, str) for b in content):
                 raise EngineError(f"tree {tid}: malformed content list")
-            used.update(content)
+            # a block stored as a delta (format 1.2) needs its two blobs, not its own id
+            # (which is not stored); a malformed xor list raises UnsafeEntry: refused
+            used.update(stored_ids(node, f"tree {tid}") if "xor" in node else content)
 
 
 # -------------------------------------------------------------------- prune

@@ -55,6 +55,7 @@ from engine.errors import (
     LockedError,
     NotFound,
     RepositoryError,
+    UnsafeEntry,
     UsageError,
 )
 from engine.events import CancelToken, Event, EventCallback
@@ -64,6 +65,7 @@ from engine.ops.adopt import check_object, open_replica
 from engine.repo.locks import RepoLock
 from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name, read_header
 from engine.repo.repository import PACK_TARGET, IndexEntry, Repository, sha256_hex
+from engine.repo.xorblocks import stored_ids
 from engine.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -601,9 +603,7 @@ def _tree_needs(view: Repository, root: str,
         paths: list[str] = []
         for node in pending.pop(tid):
             name = str(node.get("name") or node.get("name_b64") or "?")
-            content = node.get("content") or []
-            lacking = [b for b in (content if isinstance(content, list) else [])
-                       if isinstance(b, str) and b not in view.index]
+            lacking = [b for b in _node_blobs(node) if b not in view.index]
             if lacking:
                 parts.append(frozenset(lacking))
                 paths.append(name)
@@ -643,10 +643,29 @@ def _needed(view: Repository, snaps: dict[str, dict]) -> set[str]:
                     continue
                 if isinstance(node.get("subtree"), str):
                     stack.append(node["subtree"])
-                content = node.get("content") or []
-                used.update(b for b in (content if isinstance(content, list) else [])
-                            if isinstance(b, str))
+                used.update(_node_blobs(node, extra=True))
     return used
+
+
+def _node_blobs(node: dict, extra: bool = False) -> list[str]:
+    """The data blobs a file node needs stored (`xorblocks.stored_ids`): a block stored
+    as a XOR delta (format 1.2) needs its two blobs, and is missing when either is.
+    Lenient, as the rest of the walk: a malformed content list counts as empty; with a
+    malformed ``xor`` list the content ids count (restore refuses such a node anyway).
+    extra: also the content ids of delta blocks, should they be stored (collecting too
+    much is safe where what is kept is asked)."""
+    content = node.get("content") or []
+    if not isinstance(content, list):
+        return []
+    if "xor" not in node:
+        return [b for b in content if isinstance(b, str)]
+    try:
+        ids = list(stored_ids(node))
+    except UnsafeEntry:
+        ids = []
+    if extra or not ids:
+        ids += content
+    return [b for b in ids if isinstance(b, str)]
 
 
 def _salvage(repo: Repository, scan: _Scan, needed: set[str], report: RepairReport,

@@ -2,10 +2,14 @@
 
 quick: every index file and snapshot decodes and matches its name; every tree
 of the selected snapshots loads and checks; every content blob is in the index;
-every pack the index names exists with the size the index gives.
+every pack the index names exists with the size the index gives. A block stored as
+a XOR delta (format 1.2, docs/FORMAT.md 5.2) needs its two blobs instead of its own
+id: both in the index, data blobs of equal length, in packs that are there (a problem
+naming the file otherwise).
 read_data: also read every pack the selected snapshots need in full, check its
 SHA-256 against its name, parse its header, and authenticate, decompress and
-hash each blob. Each problem names the object and the snapshots it affects.
+hash each blob; and rebuild every delta block and check it against its id. Each
+problem names the object and the snapshots it affects.
 
 Local packs are checked by forked workers, one a core, each reading a pack at a time
 into a buffer it keeps. Verifying every snapshot, they start on every pack of the index
@@ -18,6 +22,7 @@ again for them. The report is the same either way (tests/test_verify_split.py).
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import sqlite3
@@ -28,9 +33,10 @@ from engine.catalog import Catalog
 from engine.errors import EngineError, IntegrityError, NotFound
 from engine.events import CancelToken, Event, EventCallback
 from engine.memory import keep_freed
-from engine.repo.pack import MAX_PACK, open_blob, pack_name, read_header
+from engine.repo.pack import DATA, MAX_PACK, open_blob, pack_name, read_header
 from engine.repo.repository import Repository, parse_index, sha256_hex
 from engine.repo.walk import walk
+from engine.repo.xorblocks import content_pieces, load_piece, stored_ids
 from engine.sources import registry
 
 log = logging.getLogger("backup_tui.engine")
@@ -124,13 +130,15 @@ def verify(
     # A walk loads every tree twice (measured first, then walked): keep them all for the
     # second time, within the cache's bytes (TREE_CACHE_BYTES), instead of 512 of them.
     cache_blobs = repo.tree_cache_blobs
+    rebuilt: set[bytes] = set()  # --read-data: the delta blocks rebuilt and checked
     try:
         repo.tree_cache_blobs = max(cache_blobs, WALK_TREE_CACHE_BLOBS)
         for i, snap in enumerate(snaps):
             cancel.check()
             on_event(Event(job_id, "verify", items_done=i, items_total=len(snaps),
                            message=f"structure of {snap['id'][:12]}"))
-            _check_structure(repo, snap, report, pack_users, needed_blobs)
+            _check_structure(repo, snap, report, pack_users, needed_blobs, present,
+                             rebuilt if read_data else None)
         repo.tree_cache_blobs = cache_blobs
         repo.drop_caches()  # the trees kept for the walk (up to TREE_CACHE_BYTES)
         _check_sizes(repo, present, pack_users, report)
@@ -223,12 +231,18 @@ def _ids(value: object, where: str) -> list[str]:
     return value
 
 
-def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
+def _check_structure(repo, snap, report, pack_users, needed_blobs,
+                     present: dict[str, int] | None = None,
+                     rebuilt: set[bytes] | None = None) -> None:
+    """present: the packs listed (name -> size), for the blobs of delta blocks.
+    rebuilt: given (--read-data), every block stored as a XOR delta is also rebuilt
+    and checked against its id, once for all snapshots (the set records which)."""
     sid = snap["id"]
     root = snap.get("tree")
     # each blob once, with the first place that names it: memory grows with the
     # distinct blobs, not with how often a shared subtree is reached
     blob_ids: dict[str, str] = {}
+    deltas = [0]  # problems of delta blocks reported for this snapshot
     try:
         if root:
             if not isinstance(root, str):
@@ -237,8 +251,14 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
             for path, node in walk(repo, root):
                 if node["type"] == "dir" and isinstance(node.get("subtree"), str):
                     blob_ids.setdefault(node["subtree"], "tree")  # else the walk refuses it
-                for b in _ids(node.get("content"), os.fsdecode(path)):
-                    blob_ids.setdefault(b, os.fsdecode(path))
+                where = os.fsdecode(path)
+                if "xor" in node:  # format 1.2: its delta blocks' own ids are not stored
+                    _check_deltas(repo, sid, where, node, report, present, rebuilt, deltas)
+                    for b in stored_ids(node, where):
+                        blob_ids.setdefault(b, where)
+                    continue
+                for b in _ids(node.get("content"), where):
+                    blob_ids.setdefault(b, where)
         for key in ("stream", "globals"):
             for b in _ids(snap.get(key), f"snapshots/{sid}"):
                 blob_ids.setdefault(b, key)
@@ -260,6 +280,60 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs) -> None:
             continue
         pack_users[entry.pack_id].add(sid)
         needed_blobs[entry.pack_id].add(b)
+
+
+MAX_DELTA_PROBLEMS = 20  # per snapshot; the blobs' own problems are reported besides
+
+
+def _check_deltas(repo, sid: str, where: str, node: dict, report: VerifyReport,
+                  present: dict[str, int] | None, rebuilt: set[bytes] | None,
+                  count: list[int]) -> None:
+    """The blocks of a file node stored as XOR deltas (docs/FORMAT.md 5.2): their two
+    blobs are in the index, data blobs of equal length, in packs that are there; with
+    ``rebuilt`` (--read-data) each block is also rebuilt and checked against its id.
+    Problems name the file's path (at most MAX_DELTA_PROBLEMS a snapshot)."""
+    index = repo.index
+
+    def problem(message: str) -> None:
+        count[0] += 1
+        if count[0] <= MAX_DELTA_PROBLEMS:
+            report.problems.append(Problem(f"snapshots/{sid}", message, [sid]))
+
+    for i, (full, x_id, base_id) in enumerate(content_pieces(node, where)):
+        if x_id is None:
+            continue
+        sound = True
+        for what, bid in (("delta", x_id), ("base", base_id)):
+            entry = index.get(bid)
+            if entry is None:  # reported below with the path, as for any blob
+                sound = False
+                continue
+            if entry.type != DATA:
+                why = f"is a {entry.type} blob, not data"
+            elif present is not None and pack_name(entry.pack_id) not in present:
+                why = f"is in {pack_name(entry.pack_id)}, which is missing"
+            else:
+                continue
+            sound = False
+            problem(f"{where}: block {i} is stored as a delta whose {what} blob {bid} {why}")
+        if not sound:
+            continue
+        x, base = index[x_id], index[base_id]
+        if x.raw_length != base.raw_length:
+            problem(f"{where}: block {i} is stored as the XOR of blobs of {x.raw_length} and "
+                    f"{base.raw_length} bytes ({x_id[:16]}, {base_id[:16]})")
+            continue
+        if rebuilt is None:
+            continue
+        key = hashlib.blake2b(f"{full}{x_id}{base_id}".encode(), digest_size=16).digest()
+        if key in rebuilt:
+            continue
+        try:
+            load_piece(repo, full, x_id, base_id, where)
+        except EngineError as e:
+            problem(f"{where}: block {i}: {e}" if not str(e).startswith(where) else str(e))
+            continue
+        rebuilt.add(key)
 
 
 def _check_kind(repo: Repository, snap: dict, report: VerifyReport, job_id: str,
