@@ -1,8 +1,8 @@
-"""Readers of blocks stored as the XOR of two blobs (format 1.2, engine/repo/xorblocks.py):
+"""Readers of blocks stored as deltas against older blocks (format 1.2, engine/repo/blockdelta.py):
 restore (threads, forked writers, a remote backend's read-ahead, resume, sparse files,
 a cluster snapshot's restore_base) and dump (through GNU tar) give the file's bytes; a
 delta that does not rebuild its block fails naming the file and the block, with nothing
-wrong written; a malformed ``xor`` list is refused before anything is written.
+wrong written; a malformed ``delta`` list is refused before anything is written.
 
 The repositories are written by hand (BlobWriter + commit + save_snapshot), as a base
 backup would: an older backup's blocks stored whole, a newer one's changed blocks stored
@@ -25,7 +25,7 @@ from engine.ops import dump as dump_op
 from engine.ops.restore import _Restorer, execute_restore, plan_restore
 from engine.repo.repository import DATA, TREE, Repository, now_iso
 from engine.repo.tree import encode_tree
-from engine.repo.xorblocks import xor_bytes
+from engine.repo.blockdelta import make_delta
 from engine.sources.cluster import restore_base
 from engine.storage import MemoryBackend
 
@@ -69,6 +69,7 @@ class Builder:
     def file(self, name: str, old: list[bytes], plan: str, **kw) -> dict:
         """``plan``: one letter a block: ``=`` unchanged, ``w`` changed and stored whole,
         ``x`` changed and stored as a delta, ``z`` zeros stored whole (a hole)."""
+        self.last_old = old
         ids = [self.old.save(DATA, b) for b in old]
         self.old.commit()  # the older backup: the new one finds its blocks stored
         content, xor, data = [], [], []
@@ -84,12 +85,14 @@ class Builder:
                 self.new.save(DATA, new)
             else:
                 new = changed(self.rnd, b)
-                xor.append([i, self.new.save(DATA, xor_bytes(new, b)), ids[i]])
+                d = make_delta(new, b)
+                assert d is not None
+                xor.append([i, self.new.save(DATA, d), ids[i]])
                 self.deltas.append(self.blob_id(new))
             content.append(self.blob_id(new))
             data.append(new)
         self.expected[name] = b"".join(data)
-        extra = {"xor": xor} if xor else {}
+        extra = {"delta": xor} if xor else {}
         return node(name, "file", content=content, size=len(self.expected[name]),
                     **extra, **kw)
 
@@ -185,7 +188,7 @@ def test_a_many_block_file_is_read_in_windows_of_few_runs(local):
     plan = plan_restore(local, snap, "/nonexistent-target")
     many = next(n for p, n in plan.entries if p == b"many")
     r = _Restorer(local, plan, "test", lambda e: None, CancelToken())
-    windows = list(r._xor_windows(many, "many"))
+    windows = list(r._delta_windows(many, "many"))
     assert [len(pieces) for pieces, _ in windows] == [256, 44]
     assert [i for pieces, _ in windows for i, *_ in pieces] == list(range(300))
     for pieces, runs in windows:
@@ -231,8 +234,12 @@ def wrong_delta(b: Builder, same_length: bool = True) -> dict:
     """A 300-block file whose block 280 (in the second window) is a delta that rebuilds
     other data, or is an x blob of another length than its base."""
     f = b.file("bad", b.blocks(300), "".join("x" if i % 2 else "=" for i in range(300)))
-    entry = next(e for e in f["xor"] if e[0] == 281)
-    other = b.rnd.randbytes(BLOCK if same_length else BLOCK - 1)
+    entry = next(e for e in f["delta"] if e[0] == 281)
+    base = b.last_old[281]
+    if same_length:  # a valid delta of the base that rebuilds other bytes
+        other = make_delta(changed(b.rnd, base), base)
+    else:  # not a zstd frame of the base's length
+        other = b.rnd.randbytes(BLOCK - 1)
     entry[1] = b.new.save(DATA, other)
     return f
 
@@ -252,8 +259,8 @@ def test_a_wrong_delta_fails_naming_the_block(local, tmp_path, processes, same_l
     with pytest.raises(IntegrityError) as err:
         restore(local, snap, tmp_path / "out", processes)
     assert "bad (block 281)" in str(err.value), err.value
-    assert "rebuilt from its delta does not match" in str(err.value) or (
-        "XOR of blobs of" in str(err.value))
+    assert ("does not match its id" in str(err.value) if same_length
+            else "not a zstd frame" in str(err.value)), err.value
     good_prefix(tmp_path / "out" / "bad", b.expected["bad"])
     with pytest.raises(IntegrityError) as err:
         dump_all(local, snap)
@@ -272,7 +279,7 @@ def test_a_wrong_delta_fails_the_cli_dump(sandbox, engine, tmp_path):
 
 
 def malformed_cases(f: dict) -> dict[str, list]:
-    x, base = f["xor"][0][1], f["xor"][0][2]
+    x, base = f["delta"][0][1], f["delta"][0][2]
     return {
         "index-out-of-range": [[2, x, base]],
         "negative-index": [[-1, x, base]],
@@ -286,17 +293,17 @@ def malformed_cases(f: dict) -> dict[str, list]:
     }
 
 
-@pytest.mark.parametrize("case", sorted(malformed_cases({"xor": [[0, "0" * 64, "1" * 64]]})))
-def test_a_malformed_xor_list_is_refused_before_writing(local, tmp_path, case):
+@pytest.mark.parametrize("case", sorted(malformed_cases({"delta": [[0, "0" * 64, "1" * 64]]})))
+def test_a_malformed_delta_list_is_refused_before_writing(local, tmp_path, case):
     b = Builder(local)
     ok = b.file("a-ok", b.blocks(1), "=")
     f = b.file("bad", b.blocks(2), "x=")
-    f["xor"] = malformed_cases(f)[case]
+    f["delta"] = malformed_cases(f)[case]
     snap = b.snapshot([ok, f])
     target = tmp_path / "out"
     with pytest.raises(UnsafeEntry) as err:
         plan_restore(local, snap, target)
-    assert "bad" in str(err.value) and "xor" in str(err.value)
+    assert "bad" in str(err.value) and "delta" in str(err.value)
     assert not target.exists()
     with pytest.raises(UnsafeEntry):
         restore_base(local, snap, target, "test", lambda e: None, None, owner=None)
@@ -403,11 +410,11 @@ def test_dump_of_a_selected_path(local, tmp_path):
     assert (tmp_path / "sel" / "d" / "small").read_bytes() == b.expected["small"]
 
 
-def test_wrong_x_of_an_unreadable_kind_is_named(local, tmp_path):
-    """An x id that is not a stored blob at all: the missing blob is named (load_blob)."""
+def test_a_delta_blob_that_is_not_stored_is_named(local, tmp_path):
+    """A delta id that is not a stored blob at all: the missing blob is named (load_blob)."""
     b = Builder(local)
     f = b.file("bad", b.blocks(2), "x=")
-    f["xor"][0][1] = "ab" * 32
+    f["delta"][0][1] = "ab" * 32
     snap = b.snapshot([f])
     for processes in (1, 2):
         with pytest.raises(EngineError) as err:

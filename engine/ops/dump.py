@@ -26,9 +26,9 @@ own ``tar --format=pax --xattrs --acls`` archive:
   The holes are first checked to be zeros in the content (reading only the
   blobs that overlap them, each once); if they are not, or the blobs' sizes
   do not add up, the file is written plainly, which is always right;
-- a file whose blocks are partly stored as deltas (``xor``, format 1.2,
-  engine/repo/xorblocks.py) has those blocks rebuilt from their two blobs and
-  checked against their ids; its ``xor`` list is checked before its member is
+- a file whose blocks are partly stored as deltas (``delta``, format 1.2,
+  engine/repo/blockdelta.py) has those blocks rebuilt from their two blobs and
+  checked against their ids; its ``delta`` list is checked before its member is
   written, and it is always written plainly (never as a sparse member);
 - sockets are skipped with a warning (they cannot be restored).
 
@@ -57,7 +57,7 @@ from engine.errors import IntegrityError, UsageError
 from engine.repo.repository import Repository
 from engine.repo.tree import link_target
 from engine.repo.walk import find, walk
-from engine.repo.xorblocks import load_piece, node_xor
+from engine.repo.blockdelta import load_piece, node_deltas
 
 log = logging.getLogger("backup_tui.engine.dump")
 
@@ -82,16 +82,16 @@ def socket_skipped(path: bytes) -> str:
 
 
 class BlobStream(io.RawIOBase):
-    """A read-only file over a list of blob ids, each verified on read. ``xor``: the
-    blocks stored as deltas (``{i: (x_id, base_id)}``, engine/repo/xorblocks.py), each
+    """A read-only file over a list of blob ids, each verified on read. ``delta``: the
+    blocks stored as deltas (``{i: (delta_id, base_id)}``, engine/repo/blockdelta.py), each
     rebuilt from its two blobs and checked against its id (IntegrityError naming
     ``where`` and the block)."""
 
     def __init__(self, repo: Repository, blob_ids: list[str],
-                 xor: dict[int, tuple[str, str]] | None = None, where: str = ""):
+                 deltas: dict[int, tuple[str, str]] | None = None, where: str = ""):
         self.repo = repo
         self.ids = list(blob_ids)
-        self.xor = xor or {}
+        self.deltas = deltas or {}
         self.where = where
         self.pos = 0
         self.buf = memoryview(b"")
@@ -101,7 +101,7 @@ class BlobStream(io.RawIOBase):
 
     def readinto(self, b) -> int:  # type: ignore[override]
         while not self.buf and self.pos < len(self.ids):
-            pair = self.xor.get(self.pos) if self.xor else None
+            pair = self.deltas.get(self.pos) if self.deltas else None
             if pair is None:
                 self.buf = memoryview(self.repo.load_blob(self.ids[self.pos], "data"))
             else:
@@ -286,7 +286,7 @@ def _hardlink_key(node: dict) -> tuple | None:
 
 def _same_file(a: dict, b: dict) -> bool:
     """Two nodes of one (dev, inode) that agree on what a link would share."""
-    keys = ("type", "content", "xor", "size", "rdev", "target", "target_b64")
+    keys = ("type", "content", "delta", "size", "rdev", "target", "target_b64")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -478,13 +478,13 @@ def dump_files(repo: Repository, snap: dict, out: BinaryIO, path: str | None = N
                     raise IntegrityError(f"{ti.name}: malformed content list in the snapshot")
                 # blocks stored as deltas (format 1.2): checked before anything of the
                 # member is written; such a file is written plainly, never as sparse
-                xor = node_xor(node, ti.name)
-                sparse = sparse_member(repo, ti, node) if not xor else None
+                deltas = node_deltas(node, ti.name)
+                sparse = sparse_member(repo, ti, node) if not deltas else None
                 if sparse is not None:
                     tar.addfile(*sparse)
                     count += 1
                     continue
-                data = io.BufferedReader(BlobStream(repo, content, xor, ti.name), COPY_BUFFER)
+                data = io.BufferedReader(BlobStream(repo, content, deltas, ti.name), COPY_BUFFER)
                 try:
                     tar.addfile(ti, data)
                 except OSError as e:

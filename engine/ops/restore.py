@@ -21,13 +21,14 @@ file (extended attributes the snapshot does not have are removed). Anything
 else in the way is removed and written as with --force. The check runs where
 the content would be written (worker threads, forked writers).
 
-Blocks stored as deltas (a file node's ``xor``, format 1.2, engine/repo/xorblocks.py):
-the plan checks every ``xor`` list (a malformed one writes nothing); such a file is
-written a window of blocks at a time (the blobs it needs, plain blocks, x blobs and
+Blocks stored as deltas (a file node's ``delta``, format 1.2, engine/repo/blockdelta.py):
+the plan checks every ``delta`` list (a malformed one writes nothing); such a file is
+written a window of blocks at a time (the blobs it needs, plain blocks, delta blobs and
 bases, read run by run in the order they lie in the repository), every delta rebuilt and
 checked against its block's id before the window is written; resume compares the
-file's pieces (cut at the x blobs' lengths) with the blocks' ids as for any file. Files
-without ``xor`` take the plain path.
+file's pieces (cut at the lengths of the blocks, a delta's being its base's) with the
+blocks' ids as for any file. Files
+without ``delta`` take the plain path.
 
 Per entry: content (holes skipped, so a sparse file stays sparse), then owner
 (as root), mode, extended attributes (POSIX ACLs among them; one the target
@@ -63,7 +64,7 @@ from engine.repo.pack import MAX_SEALED_BLOB, open_blob, pack_name
 from engine.repo.repository import IndexEntry, Repository
 from engine.repo.tree import hardlink_key, link_target, node_holes, node_xattrs
 from engine.repo.walk import find, walk
-from engine.repo.xorblocks import content_pieces, load_piece, node_xor, rebuild, stored_ids
+from engine.repo.blockdelta import content_pieces, load_piece, node_deltas, rebuild, stored_ids
 from engine.sources.files import DirChain, entry_path
 
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
@@ -198,7 +199,7 @@ def plan_restore(
             if not isinstance(n.get("content", []), list):
                 raise UnsafeEntry(f"{where}: malformed content list")
             node_holes(n, where)
-            node_xor(n, where)  # blocks stored as deltas: a malformed list writes nothing
+            node_deltas(n, where)  # blocks stored as deltas: a malformed list writes nothing
         elif n["type"] == "dir":
             plan.dirs += 1
         node_xattrs(n, where)
@@ -412,8 +413,8 @@ class _Restorer:
             holes = node_holes(node)
             if holes:
                 self._write_sparse(fd, rel, node, holes)
-            elif "xor" in node:
-                self._write_xor(fd, rel, node)
+            elif "delta" in node:
+                self._write_deltas(fd, rel, node)
             else:
                 for run in self._runs(node.get("content", [])):
                     datas = self._load_run(run)
@@ -427,13 +428,13 @@ class _Restorer:
             self.files_done += 1
 
     # ------------------------------------------------------- blocks as deltas
-    def _xor_windows(self, node: dict, where: str) -> Iterator[tuple[list, list]]:
-        """A file with blocks stored as deltas (``xor``, engine/repo/xorblocks.py), as
+    def _delta_windows(self, node: dict, where: str) -> Iterator[tuple[list, list]]:
+        """A file with blocks stored as deltas (``delta``, engine/repo/blockdelta.py), as
         windows of consecutive blocks of at most _RUN_BYTES and _RUN_BLOBS blocks (or
-        one block): ``(pieces, runs)``, ``pieces`` the window's ``(i, full_id, x_id,
-        base_id)`` (x and base None for a block stored whole), ``runs`` (``_runs``) for
-        every blob the window needs (its plain blocks, x blobs and bases), each once, in
-        the order they lie in the repository: a base backup's x blobs and new blocks lie
+        one block): ``(pieces, runs)``, ``pieces`` the window's ``(i, full_id, delta_id,
+        base_id)`` (the last two None for a block stored whole), ``runs`` (``_runs``) for
+        every blob the window needs (its plain blocks, delta blobs and bases), each once,
+        in the order they lie in the repository: a base backup's deltas and new blocks lie
         back to back in its packs, the unchanged blocks and the bases in the older
         backup's, so a window is read with a few requests whatever the mix of blocks."""
         get = self.repo.index.get
@@ -445,15 +446,15 @@ class _Restorer:
             ids = sorted(where_of, key=where_of.__getitem__)
             return list(window), self._runs(ids)
 
-        for i, (full, x, base) in enumerate(content_pieces(node, where)):
-            need = (full,) if x is None else (x, base)
+        for i, (full, delta, base) in enumerate(content_pieces(node, where)):
+            need = (full,) if delta is None else (delta, base)
             entries = [get(b) if isinstance(b, str) else None for b in need]
-            n = entries[0].raw_length if entries[0] is not None else 0
+            n = entries[-1].raw_length if entries[-1] is not None else 0  # a delta: its base's
             if window and (size + n > _RUN_BYTES or len(window) >= _RUN_BLOBS):
                 yield cut()
                 window, size = [], 0
                 where_of = {}
-            window.append((i, full, x, base))
+            window.append((i, full, delta, base))
             size += n
             for b, e in zip(need, entries, strict=True):
                 # odd blobs (not in the index) first, each alone: load_blob names them
@@ -461,25 +462,25 @@ class _Restorer:
         if window:
             yield cut()
 
-    def _write_xor(self, fd: int, rel: bytes, node: dict) -> None:
+    def _write_deltas(self, fd: int, rel: bytes, node: dict) -> None:
         """The content of a file with blocks stored as deltas, a window at a time
-        (``_xor_windows``): the window's blobs read run by run, its deltas rebuilt and
+        (``_delta_windows``): the window's blobs read run by run, its deltas rebuilt and
         checked against their ids (IntegrityError naming the file and the block, before
         the window is written), then one writev."""
         where = os.fsdecode(rel)
         keys = self.repo.keys
-        for pieces, runs in self._xor_windows(node, where):
+        for pieces, runs in self._delta_windows(node, where):
             self.cancel.check()
             blobs: dict[str, bytes | memoryview] = {}
             for run in runs:
                 for (blob_id, _), data in zip(run, self._load_run(run), strict=True):
                     blobs[blob_id] = data
             out: list[bytes | memoryview] = []
-            for i, full, x, base in pieces:
-                if x is None:
+            for i, full, delta, base in pieces:
+                if delta is None:
                     out.append(blobs[full])
                 else:
-                    out.append(rebuild(keys, full, blobs[x], blobs[base],
+                    out.append(rebuild(keys, full, blobs[delta], blobs[base],
                                        f"{where} (block {i})"))
             _write_all(fd, out)
             with self._lock:
@@ -563,10 +564,10 @@ class _Restorer:
         holes = node_holes(node)
         content = node.get("content", [])
         # a block stored as a delta has no index entry of its own id: its length is its
-        # x blob's; its piece's id is still compared with the block's own id (content)
-        xor = node_xor(node) if "xor" in node else None
-        stored = content if not xor else [xor[i][0] if i in xor else b
-                                          for i, b in enumerate(content)]
+        # base's; its piece's id is still compared with the block's own id (content)
+        deltas = node_deltas(node) if "delta" in node else None
+        stored = content if not deltas else [deltas[i][1] if i in deltas else b
+                                             for i, b in enumerate(content)]
         blob_id_of = self.repo.keys.blob_id
         window: list[tuple[int, int, str]] = []  # (offset, raw length, id), back to back
 
@@ -703,8 +704,8 @@ class _Restorer:
             if self.resume and self._predicted_kept(rel, node):
                 continue  # the content is checked, not fetched (one found different is
                 # read run by run, as without read-ahead)
-            if "xor" in node:  # the runs in the order _write_xor takes them
-                runs = [run for _, window in self._xor_windows(node, os.fsdecode(rel))
+            if "delta" in node:  # the runs in the order _write_deltas takes them
+                runs = [run for _, window in self._delta_windows(node, os.fsdecode(rel))
                         for run in window]
             else:
                 runs = self._runs(node.get("content", []))
@@ -727,14 +728,14 @@ class _Restorer:
                       holes: list[tuple[int, int]]) -> None:
         """Write only the data between the holes: a blob wholly inside a hole is not even
         read, one that overlaps a hole writes its data part; then truncate to the size.
-        A block stored as a delta (``xor``) is as long as its x blob, and rebuilt."""
+        A block stored as a delta (``delta``) is as long as its base, and rebuilt."""
         size = int(node.get("size", 0))
         data = _data_ranges(holes, size)
-        xor = node_xor(node) if "xor" in node else {}
+        deltas = node_deltas(node) if "delta" in node else {}
         off = j = 0
         for i, blob_id in enumerate(node.get("content", [])):
-            pair = xor.get(i)
-            stored_id = blob_id if pair is None else pair[0]
+            pair = deltas.get(i)
+            stored_id = blob_id if pair is None else pair[1]  # a delta: as long as its base
             entry = self.repo.index.get(stored_id)
             if entry is None:
                 raise IntegrityError(f"blob {stored_id} is not in the index (missing data)",
@@ -1061,7 +1062,7 @@ class _Restorer:
 
         def where(item: tuple[bytes, dict, int]) -> tuple[str, int]:
             content = item[1].get("content") or []
-            if content and "xor" in item[1]:  # block 0 may be stored as a delta
+            if content and "delta" in item[1]:  # block 0 may be stored as a delta
                 content = [next(stored_ids(item[1]), None)]
             entry = get(content[0]) if content and isinstance(content[0], str) else None
             return (entry.pack_id, entry.offset) if entry is not None else ("", 0)

@@ -25,6 +25,7 @@ blocks gets larger blocks (doubled until it fits; see ``block_size_for``).
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import subprocess
@@ -32,6 +33,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,6 +41,8 @@ import pyfastcdc
 
 from engine.errors import Cancelled, EngineError
 from engine.events import CancelToken
+from engine.repo.blockdelta import KEY as DELTA_KEY
+from engine.repo.blockdelta import make_delta, node_deltas
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, name_fields
 
@@ -50,6 +54,10 @@ MAX_MANIFEST = 64 * 1024 * 1024  # a manifest larger than this is stored, not pa
 READ = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
 INFLIGHT_BYTES = 4 * 1024 * 1024  # blocks of relation files sealing at once (not files')
+JUDGE_AHEAD = 64  # blocks being hashed and compared with the parent's at once
+# what one directory's tree blob may grow to with delta entries (each ~150 bytes of JSON
+# beside the ~70 of a block id); the reader refuses a tree over 64 MiB
+DIR_TREE_BUDGET = 40 * 1024 * 1024
 
 _RELATION = re.compile(rb"\d+(?:_(?:fsm|vm|init))?(?:\.\d+)?")
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
@@ -317,7 +325,8 @@ class TreeBuilder:
                     size=0)
         return node
 
-    def add(self, m: Member, content: list[str] | None = None) -> None:
+    def add(self, m: Member, content: list[str] | None = None,
+            deltas: list[list] | None = None) -> None:
         parent, _, name = m.name.rpartition(b"/")
         entries = self._goto(parent, m)
         if m.type == "dir":
@@ -337,6 +346,8 @@ class TreeBuilder:
                     size=m.size)
         if m.type == "file":
             node["content"] = content or []
+            if deltas:
+                node[DELTA_KEY] = deltas
             self.files += 1
         else:
             node.update(name_fields("target", m.linkname))
@@ -360,6 +371,7 @@ class StreamResult:
     end_lsn: str = ""  # pg_basebackup --verbose: "write-ahead log end point"
     wal_seg_size: int = 0  # size of a WAL segment file seen in pg_wal/
     block_sizes: dict[str, int] = field(default_factory=dict)  # directories not at the default
+    deltas: int = 0  # blocks stored as a delta against the parent's block
 
 
 def block_size_for(default: int, dir_bytes: int) -> int:
@@ -400,6 +412,91 @@ def explain_failure(name: str, rc: int, stderr: str, user: str) -> str:
             "no snapshot was written")
 
 
+class ParentBlocks:
+    """The relation files of the parent base backup, so a block that changed since can be
+    stored as a delta against the parent's block (engine/repo/blockdelta.py, format 1.2).
+
+    The stream visits the data directory depth first, so one directory's tree is held at
+    a time (and the trees on the way to it). A parent that cannot be read is no parent:
+    the blocks are stored whole, as in a first backup."""
+
+    def __init__(self, repo: Repository, snap: dict):
+        self.repo = repo
+        self.default = int(snap.get("block_size") or 0)
+        sizes = snap.get("block_sizes")
+        self.sizes = sizes if isinstance(sizes, dict) else {}
+        root = snap.get("tree")
+        self._trees: dict[bytes, str | None] = {b"": root if isinstance(root, str) else None}
+        self._dir: bytes | None = None
+        self._nodes: dict[bytes, dict] = {}
+        self.bases_read = 0
+
+    def block_size(self, directory: bytes) -> int:
+        v = self.sizes.get(directory.decode(errors="replace"), self.default)
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    def _children(self, directory: bytes) -> dict[bytes, dict]:
+        from engine.repo.walk import children
+
+        tid = self._tree_of(directory)
+        if tid is None:
+            return {}
+        try:
+            return dict(children(self.repo, tid, directory.decode(errors="replace")))
+        except EngineError:
+            return {}
+
+    def _tree_of(self, directory: bytes) -> str | None:
+        if directory in self._trees:
+            return self._trees[directory]
+        up, _, name = directory.rpartition(b"/")
+        tid = None
+        if self._tree_of(up) is not None:
+            node = (self._nodes if self._dir == up else self._children(up)).get(name)
+            if node is not None and node.get("type") == "dir" and isinstance(
+                    node.get("subtree"), str):
+                tid = node["subtree"]
+        if len(self._trees) > 4096:
+            self._trees = {b"": self._trees[b""]}
+        self._trees[directory] = tid
+        return tid
+
+    def file(self, path: bytes, block_size: int) -> tuple[list, dict[int, tuple[str, str]]]:
+        """(content, delta entries) of the parent's file at ``path`` when it was cut into
+        blocks of ``block_size``; ([], {}) otherwise."""
+        directory, _, name = path.rpartition(b"/")
+        if self.block_size(directory) != block_size:
+            return [], {}
+        if directory != self._dir:
+            self._nodes = self._children(directory)
+            self._dir = directory
+        node = self._nodes.get(name)
+        if node is None or node.get("type") != "file":
+            return [], {}
+        content = node.get("content")
+        if not isinstance(content, list):
+            return [], {}
+        try:
+            return content, node_deltas(node, path.decode(errors="replace"))
+        except EngineError:
+            return [], {}
+
+    def delta(self, block: memoryview, base_id: object) -> bytes | None:
+        """The delta of ``block`` against the parent's block ``base_id`` when it is far
+        smaller than the block, else None."""
+        if not isinstance(base_id, str):
+            return None
+        entry = self.repo.index.get(base_id)
+        if entry is None or entry.type != DATA or entry.raw_length != len(block):
+            return None
+        try:
+            base = self.repo.load_blob(base_id, DATA)
+        except EngineError:
+            return None
+        self.bases_read += 1
+        return make_delta(block, base)
+
+
 def enlarge_pipe(f) -> None:
     """A 1 MiB pipe buffer (F_SETPIPE_SZ), so the writer goes on while we work on a chunk."""
     try:
@@ -420,8 +517,11 @@ def stream_basebackup(
     block_for: Callable[[bytes], int],
     progress: Callable[[int, str], None],
     cancel: CancelToken,
+    parent: ParentBlocks | None = None,
 ) -> StreamResult:
-    """Run pg_basebackup (``cmd``, writing a tar to stdout) and store its stream."""
+    """Run pg_basebackup (``cmd``, writing a tar to stdout) and store its stream. With
+    ``parent``, a relation file's block that changed since it is stored as a delta
+    against the parent's block where that is far smaller (file node key ``delta``)."""
     mn, avg, mx, seed = repo.chunker_params()
     cdc = pyfastcdc.FastCDC(avg, min_size=mn, max_size=mx, seed=seed)
     trees = TreeBuilder(writer)
@@ -431,9 +531,37 @@ def stream_basebackup(
     wal_seg = 0
     used_sizes: dict[str, int] = {}
     buffers: dict[int, bytearray] = {}
+    dir_budget: dict[bytes, list[int]] = {}  # estimated tree bytes of each directory
+    res_deltas = [0]
+    blob_id = repo.keys.blob_id
+    judges = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delta")
+
+    def judge(data: bytes, was: object, base: object, may: bool) -> tuple[str, bytes | None]:
+        """A block's id, and its delta against ``base`` when it changed (hashing,
+        reading the base and zstd let go of the GIL: two of these run at once)."""
+        fid = blob_id(data)
+        if fid == was or not may or parent is None:
+            return fid, None
+        return fid, parent.delta(data, base)
+
+    def take(judged: collections.deque, content: list, deltas: list, budget: list) -> None:
+        """The oldest judged block into the file's content, in order."""
+        at, data, was, pair, base, fut = judged.popleft()
+        fid, d = fut.result()
+        if fid == was and pair is not None:  # unchanged, a delta before
+            content.append(fid)
+            deltas.append([at, pair[0], pair[1]])
+            budget[0] += 150
+        elif d is None:
+            content.append(writer.save(DATA, data, fid))
+        else:
+            deltas.append([at, writer.save(DATA, d), base])
+            content.append(fid)
+            budget[0] += 150
+            res_deltas[0] += 1
     last = 0.0
     inflight = writer.max_inflight  # counted in blobs: sized for ~1 MiB chunks
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, judges:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, bufsize=READ)
         try:
@@ -451,6 +579,7 @@ def stream_basebackup(
                     trees.add(m)
                     continue
                 content: list[str] = []
+                deltas: list[list] = []
                 if is_relation(m.name):
                     size = block_for(relation_dir(m.name))
                     if size != block_for(b""):
@@ -458,16 +587,36 @@ def stream_basebackup(
                     buf = buffers.setdefault(size, bytearray(size))
                     # small blocks: more of them in flight, the same bytes
                     writer.max_inflight = max(inflight, INFLIGHT_BYTES // size)
+                    pcontent, pdelta = parent.file(m.name, size) if parent else ([], {})
+                    budget = dir_budget.setdefault(relation_dir(m.name), [0])
+                    judged: collections.deque = collections.deque()
+
+                    i = -1
                     while True:
                         block = tar.read_block(buf)
                         if not block:
                             break
-                        content.append(writer.save(DATA, block))
+                        i += 1
+                        budget[0] += 70
+                        if i >= len(pcontent):  # no parent block: stored whole
+                            while judged:
+                                take(judged, content, deltas, budget)
+                            content.append(writer.save(DATA, block))
+                        else:  # hashed, and a delta made if it changed, on the judges
+                            data = bytes(block)
+                            was, pair = pcontent[i], pdelta.get(i)
+                            base = pair[1] if pair else was
+                            judged.append((i, data, was, pair, base, judges.submit(
+                                judge, data, was, base, budget[0] < DIR_TREE_BUDGET)))
+                            if len(judged) >= JUDGE_AHEAD:
+                                take(judged, content, deltas, budget)
                         now = time.monotonic()
                         if now - last > 0.1:
                             last = now
                             progress(tar.bytes, m.name.decode(errors="replace"))
                             cancel.check()
+                    while judged:
+                        take(judged, content, deltas, budget)
                 else:
                     writer.max_inflight = inflight
                     keep = m.name in (b"backup_label", b"backup_manifest")
@@ -491,7 +640,7 @@ def stream_basebackup(
                     if m.name.startswith(b"pg_wal/") and re.fullmatch(
                             rb"pg_wal/[0-9A-F]{24}", m.name):
                         wal_seg = max(wal_seg, m.size)
-                trees.add(m, content)
+                trees.add(m, content, deltas)
             rest = proc.stdout.read(READ)  # the tar may be padded to a record size
             while rest:
                 if rest.strip(b"\0"):
@@ -538,7 +687,7 @@ def stream_basebackup(
     end = re.search(r"write-ahead log end point: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)", stderr)
     return StreamResult(tree, tar.bytes, trees.files, trees.dirs,
                         label.decode("utf-8", "replace"), wal_ranges,
-                        end.group(1) if end else "", wal_seg, used_sizes)
+                        end.group(1) if end else "", wal_seg, used_sizes, res_deltas[0])
 
 
 # ------------------------------------------------------------------ the facts
@@ -635,4 +784,5 @@ def now_utc() -> str:
 
 
 __all__ = ["TarStream", "TreeBuilder", "StreamResult", "stream_basebackup", "is_relation",
+           "ParentBlocks",
            "parse_lsn", "format_lsn", "wal_file_name", "postgres_facts", "block_size_for"]

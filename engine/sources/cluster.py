@@ -51,6 +51,7 @@ class ClusterConfig(SourceConfig):
     drill_max_age_hours: int = 192  # health fails when the last drill is older
     drill_tables: tuple[str, ...] = ()  # tables whose row count a drill reports
     wal_prefetch: int = 16  # segments wal-fetch fetches ahead in restore pitr (0: none)
+    delta: bool = True  # a changed block stored as a delta against the parent backup's block
 
     def validate(self, where: str, prefix: str) -> None:
         if not self.dsn.strip():
@@ -250,8 +251,13 @@ class ClusterSource(Source):
                "--verbose", f"--label=backup-tui {self.name}"]
         if self.config.max_rate:
             cmd.append(f"--max-rate={self.config.max_rate.strip()}")
+        parent = None
+        pfacts = (ctx.parent or {}).get("postgres")
+        if (self.config.delta and isinstance(pfacts, dict)
+                and str(pfacts.get("system_identifier")) == str(server["system_identifier"])):
+            parent = bb.ParentBlocks(ctx.repo, ctx.parent)  # same cluster: deltas against its blocks
         res = bb.stream_basebackup(ctx.repo, ctx.writer, self.name, cmd, t.env(), t.user,
-                                   block_for, progress, ctx.cancel)
+                                   block_for, progress, ctx.cancel, parent)
         stopped = _server_now(t) or bb.now_utc()
         facts = bb.postgres_facts(res, server, started, stopped)
         facts.update(pg_basebackup=version, where=t.where, connection_from=t.origin)
@@ -260,7 +266,8 @@ class ClusterSource(Source):
         if res.block_sizes:
             fields["block_sizes"] = res.block_sizes
         return BackupOutput(fields=fields, size=res.bytes,
-                            stats={"dirs": res.dirs, "bytes_read": res.bytes},
+                            stats={"dirs": res.dirs, "bytes_read": res.bytes,
+                                   "delta_blocks": res.deltas},
                             items=res.files)
 
     # ------------------------------------------------------------- drill
