@@ -23,9 +23,9 @@ from engine.errors import EngineError, IntegrityError, UnsafeEntry
 from engine.events import CancelToken
 from engine.ops import dump as dump_op
 from engine.ops.restore import _Restorer, execute_restore, plan_restore
+from engine.repo.blockdelta import make_delta
 from engine.repo.repository import DATA, TREE, Repository, now_iso
 from engine.repo.tree import encode_tree
-from engine.repo.blockdelta import make_delta
 from engine.sources.cluster import restore_base
 from engine.storage import MemoryBackend
 

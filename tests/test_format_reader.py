@@ -198,10 +198,11 @@ class Reader:
                 os.mkdir(path)
                 self.restore(node["subtree"], path, depth + 1, seen | {tree_id})
             elif typ == "file":
-                xor = self.xor_entries(node)
+                deltas = self.delta_entries(node)
                 with open(path, "wb") as f:
                     for i, bid in enumerate(node["content"]):
-                        f.write(self.block(bid, *xor[i]) if i in xor else self.blob(bid, "data"))
+                        f.write(self.block(bid, *deltas[i]) if i in deltas
+                                else self.blob(bid, "data"))
                 assert os.path.getsize(path) == node["size"]
             elif typ == "symlink":
                 os.symlink(raw_name(node, "target"), path)
@@ -214,28 +215,33 @@ class Reader:
             os.utime(path, ns=(node["mtime_ns"], node["mtime_ns"]), follow_symlinks=False)
 
 
-    # format 1.2 (FORMAT.md 5.2): blocks stored as the XOR of two data blobs
+    # format 1.2 (FORMAT.md 5.2): blocks stored as deltas against a block stored whole
     @staticmethod
-    def xor_entries(node: dict) -> dict[int, tuple[str, str]]:
-        """``xor`` as {i: (x_id, base_id)}, checked as untrusted input."""
+    def delta_entries(node: dict) -> dict[int, tuple[str, str]]:
+        """``delta`` as {i: (delta_id, base_id)}, checked as untrusted input."""
         out: dict[int, tuple[str, str]] = {}
         last = -1
-        for e in node.get("xor", []):
-            assert isinstance(e, list) and len(e) == 3, "malformed xor entry"
-            i, x_id, base_id = e
-            assert type(i) is int and last < i < len(node["content"]), "malformed xor entry"
-            for bid in (x_id, base_id):
+        for e in node.get("delta", []):
+            assert isinstance(e, list) and len(e) == 3, "malformed delta entry"
+            i, delta_id, base_id = e
+            assert type(i) is int and last < i < len(node["content"]), "malformed delta entry"
+            for bid in (delta_id, base_id):
                 assert isinstance(bid, str) and len(bid) == 64
-                assert set(bid) <= set("0123456789abcdef"), "malformed xor entry"
-            out[i] = (x_id, base_id)
+                assert set(bid) <= set("0123456789abcdef"), "malformed delta entry"
+            out[i] = (delta_id, base_id)
             last = i
         return out
 
-    def block(self, full_id: str, x_id: str, base_id: str) -> bytes:
-        """plaintext(x_id) XOR plaintext(base_id), which must have the id full_id."""
-        x, base = self.blob(x_id, "data"), self.blob(base_id, "data")
-        assert len(x) == len(base), "xor of blobs of different lengths"
-        data = (int.from_bytes(x, "big") ^ int.from_bytes(base, "big")).to_bytes(len(x), "big")
+    def block(self, full_id: str, delta_id: str, base_id: str) -> bytes:
+        """The zstd frame plaintext(delta_id) decompressed with plaintext(base_id) as a
+        raw-content dictionary: the base's length, and the id full_id."""
+        frame, base = self.blob(delta_id, "data"), self.blob(base_id, "data")
+        assert zstandard.frame_content_size(frame) == len(base), "delta of another length"
+        dictionary = zstandard.ZstdCompressionDict(base,
+                                                   dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        data = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(
+            frame, max_output_size=len(base), allow_extra_data=False)
+        assert len(data) == len(base), "delta of another length"
         assert self.blob_id(data) == full_id, "block rebuilt from its delta does not match"
         return data
 
@@ -375,10 +381,10 @@ def test_canonical_json_matches_the_engine_byte_for_byte():
 
 
 @pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
-def test_independent_reader_rebuilds_blocks_stored_as_xor(sandbox_factory, tmp_path,
+def test_independent_reader_rebuilds_blocks_stored_as_deltas(sandbox_factory, tmp_path,
                                                           encrypted):
-    """Format 1.2: a cluster snapshot whose relation file has blocks stored as the XOR of
-    two data blobs (made by hand with the engine's writer: the program writes them only
+    """Format 1.2: a cluster snapshot whose relation file has blocks stored as deltas
+    against data blobs (made by hand with the engine's writer: the program writes them only
     in cluster backups after a parent)."""
     from engine.repo.tree import encode_tree
 
@@ -400,12 +406,14 @@ def test_independent_reader_rebuilds_blocks_stored_as_xor(sandbox_factory, tmp_p
             "ctime_ns": 1_700_000_000 * 10**9, "inode": 0, "size": len(data)}
     with repo.writer() as w:
         base_ids = [w.save("data", b) for b in bases]
-        x_ids = [w.save("data", bytes(p ^ q for p, q in zip(n, b, strict=True)))
+        x_ids = [w.save("data", zstandard.ZstdCompressor(
+                    level=3, dict_data=zstandard.ZstdCompressionDict(
+                        b, dict_type=zstandard.DICT_TYPE_RAWCONTENT)).compress(n))
                  for n, b in zip(newer, bases, strict=True)]
         node["content"] = [w.save("data", whole)] + [repo.keys.blob_id(n) for n in newer]
-        node["xor"] = [[1, x_ids[0], base_ids[0]], [2, x_ids[1], base_ids[1]]]
+        node["delta"] = [[1, x_ids[0], base_ids[0]], [2, x_ids[1], base_ids[1]]]
         sub = w.save("tree", encode_tree([node]))
-        meta = {k: v for k, v in node.items() if k not in ("content", "xor")}
+        meta = {k: v for k, v in node.items() if k not in ("content", "delta")}
         root = w.save("tree", encode_tree([{**meta, "name": "base", "type": "dir",
                                             "mode": 0o700, "size": 0, "subtree": sub}]))
         w.commit()
@@ -417,16 +425,18 @@ def test_independent_reader_rebuilds_blocks_stored_as_xor(sandbox_factory, tmp_p
     reader = Reader(sb.repo, sb.password)
     _sid, snap = reader.latest("cluster", "pg")
     for bid in node["content"][1:]:
-        assert bid not in reader.index  # a reader that ignores xor fails: missing blob
+        assert bid not in reader.index  # a reader that ignores delta fails: missing blob
     out = tmp_path / "restored"
     out.mkdir()
     reader.restore(snap["tree"], os.fsencode(out))
     assert (out / "base" / "16384").read_bytes() == data
 
-    # the reader's checks can fail: a delta that xors to other bytes of the same length
+    # the reader's checks can fail: a delta that rebuilds other bytes of the same length
     with repo.writer() as w:
-        other = w.save("data", os.urandom(block))
-        sub = w.save("tree", encode_tree([{**node, "xor": [[1, other, base_ids[0]]]}]))
+        other = w.save("data", zstandard.ZstdCompressor(
+            level=3, dict_data=zstandard.ZstdCompressionDict(
+                bases[0], dict_type=zstandard.DICT_TYPE_RAWCONTENT)).compress(whole))
+        sub = w.save("tree", encode_tree([{**node, "delta": [[1, other, base_ids[0]]]}]))
         root = w.save("tree", encode_tree([{**meta, "name": "base", "type": "dir",
                                             "mode": 0o700, "size": 0, "subtree": sub}]))
         w.commit()

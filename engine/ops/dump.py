@@ -54,10 +54,10 @@ from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from engine.errors import IntegrityError, UsageError
+from engine.repo.blockdelta import load_piece, node_deltas
 from engine.repo.repository import Repository
 from engine.repo.tree import link_target
 from engine.repo.walk import find, walk
-from engine.repo.blockdelta import load_piece, node_deltas
 
 log = logging.getLogger("backup_tui.engine.dump")
 

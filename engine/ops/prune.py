@@ -64,10 +64,11 @@ from datetime import UTC, datetime
 from engine.errors import EngineError, NotFound
 from engine.events import CancelToken, Event, EventCallback
 from engine.repo import codec
+from engine.repo.blockdelta import KEY as DELTA_KEY
+from engine.repo.blockdelta import stored_ids
 from engine.repo.locks import STALE, RepoLock, list_locks
 from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name
 from engine.repo.repository import PACK_TARGET, Repository
-from engine.repo.xorblocks import stored_ids
 from engine.storage.base import Backend
 
 LOCK_WAIT = 60.0
@@ -174,7 +175,7 @@ def used_blobs(repo: Repository) -> set[str]:
     """Every blob id that a snapshot in the repository references.
 
     Files snapshots: the root ``tree``, every subtree and every file's content
-    blobs (for a block stored as a XOR delta, format 1.2, its two blobs: the base
+    blobs (for a block stored as a delta, format 1.2, its two blobs: the base
     stays while a kept snapshot's delta needs it, whichever snapshot stored it); db
     snapshots: ``stream``, ``globals`` and, for the directory format,
     ``tree``. Shared subtrees are read once. Raises `PruneRefused` when an index
@@ -244,8 +245,8 @@ def _snapshot_blobs(repo: Repository, snap: dict, used: set[str], seen: set[str]
             if not isinstance(content, list) or not all(isinstance(b, str) for b in content):
                 raise EngineError(f"tree {tid}: malformed content list")
             # a block stored as a delta (format 1.2) needs its two blobs, not its own id
-            # (which is not stored); a malformed xor list raises UnsafeEntry: refused
-            used.update(stored_ids(node, f"tree {tid}") if "xor" in node else content)
+            # (which is not stored); a malformed delta list raises UnsafeEntry: refused
+            used.update(stored_ids(node, f"tree {tid}") if DELTA_KEY in node else content)
 
 
 # -------------------------------------------------------------------- prune

@@ -62,10 +62,11 @@ from engine.events import CancelToken, Event, EventCallback
 from engine.ops import prune as prune_op
 from engine.ops import verify as verify_op
 from engine.ops.adopt import check_object, open_replica
+from engine.repo.blockdelta import KEY as DELTA_KEY
+from engine.repo.blockdelta import stored_ids
 from engine.repo.locks import RepoLock
 from engine.repo.pack import DATA, TREE, BlobEntry, PackBuilder, pack_name, read_header
 from engine.repo.repository import PACK_TARGET, IndexEntry, Repository, sha256_hex
-from engine.repo.xorblocks import stored_ids
 from engine.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -648,16 +649,16 @@ def _needed(view: Repository, snaps: dict[str, dict]) -> set[str]:
 
 
 def _node_blobs(node: dict, extra: bool = False) -> list[str]:
-    """The data blobs a file node needs stored (`xorblocks.stored_ids`): a block stored
-    as a XOR delta (format 1.2) needs its two blobs, and is missing when either is.
+    """The data blobs a file node needs stored (`blockdelta.stored_ids`): a block stored
+    as a delta (format 1.2) needs its two blobs, and is missing when either is.
     Lenient, as the rest of the walk: a malformed content list counts as empty; with a
-    malformed ``xor`` list the content ids count (restore refuses such a node anyway).
+    malformed ``delta`` list the content ids count (restore refuses such a node anyway).
     extra: also the content ids of delta blocks, should they be stored (collecting too
     much is safe where what is kept is asked)."""
     content = node.get("content") or []
     if not isinstance(content, list):
         return []
-    if "xor" not in node:
+    if DELTA_KEY not in node:
         return [b for b in content if isinstance(b, str)]
     try:
         ids = list(stored_ids(node))

@@ -60,11 +60,11 @@ from typing import Any
 
 from engine.errors import EngineError, IntegrityError, UnsafeEntry, UsageError
 from engine.events import CancelToken, Event, EventCallback
+from engine.repo.blockdelta import content_pieces, load_piece, node_deltas, rebuild, stored_ids
 from engine.repo.pack import MAX_SEALED_BLOB, open_blob, pack_name
 from engine.repo.repository import IndexEntry, Repository
 from engine.repo.tree import hardlink_key, link_target, node_holes, node_xattrs
 from engine.repo.walk import find, walk
-from engine.repo.blockdelta import content_pieces, load_piece, node_deltas, rebuild, stored_ids
 from engine.sources.files import DirChain, entry_path
 
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")

@@ -3,7 +3,7 @@
 quick: every index file and snapshot decodes and matches its name; every tree
 of the selected snapshots loads and checks; every content blob is in the index;
 every pack the index names exists with the size the index gives. A block stored as
-a XOR delta (format 1.2, docs/FORMAT.md 5.2) needs its two blobs instead of its own
+a delta (format 1.2, docs/FORMAT.md 5.2) needs its two blobs instead of its own
 id: both in the index, data blobs of equal length, in packs that are there (a problem
 naming the file otherwise).
 read_data: also read every pack the selected snapshots need in full, check its
@@ -33,10 +33,11 @@ from engine.catalog import Catalog
 from engine.errors import EngineError, IntegrityError, NotFound
 from engine.events import CancelToken, Event, EventCallback
 from engine.memory import keep_freed
+from engine.repo.blockdelta import KEY as DELTA_KEY
+from engine.repo.blockdelta import content_pieces, load_piece, stored_ids
 from engine.repo.pack import DATA, MAX_PACK, open_blob, pack_name, read_header
 from engine.repo.repository import Repository, parse_index, sha256_hex
 from engine.repo.walk import walk
-from engine.repo.xorblocks import content_pieces, load_piece, stored_ids
 from engine.sources import registry
 
 log = logging.getLogger("backup_tui.engine")
@@ -235,7 +236,7 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs,
                      present: dict[str, int] | None = None,
                      rebuilt: set[bytes] | None = None) -> None:
     """present: the packs listed (name -> size), for the blobs of delta blocks.
-    rebuilt: given (--read-data), every block stored as a XOR delta is also rebuilt
+    rebuilt: given (--read-data), every block stored as a delta is also rebuilt
     and checked against its id, once for all snapshots (the set records which)."""
     sid = snap["id"]
     root = snap.get("tree")
@@ -252,7 +253,7 @@ def _check_structure(repo, snap, report, pack_users, needed_blobs,
                 if node["type"] == "dir" and isinstance(node.get("subtree"), str):
                     blob_ids.setdefault(node["subtree"], "tree")  # else the walk refuses it
                 where = os.fsdecode(path)
-                if "xor" in node:  # format 1.2: its delta blocks' own ids are not stored
+                if DELTA_KEY in node:  # format 1.2: its delta blocks' own ids are not stored
                     _check_deltas(repo, sid, where, node, report, present, rebuilt, deltas)
                     for b in stored_ids(node, where):
                         blob_ids.setdefault(b, where)
@@ -288,8 +289,8 @@ MAX_DELTA_PROBLEMS = 20  # per snapshot; the blobs' own problems are reported be
 def _check_deltas(repo, sid: str, where: str, node: dict, report: VerifyReport,
                   present: dict[str, int] | None, rebuilt: set[bytes] | None,
                   count: list[int]) -> None:
-    """The blocks of a file node stored as XOR deltas (docs/FORMAT.md 5.2): their two
-    blobs are in the index, data blobs of equal length, in packs that are there; with
+    """The blocks of a file node stored as deltas (docs/FORMAT.md 5.2): their two
+    blobs are in the index, data blobs, in packs that are there; with
     ``rebuilt`` (--read-data) each block is also rebuilt and checked against its id.
     Problems name the file's path (at most MAX_DELTA_PROBLEMS a snapshot)."""
     index = repo.index
@@ -299,11 +300,11 @@ def _check_deltas(repo, sid: str, where: str, node: dict, report: VerifyReport,
         if count[0] <= MAX_DELTA_PROBLEMS:
             report.problems.append(Problem(f"snapshots/{sid}", message, [sid]))
 
-    for i, (full, x_id, base_id) in enumerate(content_pieces(node, where)):
-        if x_id is None:
+    for i, (full, delta_id, base_id) in enumerate(content_pieces(node, where)):
+        if delta_id is None:
             continue
         sound = True
-        for what, bid in (("delta", x_id), ("base", base_id)):
+        for what, bid in (("delta", delta_id), ("base", base_id)):
             entry = index.get(bid)
             if entry is None:  # reported below with the path, as for any blob
                 sound = False
@@ -318,18 +319,13 @@ def _check_deltas(repo, sid: str, where: str, node: dict, report: VerifyReport,
             problem(f"{where}: block {i} is stored as a delta whose {what} blob {bid} {why}")
         if not sound:
             continue
-        x, base = index[x_id], index[base_id]
-        if x.raw_length != base.raw_length:
-            problem(f"{where}: block {i} is stored as the XOR of blobs of {x.raw_length} and "
-                    f"{base.raw_length} bytes ({x_id[:16]}, {base_id[:16]})")
-            continue
         if rebuilt is None:
             continue
-        key = hashlib.blake2b(f"{full}{x_id}{base_id}".encode(), digest_size=16).digest()
+        key = hashlib.blake2b(f"{full}{delta_id}{base_id}".encode(), digest_size=16).digest()
         if key in rebuilt:
             continue
         try:
-            load_piece(repo, full, x_id, base_id, where)
+            load_piece(repo, full, delta_id, base_id, f"{where} (block {i})")
         except EngineError as e:
             problem(f"{where}: block {i}: {e}" if not str(e).startswith(where) else str(e))
             continue

@@ -4,8 +4,8 @@
 path is the entry's relative path as bytes (``srv/app/x``). It raises
 `UnsafeEntry` for a name that is empty, ``.``, ``..``, holds ``/`` or NUL, for
 two entries of one name in a directory, for a malformed whole-number field (mode,
-uid, gid, size, times, inode, dev, rdev, links), content list or ``xor`` list (blocks
-stored as XOR deltas, engine/repo/xorblocks.py), for a tree that
+uid, gid, size, times, inode, dev, rdev, links), content list or ``delta`` list (blocks
+stored as deltas, engine/repo/blockdelta.py), for a tree that
 refers to itself, and for nesting deeper than `MAX_DEPTH` (the limit the backup
 keeps to). The walk is iterative: depth costs memory, never Python stack.
 
@@ -24,9 +24,10 @@ import os
 from collections.abc import Iterator
 
 from engine.errors import EngineError, IntegrityError, NotFound, UnsafeEntry
+from engine.repo.blockdelta import KEY as DELTA_KEY
+from engine.repo.blockdelta import node_deltas
 from engine.repo.repository import Repository
 from engine.repo.tree import MAX_DEPTH, NODE_TYPES, node_name
-from engine.repo.xorblocks import node_xor
 
 __all__ = ["MAX_DEPTH", "MAX_WALK_NODES", "MAX_WALK_TREE_BYTES", "children", "find",
            "measure", "walk"]
@@ -47,7 +48,7 @@ _INT_FIELDS = {"mode": (0, 0o7777), "uid": _U32, "gid": _U32, "size": (0, 2**63 
 
 def check_node(node: dict, path: str) -> None:
     """The fields every reader of a node takes as given: whole numbers in range where
-    present, a list of blob ids as content, well-formed ``xor`` entries (format 1.2,
+    present, a list of blob ids as content, well-formed ``delta`` entries (format 1.2,
     docs/FORMAT.md 5.2). UnsafeEntry naming the path and the key."""
     for key, (lo, hi) in _INT_FIELDS.items():
         if key in node:
@@ -58,8 +59,8 @@ def check_node(node: dict, path: str) -> None:
     if content is not None and not (isinstance(content, list)
                                     and all(isinstance(b, str) for b in content)):
         raise UnsafeEntry(f"{path}: malformed content list in the snapshot")
-    if "xor" in node:
-        node_xor(node, path)
+    if DELTA_KEY in node:
+        node_deltas(node, path)
 
 
 def children(repo: Repository, tree_id: str, where: str) -> list[tuple[bytes, dict]]:

@@ -253,9 +253,10 @@ class ClusterSource(Source):
             cmd.append(f"--max-rate={self.config.max_rate.strip()}")
         parent = None
         pfacts = (ctx.parent or {}).get("postgres")
+        # the same cluster: its blocks are the bases of deltas
         if (self.config.delta and isinstance(pfacts, dict)
                 and str(pfacts.get("system_identifier")) == str(server["system_identifier"])):
-            parent = bb.ParentBlocks(ctx.repo, ctx.parent)  # same cluster: deltas against its blocks
+            parent = bb.ParentBlocks(ctx.repo, ctx.parent)
         res = bb.stream_basebackup(ctx.repo, ctx.writer, self.name, cmd, t.env(), t.user,
                                    block_for, progress, ctx.cancel, parent)
         stopped = _server_now(t) or bb.now_utc()

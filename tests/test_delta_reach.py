@@ -1,10 +1,10 @@
-"""Blocks stored as XOR deltas (format 1.2, docs/FORMAT.md 5.2): prune, verify, repair and
+"""Blocks stored as deltas (format 1.2, docs/FORMAT.md 5.2): prune, verify, repair and
 every walk know them.
 
 Cluster snapshots are built by hand on a real (encrypted) repository: a full one, A, whose
-relation file is stored block by block, and B, whose changed blocks are stored as the XOR
-with A's block (``xor`` entries ``[i, x_id, base_id]``; B's ``content`` names the ids of
-its blocks, which are not stored). B's bytes are read back with xorblocks' helpers
+relation file is stored block by block, and B, whose changed blocks are stored as deltas
+against A's block (``delta`` entries ``[i, delta_id, base_id]``; B's ``content`` names the ids of
+its blocks, which are not stored). B's bytes are read back with blockdelta's helpers
 (restore itself is written elsewhere).
 """
 
@@ -18,10 +18,10 @@ import pytest
 from engine.errors import UnsafeEntry
 from engine.ops import prune as prune_op
 from engine.ops import verify as verify_op
+from engine.repo.blockdelta import content_pieces, load_piece, make_delta, stored_ids
 from engine.repo.pack import pack_name
 from engine.repo.tree import encode_tree
 from engine.repo.walk import find, walk
-from engine.repo.xorblocks import content_pieces, load_piece, stored_ids, xor_bytes
 
 BLOCK = 16 * 1024
 LABEL = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
@@ -88,12 +88,12 @@ def world(sandbox):
         content = []
         for i, blk in enumerate(b_blocks):
             if i in (1, 2, 4):
-                xor.append([i, w.save("data", xor_bytes(blk, a_blocks[i])), a_ids[i]])
+                xor.append([i, w.save("data", make_delta(blk, a_blocks[i])), a_ids[i]])
                 content.append(repo.keys.blob_id(blk))
             else:
                 content.append(w.save("data", blk))
         sb = cluster_snapshot(repo, w, {**NODE, "type": "file", "size": sum(map(len, b_blocks)),
-                                        "content": content, "xor": xor}, sa,
+                                        "content": content, "delta": xor}, sa,
                               "2026-12-02T00:00:00+00:00")
     for i in (1, 2, 4):
         assert content[i] not in repo.index  # the block itself is not stored
@@ -173,7 +173,7 @@ def test_verify_names_a_base_that_is_not_in_the_index(world):
     bogus = "ab" * 32
     xor = [list(e) for e in info["xor"]]
     xor[1][2] = bogus
-    sid = rewrite_b(repo, info, xor=xor)
+    sid = rewrite_b(repo, info, delta=xor)
     rep = verify_op.verify(repo, [sid], False, "v", lambda e: None)
     assert [p.message for p in rep.problems if bogus in p.message] == [
         f"blob {bogus} ({REL}) is not in the index"]
@@ -194,13 +194,14 @@ def test_verify_read_data_finds_a_wrong_delta(world):
     eng, info = world
     repo = eng.repo()
     i, _x, base = info["xor"][1]
-    # a delta of the right length that xors to other data: every blob reads back fine
+    # a delta of the right length that rebuilds other data: every blob reads back fine
     with repo.writer() as w:
-        wrong = w.save("data", xor_bytes(os.urandom(BLOCK), info["a_blocks"][i]))
+        base_block = info["a_blocks"][i]
+        wrong = w.save("data", make_delta(changed(base_block, random.Random(7)), base_block))
         w.commit()
     xor = [list(e) for e in info["xor"]]
     xor[1][1] = wrong
-    sid = rewrite_b(repo, info, xor=xor)
+    sid = rewrite_b(repo, info, delta=xor)
     rep = verify_op.verify(repo, [sid], False, "v", lambda e: None)
     assert rep.ok, messages(rep)
     rep = verify_op.verify(repo, [sid], True, "v", lambda e: None)
@@ -208,31 +209,31 @@ def test_verify_read_data_finds_a_wrong_delta(world):
     assert REL in rep.problems[0].message and "does not match" in rep.problems[0].message
 
 
-def test_verify_refuses_blobs_of_different_lengths(world):
+def test_verify_read_data_refuses_a_delta_against_a_base_of_another_length(world):
     eng, info = world
     repo = eng.repo()
     xor = [list(e) for e in info["xor"]]
     xor[0][2] = info["a_ids"][5]  # the 3000-byte last block as the base of a 16 KiB delta
-    sid = rewrite_b(repo, info, xor=xor)
-    rep = verify_op.verify(repo, [sid], False, "v", lambda e: None)
-    assert [p.message for p in rep.problems] == [
-        f"{REL}: block 1 is stored as the XOR of blobs of {BLOCK} and 3000 bytes "
-        f"({xor[0][1][:16]}, {xor[0][2][:16]})"]
+    sid = rewrite_b(repo, info, delta=xor)
+    rep = verify_op.verify(repo, [sid], True, "v", lambda e: None)
+    assert len(rep.problems) == 1, messages(rep)
+    assert REL in rep.problems[0].message and "block 1" in rep.problems[0].message
+    assert "not a zstd frame of the base's 3000 bytes" in rep.problems[0].message
 
 
 @pytest.mark.parametrize("xor", [
     "nope", [[1, "ab" * 32]], [[99, "ab" * 32, "cd" * 32]], [[2, "ab" * 32, "cd" * 32],
                                                              [1, "ab" * 32, "cd" * 32]],
     [[True, "ab" * 32, "cd" * 32]], [[1, "AB" * 32, "cd" * 32]]])
-def test_every_walk_refuses_a_malformed_xor_list(world, xor):
+def test_every_walk_refuses_a_malformed_delta_list(world, xor):
     eng, info = world
     repo = eng.repo()
-    sid = rewrite_b(repo, info, xor=xor)
-    with pytest.raises(UnsafeEntry, match=f"{REL}: malformed xor"):
+    sid = rewrite_b(repo, info, delta=xor)
+    with pytest.raises(UnsafeEntry, match=f"{REL}: malformed delta"):
         list(walk(repo, repo.load_snapshot(sid)["tree"]))
     rep = verify_op.verify(repo, [sid], False, "v", lambda e: None)
-    assert any("malformed xor" in p.message for p in rep.problems), messages(rep)
-    with pytest.raises(prune_op.PruneRefused, match="malformed xor"):
+    assert any("malformed delta" in p.message for p in rep.problems), messages(rep)
+    with pytest.raises(prune_op.PruneRefused, match="malformed delta"):
         prune_op.prune(repo, dry_run=True)
 
 
