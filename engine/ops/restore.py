@@ -440,11 +440,12 @@ class _Restorer:
         get = self.repo.index.get
         window: list[tuple[int, str, str | None, str | None]] = []
         where_of: dict[str, tuple[str, int]] = {}  # blob -> (pack, offset) of the window
+        entry_of: dict[str, Any] = {}
         size = 0
 
         def cut() -> tuple[list, list]:
             ids = sorted(where_of, key=where_of.__getitem__)
-            return list(window), self._runs(ids)
+            return list(window), self._runs(ids, [entry_of[b] for b in ids])
 
         for i, (full, delta, base) in enumerate(content_pieces(node, where)):
             need = (full,) if delta is None else (delta, base)
@@ -453,12 +454,13 @@ class _Restorer:
             if window and (size + n > _RUN_BYTES or len(window) >= _RUN_BLOBS):
                 yield cut()
                 window, size = [], 0
-                where_of = {}
+                where_of, entry_of = {}, {}
             window.append((i, full, delta, base))
             size += n
             for b, e in zip(need, entries, strict=True):
                 # odd blobs (not in the index) first, each alone: load_blob names them
                 where_of[b] = (e.pack_id, e.offset) if e is not None else ("", -1)
+                entry_of[b] = e
         if window:
             yield cut()
 
@@ -471,9 +473,14 @@ class _Restorer:
         keys = self.repo.keys
         for pieces, runs in self._delta_windows(node, where):
             self.cancel.check()
+            # a block stored as a delta is checked as a whole, rebuilt, against its id
+            # (which covers its delta and base): their own ids are not computed again
+            unchecked = {b for _, _, d, base in pieces if d is not None for b in (d, base)}
+            unchecked -= {full for _, full, d, _ in pieces if d is None}
             blobs: dict[str, bytes | memoryview] = {}
             for run in runs:
-                for (blob_id, _), data in zip(run, self._load_run(run), strict=True):
+                for (blob_id, _), data in zip(run, self._load_run(run, unchecked),
+                                              strict=True):
                     blobs[blob_id] = data
             out: list[bytes | memoryview] = []
             for i, full, delta, base in pieces:
@@ -636,17 +643,21 @@ class _Restorer:
                 with contextlib.suppress(OSError):
                     os.removexattr(fd, n)
 
-    def _runs(self, content: list) -> list[list[tuple[Any, Any]]]:
+    def _runs(self, content: list, entries: list | None = None) -> list[list[tuple[Any, Any]]]:
         """A file's blobs in runs stored back to back in one pack (a backup writes a file's
         blocks in order): each run is read with one request and written with one writev.
         A blob that is odd in any way (not in the index, not data, too large) stands
-        alone, for load_blob to read and to name the problem of."""
+        alone, for load_blob to read and to name the problem of. ``entries``: the blobs'
+        index entries, when the caller looked them up already."""
         runs: list[list[tuple[Any, Any]]] = []
         run: list[tuple[Any, Any]] = []
         pack, end, size = "", 0, 0
         get = self.repo.index.get
-        for blob_id in content:
-            entry = get(blob_id) if isinstance(blob_id, str) else None
+        for k, blob_id in enumerate(content):
+            if entries is not None:
+                entry = entries[k]
+            else:
+                entry = get(blob_id) if isinstance(blob_id, str) else None
             if entry is None or entry.type != "data" or entry.length > MAX_SEALED_BLOB:
                 if run:
                     runs.append(run)
@@ -666,8 +677,12 @@ class _Restorer:
             runs.append(run)
         return runs
 
-    def _load_run(self, run: list[tuple[Any, Any]]) -> list[bytes | memoryview]:
-        """The blobs of a run, each authenticated and checked against its id."""
+    def _load_run(self, run: list[tuple[Any, Any]],
+                  unchecked: set[str] | frozenset[str] = frozenset()
+                  ) -> list[bytes | memoryview]:
+        """The blobs of a run, each authenticated and checked against its id (those in
+        ``unchecked`` only authenticated: the delta blobs and bases of blocks that are
+        checked as a whole once rebuilt)."""
         first: IndexEntry | None = run[0][1]
         if first is None:  # odd in some way: load_blob names the problem
             return [self.repo.load_blob(run[0][0], "data")]
@@ -685,7 +700,7 @@ class _Restorer:
         pos = 0
         for blob_id, entry in run:  # Repository.decode_blob's checks, without copies
             out.append(open_blob(keys, view[pos:pos + entry.length], blob_id, name,
-                                 entry.raw_length))
+                                 entry.raw_length, blob_id not in unchecked))
             pos += entry.length
         return out
 

@@ -26,6 +26,7 @@ Reachability (prune, verify, repair) counts ``delta_id`` and ``base_id`` as used
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import zstandard
@@ -39,9 +40,11 @@ DELTA_SHARE = 1 / 4
 _PARAMS: dict[int, zstandard.ZstdCompressionParameters] = {}
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}").fullmatch
+
+
 def _hex64(v: object) -> bool:
-    return (isinstance(v, str) and len(v) == 64
-            and all(c in "0123456789abcdef" for c in v))
+    return isinstance(v, str) and _HEX64(v) is not None
 
 
 def node_deltas(node: dict, path: str = "") -> dict[int, tuple[str, str]]:
