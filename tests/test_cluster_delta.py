@@ -118,6 +118,25 @@ def test_changed_blocks_are_deltas_that_restore_and_survive_prune(sandbox_factor
     assert eng.verify(read_data=True).ok
     assert restored_fingerprint(eng, eng.snapshot(second.id))[0] == want
 
+    # changed again: deltas against the same bases (a delta is never a base), and the
+    # table grown and a new one made meanwhile
+    pgc.psql("UPDATE big SET n = n + 1 WHERE id % 30 = 0; "
+             "INSERT INTO big SELECT g, 1, 'new ' || g FROM generate_series(300001, 310000) g; "
+             "CREATE TABLE fresh AS SELECT g FROM generate_series(1, 1000) g", "shop")
+    pgc.psql("CHECKPOINT")
+    want4 = fingerprint(pgc)
+    fourth = eng.backup("cluster", "main")
+    snap4 = eng.snapshot(fourth.id)
+    assert snap4["stats"]["delta_blocks"] > 500, snap4["stats"]
+    bases3 = {e[2] for path, node in walk(eng.repo(), snap["tree"]) for e in node.get("delta", [])}
+    bases4 = {e[2] for path, node in walk(eng.repo(), snap4["tree"]) for e in node.get("delta", [])}
+    assert bases3 & bases4
+    # every base is a block stored whole: no delta in any snapshot names a delta as base
+    deltas_all = {e[1] for s_ in (snap, snap4) for _p, node in walk(eng.repo(), s_["tree"])
+                  for e in node.get("delta", [])}
+    assert not bases4 & deltas_all
+    assert restored_fingerprint(eng, snap4)[0] == want4
+
     # the tar of the snapshot holds the rebuilt bytes (GNU tar extracts them)
     dump = sandbox.cli("dump", second.id[:12])
     assert dump.returncode == 0, dump.stderr
