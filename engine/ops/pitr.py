@@ -14,12 +14,14 @@ point, or before the oldest base backup, is refused with the point named.
 with ``replace``, moves the cluster's own stopped data directory aside to
 ``DIR.before-pitr-<time>`` first, never deleting it), writes the recovery
 settings into ``postgresql.auto.conf`` (``restore_command`` through this
-tool's ``wal-fetch``, the target, ``recovery_target_action = 'promote'``,
+tool's ``wal-fetch``, a segment already fetched ahead into the spool renamed by
+sh alone, engine/walspool.py; the target, ``recovery_target_action = 'promote'``,
 ``archive_mode = off`` so a copy never archives into the source's WAL, while a
 recovery in place keeps archiving: its new timeline belongs in the archive) and
-``recovery.signal``; with ``start`` it starts the server as the data
-directory's owner on a private socket folder, waits for promotion and reports
-the point recovery stopped at.
+``recovery.signal``; with ``start`` it starts the spool's prefetcher on the
+plan's segments before the base backup is written, starts the server as the
+data directory's owner on a private socket folder, waits for promotion and
+reports the point recovery stopped at.
 """
 
 from __future__ import annotations
@@ -636,12 +638,22 @@ def restore_command(engine: Engine, cluster: str, replica: str | None,
         raise UsageError("restore pitr needs a config file (wal-fetch reads it)")
     cmd = [*(python or [sys.executable]), "-m", "backup_tui.cli", "--config",
            str(Path(config).absolute()), "wal-fetch", "%f", "%p"]
-    if spool is not None and prefetch > 0:
+    fast = spool is not None and prefetch > 0
+    if fast:
         cmd += ["--spool", str(spool), "--prefetch", str(prefetch)]
     cmd += ["--cluster", cluster]
     if replica:
         cmd += ["--replica", replica]
-    return " ".join(c if c in ("%f", "%p") else shlex.quote(c) for c in cmd)
+    line = " ".join(c if c in ("%f", "%p") else _quote_cmd(c) for c in cmd)
+    # with the spool: a segment fetched ahead is renamed by sh, no Python process starts;
+    # any other name, or a segment not there, goes to wal-fetch (engine/walspool.py)
+    return walspool.fast_path(str(spool)) + "exec " + line if fast else line
+
+
+def _quote_cmd(arg: str) -> str:
+    """One argument of a command PostgreSQL runs: quoted for sh, ``%`` doubled (PostgreSQL
+    replaces ``%f``, ``%p``, ``%r`` and reads ``%%`` as ``%``)."""
+    return shlex.quote(arg).replace("%", "%%")
 
 
 def recovery_settings(engine: Engine, plan: PitrPlan, port: int | None,
@@ -657,7 +669,7 @@ def recovery_settings(engine: Engine, plan: PitrPlan, port: int | None,
                                                spool, prefetch))]
     if spool is not None and prefetch > 0:
         cmd = [*(python or [sys.executable]), "-m", "engine.walspool", "remove", str(spool)]
-        out.append(("recovery_end_command", " ".join(shlex.quote(c) for c in cmd)))
+        out.append(("recovery_end_command", " ".join(_quote_cmd(c) for c in cmd)))
     out += plan.target.settings()
     out += [("recovery_target_timeline", "latest"),
             ("recovery_target_action", "promote")]
@@ -779,6 +791,80 @@ def make_spool(pgdata: Path, owner: str | None) -> Path | None:
     except OSError:
         return None
     return spool
+
+
+def _early_spool(pgdata: Path, owner: str | None) -> Path | None:
+    """The spool while the base backup is written (the data directory must be empty):
+    ``.<name>.backup-tui-spool-*`` beside it, 0700, the server's OS user's; renamed into
+    pg_wal after (`_adopt_spool`). None when its parent is missing or on another file
+    system (the spool is then made after the restore)."""
+    parent = pgdata.parent
+    try:
+        if not parent.is_dir() or (pgdata.exists()
+                                   and pgdata.stat().st_dev != parent.stat().st_dev):
+            return None
+        path = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.{walspool.SPOOL_DIR}-",
+                                     dir=parent))
+        os.chmod(path, 0o700)
+        _chown(path, owner)
+    except OSError:
+        return None
+    return path
+
+
+def _adopt_spool(early: Path, pgdata: Path) -> Path | None:
+    """Rename the early spool into ``<pgdata>/pg_wal`` (its prefetcher works inside it and
+    goes on); None when it cannot be (it is removed then)."""
+    final = pgdata / "pg_wal" / walspool.SPOOL_DIR
+    try:
+        if (pgdata / "pg_wal").is_dir() and not (final.is_symlink() or final.exists()):
+            os.rename(early, final)
+            return final
+    except OSError:
+        pass
+    walspool.remove(early)
+    return None
+
+
+def start_prefetcher(engine: Engine, plan: PitrPlan, spool: Path, pgdata: Path,
+                     python: list[str] | None, owner: str | None,
+                     ahead: int) -> subprocess.Popen | None:
+    """Start the prefetcher of the plan's segments in ``spool`` as the server's OS user
+    (engine/walspool.py): the first segments are there when recovery asks. The process
+    returned ends as soon as the prefetcher runs detached (wait for it). None when it
+    could not start (wal-fetch starts one then)."""
+    config = engine.config.path
+    if config is None or not plan.segments or ahead <= 0:
+        return None
+    seg_size = int(plan.postgres.get("wal_segment_size") or SEG_SIZE)
+    cmd = [*(python or [sys.executable]), "-m", "engine.walspool", "prefetch", str(spool),
+           "--config", str(Path(config).absolute()), "--ahead", str(ahead),
+           "--seg-size", str(seg_size), "--cluster", plan.source, "--pgdata", str(pgdata),
+           "--parent", str(os.getpid())]
+    if plan.replica:
+        cmd += ["--replica", plan.replica]
+    try:
+        proc = subprocess.Popen(_as_owner(cmd, owner), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                cwd="/", env=_env())
+    except OSError:
+        return None
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("\n".join(plan.segments).encode() + b"\n")
+        proc.stdin.close()
+    except OSError:
+        pass
+    return proc
+
+
+def _reap(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _free_port() -> int:
@@ -973,17 +1059,35 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
     python = prep["python"]
     on_event(Event(job_id, "restore", message=f"base backup {plan.snapshot['id'][:8]} "
                    f"into {pgdata}"))
+    cfg = _cluster_config(engine, plan.source)
+    prefetch = int(getattr(cfg, "wal_prefetch", walspool.DEFAULT_AHEAD))
+    # with start: the prefetcher fetches the first segments while the base backup is
+    # written (into a spool beside the data directory, moved into pg_wal after)
+    spool = early = starter = None
+    if start and prefetch > 0:
+        early = _early_spool(pgdata, owner)
+        if early is not None:
+            starter = start_prefetcher(engine, plan, early, pgdata, python, owner, prefetch)
     try:
         counts = restore_base(engine.repo(), plan.snapshot, pgdata, job_id, on_event, cancel,
                               owner=owner)
-        cfg = _cluster_config(engine, plan.source)
-        prefetch = int(getattr(cfg, "wal_prefetch", walspool.DEFAULT_AHEAD))
-        spool = make_spool(pgdata, owner) if prefetch > 0 else None
+        if early is not None:
+            _reap(starter)
+            spool, early = _adopt_spool(early, pgdata), None
+        if spool is None and prefetch > 0:
+            spool = make_spool(pgdata, owner)
+            if start and spool is not None:
+                starter = start_prefetcher(engine, plan, spool, pgdata, python, owner,
+                                           prefetch)
         settings = recovery_settings(engine, plan, conf_port, python,
                                      in_place=prep["moved_aside"] is not None,
                                      spool=spool, prefetch=prefetch)
         write_recovery(pgdata, settings, owner)
     except BaseException as e:
+        _reap(starter)
+        for folder in (early, spool):  # a prefetcher stopped before its folder goes
+            if folder is not None:
+                walspool.remove(folder)
         if not prep["existed"]:
             shutil.rmtree(pgdata, ignore_errors=True)
         elif pgdata.is_dir():
@@ -1005,6 +1109,7 @@ def restore(engine: Engine, plan: PitrPlan, pgdata: str | os.PathLike[str],
         "restore_seconds": round(time.monotonic() - began, 2),
         "spool": str(spool) if spool is not None else None,
     }
+    _reap(starter)
     if not start:
         return result  # recovery_end_command removes the spool
     # the server's OS user is its bootstrap superuser as a rule (peer authentication)
