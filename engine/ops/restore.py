@@ -60,6 +60,7 @@ from typing import Any
 
 from engine.errors import EngineError, IntegrityError, UnsafeEntry, UsageError
 from engine.events import CancelToken, Event, EventCallback
+from engine.repo.blockdelta import KEY as DELTA_KEY
 from engine.repo.blockdelta import content_pieces, load_piece, node_deltas, rebuild, stored_ids
 from engine.repo.pack import MAX_SEALED_BLOB, open_blob, pack_name
 from engine.repo.repository import IndexEntry, Repository
@@ -99,7 +100,10 @@ FORKED_AT_ONCE = 2  # batches being written at once (their writers overlap)
 # resume), check it first (resume: kept when its content is already the snapshot's), or
 # create it (every other file: the walk only makes the directories, so it keeps ahead of
 # the writers, and the creations run on all the writers at once)
-_OPEN, _CHECK, _CREATE = 0, 1, 2
+_OPEN, _CHECK, _CREATE, _PART = 0, 1, 2, 3
+# a new file at least this large, of blocks of one size (a cluster's relation file), is
+# written by every forked writer, each a part of its blocks (_Restorer._split)
+_SPLIT_BYTES = 32 * 1024 * 1024
 _REPORT_EVERY = 0.05  # seconds: a forked writer's progress lines at most this often
 # a forked writer's malloc (_writer_memory): blocks up to this size from the heap (glibc's
 # largest mmap threshold), and up to that much freed memory kept at its top
@@ -268,6 +272,8 @@ class _Batch:
         self.buffers: dict[int, bytes] = {}
         self.open_ends: set[int] = set()  # writers still writing
         self.error: dict | None = None
+        self.root_fd = -1
+        self.split: list[tuple[bytes, dict]] = []  # files written in parts: metadata after
 
 
 class _Restorer:
@@ -413,7 +419,7 @@ class _Restorer:
             holes = node_holes(node)
             if holes:
                 self._write_sparse(fd, rel, node, holes)
-            elif "delta" in node:
+            elif DELTA_KEY in node:
                 self._write_deltas(fd, rel, node)
             else:
                 for run in self._runs(node.get("content", [])):
@@ -572,7 +578,7 @@ class _Restorer:
         content = node.get("content", [])
         # a block stored as a delta has no index entry of its own id: its length is its
         # base's; its piece's id is still compared with the block's own id (content)
-        deltas = node_deltas(node) if "delta" in node else None
+        deltas = node_deltas(node) if DELTA_KEY in node else None
         stored = content if not deltas else [deltas[i][1] if i in deltas else b
                                              for i, b in enumerate(content)]
         blob_id_of = self.repo.keys.blob_id
@@ -719,7 +725,7 @@ class _Restorer:
             if self.resume and self._predicted_kept(rel, node):
                 continue  # the content is checked, not fetched (one found different is
                 # read run by run, as without read-ahead)
-            if "delta" in node:  # the runs in the order _write_deltas takes them
+            if DELTA_KEY in node:  # the runs in the order _write_deltas takes them
                 runs = [run for _, window in self._delta_windows(node, os.fsdecode(rel))
                         for run in window]
             else:
@@ -746,7 +752,7 @@ class _Restorer:
         A block stored as a delta (``delta``) is as long as its base, and rebuilt."""
         size = int(node.get("size", 0))
         data = _data_ranges(holes, size)
-        deltas = node_deltas(node) if "delta" in node else {}
+        deltas = node_deltas(node) if DELTA_KEY in node else {}
         off = j = 0
         for i, blob_id in enumerate(node.get("content", [])):
             pair = deltas.get(i)
@@ -975,8 +981,22 @@ class _Restorer:
         import selectors
 
         batch = _Batch(len(files), selectors.DefaultSelector())
+        batch.root_fd = root_fd
+        whole: list[tuple[bytes, dict, int]] = []
+        parts: list[list[tuple[bytes, dict, int]]] = []
+        for item in files:
+            cut = self._split(item, processes)
+            if cut:
+                parts.append(cut)
+                batch.split.append((item[0], item[1]))
+            else:
+                whole.append(item)
+        shares = self._shares(whole, processes)
+        for cut in parts:  # part k of each file split to writer k, first
+            for k, part in enumerate(cut):
+                shares[k].insert(0, part)
         try:
-            for share in self._shares(files, processes):
+            for share in shares:
                 if not share:
                     continue
                 r, w = os.pipe()
@@ -1049,6 +1069,7 @@ class _Restorer:
         if sum(d[1] for d in batch.done.values()) != batch.files:
             raise EngineError(f"restore into {self.plan.target}: a writer process ended "
                               "before its files were written")
+        self._finish_split(batch)
 
     @staticmethod
     def _stop_forked(batch: _Batch) -> None:
@@ -1067,6 +1088,86 @@ class _Restorer:
         batch.open_ends.clear()
         batch.sel.close()
 
+    def _split(self, item: tuple[bytes, dict, int],
+               processes: int) -> list[tuple[bytes, dict, int]] | None:
+        """A new file of at least _SPLIT_BYTES cut into ``processes`` parts of consecutive
+        blocks, each written by its own writer at its offset (a cluster's 1 GB table file
+        is otherwise one writer's work while the others idle). Only a file whose blocks
+        all have one size but the last (``size`` says so, its first and last blocks give
+        the sizes), so every part's offset is known without reading its blocks; a writer
+        checks that its part came out exactly that long (a crafted snapshot whose blocks
+        differ fails the restore, never writes a wrong file). None: written whole."""
+        rel, node, check = item
+        size = int(node.get("size", 0) or 0)
+        content = node.get("content") or []
+        n = len(content)
+        if (check != _CREATE or size < _SPLIT_BYTES or n < 4 * processes or node_holes(node)
+                or rel in self.sources or rel in self.plan.links):
+            return None
+        deltas = node_deltas(node, os.fsdecode(rel)) if DELTA_KEY in node else {}
+
+        def length(i: int) -> int:
+            bid = deltas[i][1] if i in deltas else content[i]
+            e = self.repo.index.get(bid) if isinstance(bid, str) else None
+            return e.raw_length if e is not None else -1
+
+        block, last = length(0), length(n - 1)
+        if block <= 0 or not 0 < last <= block or size != block * (n - 1) + last:
+            return None
+        cuts = [n * k // processes for k in range(processes + 1)]
+        out = []
+        for k in range(processes):
+            a, b = cuts[k], cuts[k + 1]
+            part = {**node, "content": content[a:b], "size": (b - a) * block if b < n
+                    else size - a * block}
+            part.pop(DELTA_KEY, None)
+            mine = [[i - a, *deltas[i]] for i in range(a, b) if i in deltas]
+            if mine:
+                part[DELTA_KEY] = mine
+            part["_part"] = (a * block, k == 0)
+            out.append((rel, part, _PART))
+        return out
+
+    def _write_part(self, fd: int, rel: bytes, node: dict) -> None:
+        """A writer's part of a file split by _split: its blocks at its offset, checked to
+        be exactly the part's length; the file's metadata comes after every part
+        (_finish_split), and its first part counts it."""
+        offset, first = node["_part"]
+        try:
+            self.cancel.check()
+            os.lseek(fd, offset, os.SEEK_SET)
+            before = self.bytes_done
+            if DELTA_KEY in node:
+                self._write_deltas(fd, rel, node)
+            else:
+                for run in self._runs(node.get("content", [])):
+                    datas = self._load_run(run)
+                    _write_all(fd, datas)
+                    self.bytes_done += sum(len(d) for d in datas)
+            if self.bytes_done - before != int(node["size"]):
+                raise IntegrityError(
+                    f"{os.fsdecode(rel)}: the blocks from offset {offset} add up to "
+                    f"{self.bytes_done - before} bytes, not {node['size']}: its blocks are "
+                    "not of one size (a damaged or crafted snapshot)", "")
+        finally:
+            os.close(fd)
+        if first:
+            self.files_done += 1
+
+    def _finish_split(self, batch: _Batch) -> None:
+        """The metadata of the files a batch wrote in parts, once every part is written."""
+        if not batch.split:
+            return
+        chain = DirChain(batch.root_fd)
+        for rel, node in batch.split:
+            parent, _, name = rel.rpartition(b"/")
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=chain.goto(parent, _mkdir_missing))
+            try:
+                self._meta_fd(fd, rel, node)
+            finally:
+                os.close(fd)
+
     def _shares(self, files: list[tuple[bytes, dict, int]],
                 processes: int) -> list[list[tuple[bytes, dict, int]]]:
         """The files in the order their content lies in the repository (pack, then offset
@@ -1077,7 +1178,7 @@ class _Restorer:
 
         def where(item: tuple[bytes, dict, int]) -> tuple[str, int]:
             content = item[1].get("content") or []
-            if content and "delta" in item[1]:  # block 0 may be stored as a delta
+            if content and DELTA_KEY in item[1]:  # block 0 may be stored as a delta
                 content = [next(stored_ids(item[1]), None)]
             entry = get(content[0]) if content and isinstance(content[0], str) else None
             return (entry.pack_id, entry.offset) if entry is not None else ("", 0)
@@ -1119,6 +1220,10 @@ class _Restorer:
                     fd = self._keep_or_open(pfd, name, rel, node)
                 elif check == _CREATE:
                     fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
+                elif check == _PART:  # made by whichever part comes first, never truncated
+                    self._write_part(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                                             | os.O_CLOEXEC, 0o600, dir_fd=pfd), rel, node)
+                    fd = None
                 else:
                     fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
                 if fd is not None:
