@@ -56,6 +56,7 @@ TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
 SEG_SIZE = 16 * 1024 * 1024
 JOB_TARGET = "pitr:"  # restore jobs of PITR are named pitr:<cluster> (estimates read them)
 LOG_TAIL = 15
+PREFETCH_NICE = 10  # the prefetcher restore pitr starts runs this much nicer (start_prefetcher)
 
 
 class PitrRefused(EngineError):
@@ -843,6 +844,12 @@ def start_prefetcher(engine: Engine, plan: PitrPlan, spool: Path, pgdata: Path,
            "--parent", str(os.getpid())]
     if plan.replica:
         cmd += ["--replica", plan.replica]
+    # Niced: while the base backup is written, its writers have every core and the
+    # prefetcher takes what they leave (it competed with them for one of the two cores
+    # here: bench/pitr.py); once recovery runs, on one core, it has the others.
+    nice = shutil.which("nice")
+    if nice:
+        cmd = [nice, "-n", str(PREFETCH_NICE), *cmd]
     try:
         proc = subprocess.Popen(_as_owner(cmd, owner), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
