@@ -420,3 +420,32 @@ def test_a_delta_blob_that_is_not_stored_is_named(local, tmp_path):
         with pytest.raises(EngineError) as err:
             restore(local, snap, tmp_path / f"out{processes}", processes)
         assert "ab" * 32 in str(err.value)
+
+
+# ------------------------------------------------------------- the frames
+
+
+def test_delta_frames_are_zstd_with_the_base_as_raw_content_both_ways(local):
+    """make_delta and rebuild (zstd's own calls, the base as a prefix) agree with what
+    docs/FORMAT.md 5.2 says: a frame decoded with the base as a raw-content dictionary,
+    here by python-zstandard's classes, and the other way round; a base that begins
+    like a zstd dictionary (its magic) is still raw content."""
+    import zstandard
+
+    from engine.repo.blockdelta import rebuild
+
+    rnd = random.Random(5)
+    magic = (0xEC30A437).to_bytes(4, "little")
+    for base in (rnd.randbytes(BLOCK), magic + rnd.randbytes(BLOCK - 4)):
+        block = changed(rnd, base)
+        raw = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        frame = make_delta(block, base)
+        assert frame is not None and len(frame) < 512
+        assert zstandard.ZstdDecompressor(dict_data=raw).decompress(frame) == block
+        theirs = zstandard.ZstdCompressor(level=3, dict_data=raw).compress(block)
+        full = local.keys.blob_id(block)
+        assert bytes(rebuild(local.keys, full, theirs, base, "f")) == block
+        assert bytes(rebuild(local.keys, full, frame, base, "f")) == block
+        with pytest.raises(IntegrityError, match="not one zstd frame"):
+            rebuild(local.keys, full, frame + frame, base, "f")
+    assert make_delta(rnd.randbytes(BLOCK), rnd.randbytes(BLOCK)) is None  # not worth it
