@@ -8,10 +8,9 @@ forgotten and its data pruned: the bases the deltas need must stay.
 
 from __future__ import annotations
 
-import json
 import subprocess
 
-import pytest
+from test_cluster import configure, pgc  # noqa: F401 - the module's cluster fixture
 
 from engine.events import CancelToken
 from engine.ops.prune import prune
@@ -20,36 +19,17 @@ from engine.repo.walk import walk
 from engine.sandbox import PgCluster, free_port, reachable_tempdir
 from engine.sources.cluster import restore_base
 
-SCHEMA = """
-CREATE TABLE big (id int PRIMARY KEY, n int, v text);
-INSERT INTO big SELECT g, 0, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)
-  FROM generate_series(1, 300000) g;
+TABLE = """
+CREATE TABLE IF NOT EXISTS acct (id int PRIMARY KEY, n int, v text);
+INSERT INTO acct SELECT g, 0, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)
+  FROM generate_series(1, 300000) g ON CONFLICT DO NOTHING;
+VACUUM (FREEZE, ANALYZE) acct;
 """
-
-
-@pytest.fixture(scope="module")
-def pgc():
-    cluster = PgCluster.create()
-    try:
-        cluster.createdb("shop")
-        cluster.psql(SCHEMA, "shop")
-        cluster.psql("VACUUM (FREEZE, ANALYZE)", "shop")
-        yield cluster
-    finally:
-        cluster.destroy()
-
-
-def configure(sandbox, pgc, **keys) -> None:
-    lines = ['[[cluster]]', 'name = "main"', f'dsn = "{pgc.dsn()}"',
-             f'pgdata = "{pgc.data_dir}"']
-    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
-    sandbox.extra = "\n".join(lines) + "\n"
-    sandbox.write_config()
 
 
 def fingerprint(cluster) -> str:
     return cluster.psql("SELECT count(*) || ':' || sum(n) || ':' || "
-                        "md5(string_agg(t::text, ',' ORDER BY id)) FROM big t", "shop").strip()
+                        "md5(string_agg(t::text, ',' ORDER BY id)) FROM acct t", "shop").strip()
 
 
 def restored_fingerprint(eng, snap, relpath: str = "") -> tuple[str, bytes]:
@@ -74,7 +54,8 @@ def delta_nodes(eng, snap) -> dict[str, int]:
             if node.get("delta")}
 
 
-def test_changed_blocks_are_deltas_that_restore_and_survive_prune(sandbox_factory, pgc):
+def test_changed_blocks_are_deltas_that_restore_and_survive_prune(sandbox_factory, pgc):  # noqa: F811
+    pgc.psql(TABLE, "shop")
     plain = sandbox_factory()
     configure(plain, pgc, delta=False)
     plain_eng = plain.engine(init=True)
@@ -85,7 +66,7 @@ def test_changed_blocks_are_deltas_that_restore_and_survive_prune(sandbox_factor
     first = eng.backup("cluster", "main")
     plain_eng.backup("cluster", "main")
     # one row in every 40th: each 16 KiB block of the table changes a little
-    pgc.psql("UPDATE big SET n = n + 1 WHERE id % 40 = 0", "shop")
+    pgc.psql("UPDATE acct SET n = n + 1 WHERE id % 40 = 0", "shop")
     pgc.psql("CHECKPOINT")
     want = fingerprint(pgc)
     second = eng.backup("cluster", "main")
@@ -107,7 +88,7 @@ def test_changed_blocks_are_deltas_that_restore_and_survive_prune(sandbox_factor
     assert delta_nodes(eng, snap3) == deltas
     assert third.added < second.added / 2
 
-    relpath = pgc.psql("SELECT pg_relation_filepath('big')", "shop").strip()
+    relpath = pgc.psql("SELECT pg_relation_filepath('acct')", "shop").strip()
     got, table = restored_fingerprint(eng, snap, relpath)
     assert got == want
 
@@ -120,8 +101,8 @@ def test_changed_blocks_are_deltas_that_restore_and_survive_prune(sandbox_factor
 
     # changed again: deltas against the same bases (a delta is never a base), and the
     # table grown and a new one made meanwhile
-    pgc.psql("UPDATE big SET n = n + 1 WHERE id % 30 = 0; "
-             "INSERT INTO big SELECT g, 1, 'new ' || g FROM generate_series(300001, 310000) g; "
+    pgc.psql("UPDATE acct SET n = n + 1 WHERE id % 30 = 0; "
+             "INSERT INTO acct SELECT g, 1, 'new ' || g FROM generate_series(300001, 310000) g; "
              "CREATE TABLE fresh AS SELECT g FROM generate_series(1, 1000) g", "shop")
     pgc.psql("CHECKPOINT")
     want4 = fingerprint(pgc)
@@ -146,7 +127,7 @@ def test_changed_blocks_are_deltas_that_restore_and_survive_prune(sandbox_factor
     assert (out / relpath).read_bytes() == table
 
 
-def test_a_new_cluster_is_not_a_parent(sandbox_factory, pgc):
+def test_a_new_cluster_is_not_a_parent(sandbox_factory, pgc):  # noqa: F811
     """Another system identifier (the cluster made anew): every block stored whole."""
     sandbox = sandbox_factory()
     configure(sandbox, pgc)
