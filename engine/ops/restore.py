@@ -419,14 +419,8 @@ class _Restorer:
             holes = node_holes(node)
             if holes:
                 self._write_sparse(fd, rel, node, holes)
-            elif DELTA_KEY in node:
-                self._write_deltas(fd, rel, node)
             else:
-                for run in self._runs(node.get("content", [])):
-                    datas = self._load_run(run)
-                    _write_all(fd, datas)
-                    with self._lock:
-                        self.bytes_done += sum(len(d) for d in datas)
+                self._write_content(fd, rel, node)
             self._meta_fd(fd, rel, node)
         finally:
             os.close(fd)
@@ -1128,6 +1122,18 @@ class _Restorer:
             out.append((rel, part, _PART))
         return out
 
+    def _write_content(self, fd: int, rel: bytes, node: dict) -> None:
+        """A file's blocks from where ``fd`` stands: run by run, or a window at a time
+        where some are stored as deltas."""
+        if DELTA_KEY in node:
+            self._write_deltas(fd, rel, node)
+            return
+        for run in self._runs(node.get("content", [])):
+            datas = self._load_run(run)
+            _write_all(fd, datas)
+            with self._lock:
+                self.bytes_done += sum(len(d) for d in datas)
+
     def _write_part(self, fd: int, rel: bytes, node: dict) -> None:
         """A writer's part of a file split by _split: its blocks at its offset, checked to
         be exactly the part's length; the file's metadata comes after every part
@@ -1137,13 +1143,7 @@ class _Restorer:
             self.cancel.check()
             os.lseek(fd, offset, os.SEEK_SET)
             before = self.bytes_done
-            if DELTA_KEY in node:
-                self._write_deltas(fd, rel, node)
-            else:
-                for run in self._runs(node.get("content", [])):
-                    datas = self._load_run(run)
-                    _write_all(fd, datas)
-                    self.bytes_done += sum(len(d) for d in datas)
+            self._write_content(fd, rel, node)
             if self.bytes_done - before != int(node["size"]):
                 raise IntegrityError(
                     f"{os.fsdecode(rel)}: the blocks from offset {offset} add up to "

@@ -29,16 +29,11 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import zstandard
 
 from engine.errors import IntegrityError, UnsafeEntry
-
-try:  # zstandard's cffi backend: zstd's own calls, a context kept per thread
-    from zstandard.backend_cffi import ffi as _ffi
-    from zstandard.backend_cffi import lib as _lib
-except ImportError:  # pragma: no cover - the wheels have it; the classes below are the same
-    _ffi = _lib = None
 
 KEY = "delta"  # the file node key
 # a delta is kept when its frame is at most this share of the block (a block stored
@@ -47,6 +42,23 @@ DELTA_SHARE = 1 / 4
 _PARAMS: dict[int, zstandard.ZstdCompressionParameters] = {}
 _LEVEL = 1
 _local = threading.local()  # this thread's zstd contexts (a forked writer has its copy)
+_ffi: Any = None  # zstandard's cffi backend (zstd's own calls), loaded at the first delta:
+_lib: Any = None  # walks import this module, and most never meet a delta
+_loaded = False
+
+
+def _backend() -> Any:
+    """zstd's own calls through zstandard's cffi backend; None without it (the wheels
+    have it; the python-zstandard classes then do the same, slower)."""
+    global _ffi, _lib, _loaded
+    if not _loaded:
+        try:
+            from zstandard.backend_cffi import ffi, lib
+            _ffi, _lib = ffi, lib
+        except ImportError:  # pragma: no cover
+            pass
+        _loaded = True
+    return _lib
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}").fullmatch
@@ -110,7 +122,7 @@ def make_delta(block: bytes | memoryview, base: bytes | memoryview) -> bytes | N
     n = len(block)
     if n != len(base) or n == 0:
         return None
-    if _lib is not None:
+    if _backend() is not None:
         cctx = _cctx()
         cap = int(n * DELTA_SHARE) + 64
         out = bytearray(cap)
@@ -146,7 +158,7 @@ def rebuild(keys, full_id: str, delta: bytes | memoryview, base: bytes | memoryv
     if size != len(base):
         raise IntegrityError(f"{what}: its delta is not a zstd frame of the base's "
                              f"{len(base)} bytes (corrupt)", where)
-    if _lib is not None:  # one frame exactly, into a buffer of the base's size
+    if _backend() is not None:  # one frame exactly, into a buffer of the base's size
         src = _ffi.from_buffer(delta)
         data = bytearray(len(base))
         dctx = _dctx()

@@ -43,7 +43,6 @@ from engine.errors import Cancelled, EngineError
 from engine.events import CancelToken
 from engine.repo.blockdelta import KEY as DELTA_KEY
 from engine.repo.blockdelta import make_delta, node_deltas
-from engine.repo.pack import MAX_SEALED_BLOB, open_blob, pack_name
 from engine.repo.repository import DATA, TREE, BlobWriter, Repository
 from engine.repo.tree import MAX_DEPTH, encode_tree, name_fields
 
@@ -430,7 +429,6 @@ class ParentBlocks:
         self._trees: dict[bytes, str | None] = {b"": root if isinstance(root, str) else None}
         self._dir: bytes | None = None
         self._nodes: dict[bytes, dict] = {}
-        self.bases_read = 0
 
     def block_size(self, directory: bytes) -> int:
         v = self.sizes.get(directory.decode(errors="replace"), self.default)
@@ -485,24 +483,14 @@ class ParentBlocks:
     def delta(self, block: memoryview, base_id: object) -> bytes | None:
         """The delta of ``block`` against the parent's block ``base_id`` when it is far
         smaller than the block, else None."""
-        if not isinstance(base_id, str):
-            return None
-        entry = self.repo.index.get(base_id)
-        if (entry is None or entry.type != DATA or entry.raw_length != len(block)
-                or entry.length > MAX_SEALED_BLOB):
-            return None
         # Opened (authenticated where encrypted) but its id not computed again: a reader
         # rebuilds the block from these very stored bytes and checks the result against
         # the block's own id, and verify --read-data checks every blob's id.
-        name = pack_name(entry.pack_id)
         try:
-            sealed = self.repo.backend.get_range(name, entry.offset, entry.length)
-            base = open_blob(self.repo.keys, sealed, base_id, name, entry.raw_length,
-                             check_id=False)
-        except EngineError:
+            base = self.repo.load_blob(base_id, DATA, check_id=False)
+        except EngineError:  # not a data blob, missing, damaged: the block stored whole
             return None
-        self.bases_read += 1
-        return make_delta(block, base)
+        return make_delta(block, base)  # None for a base of another length
 
 
 def enlarge_pipe(f) -> None:
