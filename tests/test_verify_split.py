@@ -140,9 +140,9 @@ def test_structure_walk_decodes_each_tree_once(sandbox):
     decoded: dict[str, int] = defaultdict(int)
     real = repo.decode_blob
 
-    def counting(sealed, blob_id, where, raw_length=None):
+    def counting(sealed, blob_id, where, raw_length=None, check_id=True):
         decoded[blob_id] += 1
-        return real(sealed, blob_id, where, raw_length)
+        return real(sealed, blob_id, where, raw_length, check_id)
 
     repo.decode_blob = counting
     before = repo.tree_cache_blobs
